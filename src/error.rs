@@ -1,0 +1,97 @@
+//! Errors the proxy answers itself, and their single mapping to a response.
+//!
+//! Bodies are short plain text that say what went wrong on whose side, and never
+//! name the upstream's address or echo anything from the request.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::upstream::UpstreamFailure;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("upstream failed: {0:?}")]
+    Upstream(UpstreamFailure),
+    #[error("upstream did not answer within upstream.timeout")]
+    UpstreamTimeout,
+    #[error("session store unavailable")]
+    Store(#[source] crate::session::StoreError),
+    #[error("request body larger than limits.max_body_bytes")]
+    BodyTooLarge,
+    #[error("malformed request")]
+    BadRequest(&'static str),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Upstream(UpstreamFailure::ConnectTimeout) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(
+                UpstreamFailure::Refused | UpstreamFailure::Reset | UpstreamFailure::Protocol,
+            ) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// A short name of the kind, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::Upstream(UpstreamFailure::Refused) => "upstream_refused",
+            ProxyError::Upstream(UpstreamFailure::ConnectTimeout) => "upstream_connect_timeout",
+            ProxyError::Upstream(UpstreamFailure::Reset) => "upstream_reset",
+            ProxyError::Upstream(UpstreamFailure::Protocol) => "upstream_protocol",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::Store(_) => "store_unavailable",
+            ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::BadRequest(_) => "bad_request",
+        }
+    }
+
+    fn body(&self) -> &'static str {
+        match self {
+            ProxyError::Upstream(UpstreamFailure::Refused) => {
+                "502 Bad Gateway: upstream refused the connection\n"
+            }
+            ProxyError::Upstream(UpstreamFailure::Reset) => {
+                "502 Bad Gateway: upstream reset the connection\n"
+            }
+            ProxyError::Upstream(UpstreamFailure::Protocol) => {
+                "502 Bad Gateway: upstream sent an invalid response\n"
+            }
+            ProxyError::Upstream(UpstreamFailure::ConnectTimeout) => {
+                "504 Gateway Timeout: could not connect to the upstream in time\n"
+            }
+            ProxyError::UpstreamTimeout => "504 Gateway Timeout: upstream did not answer in time\n",
+            ProxyError::Store(_) => {
+                "503 Service Unavailable: the session store is unavailable, retry shortly\n"
+            }
+            ProxyError::BodyTooLarge => "413 Payload Too Large: request body over the limit\n",
+            ProxyError::BadRequest(_) => "400 Bad Request\n",
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut resp = Response::new(Full::new(Bytes::from_static(self.body().as_bytes())));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match self {
+            ProxyError::Store(_) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ProxyError::Upstream(_) | ProxyError::UpstreamTimeout => {}
+        }
+        resp
+    }
+}

@@ -1,0 +1,612 @@
+//! The request path, top to bottom: one request in, one response out.
+//!
+//! 1. strip hop-by-hop and session-prefixed client headers, take the proxy's cookie
+//!    out of `Cookie`;
+//! 2. verify the cookie and load the session (or create one);
+//! 3. add the session headers and `X-Forwarded-*`, forward with the body streamed;
+//! 4. consume the upstream's write-back headers and apply them;
+//! 5. add `Set-Cookie` when needed, fix caching headers, stream the body back.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::config::{Config, CreateMode};
+use crate::cookie::{cookie_pairs, CookieFlavor, CookieJar, Verified};
+use crate::error::ProxyError;
+use crate::session::{
+    is_true, now_ms, Applied, Changes, Lookup, MemoryStore, SessionData, SessionId, SessionStore,
+};
+use crate::upstream::{self, RequestBody, UpstreamClient};
+
+/// The body of every response the proxy sends: the upstream's, streamed, or its own.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// What a connection knows about its peer.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The request arrived over TLS.
+    pub tls: bool,
+}
+
+/// Per-request settings derived from the configuration, swapped whole on reload.
+pub struct Settings {
+    pub config: Config,
+    pub jar: CookieJar,
+}
+
+impl Settings {
+    pub fn new(config: Config) -> Settings {
+        let jar = config.session.cookie.jar();
+        Settings { config, jar }
+    }
+}
+
+/// State shared by every connection.
+pub struct State {
+    pub settings: ArcSwap<Settings>,
+    pub store: MemoryStore,
+    pub client: UpstreamClient,
+    /// Request ids: a random per-process prefix and a counter, unique and cheap.
+    request_prefix: u32,
+    request_counter: AtomicU64,
+}
+
+impl State {
+    pub fn new(config: Config, store: MemoryStore) -> State {
+        let client = upstream::client(config.upstream.connect_timeout);
+        let mut prefix = [0u8; 4];
+        getrandom::fill(&mut prefix).expect("the operating system's random source failed");
+        State {
+            settings: ArcSwap::from_pointee(Settings::new(config)),
+            store,
+            client,
+            request_prefix: u32::from_le_bytes(prefix),
+            request_counter: AtomicU64::new(0),
+        }
+    }
+
+    fn request_id(&self) -> HeaderValue {
+        let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
+        let text = format!("{:08x}{:012x}", self.request_prefix, n);
+        HeaderValue::from_str(&text).expect("hex is a valid header value")
+    }
+}
+
+/// The session a request carries on its way through the proxy.
+enum SessionState {
+    /// No session work: an excluded path.
+    Excluded,
+    /// No session, and none was created (OPTIONS, or `create: on_write`).
+    Absent,
+    /// The cookie names a session regenerated moments ago: no headers, no cookie.
+    Grace,
+    /// A session: `new` when created by this request; `resign` when its cookie was
+    /// signed by an older secret.
+    Live {
+        id: SessionId,
+        new: bool,
+        resign: bool,
+        created_ms: u64,
+    },
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Serves one request; never fails (errors become responses).
+pub async fn handle(
+    state: Arc<State>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let settings = state.settings.load_full();
+    let method = req.method().clone();
+    let request_id = state.request_id();
+    let log_access = settings.config.log.access;
+    let path = if log_access {
+        Some(req.uri().path().to_owned())
+    } else {
+        None
+    };
+    let response = match proxy(&state, &settings, conn, req, request_id.clone()).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            tracing::warn!(
+                request_id = request_id.to_str().unwrap_or(""),
+                kind = err.kind(),
+                error = %err,
+                "request failed"
+            );
+            err.into_response().map(Either::Right)
+        }
+    };
+    if let Some(path) = path {
+        tracing::info!(
+            target: "sessiongate::access",
+            method = %method,
+            path = %path,
+            status = response.status().as_u16(),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            request_id = request_id.to_str().unwrap_or(""),
+            peer = %conn.peer.ip(),
+        );
+    }
+    response
+}
+
+async fn proxy(
+    state: &State,
+    settings: &Settings,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+    request_id: HeaderValue,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let cfg = &settings.config;
+    let names = &cfg.session.headers;
+    let (mut parts, body) = req.into_parts();
+
+    // Refuse up front what could never be forwarded.
+    if let Some(limit) = cfg.limits.max_body_bytes {
+        if content_length(&parts.headers).is_some_and(|n| n > limit) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
+    let trusted = upstream::is_trusted(conn.peer.ip(), &cfg.trusted_proxies);
+    let https = conn.tls || (trusted && forwarded_https(&parts.headers));
+    let flavor = settings.jar.flavor(https);
+
+    // 1. Strip what the client may not send upstream, before adding anything.
+    let upgrade = upstream::wants_upgrade(&parts.headers);
+    upstream::strip_headers(&mut parts.headers, &names.prefix, upgrade);
+    let candidates = take_proxy_cookies(&mut parts.headers, settings, flavor);
+
+    // 2. Find or make the session.
+    let excluded = cfg
+        .session
+        .exclude_paths
+        .iter()
+        .any(|p| parts.uri.path().starts_with(p.as_str()));
+    let (mut session, data) = if excluded {
+        (SessionState::Excluded, None)
+    } else {
+        resolve_session(state, cfg, &parts.method, &candidates).await?
+    };
+
+    // 3. Tell the upstream, and send the request on with its body streamed.
+    let carried_session = matches!(session, SessionState::Live { .. });
+    if let SessionState::Live { id, new, .. } = &session {
+        parts.headers.insert(names.id.clone(), id.to_header_value());
+        if *new {
+            parts
+                .headers
+                .insert(names.new.clone(), HeaderValue::from_static("true"));
+        }
+        if let Some(data) = data {
+            parts.headers.insert(names.data.clone(), data);
+        }
+    }
+    let host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(header::HOST).cloned());
+    upstream::set_forwarded(
+        &mut parts.headers,
+        conn.peer.ip(),
+        trusted,
+        https,
+        host.clone(),
+    );
+    if !(trusted && parts.headers.contains_key(&X_REQUEST_ID)) {
+        parts.headers.insert(X_REQUEST_ID, request_id);
+    }
+    let upstream_uri = upstream_uri(cfg, &parts.uri)?;
+    let host = if cfg.upstream.preserve_host {
+        host
+    } else {
+        upstream_uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    };
+    if let Some(h) = host {
+        parts.headers.insert(header::HOST, h);
+    }
+    let method = parts.method.clone();
+    let mut out = Request::from_parts(parts, RequestBody::new(body, cfg.limits.max_body_bytes));
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut out));
+    *out.uri_mut() = upstream_uri;
+    *out.version_mut() = Version::HTTP_11;
+
+    let sent = tokio::time::timeout(cfg.upstream.timeout, state.client.request(out)).await;
+    let mut resp = match sent {
+        Err(_) => return Err(ProxyError::UpstreamTimeout),
+        Ok(Err(e)) => {
+            return Err(match upstream::classify(&e) {
+                Ok(kind) => ProxyError::Upstream(kind),
+                Err(_) => ProxyError::BodyTooLarge,
+            })
+        }
+        Ok(Ok(resp)) => resp,
+    };
+
+    // 4. Consume the upstream's write-back; none of it reaches the client.
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let changes = take_write_back(resp.headers_mut(), names);
+    upstream::strip_headers(resp.headers_mut(), &names.prefix, switching && upgrade);
+    if switching {
+        match client_upgrade {
+            Some(client_side) => tunnel(client_side, hyper::upgrade::on(&mut resp)),
+            None => return Err(ProxyError::Upstream(upstream::UpstreamFailure::Protocol)),
+        }
+    }
+    let mut set_cookie = match changes {
+        Ok(changes) if !changes.is_empty() => {
+            apply_write_back(state, settings, flavor, &method, &mut session, &changes).await?
+        }
+        Ok(_) => None,
+        Err(reason) => {
+            tracing::warn!(%reason, "write-back refused: malformed session header from the upstream");
+            None
+        }
+    };
+
+    // 5. The cookie, and headers that keep shared caches from mixing visitors.
+    if set_cookie.is_none() {
+        set_cookie = cookie_for(settings, flavor, &session);
+    }
+    let h = resp.headers_mut();
+    if let Some(value) = set_cookie {
+        h.append(header::SET_COOKIE, value);
+        make_private(h);
+    }
+    if carried_session {
+        add_vary_cookie(h);
+    }
+    Ok(resp.map(Either::Left))
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn forwarded_https(h: &HeaderMap) -> bool {
+    h.get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+/// A verified cookie from the request.
+struct Candidate {
+    id: SessionId,
+    verified: Verified,
+}
+
+/// Removes the proxy's cookies (under either flavor's name) from `Cookie` and
+/// returns, in order, the verified values under the name this request reads.
+/// Other cookies pass untouched.
+fn take_proxy_cookies(
+    headers: &mut HeaderMap,
+    settings: &Settings,
+    flavor: &CookieFlavor,
+) -> Vec<Candidate> {
+    let mut candidates = Vec::new();
+    if !headers.contains_key(header::COOKIE) {
+        return candidates;
+    }
+    let keys = &settings.config.session.keys;
+    let plain = settings.jar.plain.name.as_bytes();
+    let secure = settings.jar.secure.name.as_bytes();
+    let ours = flavor.name.as_bytes();
+    let mut kept: Vec<u8> = Vec::new();
+    let mut touched = false;
+    for value in headers.get_all(header::COOKIE) {
+        for (name, v) in cookie_pairs(value.as_bytes()) {
+            if name == plain || name == secure {
+                touched = true;
+                if name == ours {
+                    match keys.verify(v) {
+                        Some((id, verified)) => candidates.push(Candidate { id, verified }),
+                        None => {
+                            tracing::debug!("session cookie rejected: malformed or bad signature")
+                        }
+                    }
+                }
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(name);
+            kept.push(b'=');
+            kept.extend_from_slice(v);
+        }
+    }
+    if touched {
+        headers.remove(header::COOKIE);
+        if !kept.is_empty() {
+            if let Ok(v) = HeaderValue::from_bytes(&kept) {
+                headers.insert(header::COOKIE, v);
+            }
+        }
+    }
+    candidates
+}
+
+/// The first candidate naming a live session wins; a later cookie can never displace
+/// it. With none, a new session is created unless the request must not create one.
+async fn resolve_session(
+    state: &State,
+    cfg: &Config,
+    method: &Method,
+    candidates: &[Candidate],
+) -> Result<(SessionState, Option<HeaderValue>), ProxyError> {
+    let mut grace = false;
+    for c in candidates {
+        match state.store.load(&c.id).await.map_err(ProxyError::Store)? {
+            Lookup::Found(view) => {
+                let live = SessionState::Live {
+                    id: c.id,
+                    new: false,
+                    resign: c.verified == Verified::Older,
+                    created_ms: view.created_ms,
+                };
+                return Ok((live, view.data));
+            }
+            Lookup::Regenerated => grace = true,
+            Lookup::Missing => {}
+        }
+    }
+    if grace {
+        return Ok((SessionState::Grace, None));
+    }
+    if *method == Method::OPTIONS || cfg.session.create == CreateMode::OnWrite {
+        return Ok((SessionState::Absent, None));
+    }
+    let id = state
+        .store
+        .create(SessionData::default())
+        .await
+        .map_err(ProxyError::Store)?;
+    let live = SessionState::Live {
+        id,
+        new: true,
+        resign: false,
+        created_ms: now_ms(),
+    };
+    Ok((live, None))
+}
+
+/// Reads and removes the write-back headers. Malformed input refuses the whole write.
+fn take_write_back(
+    headers: &mut HeaderMap,
+    names: &crate::config::HeaderNames,
+) -> Result<Changes, crate::session::ChangesError> {
+    let mut changes = Changes::default();
+    let mut result = Ok(());
+    for v in headers.get_all(&names.set) {
+        result = result.and_then(|_| changes.add_set(v.as_bytes()));
+    }
+    for v in headers.get_all(&names.remove) {
+        result = result.and_then(|_| changes.add_remove(v.as_bytes()));
+    }
+    changes.destroy = headers
+        .get_all(&names.destroy)
+        .iter()
+        .any(|v| is_true(v.as_bytes()));
+    changes.regenerate = headers
+        .get_all(&names.regenerate)
+        .iter()
+        .any(|v| is_true(v.as_bytes()));
+    for name in [&names.set, &names.remove, &names.destroy, &names.regenerate] {
+        headers.remove(name);
+    }
+    result.map(|_| changes)
+}
+
+/// Applies a response's write-back to the session; returns the `Set-Cookie` it calls
+/// for (destroyed, regenerated, or created by a write under `create: on_write`).
+async fn apply_write_back(
+    state: &State,
+    settings: &Settings,
+    flavor: &CookieFlavor,
+    method: &Method,
+    session: &mut SessionState,
+    changes: &Changes,
+) -> Result<Option<HeaderValue>, ProxyError> {
+    let keys = &settings.config.session.keys;
+    match session {
+        SessionState::Excluded | SessionState::Grace => {
+            tracing::debug!("write-back ignored: no session on this request");
+            Ok(None)
+        }
+        SessionState::Absent => {
+            if changes.set.is_empty() || changes.destroy || *method == Method::OPTIONS {
+                return Ok(None);
+            }
+            let data = SessionData::default().with_changes(changes);
+            let max = settings.config.session.max_data_bytes;
+            if data.encoded_len() > max {
+                tracing::warn!(
+                    bytes = data.encoded_len(),
+                    max,
+                    "session write refused: over session.max_data_bytes"
+                );
+                return Ok(None);
+            }
+            let id = state.store.create(data).await.map_err(ProxyError::Store)?;
+            *session = SessionState::Live {
+                id,
+                new: false,
+                resign: false,
+                created_ms: now_ms(),
+            };
+            Ok(Some(
+                flavor.set_cookie(&keys.sign(&id), settings.jar.max_age),
+            ))
+        }
+        SessionState::Live { id, .. } => {
+            if changes.destroy {
+                state.store.destroy(id).await.map_err(ProxyError::Store)?;
+                *session = SessionState::Absent;
+                return Ok(Some(flavor.removal()));
+            }
+            match state
+                .store
+                .apply(id, changes)
+                .await
+                .map_err(ProxyError::Store)?
+            {
+                Applied::Stored => Ok(None),
+                Applied::Regenerated(new_id) => {
+                    *session = SessionState::Live {
+                        id: new_id,
+                        new: false,
+                        resign: false,
+                        created_ms: now_ms(),
+                    };
+                    Ok(Some(
+                        flavor.set_cookie(&keys.sign(&new_id), settings.jar.max_age),
+                    ))
+                }
+                Applied::TooLarge { bytes } => {
+                    let max = settings.config.session.max_data_bytes;
+                    tracing::warn!(
+                        bytes,
+                        max,
+                        "session write refused: over session.max_data_bytes"
+                    );
+                    Ok(None)
+                }
+                Applied::Missing => Ok(None),
+            }
+        }
+    }
+}
+
+/// The `Set-Cookie` a session needs when the write-back did not decide one: a new
+/// session's first cookie, or an old-secret cookie re-signed (keeping its expiry).
+fn cookie_for(
+    settings: &Settings,
+    flavor: &CookieFlavor,
+    session: &SessionState,
+) -> Option<HeaderValue> {
+    let SessionState::Live {
+        id,
+        new,
+        resign,
+        created_ms,
+    } = session
+    else {
+        return None;
+    };
+    if !*new && !*resign {
+        return None;
+    }
+    let keys = &settings.config.session.keys;
+    let max_age = if *new {
+        settings.jar.max_age
+    } else {
+        settings.jar.max_age.map(|age| {
+            let used = std::time::Duration::from_millis(now_ms().saturating_sub(*created_ms));
+            age.saturating_sub(used)
+        })
+    };
+    Some(flavor.set_cookie(&keys.sign(id), max_age))
+}
+
+/// A response that sets the proxy's cookie must not be stored by shared caches.
+fn make_private(h: &mut HeaderMap) {
+    let existing: Vec<String> = h
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| d.trim().to_owned())
+        .filter(|d| !d.is_empty())
+        .collect();
+    let mut kept: Vec<String> = existing
+        .into_iter()
+        .filter(|d| {
+            let lower = d.to_ascii_lowercase();
+            lower != "public" && !lower.starts_with("s-maxage")
+        })
+        .collect();
+    let has = |kept: &[String], name: &str| {
+        kept.iter().any(|d| {
+            d.eq_ignore_ascii_case(name) || d.to_ascii_lowercase().starts_with(&format!("{name}="))
+        })
+    };
+    if !has(&kept, "private") && !has(&kept, "no-store") {
+        kept.insert(0, "private".to_owned());
+    }
+    if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+}
+
+/// A response that depends on the session varies with the `Cookie` header.
+fn add_vary_cookie(h: &mut HeaderMap) {
+    let covered = h.get_all(header::VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim() == "*" || t.trim().eq_ignore_ascii_case("cookie"))
+        })
+    });
+    if !covered {
+        h.append(header::VARY, HeaderValue::from_static("Cookie"));
+    }
+}
+
+/// The upstream URI: its scheme and authority, its base path, the request's path
+/// and query.
+fn upstream_uri(cfg: &Config, uri: &Uri) -> Result<Uri, ProxyError> {
+    let base = &cfg.upstream.uri;
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut builder = Uri::builder();
+    if let Some(s) = base.scheme() {
+        builder = builder.scheme(s.clone());
+    }
+    if let Some(a) = base.authority() {
+        builder = builder.authority(a.clone());
+    }
+    let built = if cfg.upstream.base_path.is_empty() {
+        builder.path_and_query(pq)
+    } else {
+        builder.path_and_query(format!("{}{}", cfg.upstream.base_path, pq))
+    };
+    built
+        .build()
+        .map_err(|_| ProxyError::BadRequest("unusable request target"))
+}
+
+/// Copies bytes both ways between the client and the upstream after a `101`.
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "tunnel closed");
+        }
+    });
+}

@@ -1,0 +1,297 @@
+//! Session data and write-back changes, and their `x-www-form-urlencoded` forms.
+//!
+//! Data is a small sorted list of UTF-8 key/value pairs. Its encoded form (the
+//! `X-Session-Data` header) is built once per write and shared by every read. Keys
+//! and values never hold control characters, and the encoded form percent-encodes
+//! everything outside the unreserved set, so CR, LF and NUL can never reach a header.
+
+use bytes::Bytes;
+use http::HeaderValue;
+
+/// A session's key/value pairs, sorted by key, with their encoded form cached.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionData {
+    pairs: Vec<(String, String)>,
+    header: Option<HeaderValue>,
+}
+
+impl SessionData {
+    /// Builds data from pairs (later duplicates win).
+    pub fn from_pairs<I: IntoIterator<Item = (String, String)>>(pairs: I) -> SessionData {
+        let mut data = SessionData::default();
+        for (k, v) in pairs {
+            data.insert(k, v);
+        }
+        data.reencode();
+        data
+    }
+
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.pairs
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| self.pairs[i].1.as_str())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// The `X-Session-Data` value; `None` when empty.
+    pub fn header(&self) -> Option<&HeaderValue> {
+        self.header.as_ref()
+    }
+
+    /// Size of the encoded form in bytes (what `max_data_bytes` bounds).
+    pub fn encoded_len(&self) -> usize {
+        self.header.as_ref().map_or(0, |h| h.len())
+    }
+
+    fn insert(&mut self, key: String, value: String) {
+        match self.pairs.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => self.pairs[i].1 = value,
+            Err(i) => self.pairs.insert(i, (key, value)),
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Ok(i) = self.pairs.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
+            self.pairs.remove(i);
+        }
+    }
+
+    fn reencode(&mut self) {
+        if self.pairs.is_empty() {
+            self.header = None;
+            return;
+        }
+        let mut out = String::new();
+        for (i, (k, v)) in self.pairs.iter().enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            encode_component(k, &mut out);
+            out.push('=');
+            encode_component(v, &mut out);
+        }
+        self.header = Some(
+            HeaderValue::from_maybe_shared(Bytes::from(out))
+                .expect("percent-encoded text is a valid header value"),
+        );
+    }
+
+    /// The data after `changes`: removals first, then sets (a key both removed and
+    /// set in one response ends up set).
+    pub fn with_changes(&self, changes: &Changes) -> SessionData {
+        let mut next = self.clone();
+        for key in &changes.remove {
+            next.remove(key);
+        }
+        for (k, v) in &changes.set {
+            next.insert(k.clone(), v.clone());
+        }
+        next.reencode();
+        next
+    }
+}
+
+/// Percent-encodes like `application/x-www-form-urlencoded` (space as `+`).
+pub fn encode_component(s: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in s.as_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => {
+                out.push('%');
+                out.push(HEX[(b >> 4) as usize] as char);
+                out.push(HEX[(b & 15) as usize] as char);
+            }
+        }
+    }
+}
+
+/// Why a write-back was refused as a whole.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChangesError {
+    #[error("malformed percent-encoding")]
+    BadEncoding,
+    #[error("not UTF-8")]
+    NotUtf8,
+    #[error("control character in a key or value")]
+    ControlCharacter,
+    #[error("empty key")]
+    EmptyKey,
+    #[error("too many write-back headers or keys")]
+    TooMany,
+}
+
+/// The write-back a response asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub set: Vec<(String, String)>,
+    pub remove: Vec<String>,
+    pub destroy: bool,
+    pub regenerate: bool,
+}
+
+/// A bound on the number of keys one response may touch, against header floods.
+pub const MAX_CHANGED_KEYS: usize = 256;
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty() && !self.destroy && !self.regenerate
+    }
+
+    pub fn writes_data(&self) -> bool {
+        !self.set.is_empty() || !self.remove.is_empty()
+    }
+
+    /// Adds one `X-Session-Set` value (`k=v&k2=v2`).
+    pub fn add_set(&mut self, value: &[u8]) -> Result<(), ChangesError> {
+        for pair in value.split(|&b| b == b'&') {
+            if pair.is_empty() {
+                continue;
+            }
+            let (k, v) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &b""[..]),
+            };
+            let k = decode_component(k)?;
+            if k.is_empty() {
+                return Err(ChangesError::EmptyKey);
+            }
+            let v = decode_component(v)?;
+            if self.set.len() >= MAX_CHANGED_KEYS {
+                return Err(ChangesError::TooMany);
+            }
+            self.set.push((k, v));
+        }
+        Ok(())
+    }
+
+    /// Adds one `X-Session-Remove` value (`k, k2`).
+    pub fn add_remove(&mut self, value: &[u8]) -> Result<(), ChangesError> {
+        for key in value.split(|&b| b == b',') {
+            let key = key.trim_ascii();
+            if key.is_empty() {
+                continue;
+            }
+            let key = decode_component(key)?;
+            if self.remove.len() >= MAX_CHANGED_KEYS {
+                return Err(ChangesError::TooMany);
+            }
+            self.remove.push(key);
+        }
+        Ok(())
+    }
+}
+
+/// Is a `-Destroy` / `-Regenerate` value a yes? (`true`, `1`, `yes`, any case.)
+pub fn is_true(value: &[u8]) -> bool {
+    let v = value.trim_ascii();
+    v.eq_ignore_ascii_case(b"true") || v == b"1" || v.eq_ignore_ascii_case(b"yes")
+}
+
+/// Strict form decoding: `+` is a space, `%XX` a byte, the result UTF-8 without
+/// control characters.
+pub fn decode_component(input: &[u8]) -> Result<String, ChangesError> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                let (Some(h), Some(l)) = (
+                    input.get(i + 1).and_then(|&b| hex(b)),
+                    input.get(i + 2).and_then(|&b| hex(b)),
+                ) else {
+                    return Err(ChangesError::BadEncoding);
+                };
+                out.push((h * 16 + l) as u8);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    let s = String::from_utf8(out).map_err(|_| ChangesError::NotUtf8)?;
+    if s.chars().any(|c| c.is_control()) {
+        return Err(ChangesError::ControlCharacter);
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn encodes_sorted() {
+        let d = SessionData::from_pairs([
+            ("user".to_owned(), "alice".to_owned()),
+            ("role".to_owned(), "admin & co".to_owned()),
+        ]);
+        assert_eq!(d.header().unwrap(), "role=admin+%26+co&user=alice");
+        assert_eq!(d.get("user"), Some("alice"));
+    }
+
+    #[test]
+    fn empty_data_has_no_header() {
+        assert!(SessionData::default().header().is_none());
+    }
+
+    #[test]
+    fn set_and_remove() {
+        let mut c = Changes::default();
+        c.add_set(b"a=1&b=%C3%A9t%C3%A9&c").unwrap();
+        c.add_remove(b" x , y,,").unwrap();
+        assert_eq!(
+            c.set,
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "été".into()),
+                ("c".into(), "".into())
+            ]
+        );
+        assert_eq!(c.remove, vec!["x".to_owned(), "y".to_owned()]);
+    }
+
+    #[test]
+    fn control_characters_and_bad_encoding_are_refused() {
+        let mut c = Changes::default();
+        assert_eq!(
+            c.add_set(b"a=1%0D%0ASet-Cookie:x"),
+            Err(ChangesError::ControlCharacter)
+        );
+        assert_eq!(c.add_set(b"a=%00"), Err(ChangesError::ControlCharacter));
+        assert_eq!(c.add_set(b"a=%zz"), Err(ChangesError::BadEncoding));
+        assert_eq!(c.add_set(b"a=%FF"), Err(ChangesError::NotUtf8));
+        assert_eq!(c.add_set(b"=v"), Err(ChangesError::EmptyKey));
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_round_trip(k in "[^\\p{Cc}]{1,20}", v in "[^\\p{Cc}]{0,40}") {
+            let d = SessionData::from_pairs([(k.clone(), v.clone())]);
+            let mut c = Changes::default();
+            c.add_set(d.header().unwrap().as_bytes()).unwrap();
+            prop_assert_eq!(c.set, vec![(k, v)]);
+        }
+
+        #[test]
+        fn decode_never_panics(input in proptest::collection::vec(any::<u8>(), 0..100)) {
+            let mut c = Changes::default();
+            let _ = c.add_set(&input);
+            let _ = c.add_remove(&input);
+        }
+    }
+}

@@ -1,0 +1,507 @@
+//! The embedded memory store: a sharded concurrent map with idle and absolute
+//! timeouts, a background sweep, and a hard cap on the number of sessions.
+//!
+//! Eviction when full takes the oldest session that never came back (created, its
+//! cookie never presented again) first, so a flood of cookie-less requests only
+//! evicts its own kind. Only when no such session remains does the least recently
+//! seen of a sample of returning sessions go.
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+use super::{
+    now_ms, Applied, Changes, Lookup, SessionData, SessionId, SessionStore, SessionView, StoreError,
+};
+
+/// Session IDs are uniformly random and only ever looked up after their HMAC
+/// verified, so their first 8 bytes are already a good hash: no need to SipHash them.
+#[derive(Clone, Copy, Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8).take(1) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(b);
+        }
+    }
+    fn write_usize(&mut self, _: usize) {}
+}
+
+#[derive(Clone, Copy, Default)]
+pub struct IdHash;
+
+impl BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+/// Timeouts and bounds the store enforces.
+#[derive(Clone, Debug)]
+pub struct MemorySettings {
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+    pub max_sessions: usize,
+    pub max_data_bytes: usize,
+    pub regenerate_grace: Duration,
+}
+
+/// Counters the store keeps (read by metrics and tests).
+#[derive(Default, Debug)]
+pub struct MemoryStats {
+    pub created: AtomicU64,
+    pub expired: AtomicU64,
+    pub evicted: AtomicU64,
+    pub destroyed: AtomicU64,
+    pub regenerated: AtomicU64,
+    pub refused_writes: AtomicU64,
+}
+
+struct Entry {
+    data: SessionData,
+    created_ms: u64,
+    /// Refreshed on use, at most once a second: reads take only the shard's read lock.
+    last_seen_ms: AtomicU64,
+    /// Set the first time the cookie comes back; such sessions are evicted last.
+    returned: AtomicBool,
+}
+
+struct Inner {
+    sessions: DashMap<SessionId, Entry, IdHash>,
+    /// Number of sessions, kept beside the map so the cap check is one atomic.
+    count: AtomicUsize,
+    /// Creation order of sessions that had not come back when created; entries that
+    /// came back or died since are skipped when popped and dropped by the sweep.
+    fresh: Mutex<VecDeque<SessionId>>,
+    /// Old IDs of regenerated sessions, with the end of their grace (ms).
+    regenerated: DashMap<SessionId, u64, IdHash>,
+    settings: MemorySettings,
+    stats: MemoryStats,
+}
+
+/// A cheap-to-clone handle to the memory store.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+/// Stops the background sweep when dropped.
+pub struct SweepGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for SweepGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl MemoryStore {
+    pub fn new(settings: MemorySettings) -> MemoryStore {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                sessions: DashMap::with_hasher(IdHash),
+                count: AtomicUsize::new(0),
+                fresh: Mutex::new(VecDeque::new()),
+                regenerated: DashMap::with_hasher(IdHash),
+                settings,
+                stats: MemoryStats::default(),
+            }),
+        }
+    }
+
+    /// Starts the background sweep of expired sessions (every `period`).
+    pub fn spawn_sweeper(&self, period: Duration) -> SweepGuard {
+        let store = self.clone();
+        SweepGuard(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                store.sweep(now_ms());
+            }
+        }))
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.count.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn stats(&self) -> &MemoryStats {
+        &self.inner.stats
+    }
+
+    fn expired(&self, e: &Entry, now: u64) -> bool {
+        let s = &self.inner.settings;
+        let idle = e.last_seen_ms.load(Ordering::Relaxed);
+        now.saturating_sub(idle) >= s.idle_timeout.as_millis() as u64
+            || now.saturating_sub(e.created_ms) >= s.absolute_timeout.as_millis() as u64
+    }
+
+    /// Removes expired sessions and stale bookkeeping; returns how many expired.
+    pub fn sweep(&self, now: u64) -> usize {
+        let inner = &self.inner;
+        let mut expired = 0;
+        inner.sessions.retain(|_, e| {
+            let dead = self.expired(e, now);
+            expired += dead as usize;
+            !dead
+        });
+        inner.count.fetch_sub(expired, Ordering::Relaxed);
+        inner
+            .stats
+            .expired
+            .fetch_add(expired as u64, Ordering::Relaxed);
+        inner.regenerated.retain(|_, until| *until > now);
+        let live = inner.count.load(Ordering::Relaxed);
+        let mut fresh = inner.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        if fresh.len() > 2 * live.max(1024) {
+            fresh.retain(|id| {
+                inner
+                    .sessions
+                    .get(id)
+                    .is_some_and(|e| !e.returned.load(Ordering::Relaxed))
+            });
+        }
+        expired
+    }
+
+    fn load_now(&self, id: &SessionId, now: u64) -> Lookup {
+        let inner = &self.inner;
+        if let Some(e) = inner.sessions.get(id) {
+            if !self.expired(&e, now) {
+                if now.saturating_sub(e.last_seen_ms.load(Ordering::Relaxed)) >= 1000 {
+                    e.last_seen_ms.store(now, Ordering::Relaxed);
+                }
+                if !e.returned.load(Ordering::Relaxed) {
+                    e.returned.store(true, Ordering::Relaxed);
+                }
+                return Lookup::Found(SessionView {
+                    data: e.data.header().cloned(),
+                    created_ms: e.created_ms,
+                });
+            }
+            drop(e);
+            if inner
+                .sessions
+                .remove_if(id, |_, e| self.expired(e, now))
+                .is_some()
+            {
+                inner.count.fetch_sub(1, Ordering::Relaxed);
+                inner.stats.expired.fetch_add(1, Ordering::Relaxed);
+            }
+            return Lookup::Missing;
+        }
+        match inner.regenerated.get(id) {
+            Some(until) if *until > now => Lookup::Regenerated,
+            _ => Lookup::Missing,
+        }
+    }
+
+    /// Reserves room for one session, evicting if the store is full.
+    fn reserve_slot(&self) {
+        let inner = &self.inner;
+        let max = inner.settings.max_sessions;
+        loop {
+            let n = inner.count.load(Ordering::Relaxed);
+            if n < max {
+                if inner
+                    .count
+                    .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
+            }
+            if !self.evict_one() {
+                // Nothing could be evicted (entries vanished under us): take the slot
+                // anyway rather than refuse a visitor; the count self-corrects.
+                inner.count.fetch_add(1, Ordering::AcqRel);
+                return;
+            }
+        }
+    }
+
+    /// Evicts one session: the oldest never-returned one, else the least recently
+    /// seen of a sample. Returns false when the store was empty.
+    fn evict_one(&self) -> bool {
+        let inner = &self.inner;
+        loop {
+            let next = {
+                let mut fresh = inner.fresh.lock().unwrap_or_else(|p| p.into_inner());
+                fresh.pop_front()
+            };
+            let Some(id) = next else { break };
+            if inner
+                .sessions
+                .remove_if(&id, |_, e| !e.returned.load(Ordering::Relaxed))
+                .is_some()
+            {
+                inner.count.fetch_sub(1, Ordering::AcqRel);
+                inner.stats.evicted.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        // Every session came back: approximate LRU over a sample.
+        let victim = inner
+            .sessions
+            .iter()
+            .take(64)
+            .min_by_key(|e| e.last_seen_ms.load(Ordering::Relaxed))
+            .map(|e| *e.key());
+        match victim {
+            Some(id) if inner.sessions.remove(&id).is_some() => {
+                inner.count.fetch_sub(1, Ordering::AcqRel);
+                inner.stats.evicted.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn insert(&self, data: SessionData, now: u64) -> SessionId {
+        let inner = &self.inner;
+        self.reserve_slot();
+        let mut id = SessionId::random();
+        // 2^-256 odds, but a collision must never merge two visitors.
+        while inner.sessions.contains_key(&id) {
+            id = SessionId::random();
+        }
+        inner.sessions.insert(
+            id,
+            Entry {
+                data,
+                created_ms: now,
+                last_seen_ms: AtomicU64::new(now),
+                returned: AtomicBool::new(false),
+            },
+        );
+        inner
+            .fresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(id);
+        inner.stats.created.fetch_add(1, Ordering::Relaxed);
+        id
+    }
+
+    fn apply_now(&self, id: &SessionId, changes: &Changes, now: u64) -> Applied {
+        let inner = &self.inner;
+        let data = {
+            let Some(mut e) = inner.sessions.get_mut(id) else {
+                return Applied::Missing;
+            };
+            if self.expired(&e, now) {
+                return Applied::Missing;
+            }
+            if changes.writes_data() {
+                let next = e.data.with_changes(changes);
+                if next.encoded_len() > inner.settings.max_data_bytes {
+                    inner.stats.refused_writes.fetch_add(1, Ordering::Relaxed);
+                    return Applied::TooLarge {
+                        bytes: next.encoded_len(),
+                    };
+                }
+                e.data = next;
+            }
+            if !changes.regenerate {
+                return Applied::Stored;
+            }
+            e.data.clone()
+        };
+        // Regenerate: the data moves to a new ID, the old one dies now and is
+        // remembered for the grace period.
+        if inner.sessions.remove(id).is_none() {
+            return Applied::Missing;
+        }
+        inner.count.fetch_sub(1, Ordering::AcqRel);
+        let grace = inner.settings.regenerate_grace.as_millis() as u64;
+        if grace > 0 {
+            inner.regenerated.insert(*id, now + grace);
+        }
+        let new_id = self.insert(data, now);
+        // A regenerated session was handed to a returning visitor: protect it.
+        if let Some(e) = inner.sessions.get(&new_id) {
+            e.returned.store(true, Ordering::Relaxed);
+        }
+        inner.stats.created.fetch_sub(1, Ordering::Relaxed);
+        inner.stats.regenerated.fetch_add(1, Ordering::Relaxed);
+        Applied::Regenerated(new_id)
+    }
+
+    fn destroy_now(&self, id: &SessionId) -> bool {
+        let inner = &self.inner;
+        if inner.sessions.remove(id).is_some() {
+            inner.count.fetch_sub(1, Ordering::AcqRel);
+            inner.stats.destroyed.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl SessionStore for MemoryStore {
+    async fn load(&self, id: &SessionId) -> Result<Lookup, StoreError> {
+        Ok(self.load_now(id, now_ms()))
+    }
+
+    async fn create(&self, data: SessionData) -> Result<SessionId, StoreError> {
+        Ok(self.insert(data, now_ms()))
+    }
+
+    async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<Applied, StoreError> {
+        Ok(self.apply_now(id, changes, now_ms()))
+    }
+
+    async fn destroy(&self, id: &SessionId) -> Result<bool, StoreError> {
+        Ok(self.destroy_now(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(max: usize) -> MemoryStore {
+        MemoryStore::new(MemorySettings {
+            idle_timeout: Duration::from_secs(60),
+            absolute_timeout: Duration::from_secs(3600),
+            max_sessions: max,
+            max_data_bytes: 64,
+            regenerate_grace: Duration::from_secs(10),
+        })
+    }
+
+    fn set(kv: &str) -> Changes {
+        let mut c = Changes::default();
+        c.add_set(kv.as_bytes()).unwrap();
+        c
+    }
+
+    #[test]
+    fn idle_and_absolute_expiry() {
+        let s = store(10);
+        let id = s.insert(SessionData::default(), 0);
+        assert!(matches!(s.load_now(&id, 59_000), Lookup::Found(_)));
+        // Refreshed at 59s: alive at 118s, dead at 119s+ of idleness.
+        assert!(matches!(s.load_now(&id, 118_000), Lookup::Found(_)));
+        assert!(matches!(s.load_now(&id, 178_000), Lookup::Missing));
+        assert_eq!(s.len(), 0);
+        let id = s.insert(SessionData::default(), 0);
+        for t in (30_000..3_600_000).step_by(30_000) {
+            assert!(matches!(s.load_now(&id, t), Lookup::Found(_)), "at {t}");
+        }
+        assert!(matches!(s.load_now(&id, 3_600_000), Lookup::Missing));
+    }
+
+    #[test]
+    fn sweep_removes_expired() {
+        let s = store(10);
+        s.insert(SessionData::default(), 0);
+        s.insert(SessionData::default(), 50_000);
+        assert_eq!(s.sweep(70_000), 1);
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn flood_evicts_never_returned_first() {
+        let s = store(10);
+        let kept: Vec<_> = (0..3)
+            .map(|_| s.insert(SessionData::default(), 0))
+            .collect();
+        for id in &kept {
+            assert!(matches!(s.load_now(id, 1), Lookup::Found(_)));
+        }
+        for _ in 0..1000 {
+            s.insert(SessionData::default(), 2);
+        }
+        assert_eq!(s.len(), 10);
+        for id in &kept {
+            assert!(matches!(s.load_now(id, 3), Lookup::Found(_)));
+        }
+    }
+
+    #[test]
+    fn full_of_returning_sessions_evicts_least_recent() {
+        let s = store(2);
+        let a = s.insert(SessionData::default(), 0);
+        let b = s.insert(SessionData::default(), 0);
+        s.load_now(&a, 5_000);
+        s.load_now(&b, 10_000);
+        s.insert(SessionData::default(), 11_000);
+        assert_eq!(s.len(), 2);
+        assert!(matches!(s.load_now(&a, 11_000), Lookup::Missing));
+        assert!(matches!(s.load_now(&b, 11_000), Lookup::Found(_)));
+    }
+
+    #[test]
+    fn oversized_write_keeps_old_data() {
+        let s = store(10);
+        let id = s.insert(SessionData::default(), 0);
+        assert_eq!(s.apply_now(&id, &set("a=1"), 0), Applied::Stored);
+        let big = format!("b={}", "x".repeat(100));
+        assert!(matches!(
+            s.apply_now(&id, &set(&big), 0),
+            Applied::TooLarge { .. }
+        ));
+        let Lookup::Found(v) = s.load_now(&id, 0) else {
+            panic!()
+        };
+        assert_eq!(v.data.unwrap(), "a=1");
+    }
+
+    #[test]
+    fn regenerate_moves_data_and_remembers_old_id() {
+        let s = store(10);
+        let id = s.insert(SessionData::default(), 0);
+        let mut c = set("user=alice");
+        c.regenerate = true;
+        let Applied::Regenerated(new) = s.apply_now(&id, &c, 0) else {
+            panic!()
+        };
+        assert_ne!(new, id);
+        assert!(matches!(s.load_now(&id, 5_000), Lookup::Regenerated));
+        assert!(matches!(s.load_now(&id, 10_000), Lookup::Missing));
+        let Lookup::Found(v) = s.load_now(&new, 0) else {
+            panic!()
+        };
+        assert_eq!(v.data.unwrap(), "user=alice");
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn concurrent_writes_all_land() {
+        let s = MemoryStore::new(MemorySettings {
+            max_data_bytes: 1 << 20,
+            ..store(10).inner.settings.clone()
+        });
+        let id = s.insert(SessionData::default(), 0);
+        std::thread::scope(|scope| {
+            for i in 0..8 {
+                let s = &s;
+                scope.spawn(move || {
+                    for j in 0..50 {
+                        s.apply_now(&id, &set(&format!("k{i}_{j}=1")), 0);
+                    }
+                });
+            }
+        });
+        let e = s.inner.sessions.get(&id).unwrap();
+        assert_eq!(e.data.pairs().len(), 400);
+    }
+}

@@ -1,0 +1,337 @@
+//! The upstream side: the pooled keep-alive client, the request body that enforces
+//! `limits.max_body_bytes` while streaming, and the header rules shared by requests
+//! and responses (hop-by-hop removal, `X-Forwarded-*`).
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use ipnet::IpNet;
+
+/// The client every request to the upstream goes through.
+pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+
+pub fn client(connect_timeout: Duration) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(false);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .set_host(false)
+        .build(connector)
+}
+
+/// Why a request to the upstream failed, by whose fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// Connection refused (nothing listening).
+    Refused,
+    /// Could not connect within `upstream.connect_timeout`.
+    ConnectTimeout,
+    /// The connection was reset or closed before a full response.
+    Reset,
+    /// Anything else the upstream did wrong (malformed response, ...).
+    Protocol,
+}
+
+/// A body error from the client's side: the upload broke the size limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than limits.max_body_bytes")]
+pub struct BodyTooLarge;
+
+/// Classifies a client error by walking its source chain.
+pub fn classify(err: &hyper_util::client::legacy::Error) -> Result<UpstreamFailure, BodyTooLarge> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut io_kind = None;
+    while let Some(e) = source {
+        if e.is::<BodyTooLarge>() {
+            return Err(BodyTooLarge);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        source = e.source();
+    }
+    use std::io::ErrorKind::*;
+    Ok(match io_kind {
+        Some(ConnectionRefused) => UpstreamFailure::Refused,
+        Some(TimedOut) if err.is_connect() => UpstreamFailure::ConnectTimeout,
+        Some(ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof) => {
+            UpstreamFailure::Reset
+        }
+        _ if err.is_connect() => UpstreamFailure::Refused,
+        _ => {
+            // hyper reports a connection closed mid-message without an io::Error.
+            let text = err.to_string();
+            if text.contains("closed") || text.contains("incomplete") {
+                UpstreamFailure::Reset
+            } else {
+                UpstreamFailure::Protocol
+            }
+        }
+    })
+}
+
+/// The client's body on its way upstream: streamed, and cut off with
+/// [`BodyTooLarge`] once it passes the configured limit.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    remaining: Option<u64>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: Option<u64>) -> RequestBody {
+        RequestBody {
+            inner: Some(inner),
+            remaining: limit,
+        }
+    }
+
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            remaining: None,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(remaining), Some(data)) = (this.remaining.as_mut(), frame.data_ref()) {
+                    let n = data.len() as u64;
+                    if n > *remaining {
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    *remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, the headers named in `Connection`, and every header
+/// whose (lower-case) name starts with `prefix`. `Upgrade` is kept, with a plain
+/// `Connection: upgrade`, when `upgrade` is true.
+///
+/// Runs before the proxy adds its own headers, so nothing a client or upstream
+/// names in `Connection` can remove them.
+pub fn strip_headers(headers: &mut HeaderMap, prefix: &str, upgrade: bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',') {
+            let token = token.trim();
+            if token.is_empty() || (upgrade && token.eq_ignore_ascii_case("upgrade")) {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                doomed.push(name);
+            }
+        }
+    }
+    for name in headers.keys() {
+        if name.as_str().starts_with(prefix) {
+            doomed.push(name.clone());
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    for name in &doomed {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Is this an `Upgrade` request (`Connection: upgrade` plus an `Upgrade` header)?
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map(|s| {
+                    s.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                })
+                .unwrap_or(false)
+        })
+}
+
+pub fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
+    let peer = match peer {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    trusted.iter().any(|net| net.contains(&peer))
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host`. A trusted peer's values are kept (and its
+/// `X-Forwarded-For` appended to); anybody else's are replaced.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: bool,
+    https: bool,
+    host: Option<HeaderValue>,
+) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+    let peer_text = peer.to_string();
+    let xff = if trusted {
+        let prior: Vec<&str> = headers
+            .get_all(&XFF)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if prior.is_empty() {
+            peer_text
+        } else {
+            format!("{}, {peer_text}", prior.join(", "))
+        }
+    } else {
+        peer_text
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(XFF, v);
+    }
+    if !(trusted && headers.contains_key(&XFP)) {
+        headers.insert(
+            XFP,
+            HeaderValue::from_static(if https { "https" } else { "http" }),
+        );
+    }
+    if !(trusted && headers.contains_key(&XFH)) {
+        match host {
+            Some(h) => {
+                headers.insert(XFH, h);
+            }
+            None => {
+                headers.remove(XFH);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_and_prefix_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            "keep-alive, x-secret, X-Session-Id".parse().unwrap(),
+        );
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("x-session-id", "spoof".parse().unwrap());
+        h.insert("x-session-anything", "spoof".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("accept", "*/*".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        strip_headers(&mut h, "x-session-", false);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["accept"]);
+    }
+
+    #[test]
+    fn upgrade_is_kept_for_upgrades() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Upgrade".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        assert!(wants_upgrade(&h));
+        strip_headers(&mut h, "x-session-", true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn forwarded_for_trust_rules() {
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        set_forwarded(
+            &mut h,
+            peer,
+            false,
+            false,
+            Some("a.example".parse().unwrap()),
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "a.example");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        set_forwarded(&mut h, peer, true, false, None);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn trusted_matches_cidrs_and_mapped_v4() {
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert!(is_trusted("10.1.2.3".parse().unwrap(), &nets));
+        assert!(is_trusted("::ffff:10.1.2.3".parse().unwrap(), &nets));
+        assert!(!is_trusted("11.0.0.1".parse().unwrap(), &nets));
+    }
+}

@@ -155,72 +155,25 @@ async fn proxy(
     let names = &cfg.session.headers;
     let (mut parts, body) = req.into_parts();
 
-    // Refuse up front what could never be forwarded.
-    if let Some(limit) = cfg.limits.max_body_bytes {
-        if content_length(&parts.headers).is_some_and(|n| n > limit) {
-            return Err(ProxyError::BodyTooLarge);
-        }
-    }
-    let trusted = upstream::is_trusted(conn.peer.ip(), &cfg.trusted_proxies);
-    let https = conn.tls || (trusted && forwarded_https(&parts.headers));
-    let flavor = settings.jar.flavor(https);
-
     // 1. Strip what the client may not send upstream, before adding anything.
-    let upgrade = upstream::wants_upgrade(&parts.headers);
-    upstream::strip_headers(&mut parts.headers, &names.prefix, upgrade);
-    let candidates = take_proxy_cookies(&mut parts.headers, settings, flavor);
+    let inbound = inbound(settings, conn, &mut parts)?;
+    let flavor = settings.jar.flavor(inbound.https);
 
     // 2. Find or make the session.
-    let excluded = cfg
-        .session
-        .exclude_paths
-        .iter()
-        .any(|p| parts.uri.path().starts_with(p.as_str()));
-    let (mut session, data) = if excluded {
+    let (mut session, data) = if inbound.excluded {
         (SessionState::Excluded, None)
     } else {
-        resolve_session(state, cfg, &parts.method, &candidates).await?
+        resolve_session(state, cfg, &parts.method, &inbound.candidates).await?
     };
 
     // 3. Tell the upstream, and send the request on with its body streamed.
     let carried_session = matches!(session, SessionState::Live { .. });
-    if let SessionState::Live { id, new, .. } = &session {
-        parts.headers.insert(names.id.clone(), id.to_header_value());
-        if *new {
-            parts
-                .headers
-                .insert(names.new.clone(), HeaderValue::from_static("true"));
-        }
-        if let Some(data) = data {
-            parts.headers.insert(names.data.clone(), data);
-        }
-    }
-    let host = parts
-        .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        .or_else(|| parts.headers.get(header::HOST).cloned());
-    upstream::set_forwarded(
-        &mut parts.headers,
-        conn.peer.ip(),
-        trusted,
-        https,
-        host.clone(),
-    );
-    if !(trusted && parts.headers.contains_key(&X_REQUEST_ID)) {
-        parts.headers.insert(X_REQUEST_ID, request_id);
-    }
-    let upstream_uri = upstream_uri(cfg, &parts.uri)?;
-    let host = if cfg.upstream.preserve_host {
-        host
-    } else {
-        upstream_uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    let upstream_session = match &session {
+        SessionState::Live { id, new, .. } => Some(UpstreamSession { id, new: *new, data }),
+        _ => None,
     };
-    if let Some(h) = host {
-        parts.headers.insert(header::HOST, h);
-    }
+    let upstream_uri = outbound(settings, conn, &inbound, &mut parts, upstream_session, request_id)?;
+    let upgrade = inbound.upgrade;
     let method = parts.method.clone();
     let mut out = Request::from_parts(parts, RequestBody::new(body, cfg.limits.max_body_bytes));
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut out));
@@ -273,6 +226,103 @@ async fn proxy(
         add_vary_cookie(h);
     }
     Ok(resp.map(Either::Left))
+}
+
+/// What step 1 learned about a request.
+pub struct Inbound {
+    /// Arrived over TLS, or via a trusted proxy that says so.
+    pub https: bool,
+    trusted: bool,
+    upgrade: bool,
+    excluded: bool,
+    candidates: Vec<Candidate>,
+}
+
+/// The session as the upstream is told about it.
+pub struct UpstreamSession<'a> {
+    pub id: &'a SessionId,
+    pub new: bool,
+    pub data: Option<HeaderValue>,
+}
+
+/// Step 1: refuses what can never be forwarded, strips hop-by-hop and
+/// session-prefixed headers, and takes the proxy's cookie out of `Cookie`.
+pub fn inbound(settings: &Settings, conn: ConnInfo, parts: &mut http::request::Parts) -> Result<Inbound, ProxyError> {
+    let cfg = &settings.config;
+    if let Some(limit) = cfg.limits.max_body_bytes {
+        if content_length(&parts.headers).is_some_and(|n| n > limit) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
+    let trusted = upstream::is_trusted(conn.peer.ip(), &cfg.trusted_proxies);
+    let https = conn.tls || (trusted && forwarded_https(&parts.headers));
+    let upgrade = upstream::wants_upgrade(&parts.headers);
+    upstream::strip_headers(&mut parts.headers, &cfg.session.headers.prefix, upgrade);
+    let candidates = take_proxy_cookies(&mut parts.headers, settings, settings.jar.flavor(https));
+    let excluded = cfg
+        .session
+        .exclude_paths
+        .iter()
+        .any(|p| parts.uri.path().starts_with(p.as_str()));
+    Ok(Inbound {
+        https,
+        trusted,
+        upgrade,
+        excluded,
+        candidates,
+    })
+}
+
+/// Step 3's headers: the session headers, `X-Forwarded-*`, `X-Request-Id`, `Host`.
+/// Returns the upstream URI.
+pub fn outbound(
+    settings: &Settings,
+    conn: ConnInfo,
+    inbound: &Inbound,
+    parts: &mut http::request::Parts,
+    session: Option<UpstreamSession<'_>>,
+    request_id: HeaderValue,
+) -> Result<Uri, ProxyError> {
+    let cfg = &settings.config;
+    let names = &cfg.session.headers;
+    if let Some(s) = session {
+        parts.headers.insert(names.id.clone(), s.id.to_header_value());
+        if s.new {
+            parts
+                .headers
+                .insert(names.new.clone(), HeaderValue::from_static("true"));
+        }
+        if let Some(data) = s.data {
+            parts.headers.insert(names.data.clone(), data);
+        }
+    }
+    let host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(header::HOST).cloned());
+    upstream::set_forwarded(
+        &mut parts.headers,
+        conn.peer.ip(),
+        inbound.trusted,
+        inbound.https,
+        host.clone(),
+    );
+    if !(inbound.trusted && parts.headers.contains_key(&X_REQUEST_ID)) {
+        parts.headers.insert(X_REQUEST_ID, request_id);
+    }
+    let upstream_uri = upstream_uri(cfg, &parts.uri)?;
+    let host = if cfg.upstream.preserve_host {
+        host
+    } else {
+        upstream_uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    };
+    if let Some(h) = host {
+        parts.headers.insert(header::HOST, h);
+    }
+    Ok(upstream_uri)
 }
 
 fn content_length(h: &HeaderMap) -> Option<u64> {

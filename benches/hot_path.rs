@@ -36,11 +36,20 @@ fn browser_request(cookie: &str) -> http::request::Parts {
     let (parts, ()) = Request::builder()
         .uri("/account/settings?tab=profile")
         .header("host", "www.example.com")
-        .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120 Safari/537.36")
-        .header("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120 Safari/537.36",
+        )
+        .header(
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        )
         .header("accept-language", "en-GB,en;q=0.9")
         .header("accept-encoding", "gzip, deflate, br")
-        .header("cookie", format!("_ga=GA1.2.1234; sessiongate={cookie}; theme=dark"))
+        .header(
+            "cookie",
+            format!("_ga=GA1.2.1234; sessiongate={cookie}; theme=dark"),
+        )
         .header("connection", "keep-alive")
         .body(())
         .expect("request")
@@ -53,9 +62,13 @@ fn bench(c: &mut Criterion) {
     let id = SessionId::random();
     let cookie = keys.sign(&id);
     c.bench_function("sign", |b| b.iter(|| keys.sign(black_box(&id))));
-    c.bench_function("verify", |b| b.iter(|| keys.verify(black_box(cookie.as_bytes()))));
+    c.bench_function("verify", |b| {
+        b.iter(|| keys.verify(black_box(cookie.as_bytes())))
+    });
 
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     let s = store();
     let ids: Vec<SessionId> = rt.block_on(async {
         let mut v = Vec::new();
@@ -82,14 +95,19 @@ fn bench(c: &mut Criterion) {
             rt.block_on(s.apply(black_box(&ids[i]), &one))
         })
     });
-    c.bench_function("store create", |b| b.iter(|| rt.block_on(s.create(SessionData::default()))));
+    c.bench_function("store create", |b| {
+        b.iter(|| rt.block_on(s.create(SessionData::default())))
+    });
 
     let data = SessionData::default().with_changes(&changes);
-    c.bench_function("form encode (2 keys)", |b| b.iter(|| black_box(&data).with_changes(&one)));
+    c.bench_function("form encode (2 keys)", |b| {
+        b.iter(|| black_box(&data).with_changes(&one))
+    });
     c.bench_function("form decode write-back", |b| {
         b.iter(|| {
             let mut c = Changes::default();
-            c.add_set(black_box(b"user=alice+smith&role=admin&theme=dark")).map(|_| c)
+            c.add_set(black_box(b"user=alice+smith&role=admin&theme=dark"))
+                .map(|_| c)
         })
     });
 
@@ -110,7 +128,14 @@ fn bench(c: &mut Criterion) {
                     new: false,
                     data: data_header.clone(),
                 };
-                let uri = proxy::outbound(&settings, conn, &inbound, &mut parts, Some(session), request_id.clone());
+                let uri = proxy::outbound(
+                    &settings,
+                    conn,
+                    &inbound,
+                    &mut parts,
+                    Some(session),
+                    request_id.clone(),
+                );
                 (parts, uri)
             },
             criterion::BatchSize::SmallInput,
@@ -127,7 +152,14 @@ fn bench(c: &mut Criterion) {
                     new: false,
                     data: data_header.clone(),
                 };
-                let uri = proxy::outbound(&settings, conn, &inbound, &mut parts, Some(session), request_id.clone());
+                let uri = proxy::outbound(
+                    &settings,
+                    conn,
+                    &inbound,
+                    &mut parts,
+                    Some(session),
+                    request_id.clone(),
+                );
                 let resigned = keys.sign(&ids[0]);
                 (parts, uri, found, resigned)
             },

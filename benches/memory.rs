@@ -27,7 +27,10 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") || args.iter().any(|a| !a.starts_with("--")) {
         return;
     }
-    let n: usize = std::env::var("SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let n: usize = std::env::var("SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let store = MemoryStore::new(MemorySettings {
         idle_timeout: Duration::from_secs(3600),
         absolute_timeout: Duration::from_secs(86400),
@@ -35,7 +38,9 @@ fn main() {
         max_data_bytes: 4096,
         regenerate_grace: Duration::from_secs(10),
     });
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     // 64 bytes encoded: "user=" + 27 chars + "&role=" + 26 chars.
     let mut changes = Changes::default();
     changes
@@ -47,7 +52,10 @@ fn main() {
     let started = Instant::now();
     rt.block_on(async {
         for _ in 0..n {
-            store.create(sample.clone()).await.expect("memory store never fails");
+            store
+                .create(sample.clone())
+                .await
+                .expect("memory store never fails");
         }
     });
     let elapsed = started.elapsed();

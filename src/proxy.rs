@@ -169,10 +169,21 @@ async fn proxy(
     // 3. Tell the upstream, and send the request on with its body streamed.
     let carried_session = matches!(session, SessionState::Live { .. });
     let upstream_session = match &session {
-        SessionState::Live { id, new, .. } => Some(UpstreamSession { id, new: *new, data }),
+        SessionState::Live { id, new, .. } => Some(UpstreamSession {
+            id,
+            new: *new,
+            data,
+        }),
         _ => None,
     };
-    let upstream_uri = outbound(settings, conn, &inbound, &mut parts, upstream_session, request_id)?;
+    let upstream_uri = outbound(
+        settings,
+        conn,
+        &inbound,
+        &mut parts,
+        upstream_session,
+        request_id,
+    )?;
     let upgrade = inbound.upgrade;
     let method = parts.method.clone();
     let mut out = Request::from_parts(parts, RequestBody::new(body, cfg.limits.max_body_bytes));
@@ -247,7 +258,11 @@ pub struct UpstreamSession<'a> {
 
 /// Step 1: refuses what can never be forwarded, strips hop-by-hop and
 /// session-prefixed headers, and takes the proxy's cookie out of `Cookie`.
-pub fn inbound(settings: &Settings, conn: ConnInfo, parts: &mut http::request::Parts) -> Result<Inbound, ProxyError> {
+pub fn inbound(
+    settings: &Settings,
+    conn: ConnInfo,
+    parts: &mut http::request::Parts,
+) -> Result<Inbound, ProxyError> {
     let cfg = &settings.config;
     if let Some(limit) = cfg.limits.max_body_bytes {
         if content_length(&parts.headers).is_some_and(|n| n > limit) {
@@ -286,7 +301,9 @@ pub fn outbound(
     let cfg = &settings.config;
     let names = &cfg.session.headers;
     if let Some(s) = session {
-        parts.headers.insert(names.id.clone(), s.id.to_header_value());
+        parts
+            .headers
+            .insert(names.id.clone(), s.id.to_header_value());
         if s.new {
             parts
                 .headers

@@ -26,6 +26,24 @@ impl SessionData {
         data
     }
 
+    /// Rebuilds data from its encoded form (as stored by a store).
+    pub fn from_encoded(encoded: &[u8]) -> SessionData {
+        let mut data = SessionData::default();
+        for pair in encoded.split(|&b| b == b'&') {
+            let (k, v) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &b""[..]),
+            };
+            if let (Ok(k), Ok(v)) = (decode_component(k), decode_component(v)) {
+                if !k.is_empty() {
+                    data.insert(k, v);
+                }
+            }
+        }
+        data.reencode();
+        data
+    }
+
     pub fn pairs(&self) -> &[(String, String)] {
         &self.pairs
     }

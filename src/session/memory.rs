@@ -8,11 +8,12 @@
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use http::HeaderValue;
 
 use super::{
     now_ms, Applied, Changes, Lookup, SessionData, SessionId, SessionStore, SessionView, StoreError,
@@ -68,11 +69,15 @@ pub struct MemoryStats {
     pub refused_writes: AtomicU64,
 }
 
+/// Kept small on purpose: a million of these must fit in a few hundred MiB. Times
+/// are Unix seconds (timeouts are enforced to the second); the data is kept only in
+/// its encoded form, which is what every read needs.
 struct Entry {
-    data: SessionData,
-    created_ms: u64,
+    /// The `X-Session-Data` bytes; `None` when the session holds no data.
+    data: Option<Box<[u8]>>,
+    created_s: u32,
     /// Refreshed on use, at most once a second: reads take only the shard's read lock.
-    last_seen_ms: AtomicU64,
+    last_seen_s: AtomicU32,
     /// Set the first time the cookie comes back; such sessions are evicted last.
     returned: AtomicBool,
 }
@@ -144,11 +149,12 @@ impl MemoryStore {
         &self.inner.stats
     }
 
-    fn expired(&self, e: &Entry, now: u64) -> bool {
+    fn expired(&self, e: &Entry, now_ms: u64) -> bool {
         let s = &self.inner.settings;
-        let idle = e.last_seen_ms.load(Ordering::Relaxed);
-        now.saturating_sub(idle) >= s.idle_timeout.as_millis() as u64
-            || now.saturating_sub(e.created_ms) >= s.absolute_timeout.as_millis() as u64
+        let now = secs(now_ms);
+        let idle = e.last_seen_s.load(Ordering::Relaxed);
+        now.saturating_sub(idle) as u64 >= s.idle_timeout.as_secs()
+            || now.saturating_sub(e.created_s) as u64 >= s.absolute_timeout.as_secs()
     }
 
     /// Removes expired sessions and stale bookkeeping; returns how many expired.
@@ -183,15 +189,19 @@ impl MemoryStore {
         let inner = &self.inner;
         if let Some(e) = inner.sessions.get(id) {
             if !self.expired(&e, now) {
-                if now.saturating_sub(e.last_seen_ms.load(Ordering::Relaxed)) >= 1000 {
-                    e.last_seen_ms.store(now, Ordering::Relaxed);
+                let now_s = secs(now);
+                if e.last_seen_s.load(Ordering::Relaxed) != now_s {
+                    e.last_seen_s.store(now_s, Ordering::Relaxed);
                 }
                 if !e.returned.load(Ordering::Relaxed) {
                     e.returned.store(true, Ordering::Relaxed);
                 }
                 return Lookup::Found(SessionView {
-                    data: e.data.header().cloned(),
-                    created_ms: e.created_ms,
+                    data: e
+                        .data
+                        .as_deref()
+                        .and_then(|d| HeaderValue::from_bytes(d).ok()),
+                    created_ms: e.created_s as u64 * 1000,
                 });
             }
             drop(e);
@@ -261,7 +271,7 @@ impl MemoryStore {
             .sessions
             .iter()
             .take(64)
-            .min_by_key(|e| e.last_seen_ms.load(Ordering::Relaxed))
+            .min_by_key(|e| e.last_seen_s.load(Ordering::Relaxed))
             .map(|e| *e.key());
         match victim {
             Some(id) if inner.sessions.remove(&id).is_some() => {
@@ -284,9 +294,9 @@ impl MemoryStore {
         inner.sessions.insert(
             id,
             Entry {
-                data,
-                created_ms: now,
-                last_seen_ms: AtomicU64::new(now),
+                data: data.header().map(|h| h.as_bytes().into()),
+                created_s: secs(now),
+                last_seen_s: AtomicU32::new(secs(now)),
                 returned: AtomicBool::new(false),
             },
         );
@@ -309,19 +319,20 @@ impl MemoryStore {
                 return Applied::Missing;
             }
             if changes.writes_data() {
-                let next = e.data.with_changes(changes);
+                let current = SessionData::from_encoded(e.data.as_deref().unwrap_or_default());
+                let next = current.with_changes(changes);
                 if next.encoded_len() > inner.settings.max_data_bytes {
                     inner.stats.refused_writes.fetch_add(1, Ordering::Relaxed);
                     return Applied::TooLarge {
                         bytes: next.encoded_len(),
                     };
                 }
-                e.data = next;
+                e.data = next.header().map(|h| h.as_bytes().into());
             }
             if !changes.regenerate {
                 return Applied::Stored;
             }
-            e.data.clone()
+            SessionData::from_encoded(e.data.as_deref().unwrap_or_default())
         };
         // Regenerate: the data moves to a new ID, the old one dies now and is
         // remembered for the grace period.
@@ -353,6 +364,11 @@ impl MemoryStore {
             false
         }
     }
+}
+
+/// Unix seconds from Unix milliseconds (fits `u32` until 2106).
+fn secs(ms: u64) -> u32 {
+    (ms / 1000).min(u32::MAX as u64) as u32
 }
 
 impl SessionStore for MemoryStore {
@@ -502,6 +518,7 @@ mod tests {
             }
         });
         let e = s.inner.sessions.get(&id).unwrap();
-        assert_eq!(e.data.pairs().len(), 400);
+        let data = SessionData::from_encoded(e.data.as_deref().unwrap_or_default());
+        assert_eq!(data.pairs().len(), 400);
     }
 }

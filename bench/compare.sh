@@ -119,7 +119,7 @@ wait_port 127.0.0.1:18081
 cat > "$RUN/haproxy.cfg" <<CONF
 global
   nbthread $(nproc)
-  maxconn 20000
+  maxconn 8000
 defaults
   mode http
   timeout connect 5s
@@ -190,7 +190,7 @@ url_of() { # target scenario -> URL
     nginx-cookie) port=18082 ;; haproxy) port=18083 ;; apache) port=18084 ;;
   esac
   if [ "$2" = h2 ]; then
-    case "$1" in nginx) port=18091 ;; haproxy) port=18093 ;; sessiongate|direct) ;; *) return 1 ;; esac
+    case "$1" in nginx) port=18091 ;; haproxy) port=18093 ;; sessiongate) ;; *) return 1 ;; esac
   fi
   local path=/
   [ "$2" = writeback ] && path=/write

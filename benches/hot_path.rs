@@ -112,17 +112,14 @@ fn bench(c: &mut Criterion) {
     });
 
     let settings = settings();
-    let conn = ConnInfo {
-        peer: "127.0.0.1:50000".parse().expect("addr"),
-        tls: false,
-    };
+    let conn = ConnInfo::new("127.0.0.1:50000".parse().expect("addr"), false);
     let request_id = HeaderValue::from_static("0123456789abcdef0123");
     let data_header = data.header().cloned();
     c.bench_function("request headers (strip, cookie, session, forwarded)", |b| {
         b.iter_batched(
             || browser_request(&cookie),
             |mut parts| {
-                let inbound = proxy::inbound(&settings, conn, &mut parts).expect("inbound");
+                let inbound = proxy::inbound(&settings, &conn, &mut parts).expect("inbound");
                 let session = UpstreamSession {
                     id: &id,
                     new: false,
@@ -130,7 +127,7 @@ fn bench(c: &mut Criterion) {
                 };
                 let uri = proxy::outbound(
                     &settings,
-                    conn,
+                    &conn,
                     &inbound,
                     &mut parts,
                     Some(session),
@@ -145,7 +142,7 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || browser_request(&cookie),
             |mut parts| {
-                let inbound = proxy::inbound(&settings, conn, &mut parts).expect("inbound");
+                let inbound = proxy::inbound(&settings, &conn, &mut parts).expect("inbound");
                 let found = rt.block_on(s.load(&ids[0]));
                 let session = UpstreamSession {
                     id: &ids[0],
@@ -154,7 +151,7 @@ fn bench(c: &mut Criterion) {
                 };
                 let uri = proxy::outbound(
                     &settings,
-                    conn,
+                    &conn,
                     &inbound,
                     &mut parts,
                     Some(session),

@@ -30,55 +30,102 @@ use crate::upstream::{self, RequestBody, UpstreamClient};
 /// The body of every response the proxy sends: the upstream's, streamed, or its own.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
-/// What a connection knows about its peer.
-#[derive(Clone, Copy, Debug)]
+/// What a connection knows about its peer, worked out once per connection.
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The request arrived over TLS.
     pub tls: bool,
+    /// The peer's IP as a header value, for `X-Forwarded-For`.
+    peer_header: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+        let peer_header = HeaderValue::from_str(&peer.ip().to_string())
+            .expect("an IP address is a valid header value");
+        ConnInfo {
+            peer,
+            tls,
+            peer_header,
+        }
+    }
 }
 
 /// Per-request settings derived from the configuration, swapped whole on reload.
 pub struct Settings {
     pub config: Config,
     pub jar: CookieJar,
+    /// `Host` for the upstream when `preserve_host` is off.
+    upstream_host: Option<HeaderValue>,
 }
 
 impl Settings {
     pub fn new(config: Config) -> Settings {
         let jar = config.session.cookie.jar();
-        Settings { config, jar }
+        let upstream_host = config
+            .upstream
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        Settings {
+            config,
+            jar,
+            upstream_host,
+        }
     }
 }
 
-/// State shared by every connection.
+/// State shared by every worker thread.
 pub struct State {
     pub settings: ArcSwap<Settings>,
     pub store: MemoryStore,
-    pub client: UpstreamClient,
-    /// Request ids: a random per-process prefix and a counter, unique and cheap.
-    request_prefix: u32,
-    request_counter: AtomicU64,
 }
 
 impl State {
     pub fn new(config: Config, store: MemoryStore) -> State {
-        let client = upstream::client(config.upstream.connect_timeout);
-        let mut prefix = [0u8; 4];
-        getrandom::fill(&mut prefix).expect("the operating system's random source failed");
         State {
             settings: ArcSwap::from_pointee(Settings::new(config)),
             store,
-            client,
+        }
+    }
+}
+
+/// What one worker thread owns: its upstream connection pool and its request-id
+/// counter, so that requests on different cores share no hot cache line.
+pub struct Worker {
+    pub state: Arc<State>,
+    pub client: UpstreamClient,
+    request_prefix: u32,
+    request_counter: AtomicU64,
+}
+
+impl Worker {
+    pub fn new(state: Arc<State>) -> Worker {
+        let connect_timeout = state.settings.load().config.upstream.connect_timeout;
+        let mut prefix = [0u8; 4];
+        getrandom::fill(&mut prefix).expect("the operating system's random source failed");
+        Worker {
+            state,
+            client: upstream::client(connect_timeout),
             request_prefix: u32::from_le_bytes(prefix),
             request_counter: AtomicU64::new(0),
         }
     }
 
+    /// A request id: 8 hex digits of per-worker random prefix, 12 of counter.
     fn request_id(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
-        let text = format!("{:08x}{:012x}", self.request_prefix, n);
-        HeaderValue::from_str(&text).expect("hex is a valid header value")
+        let mut buf = [0u8; 20];
+        let p = self.request_prefix as u64;
+        for (i, b) in buf[..8].iter_mut().enumerate() {
+            *b = HEX[((p >> (28 - 4 * i)) & 15) as usize];
+        }
+        for (i, b) in buf[8..].iter_mut().enumerate() {
+            *b = HEX[((n >> (44 - 4 * i)) & 15) as usize];
+        }
+        HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
     }
 }
 
@@ -104,21 +151,21 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Serves one request; never fails (errors become responses).
 pub async fn handle(
-    state: Arc<State>,
-    conn: ConnInfo,
+    worker: Arc<Worker>,
+    conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    let settings = state.settings.load_full();
+    let settings = worker.state.settings.load();
     let method = req.method().clone();
-    let request_id = state.request_id();
+    let request_id = worker.request_id();
     let log_access = settings.config.log.access;
     let path = if log_access {
         Some(req.uri().path().to_owned())
     } else {
         None
     };
-    let response = match proxy(&state, &settings, conn, req, request_id.clone()).await {
+    let response = match proxy(&worker, &settings, &conn, req, request_id.clone()).await {
         Ok(resp) => resp,
         Err(err) => {
             tracing::warn!(
@@ -145,12 +192,13 @@ pub async fn handle(
 }
 
 async fn proxy(
-    state: &State,
+    worker: &Worker,
     settings: &Settings,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     req: Request<Incoming>,
     request_id: HeaderValue,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let state = &*worker.state;
     let cfg = &settings.config;
     let names = &cfg.session.headers;
     let (mut parts, body) = req.into_parts();
@@ -191,7 +239,7 @@ async fn proxy(
     *out.uri_mut() = upstream_uri;
     *out.version_mut() = Version::HTTP_11;
 
-    let sent = tokio::time::timeout(cfg.upstream.timeout, state.client.request(out)).await;
+    let sent = tokio::time::timeout(cfg.upstream.timeout, worker.client.request(out)).await;
     let mut resp = match sent {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(e)) => {
@@ -260,7 +308,7 @@ pub struct UpstreamSession<'a> {
 /// session-prefixed headers, and takes the proxy's cookie out of `Cookie`.
 pub fn inbound(
     settings: &Settings,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     parts: &mut http::request::Parts,
 ) -> Result<Inbound, ProxyError> {
     let cfg = &settings.config;
@@ -292,7 +340,7 @@ pub fn inbound(
 /// Returns the upstream URI.
 pub fn outbound(
     settings: &Settings,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     inbound: &Inbound,
     parts: &mut http::request::Parts,
     session: Option<UpstreamSession<'_>>,
@@ -313,28 +361,25 @@ pub fn outbound(
             parts.headers.insert(names.data.clone(), data);
         }
     }
-    let host = parts
-        .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        .or_else(|| parts.headers.get(header::HOST).cloned());
+    let host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
     upstream::set_forwarded(
         &mut parts.headers,
-        conn.peer.ip(),
+        &conn.peer_header,
         inbound.trusted,
         inbound.https,
-        host.clone(),
+        host.as_ref(),
     );
     if !(inbound.trusted && parts.headers.contains_key(&X_REQUEST_ID)) {
         parts.headers.insert(X_REQUEST_ID, request_id);
     }
-    let upstream_uri = upstream_uri(cfg, &parts.uri)?;
+    let upstream_uri = upstream_uri(cfg, std::mem::take(&mut parts.uri))?;
     let host = if cfg.upstream.preserve_host {
         host
     } else {
-        upstream_uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        settings.upstream_host.clone()
     };
     if let Some(h) = host {
         parts.headers.insert(header::HOST, h);
@@ -639,25 +684,22 @@ fn add_vary_cookie(h: &mut HeaderMap) {
 }
 
 /// The upstream URI: its scheme and authority, its base path, the request's path
-/// and query.
-fn upstream_uri(cfg: &Config, uri: &Uri) -> Result<Uri, ProxyError> {
+/// and query (moved, not copied, when there is no base path).
+fn upstream_uri(cfg: &Config, uri: Uri) -> Result<Uri, ProxyError> {
     let base = &cfg.upstream.uri;
-    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut builder = Uri::builder();
-    if let Some(s) = base.scheme() {
-        builder = builder.scheme(s.clone());
+    let mut parts = uri.into_parts();
+    parts.scheme = base.scheme().cloned();
+    parts.authority = base.authority().cloned();
+    if !cfg.upstream.base_path.is_empty() || parts.path_and_query.is_none() {
+        let pq = parts.path_and_query.as_ref().map_or("/", |pq| pq.as_str());
+        let joined = format!("{}{}", cfg.upstream.base_path, pq);
+        parts.path_and_query = Some(
+            joined
+                .parse()
+                .map_err(|_| ProxyError::BadRequest("unusable request target"))?,
+        );
     }
-    if let Some(a) = base.authority() {
-        builder = builder.authority(a.clone());
-    }
-    let built = if cfg.upstream.base_path.is_empty() {
-        builder.path_and_query(pq)
-    } else {
-        builder.path_and_query(format!("{}{}", cfg.upstream.base_path, pq))
-    };
-    built
-        .build()
-        .map_err(|_| ProxyError::BadRequest("unusable request target"))
+    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("unusable request target"))
 }
 
 /// Copies bytes both ways between the client and the upstream after a `101`.

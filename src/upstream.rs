@@ -226,31 +226,28 @@ pub fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
 /// `X-Forwarded-For` appended to); anybody else's are replaced.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     trusted: bool,
     https: bool,
-    host: Option<HeaderValue>,
+    host: Option<&HeaderValue>,
 ) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
-    let peer_text = peer.to_string();
-    let xff = if trusted {
-        let prior: Vec<&str> = headers
-            .get_all(&XFF)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if prior.is_empty() {
-            peer_text
-        } else {
-            format!("{}, {peer_text}", prior.join(", "))
-        }
+    let prior: Vec<&[u8]> = if trusted {
+        headers.get_all(&XFF).iter().map(|v| v.as_bytes()).collect()
     } else {
-        peer_text
+        Vec::new()
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(XFF, v);
+    if prior.is_empty() {
+        headers.insert(XFF, peer.clone());
+    } else {
+        let mut joined = prior.join(&b", "[..]);
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(peer.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            headers.insert(XFF, v);
+        }
     }
     if !(trusted && headers.contains_key(&XFP)) {
         headers.insert(
@@ -261,7 +258,7 @@ pub fn set_forwarded(
     if !(trusted && headers.contains_key(&XFH)) {
         match host {
             Some(h) => {
-                headers.insert(XFH, h);
+                headers.insert(XFH, h.clone());
             }
             None => {
                 headers.remove(XFH);
@@ -305,24 +302,19 @@ mod tests {
 
     #[test]
     fn forwarded_for_trust_rules() {
-        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let peer = HeaderValue::from_static("10.0.0.2");
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
         h.insert("x-forwarded-proto", "https".parse().unwrap());
-        set_forwarded(
-            &mut h,
-            peer,
-            false,
-            false,
-            Some("a.example".parse().unwrap()),
-        );
+        let host = HeaderValue::from_static("a.example");
+        set_forwarded(&mut h, &peer, false, false, Some(&host));
         assert_eq!(h["x-forwarded-for"], "10.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example");
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
         h.insert("x-forwarded-proto", "https".parse().unwrap());
-        set_forwarded(&mut h, peer, true, false, None);
+        set_forwarded(&mut h, &peer, true, false, None);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "https");
     }

@@ -153,8 +153,10 @@ impl MemoryStore {
         let s = &self.inner.settings;
         let now = secs(now_ms);
         let idle = e.last_seen_s.load(Ordering::Relaxed);
-        now.saturating_sub(idle) as u64 >= s.idle_timeout.as_secs()
-            || now.saturating_sub(e.created_s) as u64 >= s.absolute_timeout.as_secs()
+        // Strictly greater: with whole seconds, a session may live up to a second
+        // past its timeout, never a moment less.
+        now.saturating_sub(idle) as u64 > s.idle_timeout.as_secs()
+            || now.saturating_sub(e.created_s) as u64 > s.absolute_timeout.as_secs()
     }
 
     /// Removes expired sessions and stale bookkeeping; returns how many expired.
@@ -416,13 +418,14 @@ mod tests {
         assert!(matches!(s.load_now(&id, 59_000), Lookup::Found(_)));
         // Refreshed at 59s: alive at 118s, dead at 119s+ of idleness.
         assert!(matches!(s.load_now(&id, 118_000), Lookup::Found(_)));
-        assert!(matches!(s.load_now(&id, 178_000), Lookup::Missing));
+        assert!(matches!(s.load_now(&id, 178_000), Lookup::Found(_)));
+        assert!(matches!(s.load_now(&id, 239_000), Lookup::Missing));
         assert_eq!(s.len(), 0);
         let id = s.insert(SessionData::default(), 0);
-        for t in (30_000..3_600_000).step_by(30_000) {
+        for t in (30_000..=3_600_000).step_by(30_000) {
             assert!(matches!(s.load_now(&id, t), Lookup::Found(_)), "at {t}");
         }
-        assert!(matches!(s.load_now(&id, 3_600_000), Lookup::Missing));
+        assert!(matches!(s.load_now(&id, 3_601_000), Lookup::Missing));
     }
 
     #[test]
@@ -430,7 +433,7 @@ mod tests {
         let s = store(10);
         s.insert(SessionData::default(), 0);
         s.insert(SessionData::default(), 50_000);
-        assert_eq!(s.sweep(70_000), 1);
+        assert_eq!(s.sweep(61_000), 1);
         assert_eq!(s.len(), 1);
     }
 

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by callgrind: repeatable on a noisy
+# machine, unlike seconds. Runs sessiongate under valgrind twice in front of an nginx
+# upstream on loopback (N1 and N2 requests) and reports (Ir2 - Ir1) / (N2 - N1),
+# which cancels start-up and shutdown.
+#
+#   bench/instructions.sh [returning|new|writeback] [BINARY]
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SCENARIO=${1:-returning}
+BIN=${2:-$ROOT/target/release/sessiongate}
+N1=${N1:-2000}
+N2=${N2:-6000}
+RUN=$(mktemp -d /tmp/sessiongate-ir.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$RUN"; }
+trap cleanup EXIT
+command -v valgrind >/dev/null || { apt-get install -y -qq valgrind >/dev/null; }
+command -v oha >/dev/null || cargo install oha --locked
+[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --quiet)
+
+wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+
+cat > "$RUN/upstream.conf" <<CONF
+worker_processes 1; daemon off; pid $RUN/upstream.pid; error_log $RUN/upstream.err warn;
+events { worker_connections 1024; }
+http { access_log off;
+  server { listen 127.0.0.1:18100;
+    location / { return 200 "hello\n"; }
+    location /write { add_header X-Session-Set "n=1" always; return 200 "hello\n"; } } }
+CONF
+nginx -p "$RUN" -c "$RUN/upstream.conf" & PIDS+=($!)
+wait_port 18100
+cat > "$RUN/sg.yaml" <<CONF
+listen: 127.0.0.1:18180
+upstream: { url: "http://127.0.0.1:18100" }
+session: { secrets: ["bench-secret-0123456789abcdef0123456789"] }
+log: { level: warn, access: false }
+CONF
+
+count() { # requests -> total Ir
+  local n=$1 out="$RUN/cg.$1" pid cookie path=/ args=()
+  valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN" --config "$RUN/sg.yaml" 2>"$RUN/vg.$n.err" &
+  pid=$!
+  wait_port 18180
+  cookie=$(curl -s -D - -o /dev/null http://127.0.0.1:18180/ | tr -d '\r' | sed -n 's/^set-cookie: \([^;]*\).*/\1/p')
+  [ "$SCENARIO" = writeback ] && path=/write
+  [ "$SCENARIO" != new ] && args=(-H "Cookie: $cookie")
+  oha --no-tui -n "$n" -c 4 "${args[@]}" "http://127.0.0.1:18180$path" >/dev/null
+  kill -INT "$pid"; wait "$pid" || true
+  callgrind_annotate "$out" 2>/dev/null | sed -n 's/^\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,
+}
+a=$(count "$N1")
+b=$(count "$N2")
+echo "$SCENARIO: $(( (b - a) / (N2 - N1) )) instructions per request ($(basename "$BIN"))"

@@ -1,0 +1,489 @@
+//! The built binary: `check`, `gen-secret`, `--version`, config errors, and
+//! graceful shutdown on SIGTERM / SIGINT.
+
+mod support;
+
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sessiongate");
+
+/// Runs the binary with `args` and a clean secret environment.
+fn sessiongate(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("SESSIONGATE_SECRET")
+        .output()
+        .expect("run sessiongate")
+}
+
+/// A config file named `bad.yaml` (or `good.yaml`) in its own directory.
+struct ConfigFile {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+fn config_file(name: &str, contents: &str) -> ConfigFile {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(name);
+    std::fs::write(&path, contents).expect("write config");
+    ConfigFile { _dir: dir, path }
+}
+
+/// `sessiongate check --config bad.yaml` with these contents.
+fn check(contents: &str) -> Output {
+    let file = config_file("bad.yaml", contents);
+    sessiongate(&["check", "--config", file.path.to_str().unwrap()])
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Exit status 1, every fragment in stderr, and no secret anywhere.
+fn assert_rejected(output: &Output, fragments: &[&str], secrets: &[&str]) {
+    let stderr = text(&output.stderr);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    for fragment in fragments {
+        assert!(
+            stderr.contains(fragment),
+            "stderr does not mention {fragment:?}: {stderr}"
+        );
+    }
+    for secret in secrets.iter().chain([&SECRET_A]) {
+        assert!(
+            !stderr.contains(secret) && !stdout.contains(secret),
+            "the secret was printed: {stderr}{stdout}"
+        );
+    }
+}
+
+fn good_config() -> String {
+    format!(
+        "listen: 127.0.0.1:0\n\
+         upstream:\n  url: http://127.0.0.1:3000\n\
+         session:\n  secrets: [\"{SECRET_A}\"]\n\
+         admin:\n  listen: 127.0.0.1:0\n"
+    )
+}
+
+#[test]
+fn check_accepts_a_good_config_and_prints_it_without_secrets() {
+    let output = check(&good_config());
+
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(
+        stdout.contains("http://127.0.0.1:3000"),
+        "the effective config was not printed: {stdout}"
+    );
+    assert!(!stdout.contains(SECRET_A), "check printed the secret");
+    assert!(
+        !text(&output.stderr).contains(SECRET_A),
+        "check printed the secret"
+    );
+}
+
+#[test]
+fn unknown_key_names_file_line_column_and_key() {
+    let output = check(&format!(
+        "listen: 127.0.0.1:0\n\
+         upstream:\n  url: http://127.0.0.1:3000\n\
+         session:\n  cookie_nam: sid\n  secrets: [\"{SECRET_A}\"]\n"
+    ));
+
+    assert_rejected(&output, &["bad.yaml:5:3:", "session.cookie_nam"], &[]);
+}
+
+#[test]
+fn bad_duration_names_file_line_column_and_key() {
+    let output = check(&format!(
+        "listen: 127.0.0.1:0\n\
+         upstream:\n  url: http://127.0.0.1:3000\n\
+         session:\n  secrets: [\"{SECRET_A}\"]\n  idle_timeout: 30x\n"
+    ));
+
+    assert_rejected(
+        &output,
+        &["bad.yaml:6:17:", "session.idle_timeout", "30x"],
+        &[],
+    );
+}
+
+#[test]
+fn bad_address_names_file_line_column_and_key() {
+    let output = check(&format!(
+        "upstream:\n  url: http://127.0.0.1:3000\n\
+         listen: not-an-address\n\
+         session:\n  secrets: [\"{SECRET_A}\"]\n"
+    ));
+
+    assert_rejected(&output, &["bad.yaml:3:9:", "listen"], &[]);
+}
+
+#[test]
+fn unset_variable_is_named_with_its_location() {
+    let output = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(
+            &config_file(
+                "bad.yaml",
+                &format!(
+                    "listen: 127.0.0.1:0\n\
+                     upstream:\n  url: ${{SG_TEST_UNSET_UPSTREAM}}\n\
+                     session:\n  secrets: [\"{SECRET_A}\"]\n"
+                ),
+            )
+            .path,
+        )
+        .env_remove("SG_TEST_UNSET_UPSTREAM")
+        .output()
+        .unwrap();
+
+    assert_rejected(
+        &output,
+        &["bad.yaml:3:8:", "upstream.url", "SG_TEST_UNSET_UPSTREAM"],
+        &[],
+    );
+}
+
+#[test]
+fn variables_are_substituted_from_the_environment() {
+    let file = config_file(
+        "good.yaml",
+        "listen: 127.0.0.1:0\n\
+         upstream:\n  url: ${SG_TEST_UPSTREAM}\n\
+         session:\n  secrets: [\"${SG_TEST_SECRET}\"]\n\
+         admin:\n  listen: 127.0.0.1:0\n",
+    );
+
+    let output = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&file.path)
+        .env("SG_TEST_UPSTREAM", "http://127.0.0.1:4321")
+        .env("SG_TEST_SECRET", SECRET_B)
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("http://127.0.0.1:4321"));
+    assert!(!text(&output.stdout).contains(SECRET_B));
+}
+
+#[test]
+fn empty_secrets_point_to_gen_secret() {
+    let output = check(
+        "listen: 127.0.0.1:0\n\
+         upstream:\n  url: http://127.0.0.1:3000\n\
+         session:\n  secrets: []\n",
+    );
+
+    assert_rejected(&output, &["bad.yaml", "sessiongate gen-secret"], &[]);
+}
+
+#[test]
+fn missing_secrets_point_to_gen_secret() {
+    let output = check(
+        "listen: 127.0.0.1:0\n\
+         upstream:\n  url: http://127.0.0.1:3000\n",
+    );
+
+    assert_rejected(&output, &["bad.yaml", "sessiongate gen-secret"], &[]);
+}
+
+#[test]
+fn unset_secret_variable_is_named_and_points_to_gen_secret() {
+    let file = config_file(
+        "bad.yaml",
+        "listen: 127.0.0.1:0\n\
+         upstream:\n  url: http://127.0.0.1:3000\n\
+         session:\n  secrets: [\"${SG_TEST_UNSET_SECRET}\"]\n",
+    );
+
+    let output = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&file.path)
+        .env_remove("SG_TEST_UNSET_SECRET")
+        .output()
+        .unwrap();
+
+    assert_rejected(
+        &output,
+        &["bad.yaml", "SG_TEST_UNSET_SECRET", "sessiongate gen-secret"],
+        &[],
+    );
+}
+
+#[test]
+fn short_secret_is_rejected_without_being_printed() {
+    let output = check(
+        "listen: 127.0.0.1:0\n\
+         upstream:\n  url: http://127.0.0.1:3000\n\
+         session:\n  secrets: [\"only-twenty-two-bytes\"]\n",
+    );
+
+    assert_rejected(
+        &output,
+        &["bad.yaml:5:", "session.secrets"],
+        &["only-twenty-two-bytes"],
+    );
+}
+
+#[test]
+fn gen_secret_prints_32_random_bytes_in_base64url() {
+    let first = sessiongate(&["gen-secret"]);
+    let second = sessiongate(&["gen-secret"]);
+
+    assert_eq!(first.status.code(), Some(0));
+    let secret = text(&first.stdout).trim().to_owned();
+    assert!(
+        is_base64url_32(&secret),
+        "{secret:?} is not 43 base64url chars"
+    );
+    assert_ne!(
+        secret,
+        text(&second.stdout).trim(),
+        "two secrets were equal"
+    );
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let output = sessiongate(&["--version"]);
+
+    assert_eq!(output.status.code(), Some(0));
+    assert!(
+        text(&output.stdout).contains(env!("CARGO_PKG_VERSION")),
+        "{}",
+        text(&output.stdout)
+    );
+}
+
+#[test]
+fn help_lists_the_subcommands() {
+    let output = sessiongate(&["--help"]);
+
+    assert_eq!(output.status.code(), Some(0));
+    let help = text(&output.stdout);
+    for word in ["check", "gen-secret", "--config", "--dev"] {
+        assert!(
+            help.contains(word),
+            "--help does not mention {word}: {help}"
+        );
+    }
+}
+
+/// The binary running in the background, killed if a test fails midway.
+struct Running {
+    child: Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Every output line read so far.
+    output: Vec<String>,
+    _config: ConfigFile,
+}
+
+impl Running {
+    /// Starts `sessiongate --config FILE` and waits for "listening on".
+    async fn start(yaml: &str, extra_args: &[&str]) -> Running {
+        let config = config_file("sessiongate.yaml", yaml);
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config.path)
+            .args(extra_args)
+            .env_remove("SESSIONGATE_SECRET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sessiongate");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        for pipe in [
+            Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            Box::new(stderr),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut running = Running {
+            child,
+            lines,
+            output: Vec::new(),
+            _config: config,
+        };
+        running.wait_for_line("listening on").await;
+        running
+    }
+
+    /// Waits for an output line containing `needle`; returns it.
+    async fn wait_for_line(&mut self, needle: &str) -> String {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.lines.recv()).await {
+                Ok(Some(line)) => {
+                    self.output.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Ok(None) | Err(_) => panic!(
+                    "sessiongate never printed {needle:?}; its output:\n{}",
+                    self.output.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// After exit: every line the process printed.
+    async fn all_output(&mut self) -> Vec<String> {
+        while let Ok(Some(line)) = tokio::time::timeout(PATIENCE, self.lines.recv()).await {
+            self.output.push(line);
+        }
+        self.output.clone()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; its exit code.
+    async fn exit_code(&mut self) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "sessiongate did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    refused_addr().port()
+}
+
+async fn assert_signal_drains_in_flight_requests(signal: &str) {
+    let upstream = Upstream::start(|_| Reply::ok().after(Duration::from_secs(1))).await;
+    let port = free_port();
+    let yaml = config(&upstream.url())
+        .set("listen", &format!("127.0.0.1:{port}"))
+        .set("log.level", "info")
+        .to_string();
+    let mut proxy = Running::start(&yaml, &[]).await;
+    let slow = tokio::spawn(
+        plain_client()
+            .get(format!("http://127.0.0.1:{port}/slow"))
+            .send(),
+    );
+    upstream.wait_for_arrivals(1).await;
+
+    proxy.signal(signal);
+
+    let response = tokio::time::timeout(PATIENCE, slow)
+        .await
+        .expect("the in-flight request never finished")
+        .unwrap()
+        .expect("the in-flight request was dropped");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "ok");
+    assert_eq!(proxy.exit_code().await, Some(0));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "still accepting after shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
+    assert_signal_drains_in_flight_requests("TERM").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_finishes_in_flight_requests_and_exits_zero() {
+    assert_signal_drains_in_flight_requests("INT").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_mode_starts_without_a_secret_and_warns() {
+    let upstream = Upstream::ok().await;
+    let port = free_port();
+    let yaml = config(&upstream.url())
+        .set("listen", &format!("127.0.0.1:{port}"))
+        .set("log.level", "info")
+        .without("session.secrets")
+        .to_string();
+
+    let mut proxy = Running::start(&yaml, &["--dev"]).await;
+
+    let response = get_without_cookie(&format!("http://127.0.0.1:{port}/")).await;
+    assert_eq!(response.status(), 200);
+    expect_session_cookie(response.headers());
+    proxy.signal("TERM");
+    assert_eq!(proxy.exit_code().await, Some(0));
+    let output = proxy.all_output().await;
+    assert!(
+        output.iter().any(|line| {
+            let line = line.to_lowercase();
+            line.contains("warn") && line.contains("secret")
+        }),
+        "no warning about the ephemeral secret:\n{}",
+        output.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_ids_never_appear_in_info_logs() {
+    let upstream = Upstream::ok().await;
+    let port = free_port();
+    let yaml = config(&upstream.url())
+        .set("listen", &format!("127.0.0.1:{port}"))
+        .set("log.level", "info")
+        .set("log.access", "true")
+        .to_string();
+    let mut proxy = Running::start(&yaml, &[]).await;
+
+    let response = get_without_cookie(&format!("http://127.0.0.1:{port}/a?b=c")).await;
+    let cookie = expect_session_cookie(response.headers());
+    get_with_cookie(&format!("http://127.0.0.1:{port}/again"), &cookie.pair()).await;
+    proxy.signal("TERM");
+    assert_eq!(proxy.exit_code().await, Some(0));
+
+    let output = proxy.all_output().await;
+    assert!(
+        output.iter().any(|line| line.contains("/again")),
+        "no access log line for the request:\n{}",
+        output.join("\n")
+    );
+    let (_, tag) = cookie.value.split_once('.').unwrap();
+    for line in &output {
+        assert!(!line.contains(cookie.id()), "session id logged: {line}");
+        assert!(!line.contains(tag), "cookie logged: {line}");
+    }
+}

@@ -1,0 +1,394 @@
+//! The session cookie: issue, reuse, tampering, rotation, attributes.
+
+mod support;
+
+use support::*;
+
+/// Starts an upstream answering `ok` and a proxy in front of it.
+async fn site(config_change: impl FnOnce(ConfigYaml) -> ConfigYaml) -> (Upstream, Proxy) {
+    let upstream = Upstream::ok().await;
+    let proxy = Proxy::start(config_change(config(&upstream.url()))).await;
+    (upstream, proxy)
+}
+
+/// A session the proxy issued to a cookie-less visitor: its Set-Cookie.
+async fn issued_session(proxy: &Proxy) -> SetCookie {
+    let response = get_without_cookie(&proxy.url("/")).await;
+    assert_eq!(response.status(), 200);
+    expect_session_cookie(response.headers())
+}
+
+/// Sends `sessiongate=<value made from a genuine cookie>` and checks the
+/// visitor is treated as having no cookie: a new session, never an error.
+async fn assert_tampered_cookie_gets_a_new_session(tamper: impl Fn(&SetCookie) -> String) {
+    let (upstream, proxy) = site(|c| c).await;
+    let genuine = issued_session(&proxy).await;
+    let tampered = tamper(&genuine);
+
+    let response = get_with_cookie(&proxy.url("/"), &format!("{COOKIE}={tampered}")).await;
+
+    assert_eq!(
+        response.status(),
+        200,
+        "a bad cookie must never be an error"
+    );
+    let fresh = expect_session_cookie(response.headers());
+    let seen = upstream.last();
+    assert!(
+        seen.is_new_session(),
+        "cookie {tampered:?} was not treated as absent"
+    );
+    assert_ne!(seen.expect_session_id(), genuine.id());
+    assert_eq!(fresh.id(), seen.expect_session_id());
+    assert_ne!(fresh.value, genuine.value);
+    assert_eq!(response.text().await.unwrap(), "ok");
+}
+
+#[tokio::test]
+async fn first_visit_gets_a_session_cookie_with_every_default_attribute() {
+    let (upstream, proxy) = site(|c| c).await;
+
+    let response = Browser::new().get(&proxy.url("/")).await;
+
+    assert_eq!(response.status(), 200);
+    let cookie = expect_session_cookie(response.headers());
+    // Plain HTTP with `secure: auto`: no Secure, so no __Host- prefix either.
+    assert_eq!(cookie.name, "sessiongate");
+    assert!(!cookie.has("Secure"), "{}", cookie.raw);
+    assert!(cookie.has("HttpOnly"), "{}", cookie.raw);
+    assert_eq!(
+        cookie.attr("SameSite").map(str::to_ascii_lowercase),
+        Some("lax".to_owned()),
+        "{}",
+        cookie.raw
+    );
+    assert_eq!(cookie.attr("Path"), Some("/"), "{}", cookie.raw);
+    assert!(!cookie.has("Domain"), "{}", cookie.raw);
+    assert_eq!(
+        cookie.max_age(),
+        Some(24 * 3600),
+        "Max-Age is the absolute timeout"
+    );
+
+    let (id, tag) = cookie.value.split_once('.').expect("value is <id>.<tag>");
+    assert!(
+        is_base64url_32(id),
+        "id {id:?} is not 32 bytes in base64url"
+    );
+    assert!(
+        is_base64url_32(tag),
+        "tag {tag:?} is not 32 bytes in base64url"
+    );
+
+    let seen = upstream.last();
+    assert_eq!(seen.expect_session_id(), id);
+    assert!(seen.is_new_session());
+    assert_eq!(seen.session_data(), None);
+}
+
+#[tokio::test]
+async fn cookie_tag_is_the_hmac_of_the_id_under_the_first_secret() {
+    let (_upstream, proxy) = site(|c| c).await;
+
+    let cookie = issued_session(&proxy).await;
+
+    assert_eq!(cookie.value, signed_cookie_value(cookie.id(), SECRET_A));
+}
+
+#[tokio::test]
+async fn every_visitor_gets_a_different_session_id() {
+    let (_upstream, proxy) = site(|c| c).await;
+
+    let first = issued_session(&proxy).await;
+    let second = issued_session(&proxy).await;
+
+    assert_ne!(first.id(), second.id());
+}
+
+#[tokio::test]
+async fn returning_visitor_keeps_the_session_without_a_new_set_cookie() {
+    let (upstream, proxy) = site(|c| c).await;
+    let browser = Browser::new();
+    let first = browser.get(&proxy.url("/")).await;
+    let issued = expect_session_cookie(first.headers());
+
+    let again = browser.get(&proxy.url("/again")).await;
+
+    assert_eq!(again.status(), 200);
+    assert!(
+        session_set_cookie(again.headers()).is_none(),
+        "a returning visitor got a new Set-Cookie"
+    );
+    let seen = upstream.last();
+    assert_eq!(seen.expect_session_id(), issued.id());
+    assert!(!seen.is_new_session());
+}
+
+#[tokio::test]
+async fn cookie_with_a_bad_tag_gets_a_new_session() {
+    assert_tampered_cookie_gets_a_new_session(|genuine| {
+        let (id, tag) = genuine.value.split_once('.').unwrap();
+        // Change the tag's first character, which carries 6 full bits.
+        let flipped = if tag.starts_with('A') { 'B' } else { 'A' };
+        format!("{id}.{flipped}{}", &tag[1..])
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn truncated_cookie_gets_a_new_session() {
+    assert_tampered_cookie_gets_a_new_session(|genuine| {
+        genuine.value[..genuine.value.len() - 5].to_owned()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cookie_with_the_id_alone_gets_a_new_session() {
+    assert_tampered_cookie_gets_a_new_session(|genuine| genuine.id().to_owned()).await;
+}
+
+#[tokio::test]
+async fn cookie_signed_with_an_unknown_secret_gets_a_new_session() {
+    assert_tampered_cookie_gets_a_new_session(|genuine| {
+        signed_cookie_value(genuine.id(), "a-secret-this-proxy-has-never-known-42")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn garbage_cookie_gets_a_new_session() {
+    assert_tampered_cookie_gets_a_new_session(|_| "!!not-a-session*cookie!!".to_owned()).await;
+}
+
+#[tokio::test]
+async fn empty_cookie_gets_a_new_session() {
+    assert_tampered_cookie_gets_a_new_session(|_| String::new()).await;
+}
+
+#[tokio::test]
+async fn cookie_with_extra_dots_gets_a_new_session() {
+    assert_tampered_cookie_gets_a_new_session(|genuine| {
+        let (id, tag) = genuine.value.split_once('.').unwrap();
+        format!("{id}.{tag}.{tag}")
+    })
+    .await;
+    assert_tampered_cookie_gets_a_new_session(|genuine| {
+        let (id, tag) = genuine.value.split_once('.').unwrap();
+        format!("{id}..{tag}")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn five_kib_cookie_gets_a_new_session() {
+    assert_tampered_cookie_gets_a_new_session(|genuine| {
+        format!("{}{}", genuine.value, "A".repeat(5 * 1024))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn correctly_signed_cookie_of_an_unknown_session_gets_a_new_session() {
+    assert_tampered_cookie_gets_a_new_session(|_| {
+        signed_cookie_value(&unknown_session_id(), SECRET_A)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cookie_signed_by_an_older_secret_is_accepted_and_re_signed_with_the_first() {
+    let (upstream, proxy) = site(|c| {
+        c.set(
+            "session.secrets",
+            &format!("[\"{SECRET_A}\", \"{SECRET_B}\"]"),
+        )
+    })
+    .await;
+    let issued = issued_session(&proxy).await;
+    let id = issued.id().to_owned();
+    let under_old_secret = signed_cookie_value(&id, SECRET_B);
+
+    let response = get_with_cookie(&proxy.url("/"), &format!("{COOKIE}={under_old_secret}")).await;
+
+    assert_eq!(response.status(), 200);
+    let seen = upstream.last();
+    assert_eq!(
+        seen.expect_session_id(),
+        id,
+        "the session was lost in rotation"
+    );
+    assert!(!seen.is_new_session());
+    let resigned = expect_session_cookie(response.headers());
+    assert_eq!(resigned.value, signed_cookie_value(&id, SECRET_A));
+    let max_age = resigned
+        .max_age()
+        .expect("re-signed cookie keeps a Max-Age");
+    assert!(
+        (24 * 3600 - 60..=24 * 3600).contains(&max_age),
+        "Max-Age {max_age} is not the remaining absolute lifetime"
+    );
+
+    // The re-signed cookie is a plain returning visitor from now on.
+    let next = get_with_cookie(&proxy.url("/"), &resigned.pair()).await;
+    assert!(session_set_cookie(next.headers()).is_none());
+    assert_eq!(upstream.last().expect_session_id(), id);
+}
+
+#[tokio::test]
+async fn first_duplicate_cookie_that_names_a_live_session_wins() {
+    let (upstream, proxy) = site(|c| c).await;
+    let live = issued_session(&proxy).await;
+    let other = issued_session(&proxy).await;
+    let unknown = signed_cookie_value(&unknown_session_id(), SECRET_A);
+    let url = proxy.url("/");
+
+    // Invalid and unknown values before the live one are skipped.
+    let header = format!("{COOKIE}=garbage; {COOKIE}={unknown}; {}", live.pair());
+    let response = get_with_cookie(&url, &header).await;
+    assert_eq!(response.status(), 200);
+    assert!(session_set_cookie(response.headers()).is_none());
+    let seen = upstream.last();
+    assert_eq!(seen.expect_session_id(), live.id());
+    assert!(!seen.is_new_session());
+    assert!(
+        seen.cookies().iter().all(|(name, _)| name != COOKIE),
+        "a duplicate proxy cookie reached the upstream: {:?}",
+        seen.cookies()
+    );
+
+    // Of two live ones, the first wins, whichever it is.
+    get_with_cookie(&url, &format!("{}; {}", live.pair(), other.pair())).await;
+    assert_eq!(upstream.last().expect_session_id(), live.id());
+    get_with_cookie(&url, &format!("{}; {}", other.pair(), live.pair())).await;
+    assert_eq!(upstream.last().expect_session_id(), other.id());
+}
+
+#[tokio::test]
+async fn secure_cookie_gets_the_host_prefix() {
+    let (_upstream, proxy) = site(|c| c.set("session.secure", "true")).await;
+
+    let cookie = issued_session(&proxy).await;
+
+    assert_eq!(cookie.name, "__Host-sessiongate");
+    assert!(cookie.has("Secure"));
+    assert_eq!(cookie.attr("Path"), Some("/"));
+    assert!(!cookie.has("Domain"));
+}
+
+#[tokio::test]
+async fn host_prefixed_cookie_is_accepted_back() {
+    let (upstream, proxy) = site(|c| c.set("session.secure", "true")).await;
+    let cookie = issued_session(&proxy).await;
+
+    let response = get_with_cookie(&proxy.url("/"), &cookie.pair()).await;
+
+    assert!(session_set_cookie(response.headers()).is_none());
+    let seen = upstream.last();
+    assert_eq!(seen.expect_session_id(), cookie.id());
+    assert!(!seen.is_new_session());
+    assert!(seen.cookies().is_empty(), "{:?}", seen.cookies());
+}
+
+#[tokio::test]
+async fn host_prefix_false_keeps_the_plain_name_on_a_secure_cookie() {
+    let (_upstream, proxy) = site(|c| {
+        c.set("session.secure", "true")
+            .set("session.host_prefix", "false")
+    })
+    .await;
+
+    let cookie = issued_session(&proxy).await;
+
+    assert_eq!(cookie.name, "sessiongate");
+    assert!(cookie.has("Secure"));
+}
+
+#[tokio::test]
+async fn a_domain_rules_out_the_host_prefix() {
+    let (_upstream, proxy) = site(|c| {
+        c.set("session.secure", "true")
+            .set("session.domain", "example.test")
+    })
+    .await;
+
+    let cookie = issued_session(&proxy).await;
+
+    assert_eq!(cookie.name, "sessiongate");
+    assert_eq!(
+        cookie.attr("Domain").map(|d| d.trim_start_matches('.')),
+        Some("example.test")
+    );
+}
+
+#[tokio::test]
+async fn auto_secure_follows_a_trusted_forwarded_proto() {
+    let (_upstream, proxy) = site(|c| c.set("trusted_proxies", "[\"127.0.0.1/32\"]")).await;
+
+    let response = plain_client()
+        .get(proxy.url("/"))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+
+    let cookie = expect_session_cookie(response.headers());
+    assert!(cookie.has("Secure"), "{}", cookie.raw);
+    assert_eq!(cookie.name, "__Host-sessiongate");
+}
+
+#[tokio::test]
+async fn auto_secure_ignores_an_untrusted_forwarded_proto() {
+    let (_upstream, proxy) = site(|c| c).await;
+
+    let response = plain_client()
+        .get(proxy.url("/"))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+
+    let cookie = expect_session_cookie(response.headers());
+    assert!(!cookie.has("Secure"), "{}", cookie.raw);
+    assert_eq!(cookie.name, "sessiongate");
+}
+
+#[tokio::test]
+async fn configured_cookie_attributes_are_used() {
+    let (upstream, proxy) = site(|c| {
+        c.set("session.cookie_name", "sid")
+            .set("session.http_only", "false")
+            .set("session.same_site", "strict")
+            .set("session.path", "/app")
+            .set("session.absolute_timeout", "2h")
+    })
+    .await;
+
+    let response = get_without_cookie(&proxy.url("/app/")).await;
+
+    let cookie = set_cookies(response.headers())
+        .into_iter()
+        .find(|c| c.name == "sid")
+        .expect("no `sid` cookie");
+    assert!(!cookie.has("HttpOnly"), "{}", cookie.raw);
+    assert_eq!(
+        cookie.attr("SameSite").map(str::to_ascii_lowercase),
+        Some("strict".to_owned())
+    );
+    assert_eq!(cookie.attr("Path"), Some("/app"));
+    assert_eq!(cookie.max_age(), Some(2 * 3600));
+
+    let back = get_with_cookie(&proxy.url("/app/"), &cookie.pair()).await;
+    assert!(set_cookies(back.headers()).is_empty());
+    assert_eq!(upstream.last().expect_session_id(), cookie.id());
+}
+
+#[tokio::test]
+async fn session_cookie_without_persistence_has_no_lifetime() {
+    let (_upstream, proxy) = site(|c| c.set("session.persistent", "false")).await;
+
+    let cookie = issued_session(&proxy).await;
+
+    assert!(!cookie.has("Max-Age"), "{}", cookie.raw);
+    assert!(!cookie.has("Expires"), "{}", cookie.raw);
+}

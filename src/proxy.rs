@@ -253,7 +253,7 @@ async fn proxy(
 
     // 4. Consume the upstream's write-back; none of it reaches the client.
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    let changes = take_write_back(resp.headers_mut(), names);
+    let changes = take_write_back(resp.headers(), names);
     upstream::strip_headers(resp.headers_mut(), &names.prefix, switching && upgrade);
     if switching {
         match client_upgrade {
@@ -502,31 +502,28 @@ async fn resolve_session(
     Ok((live, None))
 }
 
-/// Reads and removes the write-back headers. Malformed input refuses the whole write.
+/// Reads the write-back headers (the caller strips every prefixed header after).
+/// Malformed input refuses the whole write. One pass over the response headers.
 fn take_write_back(
-    headers: &mut HeaderMap,
+    headers: &HeaderMap,
     names: &crate::config::HeaderNames,
 ) -> Result<Changes, crate::session::ChangesError> {
     let mut changes = Changes::default();
-    let mut result = Ok(());
-    for v in headers.get_all(&names.set) {
-        result = result.and_then(|_| changes.add_set(v.as_bytes()));
+    for (name, value) in headers.iter() {
+        if !name.as_str().starts_with(names.prefix.as_str()) {
+            continue;
+        }
+        if *name == names.set {
+            changes.add_set(value.as_bytes())?;
+        } else if *name == names.remove {
+            changes.add_remove(value.as_bytes())?;
+        } else if *name == names.destroy {
+            changes.destroy |= is_true(value.as_bytes());
+        } else if *name == names.regenerate {
+            changes.regenerate |= is_true(value.as_bytes());
+        }
     }
-    for v in headers.get_all(&names.remove) {
-        result = result.and_then(|_| changes.add_remove(v.as_bytes()));
-    }
-    changes.destroy = headers
-        .get_all(&names.destroy)
-        .iter()
-        .any(|v| is_true(v.as_bytes()));
-    changes.regenerate = headers
-        .get_all(&names.regenerate)
-        .iter()
-        .any(|v| is_true(v.as_bytes()));
-    for name in [&names.set, &names.remove, &names.destroy, &names.regenerate] {
-        headers.remove(name);
-    }
-    result.map(|_| changes)
+    Ok(changes)
 }
 
 /// Applies a response's write-back to the session; returns the `Set-Cookie` it calls

@@ -149,52 +149,55 @@ impl Body for RequestBody {
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 /// Removes hop-by-hop headers, the headers named in `Connection`, and every header
 /// whose (lower-case) name starts with `prefix`. `Upgrade` is kept, with a plain
 /// `Connection: upgrade`, when `upgrade` is true.
 ///
 /// Runs before the proxy adds its own headers, so nothing a client or upstream
-/// names in `Connection` can remove them.
+/// names in `Connection` can remove them. One pass over the headers; nothing is
+/// allocated unless something has to go.
 pub fn strip_headers(headers: &mut HeaderMap, prefix: &str, upgrade: bool) {
     let mut doomed: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
-        let Ok(text) = value.to_str() else { continue };
-        for token in text.split(',') {
-            let token = token.trim();
-            if token.is_empty() || (upgrade && token.eq_ignore_ascii_case("upgrade")) {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                doomed.push(name);
+    for (name, value) in headers.iter() {
+        if *name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.is_empty() || (upgrade && token.eq_ignore_ascii_case(b"upgrade")) {
+                    continue;
+                }
+                if let Ok(named) = HeaderName::from_bytes(token) {
+                    doomed.push(named);
+                }
             }
         }
-    }
-    for name in headers.keys() {
-        if name.as_str().starts_with(prefix) {
+        let hop = is_hop_by_hop(name) && !(upgrade && *name == header::UPGRADE);
+        if hop || name.as_str().starts_with(prefix) {
             doomed.push(name.clone());
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
     for name in &doomed {
+        if upgrade && *name == header::UPGRADE {
+            continue;
+        }
         headers.remove(name);
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 

@@ -5,7 +5,8 @@
 //! - [`cookie`]: signing keys, `<id>.<tag>` sign/verify, `Set-Cookie` building.
 //! - [`session`]: session IDs, data and its form encoding, the store trait.
 //! - [`session::memory`]: the embedded store: timeouts, sweep, capped eviction.
-//! - [`upstream`]: the pooled client, hop-by-hop and `X-Forwarded-*` rules.
+//! - [`pool`]: each worker's keep-alive connections to the upstream.
+//! - [`upstream`]: the request body limit, hop-by-hop and `X-Forwarded-*` rules.
 //! - [`proxy`]: the request path, read top to bottom.
 //! - [`server`]: listeners, connection limits, graceful shutdown.
 //! - [`error`]: what the proxy answers itself, mapped in one place.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod cookie;
 pub mod error;
 pub mod logging;
+pub mod pool;
 pub mod proxy;
 pub mod server;
 pub mod session;

@@ -22,13 +22,14 @@ use hyper::body::Incoming;
 use crate::config::{Config, CreateMode};
 use crate::cookie::{cookie_pairs, CookieFlavor, CookieJar, Verified};
 use crate::error::ProxyError;
+use crate::pool::{Pool, PooledBody, SendError};
 use crate::session::{
     is_true, now_ms, Applied, Changes, Lookup, MemoryStore, SessionData, SessionId, SessionStore,
 };
-use crate::upstream::{self, RequestBody, UpstreamClient};
+use crate::upstream::{self, RequestBody};
 
 /// The body of every response the proxy sends: the upstream's, streamed, or its own.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
 /// What a connection knows about its peer, worked out once per connection.
 #[derive(Clone, Debug)]
@@ -95,19 +96,29 @@ impl State {
 /// counter, so that requests on different cores share no hot cache line.
 pub struct Worker {
     pub state: Arc<State>,
-    pub client: UpstreamClient,
+    pub pool: Arc<Pool>,
     request_prefix: u32,
     request_counter: AtomicU64,
 }
 
 impl Worker {
     pub fn new(state: Arc<State>) -> Worker {
-        let connect_timeout = state.settings.load().config.upstream.connect_timeout;
+        let settings = state.settings.load();
+        let upstream = &settings.config.upstream;
+        let authority = upstream
+            .uri
+            .authority()
+            .map_or_else(String::new, |a| match a.port_u16() {
+                Some(_) => a.as_str().to_owned(),
+                None => format!("{}:80", a.host()),
+            });
+        let pool = Arc::new(Pool::new(authority, upstream.connect_timeout));
+        drop(settings);
         let mut prefix = [0u8; 4];
         getrandom::fill(&mut prefix).expect("the operating system's random source failed");
         Worker {
             state,
-            client: upstream::client(connect_timeout),
+            pool,
             request_prefix: u32::from_le_bytes(prefix),
             request_counter: AtomicU64::new(0),
         }
@@ -239,15 +250,11 @@ async fn proxy(
     *out.uri_mut() = upstream_uri;
     *out.version_mut() = Version::HTTP_11;
 
-    let sent = tokio::time::timeout(cfg.upstream.timeout, worker.client.request(out)).await;
+    let sent = tokio::time::timeout(cfg.upstream.timeout, worker.pool.send(out)).await;
     let mut resp = match sent {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
-        Ok(Err(e)) => {
-            return Err(match upstream::classify(&e) {
-                Ok(kind) => ProxyError::Upstream(kind),
-                Err(_) => ProxyError::BodyTooLarge,
-            })
-        }
+        Ok(Err(SendError::Upstream(kind))) => return Err(ProxyError::Upstream(kind)),
+        Ok(Err(SendError::BodyTooLarge)) => return Err(ProxyError::BodyTooLarge),
         Ok(Ok(resp)) => resp,
     };
 
@@ -376,10 +383,9 @@ pub fn outbound(
         parts.headers.insert(X_REQUEST_ID, request_id);
     }
     let upstream_uri = upstream_uri(cfg, std::mem::take(&mut parts.uri))?;
-    let host = if cfg.upstream.preserve_host {
-        host
-    } else {
-        settings.upstream_host.clone()
+    let host = match host {
+        Some(h) if cfg.upstream.preserve_host => Some(h),
+        _ => settings.upstream_host.clone(),
     };
     if let Some(h) = host {
         parts.headers.insert(header::HOST, h);
@@ -680,13 +686,12 @@ fn add_vary_cookie(h: &mut HeaderMap) {
     }
 }
 
-/// The upstream URI: its scheme and authority, its base path, the request's path
-/// and query (moved, not copied, when there is no base path).
+/// The request target for the upstream, in origin form: its base path, then the
+/// request's path and query (moved, not copied, when there is no base path).
 fn upstream_uri(cfg: &Config, uri: Uri) -> Result<Uri, ProxyError> {
-    let base = &cfg.upstream.uri;
     let mut parts = uri.into_parts();
-    parts.scheme = base.scheme().cloned();
-    parts.authority = base.authority().cloned();
+    parts.scheme = None;
+    parts.authority = None;
     if !cfg.upstream.base_path.is_empty() || parts.path_and_query.is_none() {
         let pq = parts.path_and_query.as_ref().map_or("/", |pq| pq.as_str());
         let joined = format!("{}{}", cfg.upstream.base_path, pq);

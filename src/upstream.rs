@@ -1,37 +1,16 @@
-//! The upstream side: the pooled keep-alive client, the request body that enforces
+//! The upstream side: the request body that enforces
 //! `limits.max_body_bytes` while streaming, and the header rules shared by requests
 //! and responses (hop-by-hop removal, `X-Forwarded-*`).
 
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ipnet::IpNet;
-
-/// The client every request to the upstream goes through.
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
-
-pub fn client(connect_timeout: Duration) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(false);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .set_host(false)
-        .build(connector)
-}
 
 /// Why a request to the upstream failed, by whose fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,39 +29,6 @@ pub enum UpstreamFailure {
 #[derive(Debug, thiserror::Error)]
 #[error("request body larger than limits.max_body_bytes")]
 pub struct BodyTooLarge;
-
-/// Classifies a client error by walking its source chain.
-pub fn classify(err: &hyper_util::client::legacy::Error) -> Result<UpstreamFailure, BodyTooLarge> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    let mut io_kind = None;
-    while let Some(e) = source {
-        if e.is::<BodyTooLarge>() {
-            return Err(BodyTooLarge);
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            io_kind = Some(io.kind());
-        }
-        source = e.source();
-    }
-    use std::io::ErrorKind::*;
-    Ok(match io_kind {
-        Some(ConnectionRefused) => UpstreamFailure::Refused,
-        Some(TimedOut) if err.is_connect() => UpstreamFailure::ConnectTimeout,
-        Some(ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof) => {
-            UpstreamFailure::Reset
-        }
-        _ if err.is_connect() => UpstreamFailure::Refused,
-        _ => {
-            // hyper reports a connection closed mid-message without an io::Error.
-            let text = err.to_string();
-            if text.contains("closed") || text.contains("incomplete") {
-                UpstreamFailure::Reset
-            } else {
-                UpstreamFailure::Protocol
-            }
-        }
-    })
-}
 
 /// The client's body on its way upstream: streamed, and cut off with
 /// [`BodyTooLarge`] once it passes the configured limit.

@@ -1,0 +1,225 @@
+//! A worker's pool of keep-alive connections to the upstream.
+//!
+//! Each worker thread owns one pool: checkout is a `Vec::pop`, no hashing and no
+//! lock shared between cores. A connection goes back to the pool when the response
+//! body has been read to its end (HTTP/1.1 cannot reuse it before); a response
+//! dropped half-read closes its connection instead.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::upstream::{BodyTooLarge, RequestBody, UpstreamFailure};
+
+/// Idle connections older than this are closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per worker.
+const MAX_IDLE: usize = 1024;
+
+/// Why a request to the upstream failed.
+#[derive(Debug)]
+pub enum SendError {
+    Upstream(UpstreamFailure),
+    BodyTooLarge,
+}
+
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+pub struct Pool {
+    /// `host:port` to connect to.
+    authority: String,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl Pool {
+    pub fn new(authority: String, connect_timeout: Duration) -> Pool {
+        Pool {
+            authority,
+            connect_timeout,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(entry) = idle.pop() {
+            if !entry.sender.is_closed() && entry.since.elapsed() < IDLE_TIMEOUT {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: SendRequest<RequestBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // The oldest sit at the front: drop the ones past their time.
+        if idle
+            .first()
+            .is_some_and(|e| e.since.elapsed() >= IDLE_TIMEOUT)
+        {
+            idle.retain(|e| e.since.elapsed() < IDLE_TIMEOUT);
+        }
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, UpstreamFailure> {
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.authority))
+                .await
+            {
+                Err(_) => return Err(UpstreamFailure::ConnectTimeout),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "upstream connect failed");
+                    return Err(match e.kind() {
+                        std::io::ErrorKind::TimedOut => UpstreamFailure::ConnectTimeout,
+                        _ => UpstreamFailure::Refused,
+                    });
+                }
+                Ok(Ok(s)) => s,
+            };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| UpstreamFailure::Reset)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends `req` on a pooled connection (or a new one). A request that a stale
+    /// keep-alive connection refused before any byte was sent is retried once on a
+    /// fresh connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let mut req = req;
+        let mut fresh = false;
+        loop {
+            let mut sender = match self.checkout() {
+                Some(s) => s,
+                None => {
+                    fresh = true;
+                    self.connect().await.map_err(SendError::Upstream)?
+                }
+            };
+            if sender.ready().await.is_err() {
+                if fresh {
+                    return Err(SendError::Upstream(UpstreamFailure::Reset));
+                }
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    let body = PooledBody::new(body, sender, self.clone(), parts.status);
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !fresh => req = unsent,
+                    _ => return Err(classify(e.error())),
+                },
+            }
+        }
+    }
+}
+
+/// Sorts a hyper client error by whose fault it is.
+fn classify(err: &hyper::Error) -> SendError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<BodyTooLarge>() {
+            return SendError::BodyTooLarge;
+        }
+        source = e.source();
+    }
+    if err.is_parse() || err.is_parse_status() {
+        SendError::Upstream(UpstreamFailure::Protocol)
+    } else {
+        SendError::Upstream(UpstreamFailure::Reset)
+    }
+}
+
+/// The upstream's response body, streamed; gives its connection back to the pool
+/// once read to the end.
+pub struct PooledBody {
+    inner: Incoming,
+    ret: Option<(SendRequest<RequestBody>, Arc<Pool>)>,
+}
+
+impl PooledBody {
+    fn new(
+        inner: Incoming,
+        sender: SendRequest<RequestBody>,
+        pool: Arc<Pool>,
+        status: http::StatusCode,
+    ) -> PooledBody {
+        let mut body = PooledBody {
+            inner,
+            // An upgraded connection is the tunnel's now.
+            ret: (status != http::StatusCode::SWITCHING_PROTOCOLS).then_some((sender, pool)),
+        };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some((sender, pool)) = self.ret.take() {
+            pool.checkin(sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.ret = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -71,6 +71,10 @@ pub struct TlsConfig {
 pub struct UpstreamConfig {
     /// Scheme and authority of the upstream, e.g. `http://127.0.0.1:3000`.
     pub uri: Uri,
+    /// For `https://` upstreams: the verifying connector and the SNI name.
+    pub tls: Option<crate::pool::UpstreamTls>,
+    /// `upstream.ca_file`, for `check` and reloads.
+    pub ca_file: Option<PathBuf>,
     /// A path prefix from the URL (empty when the URL has none).
     pub base_path: String,
     pub connect_timeout: Duration,
@@ -563,6 +567,7 @@ struct RawTls {
 #[serde(deny_unknown_fields, default)]
 struct RawUpstream {
     url: Text,
+    ca_file: Option<Text>,
     connect_timeout: Dur,
     timeout: Dur,
     preserve_host: bool,
@@ -572,6 +577,7 @@ impl Default for RawUpstream {
     fn default() -> Self {
         RawUpstream {
             url: Text("http://127.0.0.1:3000".into()),
+            ca_file: None,
             connect_timeout: Dur(Duration::from_secs(5)),
             timeout: Dur(Duration::from_secs(60)),
             preserve_host: false,
@@ -813,6 +819,33 @@ impl RawConfig {
             .path_and_query("/")
             .build()
             .map_err(|_| at.error("upstream.url", "invalid URL"))?;
+        let ca_file = self.upstream.ca_file.as_ref().map(|p| PathBuf::from(&p.0));
+        let upstream_tls = if upstream_uri.scheme_str() == Some("https") {
+            let client = crate::tls::client_config(ca_file.as_deref()).map_err(|e| {
+                let key = if ca_file.is_some() {
+                    "upstream.ca_file"
+                } else {
+                    "upstream.url"
+                };
+                at.error(key, format!("{e}: {}", error_chain(&e)))
+            })?;
+            let host = upstream_uri
+                .host()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_owned();
+            let server_name = rustls::pki_types::ServerName::try_from(host)
+                .map_err(|_| at.error("upstream.url", "the host is not a valid TLS server name"))?;
+            Some(crate::pool::UpstreamTls {
+                connector: tokio_rustls::TlsConnector::from(client),
+                server_name,
+            })
+        } else {
+            if ca_file.is_some() {
+                return Err(at.error("upstream.ca_file", "ca_file needs an https:// upstream.url"));
+            }
+            None
+        };
         if self.upstream.timeout.0.is_zero() || self.upstream.connect_timeout.0.is_zero() {
             return Err(at.error("upstream.timeout", "timeouts must be greater than zero"));
         }
@@ -1000,6 +1033,8 @@ impl RawConfig {
             }),
             upstream: UpstreamConfig {
                 uri: upstream_uri,
+                tls: upstream_tls,
+                ca_file,
                 base_path,
                 connect_timeout: self.upstream.connect_timeout.0,
                 timeout: self.upstream.timeout.0,
@@ -1047,6 +1082,17 @@ impl RawConfig {
         };
         Ok(config)
     }
+}
+
+/// The causes below an error, joined (for messages that must stand alone).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
 }
 
 fn header_names(prefix: &str) -> Option<HeaderNames> {

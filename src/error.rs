@@ -28,7 +28,10 @@ impl ProxyError {
         match self {
             ProxyError::Upstream(UpstreamFailure::ConnectTimeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(
-                UpstreamFailure::Refused | UpstreamFailure::Reset | UpstreamFailure::Protocol,
+                UpstreamFailure::Refused
+                | UpstreamFailure::Reset
+                | UpstreamFailure::Protocol
+                | UpstreamFailure::Tls,
             ) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -44,6 +47,7 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamFailure::ConnectTimeout) => "upstream_connect_timeout",
             ProxyError::Upstream(UpstreamFailure::Reset) => "upstream_reset",
             ProxyError::Upstream(UpstreamFailure::Protocol) => "upstream_protocol",
+            ProxyError::Upstream(UpstreamFailure::Tls) => "upstream_tls",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::Store(_) => "store_unavailable",
             ProxyError::BodyTooLarge => "body_too_large",
@@ -61,6 +65,9 @@ impl ProxyError {
             }
             ProxyError::Upstream(UpstreamFailure::Protocol) => {
                 "502 Bad Gateway: upstream sent an invalid response\n"
+            }
+            ProxyError::Upstream(UpstreamFailure::Tls) => {
+                "502 Bad Gateway: upstream TLS handshake failed\n"
             }
             ProxyError::Upstream(UpstreamFailure::ConnectTimeout) => {
                 "504 Gateway Timeout: could not connect to the upstream in time\n"

@@ -8,17 +8,23 @@
 //! - [`pool`]: each worker's keep-alive connections to the upstream.
 //! - [`upstream`]: the request body limit, hop-by-hop and `X-Forwarded-*` rules.
 //! - [`proxy`]: the request path, read top to bottom.
-//! - [`server`]: listeners, connection limits, graceful shutdown.
+//! - [`server`]: listeners (plain, TLS), workers, reload, graceful shutdown.
+//! - [`tls`]: certificates for the HTTPS listener and `https://` upstreams.
+//! - [`admin`]: health, readiness (and, later, metrics and the session API).
+//! - [`devcert`]: `gen-cert` and `healthcheck`, small operator tools.
 //! - [`error`]: what the proxy answers itself, mapped in one place.
 //! - [`logging`]: pretty or JSON logs and the access log.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod cookie;
+pub mod devcert;
 pub mod error;
 pub mod logging;
 pub mod pool;
 pub mod proxy;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod upstream;

@@ -32,6 +32,20 @@ enum Command {
     Check,
     /// Print a new random secret for `session.secrets`.
     GenSecret,
+    /// Write a self-signed development certificate and key (never for production).
+    GenCert {
+        /// Directory for dev-cert.pem and dev-key.pem.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Names the certificate is valid for.
+        #[arg(long = "name", default_values = ["localhost", "127.0.0.1", "::1"])]
+        names: Vec<String>,
+    },
+    /// Exit 0 when the URL answers 200 (a container HEALTHCHECK without a shell).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:9091/healthz")]
+        url: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +56,27 @@ fn main() -> ExitCode {
             println!("{}", String::from_utf8_lossy(&secret));
             ExitCode::SUCCESS
         }
+        Some(Command::GenCert { dir, names }) => match sessiongate::devcert::write(&dir, &names) {
+            Ok((cert, key)) => {
+                println!(
+                    "wrote {} and {} (self-signed, for development only)",
+                    cert.display(),
+                    key.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {:#}", anyhow::Error::from(e));
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Healthcheck { url }) => match sessiongate::devcert::healthcheck(&url) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Check) => match Config::load(&cli.config, cli.dev) {
             Ok(config) => {
                 print!("{}", config.to_redacted_yaml());
@@ -74,12 +109,34 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let path = cli.config.clone();
+    let dev = cli.dev;
     runtime.block_on(async {
         let server = Server::bind(config).await?;
+        tokio::spawn(reload_on_sighup(server.reloader(), path, dev));
         server.run(shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Reloads the configuration and certificates on every SIGHUP; a bad file is
+/// logged with its line and key, and the running configuration stays.
+async fn reload_on_sighup(reloader: sessiongate::server::Reloader, path: PathBuf, dev: bool) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot listen for SIGHUP: reload disabled");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match reloader.reload(&path, dev) {
+            Ok(()) => tracing::info!(file = %path.display(), "configuration reloaded"),
+            Err(e) => tracing::error!(
+                "reload failed, the running configuration stays: {:#}",
+                anyhow::Error::from(e)
+            ),
+        }
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

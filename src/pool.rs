@@ -32,6 +32,21 @@ pub enum SendError {
     BodyTooLarge,
 }
 
+/// TLS to an `https://` upstream: the verifying connector and the SNI name.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Idle {
     sender: SendRequest<RequestBody>,
     since: Instant,
@@ -41,14 +56,16 @@ pub struct Pool {
     /// `host:port` to connect to.
     authority: String,
     connect_timeout: Duration,
+    tls: Option<UpstreamTls>,
     idle: Mutex<Vec<Idle>>,
 }
 
 impl Pool {
-    pub fn new(authority: String, connect_timeout: Duration) -> Pool {
+    pub fn new(authority: String, connect_timeout: Duration, tls: Option<UpstreamTls>) -> Pool {
         Pool {
             authority,
             connect_timeout,
+            tls,
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -99,16 +116,18 @@ impl Pool {
                 Ok(Ok(s)) => s,
             };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| UpstreamFailure::Reset)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+        let Some(tls) = &self.tls else {
+            return handshake(stream).await;
+        };
+        let connecting = tls.connector.connect(tls.server_name.clone(), stream);
+        match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(Ok(stream)) => handshake(stream).await,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "upstream TLS handshake failed");
+                Err(UpstreamFailure::Tls)
             }
-        });
-        Ok(sender)
+            Err(_) => Err(UpstreamFailure::ConnectTimeout),
+        }
     }
 
     /// Sends `req` on a pooled connection (or a new one). A request that a stale
@@ -147,6 +166,23 @@ impl Pool {
             }
         }
     }
+}
+
+/// Starts HTTP/1.1 on a connected stream; its connection task runs on this worker.
+async fn handshake<IO>(io: IO) -> Result<SendRequest<RequestBody>, UpstreamFailure>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|_| UpstreamFailure::Reset)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 /// Sorts a hyper client error by whose fault it is.

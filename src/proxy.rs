@@ -24,7 +24,7 @@ use crate::cookie::{cookie_pairs, CookieFlavor, CookieJar, Verified};
 use crate::error::ProxyError;
 use crate::pool::{Pool, PooledBody, SendError};
 use crate::session::{
-    is_true, now_ms, Applied, Changes, Lookup, MemoryStore, SessionData, SessionId, SessionStore,
+    is_true, now_ms, Applied, Changes, Lookup, SessionData, SessionId, SessionStore, Store,
 };
 use crate::upstream::{self, RequestBody};
 
@@ -59,6 +59,8 @@ pub struct Settings {
     pub jar: CookieJar,
     /// `Host` for the upstream when `preserve_host` is off.
     upstream_host: Option<HeaderValue>,
+    /// `Strict-Transport-Security` for responses over TLS.
+    hsts: Option<HeaderValue>,
 }
 
 impl Settings {
@@ -69,10 +71,16 @@ impl Settings {
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        let hsts = config
+            .tls
+            .as_ref()
+            .and_then(|t| t.hsts.as_deref())
+            .and_then(|h| HeaderValue::from_str(h).ok());
         Settings {
             config,
             jar,
             upstream_host,
+            hsts,
         }
     }
 }
@@ -80,11 +88,11 @@ impl Settings {
 /// State shared by every worker thread.
 pub struct State {
     pub settings: ArcSwap<Settings>,
-    pub store: MemoryStore,
+    pub store: Store,
 }
 
 impl State {
-    pub fn new(config: Config, store: MemoryStore) -> State {
+    pub fn new(config: Config, store: Store) -> State {
         State {
             settings: ArcSwap::from_pointee(Settings::new(config)),
             store,
@@ -110,9 +118,14 @@ impl Worker {
             .authority()
             .map_or_else(String::new, |a| match a.port_u16() {
                 Some(_) => a.as_str().to_owned(),
+                None if upstream.uri.scheme_str() == Some("https") => format!("{}:443", a.host()),
                 None => format!("{}:80", a.host()),
             });
-        let pool = Arc::new(Pool::new(authority, upstream.connect_timeout));
+        let pool = Arc::new(Pool::new(
+            authority,
+            upstream.connect_timeout,
+            upstream.tls.clone(),
+        ));
         drop(settings);
         let mut prefix = [0u8; 4];
         getrandom::fill(&mut prefix).expect("the operating system's random source failed");
@@ -188,6 +201,14 @@ pub async fn handle(
             err.into_response().map(Either::Right)
         }
     };
+    let mut response = response;
+    if conn.tls {
+        if let Some(hsts) = &settings.hsts {
+            response
+                .headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+    }
     if let Some(path) = path {
         tracing::info!(
             target: "sessiongate::access",
@@ -219,7 +240,10 @@ async fn proxy(
     let flavor = settings.jar.flavor(inbound.https);
 
     // 2. Find or make the session.
-    let (mut session, data) = if inbound.excluded {
+    // A Secure cookie is never sent over plain HTTP: with `secure: true`, such
+    // requests get no session at all.
+    let no_session = inbound.excluded || (flavor.secure && !inbound.https);
+    let (mut session, data) = if no_session {
         (SessionState::Excluded, None)
     } else {
         resolve_session(state, cfg, &parts.method, &inbound.candidates).await?
@@ -702,6 +726,52 @@ fn upstream_uri(cfg: &Config, uri: Uri) -> Result<Uri, ProxyError> {
         );
     }
     Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("unusable request target"))
+}
+
+/// The plain listener's answer under `tls.redirect_http`: `308` to the same host,
+/// path and query on the HTTPS port.
+pub fn redirect_to_https<B>(req: &Request<B>, https_port: u16) -> Response<ProxyBody> {
+    let host = req
+        .uri()
+        .host()
+        .map(str::to_owned)
+        .or_else(|| {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            // Strip a port, keeping bracketed IPv6 literals whole.
+            let host = match h.rfind(':') {
+                Some(i) if !h[i..].contains(']') => &h[..i],
+                _ => h,
+            };
+            Some(host.to_owned())
+        })
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'@')
+        });
+    let Some(host) = host else {
+        return ProxyError::BadRequest("no host to redirect to")
+            .into_response()
+            .map(Either::Right);
+    };
+    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if https_port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{https_port}{pq}")
+    };
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
+        b"308 Permanent Redirect: use HTTPS\n",
+    ))));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }
 
 /// Copies bytes both ways between the client and the upstream after a `101`.

@@ -1,27 +1,32 @@
 //! Listeners and connections: one worker thread per core, each with its own
-//! single-threaded runtime, its own `SO_REUSEPORT` listener on the same address and
-//! its own upstream connection pool, so a request never crosses cores. Serves
-//! HTTP/1.1 and h2c (prior knowledge) with upgrades, caps connections, and shuts down
-//! gracefully.
+//! single-threaded runtime, its own `SO_REUSEPORT` sockets on the listening
+//! addresses and its own upstream connection pool, so a request never crosses
+//! cores. Serves HTTP/1.1, h2c (prior knowledge) and, on the TLS listener, HTTP/2 by
+//! ALPN, with upgrades; caps connections; reloads on demand; shuts down gracefully.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Semaphore};
 
-use crate::config::{Config, LimitsConfig};
-use crate::proxy::{self, ConnInfo, State, Worker};
-use crate::session::memory::{MemorySettings, SweepGuard};
-use crate::session::MemoryStore;
+use crate::config::{Config, ConfigError, LimitsConfig};
+use crate::proxy::{self, ConnInfo, Settings, State, Worker};
+use crate::session::{self, StoreError, StoreTasks};
+use crate::tls::{ServerCert, TlsError};
+
+/// A TLS handshake must finish within this, or the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -31,19 +36,47 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("no plain listener configured (`listen`)")]
+    #[error("no listener configured (`listen` or `tls.listen`)")]
     NoListener,
     #[error("cannot start a worker thread")]
     Thread(#[source] std::io::Error),
+    #[error("cannot open the session store")]
+    Store(#[source] StoreError),
+    #[error("cannot load the TLS certificate")]
+    Tls(#[source] TlsError),
+    #[error(
+        "admin.listen {0} is not a loopback address and admin.token is not set: \
+         anybody who reaches it could read and destroy sessions; set admin.token \
+         or listen on 127.0.0.1"
+    )]
+    AdminExposed(SocketAddr),
+}
+
+/// What a listening socket serves.
+#[derive(Clone)]
+enum Role {
+    /// Plain HTTP, proxied.
+    Plain,
+    /// Plain HTTP answering `308` to the HTTPS port.
+    Redirect { https_port: u16 },
+    /// HTTPS.
+    Tls(Arc<ServerCert>),
+}
+
+/// One address, bound once per worker.
+struct Bound {
+    role: Role,
+    addr: SocketAddr,
+    sockets: Vec<std::net::TcpListener>,
 }
 
 /// A bound proxy, ready to run.
 pub struct Server {
-    /// One listener per worker, all on the same address.
-    listeners: Vec<std::net::TcpListener>,
-    addr: SocketAddr,
+    bound: Vec<Bound>,
+    admin: Option<(SocketAddr, std::net::TcpListener)>,
     state: Arc<State>,
-    _sweeper: SweepGuard,
+    cert: Option<Arc<ServerCert>>,
+    store_tasks: StoreTasks,
 }
 
 /// Binds `addr` with `SO_REUSEPORT`, so each worker accepts on its own socket and the
@@ -58,47 +91,128 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Binds one socket per worker on `wanted` (port 0 picks one free port for all).
+fn bind_all(
+    wanted: SocketAddr,
+    workers: usize,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), ServerError> {
+    let err = |addr| move |source| ServerError::Bind { addr, source };
+    let first = bind_reuseport(wanted).map_err(err(wanted))?;
+    let addr = first.local_addr().map_err(err(wanted))?;
+    let mut sockets = vec![first];
+    for _ in 1..workers {
+        sockets.push(bind_reuseport(addr).map_err(err(addr))?);
+    }
+    Ok((addr, sockets))
+}
+
 /// How many workers to run: one per core the process may use.
 fn worker_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl Server {
-    /// Builds the store and binds `listen` (port 0 picks a free port).
+    /// Loads the certificate, opens the store and binds the listeners.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        let wanted = config.listen.ok_or(ServerError::NoListener)?;
-        let bind_err = |addr| move |source| ServerError::Bind { addr, source };
-        let first = bind_reuseport(wanted).map_err(bind_err(wanted))?;
-        let addr = first.local_addr().map_err(bind_err(wanted))?;
-        let mut listeners = vec![first];
-        for _ in 1..worker_count() {
-            listeners.push(bind_reuseport(addr).map_err(bind_err(addr))?);
+        let workers = worker_count();
+        let mut bound = Vec::new();
+        let mut cert = None;
+        let mut https_port = None;
+        if let Some(tls) = &config.tls {
+            let server_cert = Arc::new(ServerCert::new(
+                crate::tls::server_config(&tls.cert, &tls.key).map_err(ServerError::Tls)?,
+            ));
+            let (addr, sockets) = bind_all(tls.listen, workers)?;
+            https_port = Some(addr.port());
+            cert = Some(server_cert.clone());
+            bound.push(Bound {
+                role: Role::Tls(server_cert),
+                addr,
+                sockets,
+            });
         }
-        let s = &config.session;
-        let store = MemoryStore::new(MemorySettings {
-            idle_timeout: s.idle_timeout,
-            absolute_timeout: s.absolute_timeout,
-            max_sessions: s.max_sessions,
-            max_data_bytes: s.max_data_bytes,
-            regenerate_grace: s.regenerate_grace,
-        });
-        let sweeper = store.spawn_sweeper(Duration::from_secs(1));
+        if let Some(listen) = config.listen {
+            let role = match (
+                https_port,
+                config.tls.as_ref().is_some_and(|t| t.redirect_http),
+            ) {
+                (Some(https_port), true) => Role::Redirect { https_port },
+                _ => Role::Plain,
+            };
+            let (addr, sockets) = bind_all(listen, workers)?;
+            // The plain listener first: `local_addr` reports it.
+            bound.insert(
+                0,
+                Bound {
+                    role,
+                    addr,
+                    sockets,
+                },
+            );
+        }
+        if bound.is_empty() {
+            return Err(ServerError::NoListener);
+        }
+        let admin = match config.admin.listen {
+            Some(wanted) => {
+                if !wanted.ip().is_loopback() && config.admin.token.is_none() {
+                    return Err(ServerError::AdminExposed(wanted));
+                }
+                let socket = std::net::TcpListener::bind(wanted)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|source| ServerError::Bind {
+                        addr: wanted,
+                        source,
+                    })?;
+                let addr = socket.local_addr().map_err(|source| ServerError::Bind {
+                    addr: wanted,
+                    source,
+                })?;
+                Some((addr, socket))
+            }
+            None => None,
+        };
+        let (store, store_tasks) = session::open(&config).await.map_err(ServerError::Store)?;
         let state = Arc::new(State::new(config, store));
         Ok(Server {
-            listeners,
-            addr,
+            bound,
+            admin,
             state,
-            _sweeper: sweeper,
+            cert,
+            store_tasks,
         })
     }
 
+    /// The plain listener's address (the TLS one when there is no plain listener).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.bound[0].addr
+    }
+
+    /// The HTTPS listener's address, when `tls` is configured.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.bound
+            .iter()
+            .find(|b| matches!(b.role, Role::Tls(_)))
+            .map(|b| b.addr)
+    }
+
+    /// The admin listener's address, when `admin.listen` is set.
+    pub fn admin_local_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(a, _)| *a)
     }
 
     /// The shared state (store, settings), for embedding and tests.
     pub fn state(&self) -> Arc<State> {
         self.state.clone()
+    }
+
+    /// A handle that reloads the configuration file and the certificate.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            state: self.state.clone(),
+            cert: self.cert.clone(),
+            listeners: self.bound.iter().map(|b| b.addr).collect(),
+        }
     }
 
     /// Serves until `shutdown` completes, then stops accepting and waits for
@@ -110,8 +224,37 @@ impl Server {
         let limits = self.state.settings.load().config.limits.clone();
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Hand worker i its socket of every address.
+        let workers = self.bound[0].sockets.len();
+        let mut per_worker: Vec<Vec<(Role, std::net::TcpListener)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        for b in self.bound {
+            for (i, socket) in b.sockets.into_iter().enumerate() {
+                per_worker[i].push((b.role.clone(), socket));
+            }
+            match &b.role {
+                Role::Tls(_) => tracing::info!("listening on https://{}", b.addr),
+                Role::Plain => tracing::info!("listening on http://{}", b.addr),
+                Role::Redirect { .. } => {
+                    tracing::info!("listening on http://{} (redirecting to https)", b.addr)
+                }
+            }
+        }
         let mut finished = Vec::new();
-        for (i, listener) in self.listeners.into_iter().enumerate() {
+        if let Some((addr, socket)) = self.admin {
+            match TcpListener::from_std(socket) {
+                Ok(listener) => {
+                    tracing::info!("admin listening on http://{addr}");
+                    tokio::spawn(crate::admin::serve(
+                        listener,
+                        self.state.clone(),
+                        stop_rx.clone(),
+                    ));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot register the admin listener"),
+            }
+        }
+        for (i, sockets) in per_worker.into_iter().enumerate() {
             let (done_tx, done_rx) = oneshot::channel::<()>();
             let state = self.state.clone();
             let stop = stop_rx.clone();
@@ -124,7 +267,7 @@ impl Server {
                         .enable_all()
                         .build();
                     match runtime {
-                        Ok(rt) => rt.block_on(serve(listener, state, stop, permits, limits)),
+                        Ok(rt) => rt.block_on(worker(sockets, state, stop, permits, limits)),
                         Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
                     }
                     let _ = done_tx.send(());
@@ -132,33 +275,117 @@ impl Server {
                 .map_err(ServerError::Thread)?;
             finished.push(done_rx);
         }
-        tracing::info!("listening on http://{}", self.addr);
         shutdown.await;
         tracing::info!("shutting down: waiting for in-flight requests");
         let _ = stop_tx.send(true);
         for done in finished {
             let _ = done.await;
         }
+        self.store_tasks.shutdown().await;
         Ok(())
     }
 }
 
-/// One worker's accept loop, until `stop` turns true; then drains its connections.
-async fn serve(
-    listener: std::net::TcpListener,
+/// Reloads the configuration (and the certificate) in place.
+#[derive(Clone)]
+pub struct Reloader {
     state: Arc<State>,
-    mut stop: watch::Receiver<bool>,
+    cert: Option<Arc<ServerCert>>,
+    listeners: Vec<SocketAddr>,
+}
+
+/// Why a reload was refused; the running configuration stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("invalid configuration")]
+    Config(#[from] ConfigError),
+    #[error("cannot load the new certificate")]
+    Tls(#[from] TlsError),
+}
+
+impl Reloader {
+    /// Parses and validates the file whole, loads the certificate it names, then
+    /// swaps both in. On any error nothing changes. Settings that need a restart
+    /// (listener addresses, store type) are reported and otherwise ignored.
+    pub fn reload(&self, path: &PathBuf, dev: bool) -> Result<(), ReloadError> {
+        let current = self.state.settings.load_full();
+        let mut next = Config::load(path, dev)?;
+        if next.dev_secret && current.config.dev_secret {
+            // An ephemeral secret must survive a reload, or everybody is logged out.
+            next.session.keys = current.config.session.keys.clone();
+        }
+        let restart = |what: &str| {
+            tracing::warn!("reload: a change of {what} needs a restart; keeping the old one")
+        };
+        if next.listen != current.config.listen
+            || next.tls.as_ref().map(|t| t.listen) != current.config.tls.as_ref().map(|t| t.listen)
+        {
+            restart("listener address");
+        }
+        if next.store.kind != current.config.store.kind {
+            restart("store type");
+        }
+        if next.admin.listen != current.config.admin.listen {
+            restart("admin.listen");
+        }
+        if let (Some(cert), Some(tls)) = (&self.cert, &next.tls) {
+            cert.reload(&tls.cert, &tls.key)?;
+        }
+        self.state.settings.store(Arc::new(Settings::new(next)));
+        let _ = &self.listeners;
+        Ok(())
+    }
+}
+
+/// One worker: an accept loop per address, until `stop` turns true; then drains.
+async fn worker(
+    sockets: Vec<(Role, std::net::TcpListener)>,
+    state: Arc<State>,
+    stop: watch::Receiver<bool>,
     permits: Arc<Semaphore>,
     limits: LimitsConfig,
 ) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot register the listener");
-            return;
-        }
-    };
     let worker = Arc::new(Worker::new(state));
+    let builder = Arc::new(http_builder(&limits));
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut loops = tokio::task::JoinSet::new();
+    for (role, socket) in sockets {
+        let listener = match TcpListener::from_std(socket) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot register a listener");
+                continue;
+            }
+        };
+        loops.spawn(accept_loop(
+            listener,
+            role,
+            worker.clone(),
+            builder.clone(),
+            graceful.clone(),
+            stop.clone(),
+            permits.clone(),
+        ));
+    }
+    while loops.join_next().await.is_some() {}
+    // The accept loops are gone, and with them every other handle on `graceful`.
+    let Ok(graceful) = Arc::try_unwrap(graceful) else {
+        return;
+    };
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(limits.shutdown_timeout) => {
+            tracing::warn!("shutdown timeout reached; closing remaining connections");
+        }
+    }
+}
+
+/// Completes once the stop flag turns true.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -173,14 +400,25 @@ async fn serve(
         .max_concurrent_streams(256)
         .max_pending_accept_reset_streams(64)
         .max_local_error_reset_streams(256);
-    let graceful = GracefulShutdown::new();
+    builder
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    role: Role,
+    worker: Arc<Worker>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+    permits: Arc<Semaphore>,
+) {
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => break,
             },
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stopped(&mut stop) => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -192,32 +430,84 @@ async fn serve(
                     continue;
                 }
             },
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn_info = Arc::new(ConnInfo::new(peer, false));
         let worker = worker.clone();
-        let service = service_fn(move |req| {
-            let worker = worker.clone();
-            let conn_info = conn_info.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(worker, conn_info, req).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let graceful = graceful.watcher();
+        let role = role.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match role {
+                Role::Plain => {
+                    serve(
+                        stream,
+                        ConnInfo::new(peer, false),
+                        worker,
+                        &builder,
+                        graceful,
+                    )
+                    .await
+                }
+                Role::Redirect { https_port } => {
+                    redirect(stream, https_port, &builder, graceful).await
+                }
+                Role::Tls(cert) => {
+                    // The handshake runs here, in the connection's task, bounded in time.
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, cert.acceptor().accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            serve(tls, ConnInfo::new(peer, true), worker, &builder, graceful).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });
     }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(limits.shutdown_timeout) => {
-            tracing::warn!("shutdown timeout reached; closing remaining connections");
-        }
+}
+
+async fn serve<IO>(
+    io: IO,
+    info: ConnInfo,
+    worker: Arc<Worker>,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: Watcher,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let info = Arc::new(info);
+    let service = service_fn(move |req| {
+        let worker = worker.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(worker, info, req).await) }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(e) = graceful.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+async fn redirect<IO>(
+    io: IO,
+    https_port: u16,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: Watcher,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| async move {
+        Ok::<_, Infallible>(proxy::redirect_to_https(&req, https_port))
+    });
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(e) = graceful.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }

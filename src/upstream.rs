@@ -23,6 +23,9 @@ pub enum UpstreamFailure {
     Reset,
     /// Anything else the upstream did wrong (malformed response, ...).
     Protocol,
+    /// The TLS handshake with an `https://` upstream failed (certificate not
+    /// trusted, name mismatch, ...).
+    Tls,
 }
 
 /// A body error from the client's side: the upload broke the size limit.

@@ -16,7 +16,8 @@ use dashmap::DashMap;
 use http::HeaderValue;
 
 use super::{
-    now_ms, Applied, Changes, Lookup, SessionData, SessionId, SessionStore, SessionView, StoreError,
+    now_ms, Applied, Changes, Lookup, SessionData, SessionId, SessionInfo, SessionStore,
+    SessionView, StoreError,
 };
 
 /// Session IDs are uniformly random and only ever looked up after their HMAC
@@ -388,6 +389,62 @@ impl SessionStore for MemoryStore {
 
     async fn destroy(&self, id: &SessionId) -> Result<bool, StoreError> {
         Ok(self.destroy_now(id))
+    }
+
+    async fn inspect(&self, id: &SessionId) -> Result<Option<SessionInfo>, StoreError> {
+        let now = now_ms();
+        Ok(self.inner.sessions.get(id).and_then(|e| {
+            (!self.expired(&e, now)).then(|| SessionInfo {
+                data: SessionData::from_encoded(e.data.as_deref().unwrap_or_default()),
+                created_ms: e.created_s as u64 * 1000,
+                last_seen_ms: e.last_seen_s.load(Ordering::Relaxed) as u64 * 1000,
+            })
+        }))
+    }
+
+    async fn revoke(&self, key: &str, value: &str) -> Result<u64, StoreError> {
+        let ids = self.matching(key, value);
+        let mut n = 0;
+        for id in &ids {
+            n += self.destroy_now(id) as u64;
+        }
+        Ok(n)
+    }
+
+    async fn find(&self, key: &str, value: &str) -> Result<Vec<SessionId>, StoreError> {
+        Ok(self.matching(key, value))
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        Ok(self.len() as u64)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+impl MemoryStore {
+    /// Live sessions whose data has `key` = `value`: a full scan, for the admin
+    /// path only (never on the request path).
+    fn matching(&self, key: &str, value: &str) -> Vec<SessionId> {
+        let now = now_ms();
+        let mut needle = String::new();
+        super::data::encode_component(key, &mut needle);
+        needle.push('=');
+        super::data::encode_component(value, &mut needle);
+        self.inner
+            .sessions
+            .iter()
+            .filter(|e| !self.expired(e.value(), now))
+            .filter(|e| {
+                e.data.as_deref().is_some_and(|d| {
+                    d.split(|&b| b == b'&')
+                        .any(|pair| pair == needle.as_bytes())
+                })
+            })
+            .map(|e| *e.key())
+            .collect()
     }
 }
 

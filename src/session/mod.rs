@@ -142,4 +142,120 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Applied, StoreError>> + Send;
     /// Deletes the session; `true` when it existed.
     fn destroy(&self, id: &SessionId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// The session's data and times, without touching it (admin API).
+    fn inspect(
+        &self,
+        id: &SessionId,
+    ) -> impl Future<Output = Result<Option<SessionInfo>, StoreError>> + Send;
+    /// Destroys every session whose data has `key` = `value`; returns how many.
+    fn revoke(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// The IDs of sessions whose data has `key` = `value` (admin API).
+    fn find(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<Vec<SessionId>, StoreError>> + Send;
+    /// Number of live sessions (may include some expired but not yet swept).
+    fn count(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Answers when the store is reachable (readiness).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A session as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub data: SessionData,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+    /// Unix milliseconds (to the second).
+    pub last_seen_ms: u64,
+}
+
+/// The store the proxy runs with, chosen by `store.type`. The request path talks
+/// to this enum only, so it never knows which store answers.
+#[derive(Clone)]
+pub enum Store {
+    Memory(MemoryStore),
+}
+
+impl SessionStore for Store {
+    async fn load(&self, id: &SessionId) -> Result<Lookup, StoreError> {
+        match self {
+            Store::Memory(s) => s.load(id).await,
+        }
+    }
+    async fn create(&self, data: SessionData) -> Result<SessionId, StoreError> {
+        match self {
+            Store::Memory(s) => s.create(data).await,
+        }
+    }
+    async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<Applied, StoreError> {
+        match self {
+            Store::Memory(s) => s.apply(id, changes).await,
+        }
+    }
+    async fn destroy(&self, id: &SessionId) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(s) => s.destroy(id).await,
+        }
+    }
+    async fn inspect(&self, id: &SessionId) -> Result<Option<SessionInfo>, StoreError> {
+        match self {
+            Store::Memory(s) => s.inspect(id).await,
+        }
+    }
+    async fn revoke(&self, key: &str, value: &str) -> Result<u64, StoreError> {
+        match self {
+            Store::Memory(s) => s.revoke(key, value).await,
+        }
+    }
+    async fn find(&self, key: &str, value: &str) -> Result<Vec<SessionId>, StoreError> {
+        match self {
+            Store::Memory(s) => s.find(key, value).await,
+        }
+    }
+    async fn count(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Memory(s) => s.count().await,
+        }
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(s) => s.ping().await,
+        }
+    }
+}
+
+/// Background work a store needs while the proxy runs (the memory store's sweep;
+/// snapshots). Stopped, and a final snapshot written, by [`StoreTasks::shutdown`].
+pub struct StoreTasks {
+    _sweeper: Option<memory::SweepGuard>,
+}
+
+impl StoreTasks {
+    /// Stops the background work and saves what must survive a restart.
+    pub async fn shutdown(self) {}
+}
+
+/// Opens the configured store and starts its background work.
+pub async fn open(config: &crate::config::Config) -> Result<(Store, StoreTasks), StoreError> {
+    let s = &config.session;
+    let store = MemoryStore::new(memory::MemorySettings {
+        idle_timeout: s.idle_timeout,
+        absolute_timeout: s.absolute_timeout,
+        max_sessions: s.max_sessions,
+        max_data_bytes: s.max_data_bytes,
+        regenerate_grace: s.regenerate_grace,
+    });
+    let sweeper = store.spawn_sweeper(std::time::Duration::from_secs(1));
+    Ok((
+        Store::Memory(store),
+        StoreTasks {
+            _sweeper: Some(sweeper),
+        },
+    ))
 }

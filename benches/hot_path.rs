@@ -119,7 +119,7 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || browser_request(&cookie),
             |mut parts| {
-                let inbound = proxy::inbound(&settings, &conn, &mut parts).expect("inbound");
+                let inbound = proxy::inbound(&settings, &conn, &mut parts, None).expect("inbound");
                 let session = UpstreamSession {
                     id: &id,
                     new: false,
@@ -142,7 +142,7 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || browser_request(&cookie),
             |mut parts| {
-                let inbound = proxy::inbound(&settings, &conn, &mut parts).expect("inbound");
+                let inbound = proxy::inbound(&settings, &conn, &mut parts, None).expect("inbound");
                 let found = rt.block_on(s.load(&ids[0]));
                 let session = UpstreamSession {
                     id: &ids[0],

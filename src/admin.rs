@@ -3,10 +3,16 @@
 //! | request | answer |
 //! | --- | --- |
 //! | `GET /healthz` | `200 ok` while the process runs |
-//! | `GET /readyz` | `200` when the store answers, else `503` |
+//! | `GET /readyz` | `200` when the store answers (and the upstream accepts a connection), else `503` |
+//! | `GET /metrics` | Prometheus text exposition |
+//! | `GET /sessions/{id}` | the session's data, created and last-seen times, as JSON; `404` when absent |
+//! | `DELETE /sessions/{id}` | destroy one session (`204`; `404` when absent) |
+//! | `GET /sessions?key=K&value=V` | the IDs of sessions whose data has K=V, as JSON |
+//! | `DELETE /sessions?key=K&value=V` | destroy every such session; answers the count as JSON |
 //!
-//! With `admin.token` set, every other endpoint needs `Authorization: Bearer
-//! <token>` (compared in constant time); the probes stay open for orchestrators.
+//! With `admin.token` set, every endpoint but the probes needs `Authorization:
+//! Bearer <token>` (compared in constant time); the probes stay open for
+//! orchestrators.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::proxy::State;
-use crate::session::SessionStore;
+use crate::session::{SessionId, SessionStore};
 
 /// Serves the admin API until `stop` turns true.
 pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
@@ -78,30 +84,216 @@ pub fn token_matches(req_header: Option<&HeaderValue>, token: &str) -> bool {
     diff == 0
 }
 
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = value.to_string();
+    body.push('\n');
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     match (req.method(), path) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => match state.store.ping().await {
-            Ok(()) => text(StatusCode::OK, "ready\n"),
-            Err(_) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: session store unavailable\n",
-            ),
-        },
-        _ => {
-            let settings = state.settings.load();
-            if let Some(token) = &settings.config.admin.token {
-                if !token_matches(req.headers().get(header::AUTHORIZATION), token) {
-                    let mut resp = text(StatusCode::UNAUTHORIZED, "401 Unauthorized\n");
-                    resp.headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                    return resp;
-                }
-            }
-            text(StatusCode::NOT_FOUND, "404 Not Found\n")
+        (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => return readiness(state).await,
+        _ => {}
+    }
+    let settings = state.settings.load();
+    if let Some(token) = &settings.config.admin.token {
+        if !token_matches(req.headers().get(header::AUTHORIZATION), token) {
+            let mut resp = text(StatusCode::UNAUTHORIZED, "401 Unauthorized\n");
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
         }
     }
+    drop(settings);
+    let query = req.uri().query().unwrap_or("");
+    let method = req.method();
+    if method == Method::GET && path == "/metrics" {
+        return metrics(state).await;
+    }
+    if method != Method::GET && method != Method::DELETE {
+        return text(StatusCode::NOT_FOUND, "404 Not Found\n");
+    }
+    if path == "/sessions" {
+        return by_key(state, method == Method::GET, query).await;
+    }
+    let Some(id_text) = path.strip_prefix("/sessions/") else {
+        return text(StatusCode::NOT_FOUND, "404 Not Found\n");
+    };
+    let Some(id) = SessionId::decode(id_text.as_bytes()) else {
+        return text(StatusCode::NOT_FOUND, "404 Not Found: no such session\n");
+    };
+    if method == Method::GET {
+        return match state.store.inspect(&id).await {
+            Ok(Some(info)) => {
+                let data: serde_json::Map<String, serde_json::Value> = info
+                    .data
+                    .pairs()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect();
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({
+                        "id": id.to_string(),
+                        "data": data,
+                        "created": info.created_ms / 1000,
+                        "last_seen": info.last_seen_ms / 1000,
+                    }),
+                )
+            }
+            Ok(None) => text(StatusCode::NOT_FOUND, "404 Not Found: no such session\n"),
+            Err(_) => store_down(),
+        };
+    }
+    match state.store.destroy(&id).await {
+        Ok(true) => {
+            state.metrics.sessions_destroyed.inc();
+            tracing::info!("admin: session destroyed");
+            let mut resp = text(StatusCode::NO_CONTENT, "");
+            resp.headers_mut().remove(header::CONTENT_TYPE);
+            resp
+        }
+        Ok(false) => text(StatusCode::NOT_FOUND, "404 Not Found: no such session\n"),
+        Err(_) => store_down(),
+    }
+}
+
+/// `GET` or `DELETE /sessions?key=K&value=V`: find or revoke by a data key and value.
+async fn by_key(state: &State, find: bool, query: &str) -> Response<Full<Bytes>> {
+    let mut key = None;
+    let mut value = None;
+    for (k, v) in form_pairs(query) {
+        match k.as_str() {
+            "key" => key = Some(v),
+            "value" => value = Some(v),
+            _ => {}
+        }
+    }
+    let (Some(key), Some(value)) = (key, value) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: needs ?key=K&value=V\n",
+        );
+    };
+    if find {
+        return match state.store.find(&key, &value).await {
+            Ok(ids) => {
+                let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+                json(StatusCode::OK, serde_json::json!({ "sessions": ids }))
+            }
+            Err(_) => store_down(),
+        };
+    }
+    match state.store.revoke(&key, &value).await {
+        Ok(n) => {
+            state.metrics.sessions_destroyed.inc_by(n);
+            tracing::info!(key = %key, destroyed = n, "admin: sessions revoked");
+            json(StatusCode::OK, serde_json::json!({ "destroyed": n }))
+        }
+        Err(_) => store_down(),
+    }
+}
+
+fn store_down() -> Response<Full<Bytes>> {
+    let mut resp = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "503 Service Unavailable: the session store is unavailable\n",
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// Ready when the store answers and the upstream accepts a TCP connection within a
+/// short probe (so a load balancer stops sending traffic to a proxy that could only
+/// answer 502 or 503).
+async fn readiness(state: &State) -> Response<Full<Bytes>> {
+    const PROBE: std::time::Duration = std::time::Duration::from_secs(1);
+    if !matches!(
+        tokio::time::timeout(PROBE, state.store.ping()).await,
+        Ok(Ok(()))
+    ) {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: session store unavailable\n",
+        );
+    }
+    let target = {
+        let settings = state.settings.load();
+        let uri = &settings.config.upstream.uri;
+        let host = uri
+            .host()
+            .unwrap_or("127.0.0.1")
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
+        (host, port)
+    };
+    match tokio::time::timeout(PROBE, tokio::net::TcpStream::connect(target)).await {
+        Ok(Ok(_)) => text(StatusCode::OK, "ready\n"),
+        _ => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: upstream unreachable\n",
+        ),
+    }
+}
+
+/// Serializes scrapes: the store's own counters are folded in as deltas.
+static SCRAPE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn metrics(state: &State) -> Response<Full<Bytes>> {
+    let _one_at_a_time = SCRAPE.lock().await;
+    let m = &state.metrics;
+    if let Ok(n) = state.store.count().await {
+        m.sessions_active.set(n as i64);
+    }
+    // Redis expires and evicts by itself, unseen: only the memory store reports these.
+    #[allow(irrefutable_let_patterns)]
+    if let crate::session::Store::Memory(mem) = &state.store {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = mem.stats();
+        let expired = stats.expired.load(Relaxed);
+        let evicted = stats.evicted.load(Relaxed);
+        m.sessions_expired
+            .inc_by(expired.saturating_sub(m.sessions_expired.get()));
+        m.sessions_evicted
+            .inc_by(evicted.saturating_sub(m.sessions_evicted.get()));
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(m.encode())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}
+
+/// `application/x-www-form-urlencoded` query pairs, leniently decoded.
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let dec = |s: &str| crate::session::decode_component(s.as_bytes()).unwrap_or_default();
+            (dec(k), dec(v))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -75,14 +75,19 @@ impl SigningKeys {
     /// Parses and verifies a cookie value. Anything that does not parse or verify is
     /// `None`: the caller treats it as no cookie.
     pub fn verify(&self, value: &[u8]) -> Option<(SessionId, Verified)> {
+        self.check(value).ok()
+    }
+
+    /// Like [`SigningKeys::verify`], saying why a value was refused.
+    pub fn check(&self, value: &[u8]) -> Result<(SessionId, Verified), Refused> {
         if value.len() != COOKIE_VALUE_LEN || value[43] != b'.' {
-            return None;
+            return Err(Refused::Malformed);
         }
-        let id = SessionId::decode(&value[..43])?;
+        let id = SessionId::decode(&value[..43]).ok_or(Refused::Malformed)?;
         let mut tag = [0u8; 32];
-        let n = URL_SAFE_NO_PAD.decode_slice(&value[44..], &mut tag).ok()?;
-        if n != 32 {
-            return None;
+        match URL_SAFE_NO_PAD.decode_slice(&value[44..], &mut tag) {
+            Ok(32) => {}
+            _ => return Err(Refused::Malformed),
         }
         for (i, mac) in self.macs.iter().enumerate() {
             let mut mac = mac.clone();
@@ -93,11 +98,18 @@ impl SigningKeys {
                 } else {
                     Verified::Older
                 };
-                return Some((id, which));
+                return Ok((id, which));
             }
         }
-        None
+        Err(Refused::BadSignature)
     }
+}
+
+/// Why a cookie value was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    Malformed,
+    BadSignature,
 }
 
 /// A fresh secret: 32 bytes from the OS CSPRNG, base64url (43 characters).

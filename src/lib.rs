@@ -13,6 +13,7 @@
 //! - [`admin`]: health, readiness (and, later, metrics and the session API).
 //! - [`devcert`]: `gen-cert` and `healthcheck`, small operator tools.
 //! - [`error`]: what the proxy answers itself, mapped in one place.
+//! - [`metrics`]: Prometheus metrics, updated without locks.
 //! - [`logging`]: pretty or JSON logs and the access log.
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod cookie;
 pub mod devcert;
 pub mod error;
 pub mod logging;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod server;

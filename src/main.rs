@@ -100,7 +100,7 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.config, cli.dev)?;
-    sessiongate::logging::init(&config.log);
+    let levels = sessiongate::logging::init(&config.log);
     if config.dev_secret {
         tracing::warn!(
             "--dev: using an ephemeral random secret; sessions end when the process stops"
@@ -113,7 +113,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let dev = cli.dev;
     runtime.block_on(async {
         let server = Server::bind(config).await?;
-        tokio::spawn(reload_on_sighup(server.reloader(), path, dev));
+        tokio::spawn(reload_on_sighup(server.reloader(), path, dev, levels));
         server.run(shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
@@ -122,7 +122,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 
 /// Reloads the configuration and certificates on every SIGHUP; a bad file is
 /// logged with its line and key, and the running configuration stays.
-async fn reload_on_sighup(reloader: sessiongate::server::Reloader, path: PathBuf, dev: bool) {
+async fn reload_on_sighup(
+    reloader: sessiongate::server::Reloader,
+    path: PathBuf,
+    dev: bool,
+    levels: sessiongate::logging::LevelHandle,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::error!("cannot listen for SIGHUP: reload disabled");
@@ -130,7 +135,10 @@ async fn reload_on_sighup(reloader: sessiongate::server::Reloader, path: PathBuf
     };
     while hup.recv().await.is_some() {
         match reloader.reload(&path, dev) {
-            Ok(()) => tracing::info!(file = %path.display(), "configuration reloaded"),
+            Ok(settings) => {
+                levels.set(&settings.config.log.level);
+                tracing::info!(file = %path.display(), "configuration reloaded");
+            }
             Err(e) => tracing::error!(
                 "reload failed, the running configuration stays: {:#}",
                 anyhow::Error::from(e)

@@ -57,17 +57,30 @@ pub struct Pool {
     authority: String,
     connect_timeout: Duration,
     tls: Option<UpstreamTls>,
+    /// The upstream URL and CA file this pool was made for.
+    made_for: (http::Uri, Option<std::path::PathBuf>),
     idle: Mutex<Vec<Idle>>,
 }
 
 impl Pool {
-    pub fn new(authority: String, connect_timeout: Duration, tls: Option<UpstreamTls>) -> Pool {
+    pub fn new(
+        authority: String,
+        connect_timeout: Duration,
+        tls: Option<UpstreamTls>,
+        made_for: (http::Uri, Option<std::path::PathBuf>),
+    ) -> Pool {
         Pool {
             authority,
             connect_timeout,
             tls,
+            made_for,
             idle: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Whether this pool still matches the configured upstream.
+    pub fn serves(&self, uri: &http::Uri, ca_file: &Option<std::path::PathBuf>) -> bool {
+        self.made_for.0 == *uri && self.made_for.1 == *ca_file
     }
 
     fn checkout(&self) -> Option<SendRequest<RequestBody>> {

@@ -20,8 +20,9 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::config::{Config, CreateMode};
-use crate::cookie::{cookie_pairs, CookieFlavor, CookieJar, Verified};
+use crate::cookie::{cookie_pairs, CookieFlavor, CookieJar, Refused, Verified};
 use crate::error::ProxyError;
+use crate::metrics::{CookieRejection, Metrics};
 use crate::pool::{Pool, PooledBody, SendError};
 use crate::session::{
     is_true, now_ms, Applied, Changes, Lookup, SessionData, SessionId, SessionStore, Store,
@@ -89,6 +90,7 @@ impl Settings {
 pub struct State {
     pub settings: ArcSwap<Settings>,
     pub store: Store,
+    pub metrics: Metrics,
 }
 
 impl State {
@@ -96,37 +98,51 @@ impl State {
         State {
             settings: ArcSwap::from_pointee(Settings::new(config)),
             store,
+            metrics: Metrics::new(),
         }
     }
+}
+
+/// What the access log says about a request beyond its method, path and status.
+#[derive(Default)]
+struct Trace {
+    upstream: Option<std::time::Duration>,
+    session: Option<SessionId>,
 }
 
 /// What one worker thread owns: its upstream connection pool and its request-id
 /// counter, so that requests on different cores share no hot cache line.
 pub struct Worker {
     pub state: Arc<State>,
-    pub pool: Arc<Pool>,
+    /// This worker's connections to the upstream; replaced when a reload changes
+    /// the upstream.
+    pool: ArcSwap<Pool>,
     request_prefix: u32,
     request_counter: AtomicU64,
 }
 
+/// The pool for the upstream `settings` name.
+fn pool_for(settings: &Settings) -> Pool {
+    let upstream = &settings.config.upstream;
+    let authority = upstream
+        .uri
+        .authority()
+        .map_or_else(String::new, |a| match a.port_u16() {
+            Some(_) => a.as_str().to_owned(),
+            None if upstream.uri.scheme_str() == Some("https") => format!("{}:443", a.host()),
+            None => format!("{}:80", a.host()),
+        });
+    Pool::new(
+        authority,
+        upstream.connect_timeout,
+        upstream.tls.clone(),
+        (upstream.uri.clone(), upstream.ca_file.clone()),
+    )
+}
+
 impl Worker {
     pub fn new(state: Arc<State>) -> Worker {
-        let settings = state.settings.load();
-        let upstream = &settings.config.upstream;
-        let authority = upstream
-            .uri
-            .authority()
-            .map_or_else(String::new, |a| match a.port_u16() {
-                Some(_) => a.as_str().to_owned(),
-                None if upstream.uri.scheme_str() == Some("https") => format!("{}:443", a.host()),
-                None => format!("{}:80", a.host()),
-            });
-        let pool = Arc::new(Pool::new(
-            authority,
-            upstream.connect_timeout,
-            upstream.tls.clone(),
-        ));
-        drop(settings);
+        let pool = ArcSwap::from_pointee(pool_for(&state.settings.load()));
         let mut prefix = [0u8; 4];
         getrandom::fill(&mut prefix).expect("the operating system's random source failed");
         Worker {
@@ -135,6 +151,18 @@ impl Worker {
             request_prefix: u32::from_le_bytes(prefix),
             request_counter: AtomicU64::new(0),
         }
+    }
+
+    /// The pool for the current upstream, rebuilt after a reload changed it.
+    fn pool(&self, settings: &Settings) -> Arc<Pool> {
+        let pool = self.pool.load_full();
+        let u = &settings.config.upstream;
+        if pool.serves(&u.uri, &u.ca_file) {
+            return pool;
+        }
+        let fresh = Arc::new(pool_for(settings));
+        self.pool.store(fresh.clone());
+        fresh
     }
 
     /// A request id: 8 hex digits of per-worker random prefix, 12 of counter.
@@ -189,9 +217,26 @@ pub async fn handle(
     } else {
         None
     };
-    let response = match proxy(&worker, &settings, &conn, req, request_id.clone()).await {
+    let mut trace = Trace::default();
+    let outcome = proxy(
+        &worker,
+        &settings,
+        &conn,
+        req,
+        request_id.clone(),
+        &mut trace,
+    )
+    .await;
+    let metrics = &worker.state.metrics;
+    let mut response = match outcome {
         Ok(resp) => resp,
         Err(err) => {
+            match &err {
+                ProxyError::Upstream(kind) => metrics.upstream_error(Some(*kind)),
+                ProxyError::UpstreamTimeout => metrics.upstream_error(None),
+                ProxyError::Store(_) => metrics.store_error(),
+                ProxyError::BodyTooLarge | ProxyError::BadRequest(_) => {}
+            }
             tracing::warn!(
                 request_id = request_id.to_str().unwrap_or(""),
                 kind = err.kind(),
@@ -201,7 +246,6 @@ pub async fn handle(
             err.into_response().map(Either::Right)
         }
     };
-    let mut response = response;
     if conn.tls {
         if let Some(hsts) = &settings.hsts {
             response
@@ -209,18 +253,40 @@ pub async fn handle(
                 .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
     }
+    let took = started.elapsed();
+    metrics.request(&method, response.status(), took);
+    if let Some(up) = trace.upstream {
+        metrics.upstream_duration.observe(up);
+    }
     if let Some(path) = path {
+        let bytes = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         tracing::info!(
             target: "sessiongate::access",
             method = %method,
             path = %path,
             status = response.status().as_u16(),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            bytes,
+            duration_ms = took.as_secs_f64() * 1000.0,
+            upstream_ms = trace.upstream.map(|d| d.as_secs_f64() * 1000.0),
             request_id = request_id.to_str().unwrap_or(""),
+            session = trace.session.map(|id| session_tag(&id)).as_deref(),
             peer = %conn.peer.ip(),
         );
     }
     response
+}
+
+/// A short, one-way tag of a session ID for logs: the first 8 bytes of its SHA-256,
+/// in hex. Lets an operator follow one visitor through the log without the log ever
+/// holding anything that could be turned into a cookie.
+fn session_tag(id: &SessionId) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn proxy(
@@ -229,6 +295,7 @@ async fn proxy(
     conn: &ConnInfo,
     req: Request<Incoming>,
     request_id: HeaderValue,
+    trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let state = &*worker.state;
     let cfg = &settings.config;
@@ -236,7 +303,7 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
 
     // 1. Strip what the client may not send upstream, before adding anything.
-    let inbound = inbound(settings, conn, &mut parts)?;
+    let inbound = inbound(settings, conn, &mut parts, Some(&state.metrics))?;
     let flavor = settings.jar.flavor(inbound.https);
 
     // 2. Find or make the session.
@@ -251,6 +318,9 @@ async fn proxy(
 
     // 3. Tell the upstream, and send the request on with its body streamed.
     let carried_session = matches!(session, SessionState::Live { .. });
+    if let SessionState::Live { id, .. } = &session {
+        trace.session = Some(*id);
+    }
     let upstream_session = match &session {
         SessionState::Live { id, new, .. } => Some(UpstreamSession {
             id,
@@ -274,7 +344,10 @@ async fn proxy(
     *out.uri_mut() = upstream_uri;
     *out.version_mut() = Version::HTTP_11;
 
-    let sent = tokio::time::timeout(cfg.upstream.timeout, worker.pool.send(out)).await;
+    let asked = Instant::now();
+    let pool = worker.pool(settings);
+    let sent = tokio::time::timeout(cfg.upstream.timeout, pool.send(out)).await;
+    trace.upstream = Some(asked.elapsed());
     let mut resp = match sent {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(SendError::Upstream(kind))) => return Err(ProxyError::Upstream(kind)),
@@ -298,6 +371,7 @@ async fn proxy(
         }
         Ok(_) => None,
         Err(reason) => {
+            state.metrics.writes_refused.inc();
             tracing::warn!(%reason, "write-back refused: malformed session header from the upstream");
             None
         }
@@ -341,6 +415,7 @@ pub fn inbound(
     settings: &Settings,
     conn: &ConnInfo,
     parts: &mut http::request::Parts,
+    metrics: Option<&Metrics>,
 ) -> Result<Inbound, ProxyError> {
     let cfg = &settings.config;
     if let Some(limit) = cfg.limits.max_body_bytes {
@@ -352,7 +427,12 @@ pub fn inbound(
     let https = conn.tls || (trusted && forwarded_https(&parts.headers));
     let upgrade = upstream::wants_upgrade(&parts.headers);
     upstream::strip_headers(&mut parts.headers, &cfg.session.headers.prefix, upgrade);
-    let candidates = take_proxy_cookies(&mut parts.headers, settings, settings.jar.flavor(https));
+    let candidates = take_proxy_cookies(
+        &mut parts.headers,
+        settings,
+        settings.jar.flavor(https),
+        metrics,
+    );
     let excluded = cfg
         .session
         .exclude_paths
@@ -431,6 +511,17 @@ fn forwarded_https(h: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
+/// Optional metrics (the benches call the header steps without any).
+struct MetricsRef<'a>(Option<&'a Metrics>);
+
+impl MetricsRef<'_> {
+    fn cookie_rejected(&self, why: CookieRejection) {
+        if let Some(m) = self.0 {
+            m.cookie_rejected(why);
+        }
+    }
+}
+
 /// A verified cookie from the request.
 struct Candidate {
     id: SessionId,
@@ -444,7 +535,9 @@ fn take_proxy_cookies(
     headers: &mut HeaderMap,
     settings: &Settings,
     flavor: &CookieFlavor,
+    metrics: Option<&Metrics>,
 ) -> Vec<Candidate> {
+    let metrics = MetricsRef(metrics);
     let mut candidates = Vec::new();
     if !headers.contains_key(header::COOKIE) {
         return candidates;
@@ -460,10 +553,14 @@ fn take_proxy_cookies(
             if name == plain || name == secure {
                 touched = true;
                 if name == ours {
-                    match keys.verify(v) {
-                        Some((id, verified)) => candidates.push(Candidate { id, verified }),
-                        None => {
-                            tracing::debug!("session cookie rejected: malformed or bad signature")
+                    match keys.check(v) {
+                        Ok((id, verified)) => candidates.push(Candidate { id, verified }),
+                        Err(why) => {
+                            tracing::debug!(?why, "session cookie rejected");
+                            metrics.cookie_rejected(match why {
+                                Refused::Malformed => CookieRejection::Malformed,
+                                Refused::BadSignature => CookieRejection::BadSignature,
+                            });
                         }
                     }
                 }
@@ -509,7 +606,7 @@ async fn resolve_session(
                 return Ok((live, view.data));
             }
             Lookup::Regenerated => grace = true,
-            Lookup::Missing => {}
+            Lookup::Missing => state.metrics.cookie_rejected(CookieRejection::Expired),
         }
     }
     if grace {
@@ -523,6 +620,7 @@ async fn resolve_session(
         .create(SessionData::default())
         .await
         .map_err(ProxyError::Store)?;
+    state.metrics.sessions_created.inc();
     let live = SessionState::Live {
         id,
         new: true,
@@ -579,6 +677,7 @@ async fn apply_write_back(
             let data = SessionData::default().with_changes(changes);
             let max = settings.config.session.max_data_bytes;
             if data.encoded_len() > max {
+                state.metrics.writes_refused.inc();
                 tracing::warn!(
                     bytes = data.encoded_len(),
                     max,
@@ -587,6 +686,7 @@ async fn apply_write_back(
                 return Ok(None);
             }
             let id = state.store.create(data).await.map_err(ProxyError::Store)?;
+            state.metrics.sessions_created.inc();
             *session = SessionState::Live {
                 id,
                 new: false,
@@ -599,7 +699,9 @@ async fn apply_write_back(
         }
         SessionState::Live { id, .. } => {
             if changes.destroy {
-                state.store.destroy(id).await.map_err(ProxyError::Store)?;
+                if state.store.destroy(id).await.map_err(ProxyError::Store)? {
+                    state.metrics.sessions_destroyed.inc();
+                }
                 *session = SessionState::Absent;
                 return Ok(Some(flavor.removal()));
             }
@@ -611,6 +713,7 @@ async fn apply_write_back(
             {
                 Applied::Stored => Ok(None),
                 Applied::Regenerated(new_id) => {
+                    state.metrics.sessions_regenerated.inc();
                     *session = SessionState::Live {
                         id: new_id,
                         new: false,
@@ -622,6 +725,7 @@ async fn apply_write_back(
                     ))
                 }
                 Applied::TooLarge { bytes } => {
+                    state.metrics.writes_refused.inc();
                     let max = settings.config.session.max_data_bytes;
                     tracing::warn!(
                         bytes,

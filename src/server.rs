@@ -211,7 +211,6 @@ impl Server {
         Reloader {
             state: self.state.clone(),
             cert: self.cert.clone(),
-            listeners: self.bound.iter().map(|b| b.addr).collect(),
         }
     }
 
@@ -291,7 +290,6 @@ impl Server {
 pub struct Reloader {
     state: Arc<State>,
     cert: Option<Arc<ServerCert>>,
-    listeners: Vec<SocketAddr>,
 }
 
 /// Why a reload was refused; the running configuration stays.
@@ -307,7 +305,13 @@ impl Reloader {
     /// Parses and validates the file whole, loads the certificate it names, then
     /// swaps both in. On any error nothing changes. Settings that need a restart
     /// (listener addresses, store type) are reported and otherwise ignored.
-    pub fn reload(&self, path: &PathBuf, dev: bool) -> Result<(), ReloadError> {
+    pub fn reload(&self, path: &PathBuf, dev: bool) -> Result<Arc<Settings>, ReloadError> {
+        let outcome = self.try_reload(path, dev);
+        self.state.metrics.reload(outcome.is_ok());
+        outcome
+    }
+
+    fn try_reload(&self, path: &PathBuf, dev: bool) -> Result<Arc<Settings>, ReloadError> {
         let current = self.state.settings.load_full();
         let mut next = Config::load(path, dev)?;
         if next.dev_secret && current.config.dev_secret {
@@ -331,9 +335,9 @@ impl Reloader {
         if let (Some(cert), Some(tls)) = (&self.cert, &next.tls) {
             cert.reload(&tls.cert, &tls.key)?;
         }
-        self.state.settings.store(Arc::new(Settings::new(next)));
-        let _ = &self.listeners;
-        Ok(())
+        let settings = Arc::new(Settings::new(next));
+        self.state.settings.store(settings.clone());
+        Ok(settings)
     }
 }
 
@@ -437,6 +441,8 @@ async fn accept_loop(
         let builder = builder.clone();
         let graceful = graceful.watcher();
         let role = role.clone();
+        let open = worker.state.metrics.open_connections.clone();
+        open.inc();
         tokio::spawn(async move {
             match role {
                 Role::Plain => {
@@ -465,6 +471,7 @@ async fn accept_loop(
                     }
                 }
             }
+            open.dec();
             drop(permit);
         });
     }

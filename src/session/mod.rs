@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::HeaderValue;
 
-pub use data::{is_true, Changes, ChangesError, SessionData};
+pub use data::{decode_component, is_true, Changes, ChangesError, SessionData};
 pub use memory::MemoryStore;
 
 /// A session ID: 32 bytes from the OS CSPRNG. Shown as 43 base64url characters.

@@ -15,7 +15,7 @@ DURATION=10s
 REPS=3
 CONNS=64
 TARGETS="direct sessiongate nginx nginx-cookie haproxy apache"
-SCENARIOS="returning new writeback single h2"
+SCENARIOS="returning new writeback single h2 tls"
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION=$2; shift 2 ;;
@@ -79,9 +79,14 @@ CONF
 nginx -p "$RUN" -c "$RUN/upstream.conf" & PIDS+=($!)
 wait_port 127.0.0.1:18000
 
-# --- sessiongate ---------------------------------------------------------------------
+# --- a certificate for the TLS scenario (all TLS targets share it) -----------------
+"$SG" gen-cert --dir "$RUN/certs" >/dev/null
+cat "$RUN/certs/dev-cert.pem" "$RUN/certs/dev-key.pem" > "$RUN/certs/combined.pem"
+
+# --- sessiongate (plain :18080, TLS :18480) -----------------------------------------
 cat > "$RUN/sessiongate.yaml" <<CONF
 listen: 127.0.0.1:18080
+tls: { listen: "127.0.0.1:18480", cert: "$RUN/certs/dev-cert.pem", key: "$RUN/certs/dev-key.pem" }
 upstream: { url: "http://127.0.0.1:18000" }
 session: { secrets: ["bench-secret-0123456789abcdef0123456789"], max_sessions: 2000000 }
 admin: { listen: null }
@@ -102,6 +107,9 @@ http {
   server {
     listen 127.0.0.1:18081 backlog=4096;
     listen 127.0.0.1:18091 http2;
+    listen 127.0.0.1:18481 ssl;
+    ssl_certificate CERTDIR/dev-cert.pem; ssl_certificate_key CERTDIR/dev-key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
   server {
@@ -111,7 +119,7 @@ http {
   }
 }
 CONF
-sed -i "1s|^|pid $RUN/nginx.pid; |" "$RUN/nginx.conf"
+sed -i "1s|^|pid $RUN/nginx.pid; |; s|CERTDIR|$RUN/certs|g" "$RUN/nginx.conf"
 nginx -p "$RUN" -c "$RUN/nginx.conf" 2>"$RUN/nginx.err" & PIDS+=($!)
 wait_port 127.0.0.1:18081
 
@@ -130,6 +138,7 @@ defaults
 frontend fe
   bind 127.0.0.1:18083
   bind 127.0.0.1:18093 proto h2
+  bind 127.0.0.1:18483 ssl crt $RUN/certs/combined.pem alpn http/1.1
   default_backend be
 backend be
   cookie SRV insert indirect nocache httponly
@@ -177,6 +186,7 @@ cookie_of() { # url name -> "name=value" from the first Set-Cookie of that name
   curl -s -o /dev/null -D - "$1" | tr -d '\r' | sed -n "s/^[Ss]et-[Cc]ookie: \($2=[^;]*\).*/\1/p" | head -1
 }
 SG_COOKIE=$(cookie_of http://127.0.0.1:18080/ 'sessiongate')
+SG_TLS_COOKIE=$(curl -sk -o /dev/null -D - https://127.0.0.1:18480/ | tr -d '\r' | sed -n "s/^[Ss]et-[Cc]ookie: \(__Host-sessiongate=[^;]*\).*/\1/p" | head -1)
 NGX_COOKIE=$(cookie_of http://127.0.0.1:18082/ sid)
 HA_COOKIE="SRV=s1"
 AP_COOKIE=$(cookie_of http://127.0.0.1:18084/write session)
@@ -192,14 +202,18 @@ url_of() { # target scenario -> URL
   if [ "$2" = h2 ]; then
     case "$1" in nginx) port=18091 ;; haproxy) port=18093 ;; sessiongate) ;; *) return 1 ;; esac
   fi
-  local path=/
+  local path=/ scheme=http
+  if [ "$2" = tls ]; then
+    scheme=https
+    case "$1" in sessiongate) port=18480 ;; nginx) port=18481 ;; haproxy) port=18483 ;; *) return 1 ;; esac
+  fi
   [ "$2" = writeback ] && path=/write
-  echo "http://127.0.0.1:$port$path"
+  echo "$scheme://127.0.0.1:$port$path"
 }
 cookie_for() { # target scenario -> cookie header value or empty
   [ "$2" = new ] && return 0
   case "$1" in
-    sessiongate) echo "$SG_COOKIE" ;; nginx-cookie) echo "$NGX_COOKIE" ;;
+    sessiongate) if [ "$2" = tls ]; then echo "$SG_TLS_COOKIE"; else echo "$SG_COOKIE"; fi ;; nginx-cookie) echo "$NGX_COOKIE" ;;
     haproxy) echo "$HA_COOKIE" ;; apache) echo "$AP_COOKIE" ;;
   esac
 }
@@ -211,6 +225,7 @@ run_one() { # target scenario rep
   [ -n "$cookie" ] && args+=(-H "Cookie: $cookie")
   [ "$2" = single ] && args=(--no-tui --output-format json -z "$DURATION" -c 1 ${cookie:+-H "Cookie: $cookie"})
   [ "$2" = h2 ] && args+=(--http2)
+  [ "$2" = tls ] && args+=(--insecure)
   oha "${args[@]}" "$url" > "$OUT/$2.$1.$3.json" 2>>"$OUT/oha.err" || echo "oha failed for $1 $2" >&2
 }
 

@@ -217,12 +217,23 @@ fn parse_raw(src: &str, origin: &Path) -> Result<RawConfig, ConfigError> {
             .location()
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
-        let message = strip_location(&err.without_snippet().to_string());
-        let key = if key_path.is_empty() || key_path == "." {
+        let mut message = strip_location(&err.without_snippet().to_string());
+        let mut key = if key_path.is_empty() || key_path == "." {
             "(document)".to_owned()
         } else {
             key_path.clone()
         };
+        // The parser names a repeated key in its message, not in the path.
+        if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+            let name = rest.split(',').next().unwrap_or(rest).trim().to_owned();
+            let parent = key.trim_end_matches('?').trim_end_matches('.');
+            key = if parent.is_empty() || parent == "(document)" {
+                name
+            } else {
+                format!("{parent}.{name}")
+            };
+            message = "duplicate key: each key may appear once".to_owned();
+        }
         ConfigError::Invalid {
             path: origin.to_owned(),
             line,
@@ -978,6 +989,20 @@ impl RawConfig {
         }
         if self.store.snapshot_interval.0.is_zero() {
             return Err(at.error("store.snapshot_interval", "must be greater than zero"));
+        }
+
+        // Admin: a session API reachable from the network needs a token.
+        if let Some(addr) = self.admin.listen {
+            if !addr.0.ip().is_loopback() && self.admin.token.is_none() {
+                return Err(at.error(
+                    "admin.listen",
+                    format!(
+                        "{} is not a loopback address and admin.token is not set: anybody who \
+                         reaches it could read and destroy sessions; set admin.token or listen on 127.0.0.1",
+                        addr.0
+                    ),
+                ));
+            }
         }
 
         // Limits.

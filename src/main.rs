@@ -112,8 +112,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let path = cli.config.clone();
     let dev = cli.dev;
     runtime.block_on(async {
+        // Listen for SIGHUP before the first "listening" line: a reload sent right
+        // after start must not meet the default action (terminate).
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let server = Server::bind(config).await?;
-        tokio::spawn(reload_on_sighup(server.reloader(), path, dev, levels));
+        tokio::spawn(reload_on_sighup(hup, server.reloader(), path, dev, levels));
         server.run(shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
@@ -123,16 +126,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 /// Reloads the configuration and certificates on every SIGHUP; a bad file is
 /// logged with its line and key, and the running configuration stays.
 async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
     reloader: sessiongate::server::Reloader,
     path: PathBuf,
     dev: bool,
     levels: sessiongate::logging::LevelHandle,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot listen for SIGHUP: reload disabled");
-        return;
-    };
     while hup.recv().await.is_some() {
         match reloader.reload(&path, dev) {
             Ok(settings) => {

@@ -92,7 +92,7 @@ impl EncodeMetric for AtomicHistogram {
             .copied()
             .zip(counts.iter().copied())
             .collect();
-        buckets.push((f64::MAX, counts[BUCKETS.len()]));
+        buckets.push((f64::INFINITY, counts[BUCKETS.len()]));
         let count = counts.iter().sum();
         let sum = self.inner.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)

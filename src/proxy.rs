@@ -210,7 +210,17 @@ pub async fn handle(
     let started = Instant::now();
     let settings = worker.state.settings.load();
     let method = req.method().clone();
-    let request_id = worker.request_id();
+    // A trusted proxy's request id is kept (and logged); anybody else gets ours.
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 128
+                && upstream::is_trusted(conn.peer.ip(), &settings.config.trusted_proxies) =>
+        {
+            id.clone()
+        }
+        _ => worker.request_id(),
+    };
     let log_access = settings.config.log.access;
     let path = if log_access {
         Some(req.uri().path().to_owned())
@@ -483,9 +493,7 @@ pub fn outbound(
         inbound.https,
         host.as_ref(),
     );
-    if !(inbound.trusted && parts.headers.contains_key(&X_REQUEST_ID)) {
-        parts.headers.insert(X_REQUEST_ID, request_id);
-    }
+    parts.headers.insert(X_REQUEST_ID, request_id);
     let upstream_uri = upstream_uri(cfg, std::mem::take(&mut parts.uri))?;
     let host = match host {
         Some(h) if cfg.upstream.preserve_host => Some(h),

@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -305,13 +305,13 @@ impl Reloader {
     /// Parses and validates the file whole, loads the certificate it names, then
     /// swaps both in. On any error nothing changes. Settings that need a restart
     /// (listener addresses, store type) are reported and otherwise ignored.
-    pub fn reload(&self, path: &PathBuf, dev: bool) -> Result<Arc<Settings>, ReloadError> {
+    pub fn reload(&self, path: &Path, dev: bool) -> Result<Arc<Settings>, ReloadError> {
         let outcome = self.try_reload(path, dev);
         self.state.metrics.reload(outcome.is_ok());
         outcome
     }
 
-    fn try_reload(&self, path: &PathBuf, dev: bool) -> Result<Arc<Settings>, ReloadError> {
+    fn try_reload(&self, path: &Path, dev: bool) -> Result<Arc<Settings>, ReloadError> {
         let current = self.state.settings.load_full();
         let mut next = Config::load(path, dev)?;
         if next.dev_secret && current.config.dev_secret {

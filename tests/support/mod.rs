@@ -14,6 +14,10 @@
 
 // Every test binary includes this module and uses a different part of it.
 #![allow(dead_code)]
+pub mod ops;
+pub mod raw;
+pub mod redis;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

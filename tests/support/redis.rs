@@ -1,0 +1,350 @@
+//! Real `redis-server` processes for the tests: one server, or a three-node
+//! Redis Cluster, each on free loopback ports with its files in a temporary
+//! directory, and killed when dropped.
+//!
+//! ```ignore
+//! let Some(redis) = RedisServer::start("my_test").await else { return };
+//! let proxy = Proxy::start(config(&upstream.url()).with_redis(&redis.url())).await;
+//! ```
+//!
+//! Without `redis-server` on the PATH these helpers return `None` (the test is
+//! skipped, saying so) unless `CI` is set: in CI a missing Redis fails the test.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::{ConfigYaml, Proxy, PATIENCE};
+
+/// True when the Redis tests can run; otherwise says why `test` is skipped, or
+/// fails in CI.
+pub fn redis_available(test: &str) -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: redis-server is not installed, and CI is set: .ci/run installs it");
+    }
+    eprintln!(
+        "SKIPPED {test}: redis-server is not installed (apt-get install redis-server; \
+         CI installs it and never skips)"
+    );
+    false
+}
+
+/// A loopback port that was free a moment ago, whose cluster bus port (+10000)
+/// was free too when `bus` is set.
+fn free_port(bus: bool) -> u16 {
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        if !bus {
+            return port;
+        }
+        if port <= 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One `redis-server`.
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// A server that keeps nothing on disk (`--save '' --appendonly no`).
+    pub async fn start(test: &str) -> Option<RedisServer> {
+        Self::start_with(test, &["--save", "", "--appendonly", "no"]).await
+    }
+
+    /// A server that writes every command to its append-only file before
+    /// answering, so a restart after SIGKILL finds every session.
+    pub async fn start_durable(test: &str) -> Option<RedisServer> {
+        Self::start_with(
+            test,
+            &[
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ],
+        )
+        .await
+    }
+
+    async fn start_with(test: &str, args: &[&str]) -> Option<RedisServer> {
+        if !redis_available(test) {
+            return None;
+        }
+        let bus = args.contains(&"--cluster-enabled");
+        // A port can be taken between finding it free and Redis binding it.
+        for _ in 0..5 {
+            let mut server = RedisServer {
+                port: free_port(bus),
+                dir: tempfile::tempdir().expect("temp dir"),
+                args: args.iter().map(|a| a.to_string()).collect(),
+                child: None,
+            };
+            if server.launch().await {
+                return Some(server);
+            }
+        }
+        panic!("redis-server did not start on any of five free ports");
+    }
+
+    /// Starts the process on `self.port`; false when it exited (port taken).
+    async fn launch(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"))
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if child.try_wait().expect("wait").is_some() {
+                    self.child = None;
+                    return false;
+                }
+            }
+            if self.ping().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "redis-server on port {} did not answer PING; its log:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+
+    async fn ping(&self) -> bool {
+        let Ok(reply) =
+            tokio::time::timeout(Duration::from_secs(1), self.try_command(&["PING"])).await
+        else {
+            return false;
+        };
+        matches!(reply, Ok(::redis::Value::SimpleString(s)) if s == "PONG")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Redis's own log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    async fn try_command(&self, args: &[&str]) -> ::redis::RedisResult<::redis::Value> {
+        let client = ::redis::Client::open(self.url())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut cmd = ::redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut conn).await
+    }
+
+    /// Runs one command on a fresh connection.
+    pub async fn command(&self, args: &[&str]) -> ::redis::Value {
+        self.try_command(args)
+            .await
+            .unwrap_or_else(|e| panic!("redis {args:?} failed: {e}"))
+    }
+
+    /// Kills the server (SIGKILL): its clients see their connections drop.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, with the same files.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !self.launch().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server could not get its port {} back; its log:\n{}",
+                self.port,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A three-primary Redis Cluster made with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start(test: &str) -> Option<RedisCluster> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let args = [
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+            ];
+            nodes.push(RedisServer::start_with(test, &args).await?);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let output = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli (package redis-tools)");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_until_ok().await;
+        Some(cluster)
+    }
+
+    /// Until every node reports the cluster up with all slots served and every
+    /// node known.
+    async fn wait_until_ok(&self) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        'poll: loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the cluster never became ready"
+            );
+            for node in &self.nodes {
+                let info = match node.try_command(&["CLUSTER", "INFO"]).await {
+                    Ok(v) => text(&v),
+                    Err(_) => String::new(),
+                };
+                if !(info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && info.contains("cluster_known_nodes:3"))
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'poll;
+                }
+            }
+            return;
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+}
+
+/// A Redis reply as text (bulk or simple strings), for assertions.
+pub fn text(value: &::redis::Value) -> String {
+    match value {
+        ::redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        ::redis::Value::SimpleString(s) => s.clone(),
+        ::redis::Value::VerbatimString { text, .. } => text.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+impl ConfigYaml {
+    /// The Redis store on one server.
+    pub fn with_redis(self, url: &str) -> Self {
+        self.set("store.type", "redis")
+            .set("store.redis.url", &format!("\"{url}\""))
+    }
+
+    /// The Redis store on a Cluster, reached through `urls`.
+    pub fn with_redis_cluster(self, urls: &[String]) -> Self {
+        let nodes: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+        self.set("store.type", "redis")
+            .set("store.redis.cluster", "true")
+            .set("store.redis.nodes", &format!("[{}]", nodes.join(", ")))
+    }
+}
+
+/// Like [`Proxy::start`], also answering the admin listener's address.
+pub async fn start_proxy_with_admin(yaml: impl std::fmt::Display) -> (Proxy, SocketAddr) {
+    let yaml = yaml.to_string();
+    let config = sessiongate::config::Config::parse(&yaml, Path::new("test.yaml"), false)
+        .unwrap_or_else(|e| panic!("the test config was rejected: {e}\n---\n{yaml}"));
+    let server = sessiongate::server::Server::bind(config)
+        .await
+        .unwrap_or_else(|e| panic!("the proxy did not bind: {e}"));
+    let addr = server.local_addr();
+    let admin = server
+        .admin_local_addr()
+        .expect("the test config sets admin.listen");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let proxy = Proxy {
+        addr,
+        stop: Some(stop),
+        run: Some(run),
+    };
+    (proxy, admin)
+}

@@ -549,7 +549,8 @@ struct RawConfig {
 impl Default for RawConfig {
     fn default() -> Self {
         RawConfig {
-            listen: Some(Addr(SocketAddr::from(([127, 0, 0, 1], 8080)))),
+            // Absent means 127.0.0.1:8080, or no plain listener when `tls` is set.
+            listen: None,
             tls: None,
             upstream: RawUpstream::default(),
             session: RawSession::default(),
@@ -795,9 +796,9 @@ impl RawConfig {
         at: &Locator<'_>,
         dev: bool,
     ) -> Result<Config, ConfigError> {
-        // Listeners.
+        // Listeners: `listen` is optional when `tls` is set.
         if self.listen.is_none() && self.tls.is_none() {
-            return Err(at.error("listen", "no listener: set `listen`, `tls.listen` or both"));
+            self.listen = Some(Addr(SocketAddr::from(([127, 0, 0, 1], 8080))));
         }
 
         // Upstream.

@@ -264,11 +264,35 @@ async fn first_duplicate_cookie_that_names_a_live_session_wins() {
     assert_eq!(upstream.last().expect_session_id(), other.id());
 }
 
+/// A site whose requests come through a trusted TLS-terminating proxy on loopback:
+/// requests saying `X-Forwarded-Proto: https` count as HTTPS.
+async fn site_behind_tls(
+    config_change: impl FnOnce(ConfigYaml) -> ConfigYaml,
+) -> (Upstream, Proxy) {
+    site(|c| config_change(c.set("trusted_proxies", "[\"127.0.0.0/8\"]"))).await
+}
+
+/// GET `url` as the trusted TLS terminator forwards it, with this Cookie header.
+async fn get_forwarded_https(url: &str, cookie: Option<&str>) -> reqwest::Response {
+    let mut request = plain_client().get(url).header("x-forwarded-proto", "https");
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    request.send().await.expect("GET failed")
+}
+
+/// A session issued over (forwarded) HTTPS to a cookie-less visitor.
+async fn issued_secure_session(proxy: &Proxy) -> SetCookie {
+    let response = get_forwarded_https(&proxy.url("/"), None).await;
+    assert_eq!(response.status(), 200);
+    expect_session_cookie(response.headers())
+}
+
 #[tokio::test]
 async fn secure_cookie_gets_the_host_prefix() {
-    let (_upstream, proxy) = site(|c| c.set("session.secure", "true")).await;
+    let (_upstream, proxy) = site_behind_tls(|c| c.set("session.secure", "true")).await;
 
-    let cookie = issued_session(&proxy).await;
+    let cookie = issued_secure_session(&proxy).await;
 
     assert_eq!(cookie.name, "__Host-sessiongate");
     assert!(cookie.has("Secure"));
@@ -278,10 +302,10 @@ async fn secure_cookie_gets_the_host_prefix() {
 
 #[tokio::test]
 async fn host_prefixed_cookie_is_accepted_back() {
-    let (upstream, proxy) = site(|c| c.set("session.secure", "true")).await;
-    let cookie = issued_session(&proxy).await;
+    let (upstream, proxy) = site_behind_tls(|c| c.set("session.secure", "true")).await;
+    let cookie = issued_secure_session(&proxy).await;
 
-    let response = get_with_cookie(&proxy.url("/"), &cookie.pair()).await;
+    let response = get_forwarded_https(&proxy.url("/"), Some(&cookie.pair())).await;
 
     assert!(session_set_cookie(response.headers()).is_none());
     let seen = upstream.last();
@@ -292,13 +316,13 @@ async fn host_prefixed_cookie_is_accepted_back() {
 
 #[tokio::test]
 async fn host_prefix_false_keeps_the_plain_name_on_a_secure_cookie() {
-    let (_upstream, proxy) = site(|c| {
+    let (_upstream, proxy) = site_behind_tls(|c| {
         c.set("session.secure", "true")
             .set("session.host_prefix", "false")
     })
     .await;
 
-    let cookie = issued_session(&proxy).await;
+    let cookie = issued_secure_session(&proxy).await;
 
     assert_eq!(cookie.name, "sessiongate");
     assert!(cookie.has("Secure"));
@@ -306,19 +330,94 @@ async fn host_prefix_false_keeps_the_plain_name_on_a_secure_cookie() {
 
 #[tokio::test]
 async fn a_domain_rules_out_the_host_prefix() {
-    let (_upstream, proxy) = site(|c| {
+    let (_upstream, proxy) = site_behind_tls(|c| {
         c.set("session.secure", "true")
             .set("session.domain", "example.test")
     })
     .await;
 
-    let cookie = issued_session(&proxy).await;
+    let cookie = issued_secure_session(&proxy).await;
 
     assert_eq!(cookie.name, "sessiongate");
+    assert!(cookie.has("Secure"));
     assert_eq!(
         cookie.attr("Domain").map(|d| d.trim_start_matches('.')),
         Some("example.test")
     );
+}
+
+#[tokio::test]
+async fn secure_true_over_plain_http_gets_no_session_and_no_cookie() {
+    let (upstream, proxy) = site_behind_tls(|c| c.set("session.secure", "true")).await;
+    let genuine = issued_secure_session(&proxy).await;
+
+    // Plain HTTP: no X-Forwarded-Proto, or one from nobody trusted.
+    for response in [
+        get_without_cookie(&proxy.url("/")).await,
+        get_with_cookie(&proxy.url("/"), &format!("{}; theme=dark", genuine.pair())).await,
+    ] {
+        assert_eq!(response.status(), 200);
+        assert!(
+            set_cookies(response.headers()).is_empty(),
+            "a Secure cookie was sent over plain HTTP: {:?}",
+            response.headers()
+        );
+        let seen = upstream.last();
+        assert!(
+            seen.session_header_names().is_empty(),
+            "the upstream got session headers over plain HTTP: {:?}",
+            seen.session_header_names()
+        );
+        assert!(
+            seen.cookies()
+                .iter()
+                .all(|(name, _)| !name.contains(COOKIE)),
+            "the proxy's cookie reached the upstream: {:?}",
+            seen.cookies()
+        );
+    }
+    assert_eq!(
+        upstream.last().cookies(),
+        vec![("theme".to_owned(), "dark".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn secure_true_over_plain_http_ignores_session_writes() {
+    for create in ["always", "on_write"] {
+        let upstream = Upstream::start(|_| Reply::ok().session_set("user=alice")).await;
+        let proxy = Proxy::start(
+            config(&upstream.url())
+                .set("session.secure", "true")
+                .set("session.create", create),
+        )
+        .await;
+
+        let response = get_without_cookie(&proxy.url("/")).await;
+
+        assert_eq!(response.status(), 200);
+        assert!(
+            set_cookies(response.headers()).is_empty(),
+            "create: {create}: a session cookie over plain HTTP: {:?}",
+            response.headers()
+        );
+        assert!(
+            header_names_with_prefix(response.headers(), "x-session-").is_empty(),
+            "create: {create}: write-back headers reached the client"
+        );
+        assert!(upstream.last().session_header_names().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn secure_true_ignores_a_forwarded_proto_from_an_untrusted_peer() {
+    let (upstream, proxy) = site(|c| c.set("session.secure", "true")).await;
+
+    let response = get_forwarded_https(&proxy.url("/"), None).await;
+
+    assert_eq!(response.status(), 200);
+    assert!(set_cookies(response.headers()).is_empty());
+    assert!(upstream.last().session_header_names().is_empty());
 }
 
 #[tokio::test]

@@ -260,12 +260,11 @@ static SCRAPE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn metrics(state: &State) -> Response<Full<Bytes>> {
     let _one_at_a_time = SCRAPE.lock().await;
     let m = &state.metrics;
-    if let Ok(n) = state.store.count().await {
-        m.sessions_active.set(n as i64);
-    }
     // Redis expires and evicts by itself, unseen: only the memory store reports these.
-    #[allow(irrefutable_let_patterns)]
     if let crate::session::Store::Memory(mem) = &state.store {
+        // Counting Redis sessions would SCAN the keyspace on every scrape: the
+        // gauge is the memory store's alone.
+        m.sessions_active.set(mem.len() as i64);
         use std::sync::atomic::Ordering::Relaxed;
         let stats = mem.stats();
         let expired = stats.expired.load(Relaxed);

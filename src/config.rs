@@ -977,6 +977,14 @@ impl RawConfig {
         // Store.
         let r = &self.store.redis;
         if self.store.kind == StoreType::Redis {
+            for (i, node) in r.nodes.iter().enumerate() {
+                if !(node.0.starts_with("redis://") || node.0.starts_with("rediss://")) {
+                    return Err(at.error(
+                        &format!("store.redis.nodes[{i}]"),
+                        "expected a redis:// or rediss:// URL",
+                    ));
+                }
+            }
             let url = r.url.0.as_str();
             if !(url.starts_with("redis://")
                 || url.starts_with("rediss://")

@@ -5,6 +5,8 @@
 //! - [`cookie`]: signing keys, `<id>.<tag>` sign/verify, `Set-Cookie` building.
 //! - [`session`]: session IDs, data and its form encoding, the store trait.
 //! - [`session::memory`]: the embedded store: timeouts, sweep, capped eviction.
+//! - [`session::snapshot`]: the memory store's snapshot file: format, atomic save, load at start.
+//! - [`session::redis`]: the Redis store (one server or a Cluster): Lua scripts, TTLs, SCAN-based revoke.
 //! - [`pool`]: each worker's keep-alive connections to the upstream.
 //! - [`upstream`]: the request body limit, hop-by-hop and `X-Forwarded-*` rules.
 //! - [`proxy`]: the request path, read top to bottom.

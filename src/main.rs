@@ -115,9 +115,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         // Listen for SIGHUP before the first "listening" line: a reload sent right
         // after start must not meet the default action (terminate).
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let shutdown = shutdown_signal()?;
         let server = Server::bind(config).await?;
         tokio::spawn(reload_on_sighup(hup, server.reloader(), path, dev, levels));
-        server.run(shutdown_signal()).await?;
+        server.run(shutdown).await?;
         tracing::info!("stopped");
         Ok(())
     })
@@ -146,18 +147,16 @@ async fn reload_on_sighup(
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Listens for SIGTERM and SIGINT from now on (so a signal sent right after start
+/// still drains and saves); the future completes on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return std::future::pending().await;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
+    })
 }

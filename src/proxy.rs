@@ -585,7 +585,7 @@ fn take_proxy_cookies(
     if touched {
         headers.remove(header::COOKIE);
         if !kept.is_empty() {
-            if let Ok(v) = HeaderValue::from_bytes(&kept) {
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(kept)) {
                 headers.insert(header::COOKIE, v);
             }
         }

@@ -332,6 +332,27 @@ impl Reloader {
         if next.admin.listen != current.config.admin.listen {
             restart("admin.listen");
         }
+        let (a, b) = (&next.store, &current.config.store);
+        let (r, q) = (&a.redis, &b.redis);
+        if a.snapshot != b.snapshot
+            || a.snapshot_interval != b.snapshot_interval
+            || r.url != q.url
+            || r.key_prefix != q.key_prefix
+            || r.timeout != q.timeout
+            || r.cluster != q.cluster
+            || r.nodes != q.nodes
+        {
+            restart("store settings");
+        }
+        let (s, t) = (&next.session, &current.config.session);
+        if s.idle_timeout != t.idle_timeout
+            || s.absolute_timeout != t.absolute_timeout
+            || s.max_sessions != t.max_sessions
+            || s.max_data_bytes != t.max_data_bytes
+            || s.regenerate_grace != t.regenerate_grace
+        {
+            restart("session timeouts and limits (the store keeps them)");
+        }
         if let (Some(cert), Some(tls)) = (&self.cert, &next.tls) {
             cert.reload(&tls.cert, &tls.key)?;
         }

@@ -151,13 +151,16 @@ impl MemoryStore {
     }
 
     fn expired(&self, e: &Entry, now_ms: u64) -> bool {
+        self.expired_at(e.created_s, e.last_seen_s.load(Ordering::Relaxed), now_ms)
+    }
+
+    fn expired_at(&self, created_s: u32, last_seen_s: u32, now_ms: u64) -> bool {
         let s = &self.inner.settings;
         let now = secs(now_ms);
-        let idle = e.last_seen_s.load(Ordering::Relaxed);
         // Strictly greater: with whole seconds, a session may live up to a second
         // past its timeout, never a moment less.
-        now.saturating_sub(idle) as u64 > s.idle_timeout.as_secs()
-            || now.saturating_sub(e.created_s) as u64 > s.absolute_timeout.as_secs()
+        now.saturating_sub(last_seen_s) as u64 > s.idle_timeout.as_secs()
+            || now.saturating_sub(created_s) as u64 > s.absolute_timeout.as_secs()
     }
 
     /// Removes expired sessions and stale bookkeeping; returns how many expired.
@@ -312,41 +315,62 @@ impl MemoryStore {
         id
     }
 
+    /// Applies the set/remove changes to one entry, or says why not.
+    fn write_changes(&self, e: &mut Entry, changes: &Changes, now: u64) -> Result<(), Applied> {
+        if self.expired(e, now) {
+            return Err(Applied::Missing);
+        }
+        if changes.writes_data() {
+            let current = SessionData::from_encoded(e.data.as_deref().unwrap_or_default());
+            let next = current.with_changes(changes);
+            if next.encoded_len() > self.inner.settings.max_data_bytes {
+                self.inner
+                    .stats
+                    .refused_writes
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(Applied::TooLarge {
+                    bytes: next.encoded_len(),
+                });
+            }
+            e.data = next.header().map(|h| h.as_bytes().into());
+        }
+        Ok(())
+    }
+
     fn apply_now(&self, id: &SessionId, changes: &Changes, now: u64) -> Applied {
         let inner = &self.inner;
-        let data = {
+        if !changes.regenerate {
             let Some(mut e) = inner.sessions.get_mut(id) else {
                 return Applied::Missing;
             };
-            if self.expired(&e, now) {
-                return Applied::Missing;
-            }
-            if changes.writes_data() {
-                let current = SessionData::from_encoded(e.data.as_deref().unwrap_or_default());
-                let next = current.with_changes(changes);
-                if next.encoded_len() > inner.settings.max_data_bytes {
-                    inner.stats.refused_writes.fetch_add(1, Ordering::Relaxed);
-                    return Applied::TooLarge {
-                        bytes: next.encoded_len(),
-                    };
-                }
-                e.data = next.header().map(|h| h.as_bytes().into());
-            }
-            if !changes.regenerate {
-                return Applied::Stored;
-            }
-            SessionData::from_encoded(e.data.as_deref().unwrap_or_default())
-        };
-        // Regenerate: the data moves to a new ID, the old one dies now and is
-        // remembered for the grace period.
-        if inner.sessions.remove(id).is_none() {
-            return Applied::Missing;
+            return match self.write_changes(&mut e, changes, now) {
+                Ok(()) => Applied::Stored,
+                Err(refused) => refused,
+            };
         }
-        inner.count.fetch_sub(1, Ordering::AcqRel);
+        // Regenerate: the data moves to a new ID, the old one dies now and is
+        // remembered for the grace period. The write and the removal happen under
+        // one lock, so a concurrent write to the old ID either moves with the data
+        // or finds it gone, never lands on a removed entry. The old ID is
+        // remembered first, so a concurrent load sees it regenerated, not unknown.
         let grace = inner.settings.regenerate_grace.as_millis() as u64;
         if grace > 0 {
             inner.regenerated.insert(*id, now + grace);
         }
+        let mut written = Err(Applied::Missing);
+        let removed = inner.sessions.remove_if_mut(id, |_, e| {
+            written = self.write_changes(e, changes, now);
+            written.is_ok()
+        });
+        let entry = match (written, removed) {
+            (Ok(()), Some((_, entry))) => entry,
+            (written, _) => {
+                inner.regenerated.remove(id);
+                return written.err().unwrap_or(Applied::Missing);
+            }
+        };
+        inner.count.fetch_sub(1, Ordering::AcqRel);
+        let data = SessionData::from_encoded(entry.data.as_deref().unwrap_or_default());
         let new_id = self.insert(data, now);
         // A regenerated session was handed to a returning visitor: protect it.
         if let Some(e) = inner.sessions.get(&new_id) {
@@ -366,6 +390,120 @@ impl MemoryStore {
         } else {
             false
         }
+    }
+}
+
+/// A live session as a snapshot records it (borrowed from the store).
+#[derive(Clone, Copy, Debug)]
+pub struct SessionRecord<'a> {
+    pub id: &'a SessionId,
+    /// The encoded data; `None` when the session holds none.
+    pub data: Option<&'a [u8]>,
+    /// Unix seconds.
+    pub created_s: u32,
+    /// Unix seconds.
+    pub last_seen_s: u32,
+    /// The cookie came back at least once (such sessions are evicted last).
+    pub returned: bool,
+}
+
+/// A session read back from a snapshot.
+#[derive(Clone, Debug)]
+pub struct RestoredSession {
+    pub id: SessionId,
+    pub data: Option<Box<[u8]>>,
+    pub created_s: u32,
+    pub last_seen_s: u32,
+    pub returned: bool,
+}
+
+/// Snapshots: reading every session out, and putting sessions back at start.
+impl MemoryStore {
+    /// The IDs of the sessions alive at `now_ms`. Collected first so that a
+    /// snapshot never holds a map lock while it writes to disk.
+    pub fn live_ids(&self, now_ms: u64) -> Vec<SessionId> {
+        let mut ids = Vec::with_capacity(self.len());
+        ids.extend(
+            self.inner
+                .sessions
+                .iter()
+                .filter(|e| !self.expired(e.value(), now_ms))
+                .map(|e| *e.key()),
+        );
+        ids
+    }
+
+    /// Calls `f` with the session's record, unless it is gone or expired. The
+    /// map's shard stays read-locked while `f` runs: copy, do not block.
+    pub fn read_record<R>(
+        &self,
+        id: &SessionId,
+        now_ms: u64,
+        f: impl FnOnce(SessionRecord<'_>) -> R,
+    ) -> Option<R> {
+        let e = self.inner.sessions.get(id)?;
+        if self.expired(&e, now_ms) {
+            return None;
+        }
+        Some(f(SessionRecord {
+            id,
+            data: e.data.as_deref(),
+            created_s: e.created_s,
+            last_seen_s: e.last_seen_s.load(Ordering::Relaxed),
+            returned: e.returned.load(Ordering::Relaxed),
+        }))
+    }
+
+    /// Puts a session back as it was; false (and nothing stored) when it has
+    /// expired by `now_ms`. The cap is enforced by [`MemoryStore::finish_restore`].
+    pub fn restore(&self, session: RestoredSession, now_ms: u64) -> bool {
+        if self.expired_at(session.created_s, session.last_seen_s, now_ms) {
+            return false;
+        }
+        let entry = Entry {
+            data: session.data,
+            created_s: session.created_s,
+            last_seen_s: AtomicU32::new(session.last_seen_s),
+            returned: AtomicBool::new(session.returned),
+        };
+        if self.inner.sessions.insert(session.id, entry).is_none() {
+            self.inner.count.fetch_add(1, Ordering::AcqRel);
+        }
+        true
+    }
+
+    /// After the last [`MemoryStore::restore`]: queues the never-returned sessions
+    /// for eviction, oldest first, and evicts down to `max_sessions` (the cap may
+    /// have been lowered since the snapshot). Returns how many were evicted.
+    pub fn finish_restore(&self) -> usize {
+        let inner = &self.inner;
+        let mut fresh: Vec<(u32, SessionId)> = inner
+            .sessions
+            .iter()
+            .filter(|e| !e.returned.load(Ordering::Relaxed))
+            .map(|e| (e.created_s, *e.key()))
+            .collect();
+        fresh.sort_unstable();
+        *inner.fresh.lock().unwrap_or_else(|p| p.into_inner()) =
+            fresh.into_iter().map(|(_, id)| id).collect();
+        let mut evicted = 0;
+        while self.len() > inner.settings.max_sessions && self.evict_one() {
+            evicted += 1;
+        }
+        evicted
+    }
+
+    /// Forgets every session (a snapshot that failed half-way through loading).
+    pub fn clear(&self) {
+        let inner = &self.inner;
+        inner.sessions.clear();
+        inner.count.store(0, Ordering::Release);
+        inner
+            .fresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        inner.regenerated.clear();
     }
 }
 

@@ -1,8 +1,12 @@
-//! Sessions: the ID, the data and its form encoding, write-back changes, and the
-//! store interface every store implements.
+//! Sessions: the ID, the data and its form encoding, write-back changes, the
+//! store interface every store implements, and [`open`], which picks the store
+//! `store.type` names: [`memory`] (with [`snapshot`]s when `store.snapshot` is set)
+//! or [`redis`].
 
 mod data;
 pub mod memory;
+pub mod redis;
+pub mod snapshot;
 
 use std::future::Future;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,6 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::HeaderValue;
 
+pub use self::redis::{RedisSettings, RedisStore};
 pub use data::{decode_component, is_true, Changes, ChangesError, SessionData};
 pub use memory::MemoryStore;
 
@@ -122,6 +127,17 @@ pub enum StoreError {
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("session store timed out")]
     Timeout,
+    /// Settings that can never work (a malformed Redis URL), found at start.
+    #[error("invalid session store settings")]
+    Misconfigured(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The snapshot could not be read, nor moved aside: starting would overwrite it
+    /// at the next save.
+    #[error("cannot move the unreadable snapshot {} aside", path.display())]
+    Snapshot {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The operations the request path needs from a store. Implemented by every store;
@@ -180,82 +196,128 @@ pub struct SessionInfo {
 #[derive(Clone)]
 pub enum Store {
     Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+/// Forwards a call to whichever store this is.
+macro_rules! each_store {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Memory($s) => $call.await,
+            Store::Redis($s) => $call.await,
+        }
+    };
 }
 
 impl SessionStore for Store {
     async fn load(&self, id: &SessionId) -> Result<Lookup, StoreError> {
-        match self {
-            Store::Memory(s) => s.load(id).await,
-        }
+        each_store!(self, s => s.load(id))
     }
     async fn create(&self, data: SessionData) -> Result<SessionId, StoreError> {
-        match self {
-            Store::Memory(s) => s.create(data).await,
-        }
+        each_store!(self, s => s.create(data))
     }
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<Applied, StoreError> {
-        match self {
-            Store::Memory(s) => s.apply(id, changes).await,
-        }
+        each_store!(self, s => s.apply(id, changes))
     }
     async fn destroy(&self, id: &SessionId) -> Result<bool, StoreError> {
-        match self {
-            Store::Memory(s) => s.destroy(id).await,
-        }
+        each_store!(self, s => s.destroy(id))
     }
     async fn inspect(&self, id: &SessionId) -> Result<Option<SessionInfo>, StoreError> {
-        match self {
-            Store::Memory(s) => s.inspect(id).await,
-        }
+        each_store!(self, s => s.inspect(id))
     }
     async fn revoke(&self, key: &str, value: &str) -> Result<u64, StoreError> {
-        match self {
-            Store::Memory(s) => s.revoke(key, value).await,
-        }
+        each_store!(self, s => s.revoke(key, value))
     }
     async fn find(&self, key: &str, value: &str) -> Result<Vec<SessionId>, StoreError> {
-        match self {
-            Store::Memory(s) => s.find(key, value).await,
-        }
+        each_store!(self, s => s.find(key, value))
     }
     async fn count(&self) -> Result<u64, StoreError> {
-        match self {
-            Store::Memory(s) => s.count().await,
-        }
+        each_store!(self, s => s.count())
     }
     async fn ping(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Memory(s) => s.ping().await,
-        }
+        each_store!(self, s => s.ping())
     }
 }
 
-/// Background work a store needs while the proxy runs (the memory store's sweep;
-/// snapshots). Stopped, and a final snapshot written, by [`StoreTasks::shutdown`].
+/// Background work a store needs while the proxy runs (the memory store's sweep
+/// and snapshots). Stopped, and a final snapshot written, by
+/// [`StoreTasks::shutdown`].
 pub struct StoreTasks {
-    _sweeper: Option<memory::SweepGuard>,
+    /// The memory store's expiry sweep; stops when dropped.
+    sweeper: Option<memory::SweepGuard>,
+    /// The memory store's periodic snapshots, when `store.snapshot` is set.
+    snapshots: Option<snapshot::Snapshots>,
 }
 
 impl StoreTasks {
-    /// Stops the background work and saves what must survive a restart.
-    pub async fn shutdown(self) {}
+    /// Stops the background work and saves what must survive a restart. Called
+    /// after the last request finished, so the final snapshot misses nothing.
+    pub async fn shutdown(self) {
+        drop(self.sweeper);
+        if let Some(snapshots) = self.snapshots {
+            snapshots.shutdown().await;
+        }
+    }
 }
 
-/// Opens the configured store and starts its background work.
+/// Opens the configured store and starts its background work: for the memory
+/// store, restores the snapshot first.
 pub async fn open(config: &crate::config::Config) -> Result<(Store, StoreTasks), StoreError> {
+    use crate::config::StoreType;
     let s = &config.session;
-    let store = MemoryStore::new(memory::MemorySettings {
-        idle_timeout: s.idle_timeout,
-        absolute_timeout: s.absolute_timeout,
-        max_sessions: s.max_sessions,
-        max_data_bytes: s.max_data_bytes,
-        regenerate_grace: s.regenerate_grace,
-    });
-    let sweeper = store.spawn_sweeper(std::time::Duration::from_secs(1));
-    Ok((
-        Store::Memory(store),
-        StoreTasks {
-            _sweeper: Some(sweeper),
-        },
-    ))
+    match config.store.kind {
+        StoreType::Memory => {
+            let store = MemoryStore::new(memory::MemorySettings {
+                idle_timeout: s.idle_timeout,
+                absolute_timeout: s.absolute_timeout,
+                max_sessions: s.max_sessions,
+                max_data_bytes: s.max_data_bytes,
+                regenerate_grace: s.regenerate_grace,
+            });
+            let snapshots = match &config.store.snapshot {
+                Some(path) => {
+                    let (restoring, file) = (store.clone(), path.clone());
+                    tokio::task::spawn_blocking(move || snapshot::restore(&restoring, &file))
+                        .await
+                        .map_err(|e| StoreError::Unavailable(Box::new(e)))??;
+                    Some(snapshot::Snapshots::spawn(
+                        store.clone(),
+                        path.clone(),
+                        config.store.snapshot_interval,
+                    ))
+                }
+                None => None,
+            };
+            let sweeper = store.spawn_sweeper(std::time::Duration::from_secs(1));
+            Ok((
+                Store::Memory(store),
+                StoreTasks {
+                    sweeper: Some(sweeper),
+                    snapshots,
+                },
+            ))
+        }
+        StoreType::Redis => {
+            if config.store.snapshot.is_some() {
+                tracing::warn!(
+                    "store.snapshot is for the memory store; ignored with store.type: redis"
+                );
+            }
+            let store = RedisStore::open(&RedisSettings {
+                redis: config.store.redis.clone(),
+                idle_timeout: s.idle_timeout,
+                absolute_timeout: s.absolute_timeout,
+                max_data_bytes: s.max_data_bytes,
+                regenerate_grace: s.regenerate_grace,
+            })
+            .await?;
+            Ok((
+                Store::Redis(store),
+                StoreTasks {
+                    sweeper: None,
+                    snapshots: None,
+                },
+            ))
+        }
+    }
 }

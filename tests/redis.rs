@@ -1,0 +1,373 @@
+//! The Redis store through the proxy: several proxies sharing sessions on one
+//! Redis and on a three-node Redis Cluster, Redis stopped, stalled or not yet up
+//! (503 with Retry-After, never a new session, then recovery on its own), and the
+//! key and TTL Redis keeps.
+//!
+//! Every test starts its own `redis-server` processes on free loopback ports and
+//! kills them when it ends (tests/support/redis.rs).
+
+mod support;
+
+use std::time::Duration;
+
+use support::redis::{start_proxy_with_admin, text, RedisCluster, RedisServer};
+use support::*;
+
+/// The app behind the proxies: `?set=k%3Dv` writes to the session, `/login`
+/// writes `user=alice` and regenerates; every answer's body is the session data
+/// the app was given.
+async fn app() -> Upstream {
+    Upstream::start(|seen| {
+        let mut reply = Reply::ok().body(seen.session_data().unwrap_or("").to_owned());
+        if let Some(pairs) = seen.query("set") {
+            reply = reply.session_set(&pairs);
+        }
+        if seen.uri.path() == "/login" {
+            reply = reply.session_set("user=alice").session_regenerate();
+        }
+        reply
+    })
+    .await
+}
+
+/// What the app saw on the last request.
+fn app_saw(upstream: &Upstream) -> Seen {
+    upstream.last()
+}
+
+async fn ready(admin: std::net::SocketAddr) -> u16 {
+    plain_client()
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await
+        .expect("admin answers")
+        .status()
+        .as_u16()
+}
+
+/// The full flow, on whatever Redis the two proxies share: a session made on A
+/// is read and written on B, writes on both land, and a regeneration on A makes
+/// the old cookie inert on B.
+async fn two_proxies_share_sessions(a: &Proxy, b: &Proxy, upstream: &Upstream) {
+    let browser = Browser::new();
+    let first = browser.get(&a.url("/?set=color%3Dblue")).await;
+    assert_eq!(first.status(), 200);
+    let old_cookie = expect_session_cookie(first.headers());
+    let seen = app_saw(upstream);
+    assert!(seen.is_new_session());
+    let id = seen.expect_session_id();
+
+    // The same browser, sent to B by the load balancer.
+    let on_b = browser.get(&b.url("/")).await;
+    assert_eq!(on_b.status(), 200);
+    assert!(
+        session_set_cookie(on_b.headers()).is_none(),
+        "B issued a new cookie"
+    );
+    let seen = app_saw(upstream);
+    assert_eq!(
+        seen.session_id(),
+        Some(id.as_str()),
+        "B did not find A's session"
+    );
+    assert!(!seen.is_new_session());
+    assert_eq!(seen.session_data(), Some("color=blue"));
+
+    // Written on B, read on A; then both write different keys at once.
+    browser.get(&b.url("/?set=size%3DL")).await;
+    assert_eq!(
+        browser.get(&a.url("/")).await.text().await.unwrap(),
+        "color=blue&size=L"
+    );
+    let (x, y) = tokio::join!(
+        browser.get_owned(a.url("/?set=x%3D1")),
+        browser.get_owned(b.url("/?set=y%3D2"))
+    );
+    assert_eq!((x.status().as_u16(), y.status().as_u16()), (200, 200));
+    assert_eq!(
+        browser.get(&b.url("/")).await.text().await.unwrap(),
+        "color=blue&size=L&x=1&y=2",
+        "a concurrent write was lost"
+    );
+
+    // Log in on A: the data moves to a new ID, which B knows at once.
+    let login = browser.get(&a.url("/login")).await;
+    let new_cookie = expect_session_cookie(login.headers());
+    assert_ne!(new_cookie.id(), id);
+    assert_eq!(
+        browser.get(&b.url("/")).await.text().await.unwrap(),
+        "color=blue&size=L&user=alice&x=1&y=2"
+    );
+    assert_eq!(app_saw(upstream).session_id(), Some(new_cookie.id()));
+
+    // The old cookie, replayed on B: no session, no data, no new cookie.
+    let replay = get_with_cookie(&b.url("/"), &old_cookie.pair()).await;
+    assert_eq!(replay.status(), 200);
+    assert!(session_set_cookie(replay.headers()).is_none());
+    let seen = app_saw(upstream);
+    assert!(
+        seen.session_id() != Some(id.as_str()) && seen.session_id() != Some(new_cookie.id()),
+        "the old cookie still reaches a session"
+    );
+    assert!(seen.data().is_empty(), "the old cookie still reads data");
+}
+
+#[tokio::test]
+async fn two_proxies_on_one_redis_share_sessions() {
+    let Some(redis) = RedisServer::start("two_proxies_on_one_redis_share_sessions").await else {
+        return;
+    };
+    let upstream = app().await;
+    let yaml = config(&upstream.url()).with_redis(&redis.url());
+    let a = Proxy::start(yaml.clone()).await;
+    let b = Proxy::start(yaml).await;
+    two_proxies_share_sessions(&a, &b, &upstream).await;
+}
+
+#[tokio::test]
+async fn two_proxies_on_a_redis_cluster_share_sessions() {
+    let Some(cluster) = RedisCluster::start("two_proxies_on_a_redis_cluster_share_sessions").await
+    else {
+        return;
+    };
+    let upstream = app().await;
+    let yaml = config(&upstream.url()).with_redis_cluster(&cluster.urls());
+    let a = Proxy::start(yaml.clone()).await;
+    let b = Proxy::start(yaml).await;
+    two_proxies_share_sessions(&a, &b, &upstream).await;
+
+    // Sessions spread over the primaries.
+    for _ in 0..30 {
+        assert_eq!(get_without_cookie(&a.url("/")).await.status(), 200);
+    }
+    let mut holding = 0;
+    for node in cluster.nodes() {
+        let ::redis::Value::Int(keys) = node.command(&["DBSIZE"]).await else {
+            panic!("DBSIZE is not a number")
+        };
+        holding += usize::from(keys > 0);
+    }
+    assert!(holding >= 2, "every session landed on one node");
+}
+
+#[tokio::test]
+async fn old_cookie_gets_a_fresh_session_after_the_grace_period() {
+    let Some(redis) = RedisServer::start("old_cookie_gets_a_fresh_session_after_the_grace").await
+    else {
+        return;
+    };
+    let upstream = app().await;
+    let yaml = config(&upstream.url())
+        .with_redis(&redis.url())
+        .set("session.regenerate_grace", "1s");
+    let a = Proxy::start(yaml.clone()).await;
+    let b = Proxy::start(yaml).await;
+    let first = get_without_cookie(&a.url("/")).await;
+    let old = expect_session_cookie(first.headers());
+    let login = get_with_cookie(&a.url("/login"), &old.pair()).await;
+    let new = expect_session_cookie(login.headers());
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let replay = get_with_cookie(&b.url("/"), &old.pair()).await;
+    let fresh = expect_session_cookie(replay.headers());
+    assert!(fresh.id() != old.id() && fresh.id() != new.id());
+    assert!(app_saw(&upstream).is_new_session());
+    assert!(app_saw(&upstream).data().is_empty());
+}
+
+#[tokio::test]
+async fn redis_stopped_answers_503_then_recovers_with_the_session_intact() {
+    let test = "redis_stopped_answers_503_then_recovers_with_the_session_intact";
+    let Some(mut redis) = RedisServer::start_durable(test).await else {
+        return;
+    };
+    let upstream = app().await;
+    let (proxy, admin) = start_proxy_with_admin(
+        config(&upstream.url())
+            .with_redis(&redis.url())
+            .set("store.redis.timeout", "300ms"),
+    )
+    .await;
+    let browser = Browser::new();
+    assert_eq!(
+        browser.get(&proxy.url("/?set=user%3Dalice")).await.status(),
+        200
+    );
+    let id = app_saw(&upstream).expect_session_id();
+    assert_eq!(ready(admin).await, 200);
+    let forwarded = upstream.count();
+
+    redis.kill();
+
+    for (who, response) in [
+        ("a returning visitor", browser.get(&proxy.url("/")).await),
+        ("a new visitor", get_without_cookie(&proxy.url("/")).await),
+    ] {
+        assert_eq!(response.status(), 503, "{who}");
+        assert_eq!(
+            response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap()),
+            Some("1"),
+            "{who}"
+        );
+        assert!(
+            session_set_cookie(response.headers()).is_none(),
+            "{who} was given a new session while Redis was down"
+        );
+        let body = response.text().await.unwrap();
+        assert!(body.contains("session store"), "{who}: {body}");
+    }
+    assert_eq!(upstream.count(), forwarded, "a request reached the app");
+    assert_eq!(ready(admin).await, 503);
+
+    redis.restart().await;
+
+    // The proxy is not restarted: it reconnects on its own.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let response = loop {
+        let response = browser.get(&proxy.url("/")).await;
+        if response.status() != 503 {
+            break response;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the proxy did not recover after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(response.status(), 200);
+    assert!(session_set_cookie(response.headers()).is_none());
+    assert_eq!(response.text().await.unwrap(), "user=alice");
+    assert_eq!(app_saw(&upstream).session_id(), Some(id.as_str()));
+    assert_eq!(ready(admin).await, 200);
+}
+
+#[tokio::test]
+async fn a_proxy_started_while_redis_is_down_serves_once_it_is_up() {
+    let test = "a_proxy_started_while_redis_is_down_serves_once_it_is_up";
+    let Some(mut redis) = RedisServer::start(test).await else {
+        return;
+    };
+    redis.kill();
+    let upstream = app().await;
+    let (proxy, admin) = start_proxy_with_admin(
+        config(&upstream.url())
+            .with_redis(&redis.url())
+            .set("store.redis.timeout", "300ms"),
+    )
+    .await;
+    let response = get_without_cookie(&proxy.url("/")).await;
+    assert_eq!(response.status(), 503);
+    assert!(session_set_cookie(response.headers()).is_none());
+    assert_eq!(ready(admin).await, 503);
+
+    redis.restart().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while ready(admin).await != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let response = get_without_cookie(&proxy.url("/")).await;
+    assert_eq!(response.status(), 200);
+    expect_session_cookie(response.headers());
+}
+
+#[tokio::test]
+async fn redis_slower_than_the_timeout_answers_503_quickly() {
+    let Some(redis) = RedisServer::start("redis_slower_than_the_timeout_answers_503").await else {
+        return;
+    };
+    let upstream = app().await;
+    let (proxy, admin) = start_proxy_with_admin(
+        config(&upstream.url())
+            .with_redis(&redis.url())
+            .set("store.redis.timeout", "300ms"),
+    )
+    .await;
+    let browser = Browser::new();
+    browser.get(&proxy.url("/?set=user%3Dalice")).await;
+    let id = app_saw(&upstream).expect_session_id();
+
+    // Redis holds every command for 3 seconds.
+    redis.command(&["CLIENT", "PAUSE", "3000", "ALL"]).await;
+    let started = tokio::time::Instant::now();
+    let response = browser.get(&proxy.url("/")).await;
+    let waited = started.elapsed();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(session_set_cookie(response.headers()).is_none());
+    assert!(
+        waited < Duration::from_secs(2),
+        "the request waited {waited:?} for a stalled Redis (timeout 300ms)"
+    );
+    assert_eq!(ready(admin).await, 503);
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let response = browser.get(&proxy.url("/")).await;
+        if response.status() == 200 {
+            assert_eq!(response.text().await.unwrap(), "user=alice");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app_saw(&upstream).session_id(), Some(id.as_str()));
+}
+
+#[tokio::test]
+async fn redis_keeps_each_session_in_one_hash_with_a_ttl_from_the_timeouts() {
+    let Some(redis) = RedisServer::start("redis_keeps_each_session_in_one_hash").await else {
+        return;
+    };
+    let upstream = app().await;
+    let proxy = Proxy::start(
+        config(&upstream.url())
+            .with_redis(&redis.url())
+            .set("store.redis.key_prefix", "\"shop:\"")
+            .set("session.idle_timeout", "3s")
+            .set("session.absolute_timeout", "1h"),
+    )
+    .await;
+    let first = get_without_cookie(&proxy.url("/?set=user%3Dalice")).await;
+    let cookie = expect_session_cookie(first.headers());
+    let id = cookie.id();
+    let key = format!("shop:{{{}}}{}", &id[..4], &id[4..]);
+
+    let field = redis.command(&["HGET", &key, "d:user"]).await;
+    assert_eq!(text(&field), "alice");
+    let ttl = |v: ::redis::Value| match v {
+        ::redis::Value::Int(ms) => ms,
+        other => panic!("PTTL: {other:?}"),
+    };
+    let first_ttl = ttl(redis.command(&["PTTL", &key]).await);
+    assert!(
+        (1000..=4000).contains(&first_ttl),
+        "TTL {first_ttl}ms, idle timeout 3s"
+    );
+
+    // Used again more than a second later: the TTL starts over.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    get_with_cookie(&proxy.url("/"), &cookie.pair()).await;
+    let refreshed = ttl(redis.command(&["PTTL", &key]).await);
+    assert!(refreshed > 3000, "TTL {refreshed}ms was not refreshed");
+
+    // The absolute timeout caps it.
+    let capped = Proxy::start(
+        config(&upstream.url())
+            .with_redis(&redis.url())
+            .set("session.idle_timeout", "1h")
+            .set("session.absolute_timeout", "5s"),
+    )
+    .await;
+    let response = get_without_cookie(&capped.url("/")).await;
+    let id = expect_session_cookie(response.headers()).id().to_owned();
+    let key = format!("sessiongate:{{{}}}{}", &id[..4], &id[4..]);
+    let ttl = ttl(redis.command(&["PTTL", &key]).await);
+    assert!(
+        (1..=5000).contains(&ttl),
+        "TTL {ttl}ms, absolute timeout 5s"
+    );
+}

@@ -1,0 +1,512 @@
+//! One conformance suite, written once as functions generic over
+//! `S: SessionStore`, run against every store: the memory store, the Redis store
+//! on one `redis-server`, and the Redis store on a three-node Redis Cluster.
+//!
+//! Expiry can only be seen by letting real time pass, so the suite uses an idle
+//! timeout of 2s and an absolute one of 4s. A session must live at least its
+//! timeout and may take up to a second longer to go (the memory store keeps
+//! seconds; the Redis store refreshes a TTL at most once a second): "gone" is
+//! checked 1.5s past the timeout, "alive" well inside it.
+
+mod support;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sessiongate::config::RedisConfig;
+use sessiongate::session::memory::{MemorySettings, MemoryStore};
+use sessiongate::session::{
+    Applied, Changes, Lookup, RedisSettings, RedisStore, SessionData, SessionId, SessionStore,
+};
+use support::redis::{RedisCluster, RedisServer};
+
+const IDLE: Duration = Duration::from_secs(2);
+const ABSOLUTE: Duration = Duration::from_secs(4);
+const GRACE: Duration = Duration::from_secs(2);
+const MAX_DATA_BYTES: usize = 256;
+/// How far past a timeout a session may still be seen.
+const LATE: Duration = Duration::from_millis(1500);
+
+/// What every case needs of a store: the trait, and handles it can share.
+trait Conforming: SessionStore + Clone {}
+impl<S: SessionStore + Clone> Conforming for S {}
+
+// ---------------------------------------------------------------------------
+// The stores.
+// ---------------------------------------------------------------------------
+
+fn memory_store() -> MemoryStore {
+    MemoryStore::new(MemorySettings {
+        idle_timeout: IDLE,
+        absolute_timeout: ABSOLUTE,
+        max_sessions: 10_000,
+        max_data_bytes: MAX_DATA_BYTES,
+        regenerate_grace: GRACE,
+    })
+}
+
+/// A key prefix of its own for each case, so cases can share one Redis.
+fn unique_prefix() -> String {
+    format!("conformance:{}:", SessionId::random())
+}
+
+async fn redis_store(url: &str, nodes: Vec<String>) -> RedisStore {
+    let settings = RedisSettings {
+        redis: RedisConfig {
+            url: url.to_owned(),
+            key_prefix: unique_prefix(),
+            timeout: Duration::from_secs(2),
+            cluster: !nodes.is_empty(),
+            nodes,
+        },
+        idle_timeout: IDLE,
+        absolute_timeout: ABSOLUTE,
+        max_data_bytes: MAX_DATA_BYTES,
+        regenerate_grace: GRACE,
+    };
+    let store = RedisStore::open(&settings)
+        .await
+        .expect("open the Redis store");
+    store.ping().await.expect("Redis answers");
+    store
+}
+
+// ---------------------------------------------------------------------------
+// Helpers.
+// ---------------------------------------------------------------------------
+
+fn set(pairs: &str) -> Changes {
+    let mut c = Changes::default();
+    c.add_set(pairs.as_bytes()).expect("valid X-Session-Set");
+    c
+}
+
+fn remove(keys: &str) -> Changes {
+    let mut c = Changes::default();
+    c.add_remove(keys.as_bytes())
+        .expect("valid X-Session-Remove");
+    c
+}
+
+fn regenerate(mut c: Changes) -> Changes {
+    c.regenerate = true;
+    c
+}
+
+fn data(pairs: &[(&str, &str)]) -> SessionData {
+    SessionData::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The session's `X-Session-Data`, failing when it is not found.
+async fn found(store: &impl SessionStore, id: &SessionId, why: &str) -> String {
+    match store.load(id).await.expect("store answers") {
+        Lookup::Found(view) => view
+            .data
+            .map(|d| d.to_str().unwrap().to_owned())
+            .unwrap_or_default(),
+        other => panic!("session not found ({why}): {other:?}"),
+    }
+}
+
+async fn assert_missing(store: &impl SessionStore, id: &SessionId, why: &str) {
+    let lookup = store.load(id).await.expect("store answers");
+    assert!(matches!(lookup, Lookup::Missing), "{why}: {lookup:?}");
+}
+
+/// Waits until 850ms past a wall-clock second: the worst case for a store that
+/// keeps whole seconds, so an early expiry shows on every run.
+async fn late_in_a_wall_clock_second() {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let wait = (1850 - u64::from(now.subsec_millis())) % 1000;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+}
+
+// ---------------------------------------------------------------------------
+// The cases.
+// ---------------------------------------------------------------------------
+
+async fn create_then_load<S: Conforming>(s: S) {
+    let before = now_ms();
+    let empty = s.create(SessionData::default()).await.unwrap();
+    let full = s
+        .create(data(&[("user", "alice"), ("n", "1")]))
+        .await
+        .unwrap();
+    assert_ne!(empty, full);
+    assert_eq!(found(&s, &empty, "just created").await, "");
+    assert_eq!(found(&s, &full, "just created").await, "n=1&user=alice");
+    let Lookup::Found(view) = s.load(&full).await.unwrap() else {
+        panic!("just created")
+    };
+    assert!(
+        view.created_ms + 1000 >= before && view.created_ms <= now_ms() + 1000,
+        "created_ms {} is not now ({before})",
+        view.created_ms
+    );
+    assert_missing(&s, &SessionId::random(), "never created").await;
+}
+
+async fn set_and_remove_per_key<S: Conforming>(s: S) {
+    let id = s.create(SessionData::default()).await.unwrap();
+    assert_eq!(
+        s.apply(&id, &set("a=1&b=2")).await.unwrap(),
+        Applied::Stored
+    );
+    assert_eq!(found(&s, &id, "written").await, "a=1&b=2");
+    let mut c = remove("a");
+    c.add_set(b"c=3").unwrap();
+    assert_eq!(s.apply(&id, &c).await.unwrap(), Applied::Stored);
+    assert_eq!(found(&s, &id, "written").await, "b=2&c=3");
+    // Removed and set by one response: set wins.
+    let mut c = remove("b");
+    c.add_set(b"b=new").unwrap();
+    s.apply(&id, &c).await.unwrap();
+    assert_eq!(found(&s, &id, "written").await, "b=new&c=3");
+    // Text that needs encoding survives as is.
+    s.apply(&id, &set("note=caf%C3%A9+%26+cr%C3%A8me&b=x%3Dy"))
+        .await
+        .unwrap();
+    let info = s.inspect(&id).await.unwrap().expect("live session");
+    assert_eq!(info.data.get("note"), Some("café & crème"));
+    assert_eq!(info.data.get("b"), Some("x=y"));
+    s.apply(&id, &remove("b, c, note, never-set"))
+        .await
+        .unwrap();
+    assert_eq!(found(&s, &id, "emptied").await, "");
+    assert_eq!(
+        s.apply(&SessionId::random(), &set("a=1")).await.unwrap(),
+        Applied::Missing
+    );
+}
+
+async fn concurrent_writers_of_different_keys_lose_nothing<S: Conforming>(s: S) {
+    let id = s.create(SessionData::default()).await.unwrap();
+    let writers: Vec<_> = (0..20)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.apply(&id, &set(&format!("k{i:02}=v"))).await })
+        })
+        .collect();
+    for w in writers {
+        assert_eq!(w.await.unwrap().unwrap(), Applied::Stored);
+    }
+    let info = s.inspect(&id).await.unwrap().unwrap();
+    assert_eq!(info.data.pairs().len(), 20, "a write was lost: {info:?}");
+}
+
+async fn oversized_write_is_refused_and_changes_nothing<S: Conforming>(s: S) {
+    let id = s.create(SessionData::default()).await.unwrap();
+    s.apply(&id, &set("a=1")).await.unwrap();
+    // "a=1&v=" is 6 bytes; each "é" encodes to 6, each "-" to 1.
+    let value_for = |bytes: usize| -> String {
+        let room = bytes - 6;
+        "é".repeat(room / 6) + &"-".repeat(room % 6)
+    };
+    let exactly = data(&[("a", "1"), ("v", &value_for(MAX_DATA_BYTES))]);
+    assert_eq!(exactly.encoded_len(), MAX_DATA_BYTES);
+    let pairs = exactly.header().unwrap().to_str().unwrap().to_owned();
+    let v_only = pairs.split('&').nth(1).unwrap().to_owned();
+    assert_eq!(s.apply(&id, &set(&v_only)).await.unwrap(), Applied::Stored);
+    assert_eq!(found(&s, &id, "at the limit").await, pairs);
+
+    let over = format!("{v_only}&w=%20");
+    let expected = SessionData::from_encoded(pairs.as_bytes())
+        .with_changes(&set(&over))
+        .encoded_len();
+    assert_eq!(
+        s.apply(&id, &set(&over)).await.unwrap(),
+        Applied::TooLarge { bytes: expected }
+    );
+    assert_eq!(found(&s, &id, "refused write").await, pairs, "data changed");
+
+    // A removal that makes room, with a set, is judged on the result.
+    let mut c = remove("v");
+    c.add_set(b"w=ok").unwrap();
+    assert_eq!(s.apply(&id, &c).await.unwrap(), Applied::Stored);
+    assert_eq!(found(&s, &id, "shrunk").await, "a=1&w=ok");
+}
+
+async fn destroy<S: Conforming>(s: S) {
+    let id = s.create(data(&[("user", "alice")])).await.unwrap();
+    let other = s.create(SessionData::default()).await.unwrap();
+    assert!(s.destroy(&id).await.unwrap());
+    assert_missing(&s, &id, "destroyed").await;
+    assert!(!s.destroy(&id).await.unwrap(), "destroyed twice");
+    assert_eq!(s.apply(&id, &set("a=1")).await.unwrap(), Applied::Missing);
+    assert!(s.inspect(&id).await.unwrap().is_none());
+    assert_eq!(found(&s, &other, "untouched").await, "");
+}
+
+async fn regenerate_moves_the_data_and_the_old_id_dies<S: Conforming>(s: S) {
+    let old = s.create(data(&[("cart", "3")])).await.unwrap();
+    let Applied::Regenerated(new) = s.apply(&old, &regenerate(set("user=alice"))).await.unwrap()
+    else {
+        panic!("not regenerated")
+    };
+    assert_ne!(new, old);
+    assert_eq!(found(&s, &new, "regenerated").await, "cart=3&user=alice");
+    assert!(
+        matches!(s.load(&old).await.unwrap(), Lookup::Regenerated),
+        "the old ID is remembered for the grace period"
+    );
+    assert_eq!(s.apply(&old, &set("a=1")).await.unwrap(), Applied::Missing);
+    assert!(s.inspect(&old).await.unwrap().is_none());
+    assert_eq!(s.count().await.unwrap(), 1);
+    // A regeneration with nothing else to do moves the data too.
+    let Applied::Regenerated(newer) = s
+        .apply(&new, &regenerate(Changes::default()))
+        .await
+        .unwrap()
+    else {
+        panic!("not regenerated")
+    };
+    assert_eq!(found(&s, &newer, "regenerated").await, "cart=3&user=alice");
+    // A refused write refuses the regeneration with it.
+    let big = format!("big={}", "x".repeat(MAX_DATA_BYTES));
+    assert!(matches!(
+        s.apply(&newer, &regenerate(set(&big))).await.unwrap(),
+        Applied::TooLarge { .. }
+    ));
+    assert_eq!(found(&s, &newer, "refused").await, "cart=3&user=alice");
+
+    tokio::time::sleep(GRACE + LATE).await;
+    assert_missing(&s, &old, "past the grace period").await;
+}
+
+/// Writers race a regeneration: every write reported stored is in the new
+/// session, and none lands anywhere else.
+async fn regenerate_is_atomic_under_concurrent_writes<S: Conforming>(s: S) {
+    let old = s.create(SessionData::default()).await.unwrap();
+    let writers: Vec<_> = (0..30)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let result = s.apply(&old, &set(&format!("w{i:02}=1"))).await.unwrap();
+                (format!("w{i:02}"), result)
+            })
+        })
+        .collect();
+    let regenerated = {
+        let s = s.clone();
+        tokio::spawn(async move { s.apply(&old, &regenerate(set("user=alice"))).await })
+    };
+    let Applied::Regenerated(new) = regenerated.await.unwrap().unwrap() else {
+        panic!("not regenerated")
+    };
+    let info = s.inspect(&new).await.unwrap().expect("new session");
+    assert_eq!(info.data.get("user"), Some("alice"));
+    for w in writers {
+        let (key, result) = w.await.unwrap();
+        match result {
+            Applied::Stored => assert!(
+                info.data.get(&key).is_some(),
+                "{key} was stored but did not move with the data"
+            ),
+            Applied::Missing => assert!(info.data.get(&key).is_none()),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    let late = s.inspect(&new).await.unwrap().unwrap();
+    assert_eq!(late.data, info.data, "a write landed after the move");
+    assert!(s.inspect(&old).await.unwrap().is_none());
+}
+
+async fn idle_timeout_expires_an_unused_session<S: Conforming>(s: S) {
+    let id = s.create(SessionData::default()).await.unwrap();
+    tokio::time::sleep(IDLE + LATE).await;
+    assert_missing(&s, &id, "idle past idle_timeout").await;
+    assert!(s.inspect(&id).await.unwrap().is_none());
+}
+
+async fn use_keeps_a_session_past_the_idle_timeout<S: Conforming>(s: S) {
+    late_in_a_wall_clock_second().await;
+    let id = s.create(SessionData::default()).await.unwrap();
+    for visit in 1..=3 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        found(&s, &id, &format!("visit {visit}, each within idle_timeout")).await;
+    }
+}
+
+async fn absolute_timeout_expires_a_session_in_use<S: Conforming>(s: S) {
+    late_in_a_wall_clock_second().await;
+    let id = s.create(SessionData::default()).await.unwrap();
+    let created = tokio::time::Instant::now();
+    while created.elapsed() < ABSOLUTE - Duration::from_millis(900) {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        found(&s, &id, "younger than absolute_timeout").await;
+    }
+    tokio::time::sleep_until(created + ABSOLUTE + LATE).await;
+    assert_missing(&s, &id, "older than absolute_timeout").await;
+}
+
+async fn revoke_and_find_by_key_and_value<S: Conforming>(s: S) {
+    let who = "alice & co";
+    let a1 = s.create(data(&[("user", who), ("n", "1")])).await.unwrap();
+    let a2 = s.create(SessionData::default()).await.unwrap();
+    s.apply(&a2, &set("user=alice+%26+co")).await.unwrap();
+    let bob = s.create(data(&[("user", "bob")])).await.unwrap();
+    let nobody = s.create(data(&[("name", who)])).await.unwrap();
+
+    let mut want = vec![a1, a2];
+    want.sort();
+    let mut got = s.find("user", who).await.unwrap();
+    got.sort();
+    assert_eq!(got, want);
+    assert!(
+        s.find("user", "alice").await.unwrap().is_empty(),
+        "prefix match"
+    );
+
+    assert_eq!(s.revoke("user", who).await.unwrap(), 2);
+    assert_missing(&s, &a1, "revoked").await;
+    assert_missing(&s, &a2, "revoked").await;
+    assert_eq!(found(&s, &bob, "other value").await, "user=bob");
+    found(&s, &nobody, "same value, other key").await;
+    assert!(s.find("user", who).await.unwrap().is_empty());
+    assert_eq!(s.revoke("user", who).await.unwrap(), 0);
+}
+
+async fn count_and_inspect<S: Conforming>(s: S) {
+    assert_eq!(s.count().await.unwrap(), 0);
+    let before = now_ms();
+    let ids = [
+        s.create(SessionData::default()).await.unwrap(),
+        s.create(data(&[("k", "v")])).await.unwrap(),
+        s.create(SessionData::default()).await.unwrap(),
+    ];
+    assert_eq!(s.count().await.unwrap(), 3);
+    s.destroy(&ids[0]).await.unwrap();
+    assert_eq!(s.count().await.unwrap(), 2);
+
+    let info = s.inspect(&ids[1]).await.unwrap().expect("live session");
+    assert_eq!(info.data, data(&[("k", "v")]));
+    let after = now_ms();
+    assert!(info.created_ms + 1000 >= before && info.created_ms <= after);
+    assert!(info.last_seen_ms + 1000 >= info.created_ms && info.last_seen_ms <= after);
+    assert!(s.inspect(&SessionId::random()).await.unwrap().is_none());
+    s.ping().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Every case against every store.
+// ---------------------------------------------------------------------------
+
+type Case<S> = fn(S) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Every case, by name, for one store type.
+fn cases<S: Conforming>() -> Vec<(&'static str, Case<S>)> {
+    macro_rules! boxed {
+        ($($name:ident),* $(,)?) => {
+            vec![$((stringify!($name), (|s| Box::pin($name(s))) as Case<S>)),*]
+        };
+    }
+    boxed![
+        create_then_load,
+        set_and_remove_per_key,
+        concurrent_writers_of_different_keys_lose_nothing,
+        oversized_write_is_refused_and_changes_nothing,
+        destroy,
+        regenerate_moves_the_data_and_the_old_id_dies,
+        regenerate_is_atomic_under_concurrent_writes,
+        idle_timeout_expires_an_unused_session,
+        use_keeps_a_session_past_the_idle_timeout,
+        absolute_timeout_expires_a_session_in_use,
+        revoke_and_find_by_key_and_value,
+        count_and_inspect,
+    ]
+}
+
+/// Runs the named case against a store made by `make` (`None`: skipped).
+async fn run_case<S, F, Fut>(name: &str, make: F)
+where
+    S: Conforming,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Option<(S, Box<dyn std::any::Any + Send>)>>,
+{
+    let Some((store, _keep_alive)) = make().await else {
+        return;
+    };
+    let (_, case) = cases::<S>()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .expect("case name");
+    case(store).await;
+}
+
+async fn make_memory() -> Option<(MemoryStore, Box<dyn std::any::Any + Send>)> {
+    Some((memory_store(), Box::new(())))
+}
+
+async fn make_redis(test: &str) -> Option<(RedisStore, Box<dyn std::any::Any + Send>)> {
+    let server = RedisServer::start(test).await?;
+    let store = redis_store(&server.url(), Vec::new()).await;
+    Some((store, Box::new(server)))
+}
+
+/// One `#[tokio::test]` per case and store, so a failure names both.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::run_case(stringify!($case), super::make_memory).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let test = concat!("redis::", stringify!($case));
+                    super::run_case(stringify!($case), || super::make_redis(test)).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance![
+    create_then_load,
+    set_and_remove_per_key,
+    concurrent_writers_of_different_keys_lose_nothing,
+    oversized_write_is_refused_and_changes_nothing,
+    destroy,
+    regenerate_moves_the_data_and_the_old_id_dies,
+    regenerate_is_atomic_under_concurrent_writes,
+    idle_timeout_expires_an_unused_session,
+    use_keeps_a_session_past_the_idle_timeout,
+    absolute_timeout_expires_a_session_in_use,
+    revoke_and_find_by_key_and_value,
+    count_and_inspect,
+];
+
+/// A Cluster takes seconds to form: one Cluster runs every case at once, each
+/// under its own key prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_passes_every_case() {
+    let Some(cluster) = RedisCluster::start("redis_cluster_passes_every_case").await else {
+        return;
+    };
+    let urls = cluster.urls();
+    let mut running = Vec::new();
+    for (name, case) in cases::<RedisStore>() {
+        let store = redis_store(&urls[0], urls.clone()).await;
+        running.push((name, tokio::spawn(case(store))));
+    }
+    let mut failed = Vec::new();
+    for (name, task) in running {
+        if task.await.is_err() {
+            failed.push(name);
+        }
+    }
+    assert!(failed.is_empty(), "cases failed on the Cluster: {failed:?}");
+}

@@ -457,7 +457,7 @@ fn format_duration(d: Duration) -> String {
         ("m", 60_000),
         ("s", 1_000),
     ] {
-        if ms != 0 && ms % size == 0 {
+        if ms != 0 && ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }
@@ -532,7 +532,8 @@ impl Serialize for Cidr {
 // ---------------------------------------------------------------------------------
 // The raw file shape: every key of the contract, with its default.
 
-#[derive(Clone, Serialize, Deserialize)]
+/// `listen` absent means 127.0.0.1:8080, or no plain listener when `tls` is set.
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
     listen: Option<Addr>,
@@ -544,23 +545,6 @@ struct RawConfig {
     admin: RawAdmin,
     limits: RawLimits,
     log: RawLog,
-}
-
-impl Default for RawConfig {
-    fn default() -> Self {
-        RawConfig {
-            // Absent means 127.0.0.1:8080, or no plain listener when `tls` is set.
-            listen: None,
-            tls: None,
-            upstream: RawUpstream::default(),
-            session: RawSession::default(),
-            trusted_proxies: Vec::new(),
-            store: RawStore::default(),
-            admin: RawAdmin::default(),
-            limits: RawLimits::default(),
-            log: RawLog::default(),
-        }
-    }
 }
 
 #[derive(Clone, Serialize, Deserialize)]

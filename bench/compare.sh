@@ -14,7 +14,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=10s
 REPS=3
 CONNS=64
-TARGETS="direct sessiongate nginx nginx-cookie haproxy apache"
+TARGETS="direct sessiongate sessiongate-redis nginx nginx-cookie haproxy apache"
 SCENARIOS="returning new writeback single h2 tls"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,6 +43,7 @@ need_apt=()
 command -v nginx >/dev/null || need_apt+=(nginx)
 command -v haproxy >/dev/null || need_apt+=(haproxy)
 [ -x /usr/sbin/apache2 ] || need_apt+=(apache2)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}" >&2
   # Keep the packages' own services from starting on :80.
@@ -94,6 +95,21 @@ log: { level: warn, access: false }
 CONF
 "$SG" --config "$RUN/sessiongate.yaml" 2>"$RUN/sessiongate.err" & PIDS+=($!)
 wait_port 127.0.0.1:18080
+
+# --- sessiongate on Redis (:18090), with its own Redis (:18379) ---------------------
+redis-server --port 18379 --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+  >"$RUN/redis.log" 2>&1 & PIDS+=($!)
+wait_port 127.0.0.1:18379
+cat > "$RUN/sessiongate-redis.yaml" <<CONF
+listen: 127.0.0.1:18090
+upstream: { url: "http://127.0.0.1:18000" }
+session: { secrets: ["bench-secret-0123456789abcdef0123456789"] }
+store: { type: redis, redis: { url: "redis://127.0.0.1:18379" } }
+admin: { listen: null }
+log: { level: warn, access: false }
+CONF
+"$SG" --config "$RUN/sessiongate-redis.yaml" 2>"$RUN/sessiongate-redis.err" & PIDS+=($!)
+wait_port 127.0.0.1:18090
 
 # --- nginx, a plain reverse proxy (h1 :18081, h2c :18091) ---------------------------
 # --- nginx issuing a random unsigned id cookie (:18082) -----------------------------
@@ -188,6 +204,7 @@ cookie_of() { # url name -> "name=value" from the first Set-Cookie of that name
 SG_COOKIE=$(cookie_of http://127.0.0.1:18080/ 'sessiongate')
 SG_TLS_COOKIE=$(curl -sk -o /dev/null -D - https://127.0.0.1:18480/ | tr -d '\r' | sed -n "s/^[Ss]et-[Cc]ookie: \(__Host-sessiongate=[^;]*\).*/\1/p" | head -1)
 NGX_COOKIE=$(cookie_of http://127.0.0.1:18082/ sid)
+SGR_COOKIE=$(cookie_of http://127.0.0.1:18090/ 'sessiongate')
 HA_COOKIE="SRV=s1"
 AP_COOKIE=$(cookie_of http://127.0.0.1:18084/write session)
 [ -n "$SG_COOKIE" ] && [ -n "$NGX_COOKIE" ] && [ -n "$AP_COOKIE" ] || {
@@ -196,12 +213,13 @@ AP_COOKIE=$(cookie_of http://127.0.0.1:18084/write session)
 url_of() { # target scenario -> URL
   local port
   case "$1" in
-    direct) port=18000 ;; sessiongate) port=18080 ;; nginx) port=18081 ;;
+    direct) port=18000 ;; sessiongate) port=18080 ;; sessiongate-redis) port=18090 ;; nginx) port=18081 ;;
     nginx-cookie) port=18082 ;; haproxy) port=18083 ;; apache) port=18084 ;;
   esac
   if [ "$2" = h2 ]; then
     case "$1" in nginx) port=18091 ;; haproxy) port=18093 ;; sessiongate) ;; *) return 1 ;; esac
   fi
+  [ "$1" = sessiongate-redis ] && [ "$2" = single ] && return 1
   local path=/ scheme=http
   if [ "$2" = tls ]; then
     scheme=https
@@ -213,7 +231,8 @@ url_of() { # target scenario -> URL
 cookie_for() { # target scenario -> cookie header value or empty
   [ "$2" = new ] && return 0
   case "$1" in
-    sessiongate) if [ "$2" = tls ]; then echo "$SG_TLS_COOKIE"; else echo "$SG_COOKIE"; fi ;; nginx-cookie) echo "$NGX_COOKIE" ;;
+    sessiongate) if [ "$2" = tls ]; then echo "$SG_TLS_COOKIE"; else echo "$SG_COOKIE"; fi ;;
+    sessiongate-redis) echo "$SGR_COOKIE" ;; nginx-cookie) echo "$NGX_COOKIE" ;;
     haproxy) echo "$HA_COOKIE" ;; apache) echo "$AP_COOKIE" ;;
   esac
 }

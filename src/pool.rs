@@ -18,7 +18,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::upstream::{BodyTooLarge, RequestBody, UpstreamFailure};
+use crate::upstream::{BodyTooLarge, ClientBodyError, RequestBody, UpstreamFailure};
 
 /// Idle connections older than this are closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -30,6 +30,8 @@ const MAX_IDLE: usize = 1024;
 pub enum SendError {
     Upstream(UpstreamFailure),
     BodyTooLarge,
+    /// The client's own body was malformed or broke off.
+    ClientBody,
 }
 
 /// TLS to an `https://` upstream: the verifying connector and the SNI name.
@@ -168,6 +170,17 @@ impl Pool {
             }
             match sender.try_send_request(req).await {
                 Ok(resp) => {
+                    // Both framings at once is how responses get smuggled: refuse
+                    // it, and never reuse that connection.
+                    let h = resp.headers();
+                    if h.contains_key(http::header::TRANSFER_ENCODING)
+                        && h.contains_key(http::header::CONTENT_LENGTH)
+                    {
+                        tracing::warn!(
+                            "upstream response with both Content-Length and Transfer-Encoding"
+                        );
+                        return Err(SendError::Upstream(UpstreamFailure::Protocol));
+                    }
                     let (parts, body) = resp.into_parts();
                     let body = PooledBody::new(body, sender, self.clone(), parts.status);
                     return Ok(Response::from_parts(parts, body));
@@ -204,6 +217,9 @@ fn classify(err: &hyper::Error) -> SendError {
     while let Some(e) = source {
         if e.is::<BodyTooLarge>() {
             return SendError::BodyTooLarge;
+        }
+        if e.is::<ClientBodyError>() {
+            return SendError::ClientBody;
         }
         source = e.source();
     }

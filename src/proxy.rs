@@ -362,6 +362,9 @@ async fn proxy(
         Err(_) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(SendError::Upstream(kind))) => return Err(ProxyError::Upstream(kind)),
         Ok(Err(SendError::BodyTooLarge)) => return Err(ProxyError::BodyTooLarge),
+        Ok(Err(SendError::ClientBody)) => {
+            return Err(ProxyError::BadRequest("malformed request body"))
+        }
         Ok(Ok(resp)) => resp,
     };
 
@@ -431,6 +434,14 @@ pub fn inbound(
     if let Some(limit) = cfg.limits.max_body_bytes {
         if content_length(&parts.headers).is_some_and(|n| n > limit) {
             return Err(ProxyError::BodyTooLarge);
+        }
+    }
+    // hyper refuses most ambiguous framing itself; a repeated or listed
+    // Transfer-Encoding it would accept, so it is refused here.
+    let mut te = parts.headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = te.next() {
+        if te.next().is_some() || first.as_bytes().contains(&b',') {
+            return Err(ProxyError::BadRequest("ambiguous Transfer-Encoding"));
         }
     }
     let trusted = upstream::is_trusted(conn.peer.ip(), &cfg.trusted_proxies);

@@ -508,15 +508,42 @@ async fn serve<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let info = Arc::new(info);
+    let first_request_deadline = worker
+        .state
+        .settings
+        .load()
+        .config
+        .limits
+        .header_read_timeout;
+    let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen_by_service = seen.clone();
     let service = service_fn(move |req| {
         let worker = worker.clone();
         let info = info.clone();
+        seen_by_service.store(true, std::sync::atomic::Ordering::Relaxed);
         async move { Ok::<_, Infallible>(proxy::handle(worker, info, req).await) }
     });
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
-    if let Err(e) = graceful.watch(conn).await {
+    let mut watched = std::pin::pin!(graceful.watch(conn));
+    // hyper's header timeout starts only once it knows HTTP/1 from HTTP/2: a client
+    // that sends nothing (or half a preface) would hold its slot forever. It gets
+    // `header_read_timeout` to send a first request, then the connection is dropped.
+    tokio::select! {
+        ended = &mut watched => {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = tokio::time::sleep(first_request_deadline) => {}
+    }
+    if !seen.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::debug!("no request within header_read_timeout: connection closed");
+        return;
+    }
+    if let Err(e) = watched.await {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }

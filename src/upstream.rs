@@ -33,6 +33,12 @@ pub enum UpstreamFailure {
 #[error("request body larger than limits.max_body_bytes")]
 pub struct BodyTooLarge;
 
+/// The client's body broke off or was malformed (bad chunk framing): the client's
+/// fault, answered 400.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed or interrupted request body")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
 /// The client's body on its way upstream: streamed, and cut off with
 /// [`BodyTooLarge`] once it passes the configured limit.
 pub struct RequestBody {
@@ -80,7 +86,10 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                this.inner = None;
+                Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -62,7 +62,9 @@ impl SessionId {
     pub fn to_header_value(&self) -> HeaderValue {
         let mut s = String::with_capacity(43);
         self.encode_into(&mut s);
-        HeaderValue::from_str(&s).expect("base64url is a valid header value")
+        // One allocation: the header value takes the string's buffer.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
+            .expect("base64url is a valid header value")
     }
 }
 

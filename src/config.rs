@@ -823,7 +823,7 @@ impl RawConfig {
                 } else {
                     "upstream.url"
                 };
-                at.error(key, format!("{e}: {}", error_chain(&e)))
+                at.error(key, crate::error::chain(&e))
             })?;
             let host = upstream_uri
                 .host()
@@ -1100,17 +1100,6 @@ impl RawConfig {
         };
         Ok(config)
     }
-}
-
-/// The causes below an error, joined (for messages that must stand alone).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut source = e.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 fn header_names(prefix: &str) -> Option<HeaderNames> {

@@ -324,7 +324,7 @@ impl RedisStore {
             Ok(()) => tracing::info!(cluster, "connected to the Redis session store"),
             Err(e) => tracing::warn!(
                 cluster,
-                error = %error_chain(&e),
+                error = %crate::error::chain(&e),
                 "the Redis session store does not answer yet: requests that need a session \
                  get 503 until it does"
             ),
@@ -545,17 +545,6 @@ fn escape_glob(s: &str) -> String {
         out.push(c);
     }
     out
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 /// A session hash as Redis returns it (field, value, field, value, ...).

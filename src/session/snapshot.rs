@@ -322,7 +322,7 @@ pub fn restore(store: &MemoryStore, path: &Path) -> Result<(), StoreError> {
                     tracing::error!(
                         %file,
                         moved_to = %aside.display(),
-                        reason = %error_chain(&reason),
+                        reason = %crate::error::chain(&reason),
                         "cannot read the session snapshot: moved it aside, starting with no sessions"
                     );
                     Ok(())
@@ -330,7 +330,7 @@ pub fn restore(store: &MemoryStore, path: &Path) -> Result<(), StoreError> {
                 Err(source) => {
                     tracing::error!(
                         %file,
-                        reason = %error_chain(&reason),
+                        reason = %crate::error::chain(&reason),
                         "cannot read the session snapshot, nor move it aside"
                     );
                     Err(StoreError::Snapshot {
@@ -341,17 +341,6 @@ pub fn restore(store: &MemoryStore, path: &Path) -> Result<(), StoreError> {
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 /// Writes the snapshot every interval while the proxy runs, and once more at

@@ -344,18 +344,12 @@ impl Reloader {
         {
             restart("store settings");
         }
-        let (s, t) = (&next.session, &current.config.session);
-        if s.idle_timeout != t.idle_timeout
-            || s.absolute_timeout != t.absolute_timeout
-            || s.max_sessions != t.max_sessions
-            || s.max_data_bytes != t.max_data_bytes
-            || s.regenerate_grace != t.regenerate_grace
-        {
-            restart("session timeouts and limits (the store keeps them)");
-        }
         if let (Some(cert), Some(tls)) = (&self.cert, &next.tls) {
             cert.reload(&tls.cert, &tls.key)?;
         }
+        // Session timeouts and bounds live in the store: it takes them first, so
+        // no request sees new settings with old timeouts.
+        self.state.store.reconfigure(&next);
         let settings = Arc::new(Settings::new(next));
         self.state.settings.store(settings.clone());
         Ok(settings)

@@ -325,3 +325,26 @@ async fn an_admin_token_set_by_reload_applies_at_once() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shorter_idle_timeout_applies_to_live_sessions_on_reload() {
+    let upstream = Upstream::ok().await;
+    let mut proxy = Binary::start(base(&upstream).set("session.idle_timeout", "1h")).await;
+    let browser = Browser::new();
+    browser.get(&proxy.url("/")).await;
+    let id = upstream.last().expect_session_id();
+
+    proxy.rewrite(base(&upstream).set("session.idle_timeout", "1s"));
+    assert!(proxy.reload().await.contains("configuration reloaded"));
+
+    // Timeouts are kept to the second: idle for over 2 s is past a 1 s timeout.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    browser.get(&proxy.url("/")).await;
+    let seen = upstream.last();
+    assert_ne!(
+        seen.expect_session_id(),
+        id,
+        "the old idle timeout still applied"
+    );
+    assert!(seen.is_new_session());
+}

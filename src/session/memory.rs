@@ -92,7 +92,8 @@ struct Inner {
     fresh: Mutex<VecDeque<SessionId>>,
     /// Old IDs of regenerated sessions, with the end of their grace (ms).
     regenerated: DashMap<SessionId, u64, IdHash>,
-    settings: MemorySettings,
+    /// Swapped whole by a reload.
+    settings: arc_swap::ArcSwap<MemorySettings>,
     stats: MemoryStats,
 }
 
@@ -112,6 +113,12 @@ impl Drop for SweepGuard {
 }
 
 impl MemoryStore {
+    /// Applies new timeouts and bounds (a reload); a lower `max_sessions` evicts
+    /// down to it on the next insert.
+    pub fn reconfigure(&self, settings: MemorySettings) {
+        self.inner.settings.store(Arc::new(settings));
+    }
+
     pub fn new(settings: MemorySettings) -> MemoryStore {
         MemoryStore {
             inner: Arc::new(Inner {
@@ -119,7 +126,7 @@ impl MemoryStore {
                 count: AtomicUsize::new(0),
                 fresh: Mutex::new(VecDeque::new()),
                 regenerated: DashMap::with_hasher(IdHash),
-                settings,
+                settings: arc_swap::ArcSwap::from_pointee(settings),
                 stats: MemoryStats::default(),
             }),
         }
@@ -155,7 +162,7 @@ impl MemoryStore {
     }
 
     fn expired_at(&self, created_s: u32, last_seen_s: u32, now_ms: u64) -> bool {
-        let s = &self.inner.settings;
+        let s = self.inner.settings.load();
         let now = secs(now_ms);
         // Strictly greater: with whole seconds, a session may live up to a second
         // past its timeout, never a moment less.
@@ -230,7 +237,7 @@ impl MemoryStore {
     /// Reserves room for one session, evicting if the store is full.
     fn reserve_slot(&self) {
         let inner = &self.inner;
-        let max = inner.settings.max_sessions;
+        let max = inner.settings.load().max_sessions;
         loop {
             let n = inner.count.load(Ordering::Relaxed);
             if n < max {
@@ -323,7 +330,7 @@ impl MemoryStore {
         if changes.writes_data() {
             let current = SessionData::from_encoded(e.data.as_deref().unwrap_or_default());
             let next = current.with_changes(changes);
-            if next.encoded_len() > self.inner.settings.max_data_bytes {
+            if next.encoded_len() > self.inner.settings.load().max_data_bytes {
                 self.inner
                     .stats
                     .refused_writes
@@ -353,7 +360,7 @@ impl MemoryStore {
         // one lock, so a concurrent write to the old ID either moves with the data
         // or finds it gone, never lands on a removed entry. The old ID is
         // remembered first, so a concurrent load sees it regenerated, not unknown.
-        let grace = inner.settings.regenerate_grace.as_millis() as u64;
+        let grace = inner.settings.load().regenerate_grace.as_millis() as u64;
         if grace > 0 {
             inner.regenerated.insert(*id, now + grace);
         }
@@ -487,7 +494,7 @@ impl MemoryStore {
         *inner.fresh.lock().unwrap_or_else(|p| p.into_inner()) =
             fresh.into_iter().map(|(_, id)| id).collect();
         let mut evicted = 0;
-        while self.len() > inner.settings.max_sessions && self.evict_one() {
+        while self.len() > inner.settings.load().max_sessions && self.evict_one() {
             evicted += 1;
         }
         evicted
@@ -702,7 +709,7 @@ mod tests {
     fn concurrent_writes_all_land() {
         let s = MemoryStore::new(MemorySettings {
             max_data_bytes: 1 << 20,
-            ..store(10).inner.settings.clone()
+            ..store(10).inner.settings.load().as_ref().clone()
         });
         let id = s.insert(SessionData::default(), 0);
         std::thread::scope(|scope| {

@@ -262,6 +262,29 @@ impl StoreTasks {
     }
 }
 
+impl Store {
+    /// Applies a reloaded configuration's session timeouts and bounds.
+    pub fn reconfigure(&self, config: &crate::config::Config) {
+        let s = &config.session;
+        match self {
+            Store::Memory(m) => m.reconfigure(memory::MemorySettings {
+                idle_timeout: s.idle_timeout,
+                absolute_timeout: s.absolute_timeout,
+                max_sessions: s.max_sessions,
+                max_data_bytes: s.max_data_bytes,
+                regenerate_grace: s.regenerate_grace,
+            }),
+            Store::Redis(r) => r.reconfigure(&RedisSettings {
+                redis: config.store.redis.clone(),
+                idle_timeout: s.idle_timeout,
+                absolute_timeout: s.absolute_timeout,
+                max_data_bytes: s.max_data_bytes,
+                regenerate_grace: s.regenerate_grace,
+            }),
+        }
+    }
+}
+
 /// Opens the configured store and starts its background work: for the memory
 /// store, restores the snapshot first.
 pub async fn open(config: &crate::config::Config) -> Result<(Store, StoreTasks), StoreError> {

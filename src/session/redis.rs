@@ -30,6 +30,7 @@
 //! `volatile-*` eviction policy.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -236,10 +237,11 @@ struct Inner {
     /// `prefix` with glob characters escaped, then `*`, for `SCAN MATCH`.
     pattern: String,
     timeout: Duration,
-    idle_ms: u64,
-    absolute_ms: u64,
-    max_data_bytes: usize,
-    grace_ms: u64,
+    /// Timeouts and bounds, atomics so a reload can change them in place.
+    idle_ms: AtomicU64,
+    absolute_ms: AtomicU64,
+    max_data_bytes: AtomicUsize,
+    grace_ms: AtomicU64,
     load: Script,
     create: Script,
     apply: Script,
@@ -267,6 +269,24 @@ fn is_dropped(e: &RedisError) -> bool {
 }
 
 impl RedisStore {
+    /// Applies new timeouts and bounds (a reload); sessions already in Redis keep
+    /// their TTL until their next use.
+    pub fn reconfigure(&self, settings: &RedisSettings) {
+        let i = &self.inner;
+        i.idle_ms
+            .store(settings.idle_timeout.as_millis() as u64, Ordering::Relaxed);
+        i.absolute_ms.store(
+            settings.absolute_timeout.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        i.max_data_bytes
+            .store(settings.max_data_bytes, Ordering::Relaxed);
+        i.grace_ms.store(
+            settings.regenerate_grace.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
     /// Connects (lazily: the proxy starts while Redis is down, and answers 503
     /// until it is back). Fails only on settings that can never work.
     pub async fn open(settings: &RedisSettings) -> Result<RedisStore, StoreError> {
@@ -310,10 +330,10 @@ impl RedisStore {
                 pattern: format!("{}*", escape_glob(&r.key_prefix)),
                 prefix: r.key_prefix.clone(),
                 timeout: r.timeout,
-                idle_ms: settings.idle_timeout.as_millis() as u64,
-                absolute_ms: settings.absolute_timeout.as_millis() as u64,
-                max_data_bytes: settings.max_data_bytes,
-                grace_ms: settings.regenerate_grace.as_millis() as u64,
+                idle_ms: AtomicU64::new(settings.idle_timeout.as_millis() as u64),
+                absolute_ms: AtomicU64::new(settings.absolute_timeout.as_millis() as u64),
+                max_data_bytes: AtomicUsize::new(settings.max_data_bytes),
+                grace_ms: AtomicU64::new(settings.regenerate_grace.as_millis() as u64),
                 load: Script::new(LOAD),
                 create: Script::new(CREATE),
                 apply: Script::new(APPLY),
@@ -609,8 +629,8 @@ impl SessionStore for RedisStore {
                     .load
                     .key(key)
                     .key(tombstone)
-                    .arg(inner.idle_ms)
-                    .arg(inner.absolute_ms)
+                    .arg(inner.idle_ms.load(Ordering::Relaxed))
+                    .arg(inner.absolute_ms.load(Ordering::Relaxed))
                     .invoke_async(&mut c)
                     .await
             })
@@ -643,7 +663,8 @@ impl SessionStore for RedisStore {
                     let key = self.key(&id);
                     async move {
                         let mut call = inner.create.key(key);
-                        call.arg(inner.idle_ms).arg(inner.absolute_ms);
+                        call.arg(inner.idle_ms.load(Ordering::Relaxed))
+                            .arg(inner.absolute_ms.load(Ordering::Relaxed));
                         for a in args {
                             call.arg(*a);
                         }
@@ -679,10 +700,10 @@ impl SessionStore for RedisStore {
                     let mut call = inner.apply.key(key);
                     call.key(new_key)
                         .key(tombstone)
-                        .arg(inner.max_data_bytes)
-                        .arg(inner.idle_ms)
-                        .arg(inner.absolute_ms)
-                        .arg(inner.grace_ms)
+                        .arg(inner.max_data_bytes.load(Ordering::Relaxed))
+                        .arg(inner.idle_ms.load(Ordering::Relaxed))
+                        .arg(inner.absolute_ms.load(Ordering::Relaxed))
+                        .arg(inner.grace_ms.load(Ordering::Relaxed))
                         .arg(u8::from(regenerate))
                         .arg(nrem);
                     for a in args {

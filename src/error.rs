@@ -32,6 +32,8 @@ pub enum ProxyError {
     Store(#[source] crate::session::StoreError),
     #[error("request body larger than limits.max_body_bytes")]
     BodyTooLarge,
+    #[error("request body stalled past limits.header_read_timeout")]
+    BodyTimeout,
     #[error("malformed request")]
     BadRequest(&'static str),
 }
@@ -49,6 +51,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -64,6 +67,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::Store(_) => "store_unavailable",
             ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::BodyTimeout => "body_timeout",
             ProxyError::BadRequest(_) => "bad_request",
         }
     }
@@ -90,6 +94,7 @@ impl ProxyError {
                 "503 Service Unavailable: the session store is unavailable, retry shortly\n"
             }
             ProxyError::BodyTooLarge => "413 Payload Too Large: request body over the limit\n",
+            ProxyError::BodyTimeout => "408 Request Timeout: the request body stalled\n",
             ProxyError::BadRequest(_) => "400 Bad Request\n",
         }
     }
@@ -107,7 +112,7 @@ impl ProxyError {
             ProxyError::Store(_) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge => {
+            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge | ProxyError::BodyTimeout => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ProxyError::Upstream(_) | ProxyError::UpstreamTimeout => {}

@@ -18,7 +18,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::upstream::{BodyTooLarge, ClientBodyError, RequestBody, UpstreamFailure};
+use crate::upstream::{BodyStalled, BodyTooLarge, ClientBodyError, RequestBody, UpstreamFailure};
 
 /// Idle connections older than this are closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -32,6 +32,8 @@ pub enum SendError {
     BodyTooLarge,
     /// The client's own body was malformed or broke off.
     ClientBody,
+    /// The client paused its body past the idle limit (slow POST).
+    BodyStalled,
 }
 
 /// TLS to an `https://` upstream: the verifying connector and the SNI name.
@@ -220,6 +222,9 @@ fn classify(err: &hyper::Error) -> SendError {
         }
         if e.is::<ClientBodyError>() {
             return SendError::ClientBody;
+        }
+        if e.is::<BodyStalled>() {
+            return SendError::BodyStalled;
         }
         source = e.source();
     }

@@ -245,7 +245,7 @@ pub async fn handle(
                 ProxyError::Upstream(kind) => metrics.upstream_error(Some(*kind)),
                 ProxyError::UpstreamTimeout => metrics.upstream_error(None),
                 ProxyError::Store(_) => metrics.store_error(),
-                ProxyError::BodyTooLarge | ProxyError::BadRequest(_) => {}
+                ProxyError::BodyTooLarge | ProxyError::BodyTimeout | ProxyError::BadRequest(_) => {}
             }
             tracing::warn!(
                 request_id = request_id.to_str().unwrap_or(""),
@@ -349,7 +349,14 @@ async fn proxy(
     )?;
     let upgrade = inbound.upgrade;
     let method = parts.method.clone();
-    let mut out = Request::from_parts(parts, RequestBody::new(body, cfg.limits.max_body_bytes));
+    let mut out = Request::from_parts(
+        parts,
+        RequestBody::new(
+            body,
+            cfg.limits.max_body_bytes,
+            cfg.limits.header_read_timeout,
+        ),
+    );
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut out));
     *out.uri_mut() = upstream_uri;
     *out.version_mut() = Version::HTTP_11;
@@ -365,6 +372,7 @@ async fn proxy(
         Ok(Err(SendError::ClientBody)) => {
             return Err(ProxyError::BadRequest("malformed request body"))
         }
+        Ok(Err(SendError::BodyStalled)) => return Err(ProxyError::BodyTimeout),
         Ok(Ok(resp)) => resp,
     };
 

@@ -2,9 +2,11 @@
 //! `limits.max_body_bytes` while streaming, and the header rules shared by requests
 //! and responses (hop-by-hop removal, `X-Forwarded-*`).
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -44,13 +46,25 @@ pub struct ClientBodyError(#[source] pub hyper::Error);
 pub struct RequestBody {
     inner: Option<Incoming>,
     remaining: Option<u64>,
+    /// The longest a client may pause between body bytes (slow POST).
+    idle: Duration,
+    /// Armed when the client has nothing to give; made on first need, so
+    /// requests without a body never allocate it.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// The client stopped sending its body for longer than the idle limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body stalled past limits.header_read_timeout")]
+pub struct BodyStalled;
+
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: Option<u64>) -> RequestBody {
+    pub fn new(inner: Incoming, limit: Option<u64>, idle: Duration) -> RequestBody {
         RequestBody {
             inner: Some(inner),
             remaining: limit,
+            idle,
+            stall: None,
         }
     }
 
@@ -58,6 +72,8 @@ impl RequestBody {
         RequestBody {
             inner: None,
             remaining: None,
+            idle: Duration::MAX,
+            stall: None,
         }
     }
 }
@@ -74,7 +90,24 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(inner).poll_frame(cx) {
+        let polled = Pin::new(inner).poll_frame(cx);
+        if polled.is_pending() {
+            let idle = this.idle;
+            let stall = this
+                .stall
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+            if stall.as_mut().poll(cx).is_ready() {
+                this.inner = None;
+                return Poll::Ready(Some(Err(Box::new(BodyStalled))));
+            }
+            return Poll::Pending;
+        }
+        if let Some(stall) = this.stall.as_mut() {
+            stall
+                .as_mut()
+                .reset(tokio::time::Instant::now() + this.idle);
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(remaining), Some(data)) = (this.remaining.as_mut(), frame.data_ref()) {
                     let n = data.len() as u64;

@@ -532,6 +532,38 @@ async fn slowloris_headers_are_cut_off_after_header_read_timeout() {
     assert_upstream_saw_nothing(&upstream);
 }
 
+/// Slow POST: the headers arrive, then the body stalls. After
+/// `limits.header_read_timeout` without a body byte the client gets 408 and the
+/// connection closes, instead of holding a connection to the upstream for
+/// `upstream.timeout`.
+#[tokio::test]
+async fn slow_post_body_is_cut_off_after_header_read_timeout() {
+    let (_upstream, proxy) = site(|c| c.set("limits.header_read_timeout", "1s")).await;
+    let mut client = RawClient::connect(proxy.addr()).await;
+    client
+        .send(
+            b"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: 100\r\n\r\n0123456789",
+        )
+        .await;
+    let started = std::time::Instant::now();
+    assert!(
+        client.wait_closed(Duration::from_secs(5)).await,
+        "a stalled body still holds the connection after 5 s"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "cut off too early: {took:?}"
+    );
+    let got = client.exchange();
+    assert_eq!(
+        got.responses.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![408],
+        "{}",
+        got.text()
+    );
+}
+
 /// A connection that never sends a byte holds a slot of
 /// `limits.max_connections`; it must be closed like a slow one.
 #[tokio::test]

@@ -127,7 +127,8 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || browser_request(&cookie),
             |mut parts| {
-                let inbound = proxy::inbound(&settings, &conn, &mut parts, None).expect("inbound");
+                let inbound =
+                    proxy::inbound(&settings, &conn, false, &mut parts, None).expect("inbound");
                 let session = UpstreamSession {
                     id: &id,
                     new: false,
@@ -150,7 +151,8 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || browser_request(&cookie),
             |mut parts| {
-                let inbound = proxy::inbound(&settings, &conn, &mut parts, None).expect("inbound");
+                let inbound =
+                    proxy::inbound(&settings, &conn, false, &mut parts, None).expect("inbound");
                 let found = ready(s.load(&ids[0]));
                 let session = UpstreamSession {
                     id: &ids[0],

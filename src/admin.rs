@@ -228,23 +228,7 @@ async fn readiness(state: &State) -> Response<Full<Bytes>> {
             "not ready: session store unavailable\n",
         );
     }
-    let target = {
-        let settings = state.settings.load();
-        let uri = &settings.config.upstream.uri;
-        let host = uri
-            .host()
-            .unwrap_or("127.0.0.1")
-            .trim_matches(['[', ']'])
-            .to_owned();
-        let port = uri
-            .port_u16()
-            .unwrap_or(if uri.scheme_str() == Some("https") {
-                443
-            } else {
-                80
-            });
-        (host, port)
-    };
+    let target = state.settings.load().config.upstream.connect_to.clone();
     match tokio::time::timeout(PROBE, tokio::net::TcpStream::connect(target)).await {
         Ok(Ok(_)) => text(StatusCode::OK, "ready\n"),
         _ => text(

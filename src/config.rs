@@ -71,6 +71,8 @@ pub struct TlsConfig {
 pub struct UpstreamConfig {
     /// Scheme and authority of the upstream, e.g. `http://127.0.0.1:3000`.
     pub uri: Uri,
+    /// `host:port` to connect to (the scheme's default port filled in).
+    pub connect_to: String,
     /// For `https://` upstreams: the verifying connector and the SNI name.
     pub tls: Option<crate::pool::UpstreamTls>,
     /// `upstream.ca_file`, for `check` and reloads.
@@ -345,14 +347,20 @@ pub fn expand_env(input: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// Reads a string and expands `${VAR}` in it, while the parser still knows where
+/// the value is (so errors carry its line and column).
+fn expanded<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    expand_env(&s).map_err(de::Error::custom)
+}
+
 /// A string with `${VAR}` expanded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Text(String);
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        expand_env(&s).map(Text).map_err(de::Error::custom)
+        expanded(d).map(Text)
     }
 }
 
@@ -368,8 +376,7 @@ struct Secret(String);
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        expand_env(&s).map(Secret).map_err(de::Error::custom)
+        expanded(d).map(Secret)
     }
 }
 
@@ -466,8 +473,7 @@ fn format_duration(d: Duration) -> String {
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let s = expand_env(&s).map_err(de::Error::custom)?;
+        let s = expanded(d)?;
         parse_duration(&s).map(Dur).ok_or_else(|| {
             de::Error::custom(format!(
                 "invalid duration {s:?} (expected a number with ms, s, m, h or d, e.g. 30m)"
@@ -488,8 +494,7 @@ struct Addr(SocketAddr);
 
 impl<'de> Deserialize<'de> for Addr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let s = expand_env(&s).map_err(de::Error::custom)?;
+        let s = expanded(d)?;
         s.parse().map(Addr).map_err(|_| {
             de::Error::custom(format!(
                 "invalid address {s:?} (expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080)"
@@ -510,8 +515,7 @@ struct Cidr(IpNet);
 
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let s = expand_env(&s).map_err(de::Error::custom)?;
+        let s = expanded(d)?;
         if let Ok(net) = s.parse::<IpNet>() {
             return Ok(Cidr(net));
         }
@@ -1050,6 +1054,20 @@ impl RawConfig {
                 hsts: t.hsts.as_ref().map(|h| h.0.clone()),
             }),
             upstream: UpstreamConfig {
+                connect_to: match upstream_uri.port_u16() {
+                    Some(_) => upstream_uri
+                        .authority()
+                        .map_or_else(String::new, |a| a.to_string()),
+                    None => format!(
+                        "{}:{}",
+                        upstream_uri.host().unwrap_or_default(),
+                        if upstream_uri.scheme_str() == Some("https") {
+                            443
+                        } else {
+                            80
+                        }
+                    ),
+                },
                 uri: upstream_uri,
                 tls: upstream_tls,
                 ca_file,

@@ -124,16 +124,8 @@ pub struct Worker {
 /// The pool for the upstream `settings` name.
 fn pool_for(settings: &Settings) -> Pool {
     let upstream = &settings.config.upstream;
-    let authority = upstream
-        .uri
-        .authority()
-        .map_or_else(String::new, |a| match a.port_u16() {
-            Some(_) => a.as_str().to_owned(),
-            None if upstream.uri.scheme_str() == Some("https") => format!("{}:443", a.host()),
-            None => format!("{}:80", a.host()),
-        });
     Pool::new(
-        authority,
+        upstream.connect_to.clone(),
         upstream.connect_timeout,
         upstream.tls.clone(),
         (upstream.uri.clone(), upstream.ca_file.clone()),
@@ -210,15 +202,10 @@ pub async fn handle(
     let started = Instant::now();
     let settings = worker.state.settings.load();
     let method = req.method().clone();
+    let trusted = upstream::is_trusted(conn.peer.ip(), &settings.config.trusted_proxies);
     // A trusted proxy's request id is kept (and logged); anybody else gets ours.
     let request_id = match req.headers().get(&X_REQUEST_ID) {
-        Some(id)
-            if !id.is_empty()
-                && id.len() <= 128
-                && upstream::is_trusted(conn.peer.ip(), &settings.config.trusted_proxies) =>
-        {
-            id.clone()
-        }
+        Some(id) if trusted && !id.is_empty() && id.len() <= 128 => id.clone(),
         _ => worker.request_id(),
     };
     let log_access = settings.config.log.access;
@@ -232,6 +219,7 @@ pub async fn handle(
         &worker,
         &settings,
         &conn,
+        trusted,
         req,
         request_id.clone(),
         &mut trace,
@@ -303,6 +291,7 @@ async fn proxy(
     worker: &Worker,
     settings: &Settings,
     conn: &ConnInfo,
+    trusted: bool,
     req: Request<Incoming>,
     request_id: HeaderValue,
     trace: &mut Trace,
@@ -313,7 +302,7 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
 
     // 1. Strip what the client may not send upstream, before adding anything.
-    let inbound = inbound(settings, conn, &mut parts, Some(&state.metrics))?;
+    let inbound = inbound(settings, conn, trusted, &mut parts, Some(&state.metrics))?;
     let flavor = settings.jar.flavor(inbound.https);
 
     // 2. Find or make the session.
@@ -432,9 +421,11 @@ pub struct UpstreamSession<'a> {
 
 /// Step 1: refuses what can never be forwarded, strips hop-by-hop and
 /// session-prefixed headers, and takes the proxy's cookie out of `Cookie`.
+/// `trusted`: the peer is in `trusted_proxies` (decided once per request).
 pub fn inbound(
     settings: &Settings,
     conn: &ConnInfo,
+    trusted: bool,
     parts: &mut http::request::Parts,
     metrics: Option<&Metrics>,
 ) -> Result<Inbound, ProxyError> {
@@ -452,7 +443,6 @@ pub fn inbound(
             return Err(ProxyError::BadRequest("ambiguous Transfer-Encoding"));
         }
     }
-    let trusted = upstream::is_trusted(conn.peer.ip(), &cfg.trusted_proxies);
     let https = conn.tls || (trusted && forwarded_https(&parts.headers));
     let upgrade = upstream::wants_upgrade(&parts.headers);
     upstream::strip_headers(&mut parts.headers, &cfg.session.headers.prefix, upgrade);
@@ -538,17 +528,6 @@ fn forwarded_https(h: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
-/// Optional metrics (the benches call the header steps without any).
-struct MetricsRef<'a>(Option<&'a Metrics>);
-
-impl MetricsRef<'_> {
-    fn cookie_rejected(&self, why: CookieRejection) {
-        if let Some(m) = self.0 {
-            m.cookie_rejected(why);
-        }
-    }
-}
-
 /// A verified cookie from the request.
 struct Candidate {
     id: SessionId,
@@ -564,7 +543,6 @@ fn take_proxy_cookies(
     flavor: &CookieFlavor,
     metrics: Option<&Metrics>,
 ) -> Vec<Candidate> {
-    let metrics = MetricsRef(metrics);
     let mut candidates = Vec::new();
     if !headers.contains_key(header::COOKIE) {
         return candidates;
@@ -584,10 +562,12 @@ fn take_proxy_cookies(
                         Ok((id, verified)) => candidates.push(Candidate { id, verified }),
                         Err(why) => {
                             tracing::debug!(?why, "session cookie rejected");
-                            metrics.cookie_rejected(match why {
-                                Refused::Malformed => CookieRejection::Malformed,
-                                Refused::BadSignature => CookieRejection::BadSignature,
-                            });
+                            if let Some(m) = metrics {
+                                m.cookie_rejected(match why {
+                                    Refused::Malformed => CookieRejection::Malformed,
+                                    Refused::BadSignature => CookieRejection::BadSignature,
+                                });
+                            }
                         }
                     }
                 }

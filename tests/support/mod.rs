@@ -670,41 +670,22 @@ impl fmt::Display for ConfigYaml {
 // Proxy: the library's server, in-process, on 127.0.0.1:0.
 // ---------------------------------------------------------------------------
 
-pub struct Proxy {
-    addr: SocketAddr,
+/// A server running in a task until [`Running::shutdown`], or until dropped.
+pub struct Running {
     stop: Option<oneshot::Sender<()>>,
     run: Option<JoinHandle<Result<(), sessiongate::server::ServerError>>>,
 }
 
-impl Proxy {
-    /// Parses `yaml` as `test.yaml`, binds, and runs the server until
-    /// [`Proxy::shutdown`] (or drop).
-    pub async fn start(yaml: impl fmt::Display) -> Proxy {
-        let yaml = yaml.to_string();
-        let config = sessiongate::config::Config::parse(&yaml, Path::new("test.yaml"), false)
-            .unwrap_or_else(|e| panic!("the test config was rejected: {e}\n---\n{yaml}"));
-        let server = sessiongate::server::Server::bind(config)
-            .await
-            .unwrap_or_else(|e| panic!("the proxy did not bind: {e}"));
-        let addr = server.local_addr();
+impl Running {
+    pub fn spawn(server: sessiongate::server::Server) -> Running {
         let (stop, stopped) = oneshot::channel::<()>();
         let run = tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
-        Proxy {
-            addr,
+        Running {
             stop: Some(stop),
             run: Some(run),
         }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `http://127.0.0.1:PORT{path}`
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
     }
 
     /// Signals shutdown and waits for `run` to return.
@@ -721,11 +702,46 @@ impl Proxy {
     }
 }
 
-impl Drop for Proxy {
+impl Drop for Running {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+pub struct Proxy {
+    addr: SocketAddr,
+    running: Running,
+}
+
+impl Proxy {
+    /// Parses `yaml` as `test.yaml`, binds, and runs the server until
+    /// [`Proxy::shutdown`] (or drop).
+    pub async fn start(yaml: impl fmt::Display) -> Proxy {
+        let yaml = yaml.to_string();
+        let config = sessiongate::config::Config::parse(&yaml, Path::new("test.yaml"), false)
+            .unwrap_or_else(|e| panic!("the test config was rejected: {e}\n---\n{yaml}"));
+        let server = sessiongate::server::Server::bind(config)
+            .await
+            .unwrap_or_else(|e| panic!("the proxy did not bind: {e}"));
+        let addr = server.local_addr();
+        let running = Running::spawn(server);
+        Proxy { addr, running }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT{path}`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn shutdown(self) {
+        self.running.shutdown().await;
     }
 }
 

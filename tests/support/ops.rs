@@ -10,6 +10,7 @@
 //! assert_eq!(after.delta(&before, "sessiongate_sessions_created_total", &[]), 1.0);
 //! ```
 
+use super::Running;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{BufRead as _, BufReader};
@@ -20,8 +21,7 @@ use std::time::Duration;
 
 use sessiongate::config::Config;
 use sessiongate::server::{Reloader, Server, ServerError};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 
 use super::{plain_client, PATIENCE};
 
@@ -45,8 +45,7 @@ pub struct AdminProxy {
     addr: SocketAddr,
     admin: SocketAddr,
     reloader: Reloader,
-    stop: Option<oneshot::Sender<()>>,
-    run: Option<JoinHandle<Result<(), ServerError>>>,
+    running: Running,
 }
 
 impl AdminProxy {
@@ -60,16 +59,12 @@ impl AdminProxy {
             .admin_local_addr()
             .expect("the test config has no admin.listen");
         let reloader = server.reloader();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let run = tokio::spawn(server.run(async move {
-            let _ = stopped.await;
-        }));
+        let running = Running::spawn(server);
         AdminProxy {
             addr,
             admin,
             reloader,
-            stop: Some(stop),
-            run: Some(run),
+            running,
         }
     }
 
@@ -97,24 +92,8 @@ impl AdminProxy {
     }
 
     /// Signals shutdown and waits for `run` to return.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let run = self.run.take().expect("proxy already shut down");
-        tokio::time::timeout(PATIENCE, run)
-            .await
-            .expect("the proxy did not stop")
-            .expect("the proxy task panicked")
-            .unwrap_or_else(|e| panic!("the proxy stopped with an error: {e}"));
-    }
-}
-
-impl Drop for AdminProxy {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    pub async fn shutdown(self) {
+        self.running.shutdown().await;
     }
 }
 

@@ -15,8 +15,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-
 use super::{ConfigYaml, Proxy, PATIENCE};
 
 /// True when the Redis tests can run; otherwise says why `test` is skipped, or
@@ -337,14 +335,9 @@ pub async fn start_proxy_with_admin(yaml: impl std::fmt::Display) -> (Proxy, Soc
     let admin = server
         .admin_local_addr()
         .expect("the test config sets admin.listen");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let run = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
     let proxy = Proxy {
         addr,
-        stop: Some(stop),
-        run: Some(run),
+        running: super::Running::spawn(server),
     };
     (proxy, admin)
 }

@@ -11,6 +11,7 @@
 //! let answer = conn.get("/").await;
 //! ```
 
+use super::Running;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,10 +28,9 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ProtocolVersion, RootCertStore};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use sessiongate::server::{ReloadError, Reloader, Server, ServerError};
+use sessiongate::server::{ReloadError, Reloader, Server};
 
 use super::{config, ConfigYaml, PATIENCE};
 
@@ -182,8 +182,7 @@ pub struct TlsProxy {
     https: Option<SocketAddr>,
     reloader: Reloader,
     config_path: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    run: Option<JoinHandle<Result<(), ServerError>>>,
+    running: Running,
 }
 
 impl TlsProxy {
@@ -202,17 +201,13 @@ impl TlsProxy {
         let plain = server.local_addr();
         let https = server.tls_local_addr();
         let reloader = server.reloader();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let run = tokio::spawn(server.run(async move {
-            let _ = stopped.await;
-        }));
+        let running = Running::spawn(server);
         Ok(TlsProxy {
             plain,
             https,
             reloader,
             config_path: path,
-            stop: Some(stop),
-            run: Some(run),
+            running,
         })
     }
 
@@ -241,24 +236,8 @@ impl TlsProxy {
     }
 
     /// Signals shutdown and waits for `run` to return.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let run = self.run.take().expect("proxy already shut down");
-        tokio::time::timeout(PATIENCE, run)
-            .await
-            .expect("the proxy did not stop")
-            .expect("the proxy task panicked")
-            .unwrap_or_else(|e| panic!("the proxy stopped with an error: {e}"));
-    }
-}
-
-impl Drop for TlsProxy {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    pub async fn shutdown(self) {
+        self.running.shutdown().await;
     }
 }
 

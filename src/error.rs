@@ -72,7 +72,7 @@ impl ProxyError {
         }
     }
 
-    fn body(&self) -> &'static str {
+    pub(crate) fn body(&self) -> &'static str {
         match self {
             ProxyError::Upstream(UpstreamFailure::Refused) => {
                 "502 Bad Gateway: upstream refused the connection\n"

@@ -7,7 +7,8 @@
 //! - [`session::memory`]: the embedded store: timeouts, sweep, capped eviction.
 //! - [`session::snapshot`]: the memory store's snapshot file: format, atomic save, load at start.
 //! - [`session::redis`]: the Redis store (one server or a Cluster): Lua scripts, TTLs, SCAN-based revoke.
-//! - [`pool`]: each worker's keep-alive connections to the upstream.
+//! - [`h1`]: the HTTP/1 path: request and response heads as bytes, parsed strictly.
+//! - [`pool`]: each worker's keep-alive connections to the upstream (HTTP/2 path).
 //! - [`upstream`]: the request body limit, hop-by-hop and `X-Forwarded-*` rules.
 //! - [`proxy`]: the request path, read top to bottom.
 //! - [`server`]: listeners (plain, TLS), workers, reload, graceful shutdown.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod cookie;
 pub mod devcert;
 pub mod error;
+pub mod h1;
 pub mod logging;
 pub mod metrics;
 pub mod pool;

@@ -16,7 +16,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::upstream::{BodyStalled, BodyTooLarge, ClientBodyError, RequestBody, UpstreamFailure};
 
@@ -118,33 +117,10 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<SendRequest<RequestBody>, UpstreamFailure> {
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.authority))
-                .await
-            {
-                Err(_) => return Err(UpstreamFailure::ConnectTimeout),
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "upstream connect failed");
-                    return Err(match e.kind() {
-                        std::io::ErrorKind::TimedOut => UpstreamFailure::ConnectTimeout,
-                        _ => UpstreamFailure::Refused,
-                    });
-                }
-                Ok(Ok(s)) => s,
-            };
-        let _ = stream.set_nodelay(true);
-        let Some(tls) = &self.tls else {
-            return handshake(stream).await;
-        };
-        let connecting = tls.connector.connect(tls.server_name.clone(), stream);
-        match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(Ok(stream)) => handshake(stream).await,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "upstream TLS handshake failed");
-                Err(UpstreamFailure::Tls)
-            }
-            Err(_) => Err(UpstreamFailure::ConnectTimeout),
-        }
+        let io =
+            crate::h1::client::connect(&self.authority, self.connect_timeout, self.tls.as_ref())
+                .await?;
+        handshake(io).await
     }
 
     /// Sends `req` on a pooled connection (or a new one). A request that a stale

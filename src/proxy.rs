@@ -105,8 +105,8 @@ impl State {
 
 /// What the access log says about a request beyond its method, path and status.
 #[derive(Default)]
-struct Trace {
-    upstream: Option<std::time::Duration>,
+pub(crate) struct Trace {
+    pub upstream: Option<std::time::Duration>,
     session: Option<SessionId>,
 }
 
@@ -117,6 +117,8 @@ pub struct Worker {
     /// This worker's connections to the upstream; replaced when a reload changes
     /// the upstream.
     pool: ArcSwap<Pool>,
+    /// The same for the HTTP/1 path, which speaks to the upstream as bytes.
+    h1_pool: ArcSwap<crate::h1::client::Pool>,
     request_prefix: u32,
     request_counter: AtomicU64,
 }
@@ -132,14 +134,27 @@ fn pool_for(settings: &Settings) -> Pool {
     )
 }
 
+/// The HTTP/1 path's pool for the upstream `settings` name.
+fn h1_pool_for(settings: &Settings) -> crate::h1::client::Pool {
+    let upstream = &settings.config.upstream;
+    crate::h1::client::Pool::new(
+        upstream.connect_to.clone(),
+        upstream.connect_timeout,
+        upstream.tls.clone(),
+        (upstream.uri.clone(), upstream.ca_file.clone()),
+    )
+}
+
 impl Worker {
     pub fn new(state: Arc<State>) -> Worker {
         let pool = ArcSwap::from_pointee(pool_for(&state.settings.load()));
+        let h1_pool = ArcSwap::from_pointee(h1_pool_for(&state.settings.load()));
         let mut prefix = [0u8; 4];
         getrandom::fill(&mut prefix).expect("the operating system's random source failed");
         Worker {
             state,
             pool,
+            h1_pool,
             request_prefix: u32::from_le_bytes(prefix),
             request_counter: AtomicU64::new(0),
         }
@@ -154,6 +169,19 @@ impl Worker {
         }
         let fresh = Arc::new(pool_for(settings));
         self.pool.store(fresh.clone());
+        fresh
+    }
+
+    /// The HTTP/1 path's pool for the current upstream, rebuilt after a reload
+    /// changed it.
+    pub(crate) fn h1_pool(&self, settings: &Settings) -> Arc<crate::h1::client::Pool> {
+        let pool = self.h1_pool.load_full();
+        let u = &settings.config.upstream;
+        if pool.serves(&u.uri, &u.ca_file) {
+            return pool;
+        }
+        let fresh = Arc::new(h1_pool_for(settings));
+        self.h1_pool.store(fresh.clone());
         fresh
     }
 
@@ -193,88 +221,126 @@ enum SessionState {
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Serves one request; never fails (errors become responses).
+/// The bookkeeping one request carries from its head to its last byte: when it
+/// started, the settings it was served under, its id, and what the access log needs.
+pub(crate) struct Begun {
+    started: Instant,
+    pub settings: arc_swap::Guard<Arc<Settings>>,
+    pub method: Method,
+    pub trusted: bool,
+    pub request_id: HeaderValue,
+    path: Option<String>,
+    pub trace: Trace,
+}
+
+impl Worker {
+    /// Starts a request's bookkeeping, before any of its work.
+    pub(crate) fn begin(&self, conn: &ConnInfo, parts: &http::request::Parts) -> Begun {
+        let settings = self.state.settings.load();
+        let trusted = upstream::is_trusted(conn.peer.ip(), &settings.config.trusted_proxies);
+        // A trusted proxy's request id is kept (and logged); anybody else gets ours.
+        let request_id = match parts.headers.get(&X_REQUEST_ID) {
+            Some(id) if trusted && !id.is_empty() && id.len() <= 128 => id.clone(),
+            _ => self.request_id(),
+        };
+        let path = settings
+            .config
+            .log
+            .access
+            .then(|| parts.uri.path().to_owned());
+        Begun {
+            started: Instant::now(),
+            settings,
+            method: parts.method.clone(),
+            trusted,
+            request_id,
+            path,
+            trace: Trace::default(),
+        }
+    }
+
+    /// Counts a failed request and logs why; the caller answers with
+    /// [`ProxyError::into_response`].
+    pub(crate) fn failed(&self, begun: &Begun, err: &ProxyError) {
+        let metrics = &self.state.metrics;
+        match err {
+            ProxyError::Upstream(kind) => metrics.upstream_error(Some(*kind)),
+            ProxyError::UpstreamTimeout => metrics.upstream_error(None),
+            ProxyError::Store(_) => metrics.store_error(),
+            ProxyError::BodyTooLarge | ProxyError::BodyTimeout | ProxyError::BadRequest(_) => {}
+        }
+        tracing::warn!(
+            request_id = begun.request_id.to_str().unwrap_or(""),
+            kind = err.kind(),
+            error = %err,
+            "request failed"
+        );
+    }
+
+    /// Adds the headers every response over TLS gets.
+    pub(crate) fn finish_headers(&self, begun: &Begun, conn: &ConnInfo, h: &mut HeaderMap) {
+        if conn.tls {
+            if let Some(hsts) = &begun.settings.hsts {
+                h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+            }
+        }
+    }
+
+    /// Ends a request's bookkeeping: metrics and the access log line.
+    pub(crate) fn finish(
+        &self,
+        begun: Begun,
+        conn: &ConnInfo,
+        status: StatusCode,
+        bytes: Option<u64>,
+    ) {
+        let metrics = &self.state.metrics;
+        let took = begun.started.elapsed();
+        metrics.request(&begun.method, status, took);
+        if let Some(up) = begun.trace.upstream {
+            metrics.upstream_duration.observe(up);
+        }
+        if let Some(path) = begun.path {
+            tracing::info!(
+                target: "sessiongate::access",
+                method = %begun.method,
+                path = %path,
+                status = status.as_u16(),
+                bytes,
+                duration_ms = took.as_secs_f64() * 1000.0,
+                upstream_ms = begun.trace.upstream.map(|d| d.as_secs_f64() * 1000.0),
+                request_id = begun.request_id.to_str().unwrap_or(""),
+                session = begun.trace.session.map(|id| session_tag(&id)).as_deref(),
+                peer = %conn.peer.ip(),
+            );
+        }
+    }
+}
+
+/// Serves one request over hyper (HTTP/2, and HTTP/1 on the redirecting
+/// listener); never fails (errors become responses).
 pub async fn handle(
     worker: Arc<Worker>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let started = Instant::now();
-    let settings = worker.state.settings.load();
-    let method = req.method().clone();
-    let trusted = upstream::is_trusted(conn.peer.ip(), &settings.config.trusted_proxies);
-    // A trusted proxy's request id is kept (and logged); anybody else gets ours.
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
-        Some(id) if trusted && !id.is_empty() && id.len() <= 128 => id.clone(),
-        _ => worker.request_id(),
-    };
-    let log_access = settings.config.log.access;
-    let path = if log_access {
-        Some(req.uri().path().to_owned())
-    } else {
-        None
-    };
-    let mut trace = Trace::default();
-    let outcome = proxy(
-        &worker,
-        &settings,
-        &conn,
-        trusted,
-        req,
-        request_id.clone(),
-        &mut trace,
-    )
-    .await;
-    let metrics = &worker.state.metrics;
+    let (mut parts, body) = req.into_parts();
+    let mut begun = worker.begin(&conn, &parts);
+    let outcome = proxy(&worker, &conn, &mut begun, &mut parts, body).await;
     let mut response = match outcome {
         Ok(resp) => resp,
         Err(err) => {
-            match &err {
-                ProxyError::Upstream(kind) => metrics.upstream_error(Some(*kind)),
-                ProxyError::UpstreamTimeout => metrics.upstream_error(None),
-                ProxyError::Store(_) => metrics.store_error(),
-                ProxyError::BodyTooLarge | ProxyError::BodyTimeout | ProxyError::BadRequest(_) => {}
-            }
-            tracing::warn!(
-                request_id = request_id.to_str().unwrap_or(""),
-                kind = err.kind(),
-                error = %err,
-                "request failed"
-            );
+            worker.failed(&begun, &err);
             err.into_response().map(Either::Right)
         }
     };
-    if conn.tls {
-        if let Some(hsts) = &settings.hsts {
-            response
-                .headers_mut()
-                .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
-        }
-    }
-    let took = started.elapsed();
-    metrics.request(&method, response.status(), took);
-    if let Some(up) = trace.upstream {
-        metrics.upstream_duration.observe(up);
-    }
-    if let Some(path) = path {
-        let bytes = response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        tracing::info!(
-            target: "sessiongate::access",
-            method = %method,
-            path = %path,
-            status = response.status().as_u16(),
-            bytes,
-            duration_ms = took.as_secs_f64() * 1000.0,
-            upstream_ms = trace.upstream.map(|d| d.as_secs_f64() * 1000.0),
-            request_id = request_id.to_str().unwrap_or(""),
-            session = trace.session.map(|id| session_tag(&id)).as_deref(),
-            peer = %conn.peer.ip(),
-        );
-    }
+    worker.finish_headers(&begun, &conn, response.headers_mut());
+    let bytes = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    worker.finish(begun, &conn, response.status(), bytes);
     response
 }
 
@@ -289,36 +355,97 @@ fn session_tag(id: &SessionId) -> String {
 
 async fn proxy(
     worker: &Worker,
-    settings: &Settings,
     conn: &ConnInfo,
-    trusted: bool,
-    req: Request<Incoming>,
-    request_id: HeaderValue,
-    trace: &mut Trace,
+    begun: &mut Begun,
+    parts: &mut http::request::Parts,
+    body: Incoming,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let state = &*worker.state;
+    let mut exchange = prepare(worker, conn, begun, parts).await?;
+    let settings = &*begun.settings;
     let cfg = &settings.config;
-    let names = &cfg.session.headers;
-    let (mut parts, body) = req.into_parts();
+    let mut out = Request::from_parts(
+        std::mem::replace(parts, Request::new(()).into_parts().0),
+        RequestBody::new(
+            body,
+            cfg.limits.max_body_bytes,
+            cfg.limits.header_read_timeout,
+        ),
+    );
+    let client_upgrade = exchange.upgrade.then(|| hyper::upgrade::on(&mut out));
+
+    let asked = Instant::now();
+    let pool = worker.pool(settings);
+    let sent = tokio::time::timeout(cfg.upstream.timeout, pool.send(out)).await;
+    begun.trace.upstream = Some(asked.elapsed());
+    let mut resp = match sent {
+        Err(_) => return Err(ProxyError::UpstreamTimeout),
+        Ok(Err(SendError::Upstream(kind))) => return Err(ProxyError::Upstream(kind)),
+        Ok(Err(SendError::BodyTooLarge)) => return Err(ProxyError::BodyTooLarge),
+        Ok(Err(SendError::ClientBody)) => {
+            return Err(ProxyError::BadRequest("malformed request body"))
+        }
+        Ok(Err(SendError::BodyStalled)) => return Err(ProxyError::BodyTimeout),
+        Ok(Ok(resp)) => resp,
+    };
+    let status = resp.status();
+    respond(
+        &worker.state,
+        settings,
+        &mut exchange,
+        status,
+        resp.headers_mut(),
+    )
+    .await?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_side) = client_upgrade {
+            tunnel(client_side, hyper::upgrade::on(&mut resp));
+        }
+    }
+    Ok(resp.map(Either::Left))
+}
+
+/// A request's session state between its two halves: what [`prepare`] found and
+/// [`respond`] finishes.
+pub(crate) struct Exchange {
+    session: SessionState,
+    https: bool,
+    carried_session: bool,
+    /// The client asked for an upgrade (WebSocket).
+    pub upgrade: bool,
+    method: Method,
+}
+
+/// Steps 1 to 3: strips what the client may not send upstream, finds or makes the
+/// session and adds the headers that tell the upstream about it. On return `parts`
+/// is the request to send upstream (origin-form URI, HTTP/1.1).
+pub(crate) async fn prepare(
+    worker: &Worker,
+    conn: &ConnInfo,
+    begun: &mut Begun,
+    parts: &mut http::request::Parts,
+) -> Result<Exchange, ProxyError> {
+    let state = &*worker.state;
+    let settings = &*begun.settings;
+    let cfg = &settings.config;
 
     // 1. Strip what the client may not send upstream, before adding anything.
-    let inbound = inbound(settings, conn, trusted, &mut parts, Some(&state.metrics))?;
+    let inbound = inbound(settings, conn, begun.trusted, parts, Some(&state.metrics))?;
     let flavor = settings.jar.flavor(inbound.https);
 
     // 2. Find or make the session.
     // A Secure cookie is never sent over plain HTTP: with `secure: true`, such
     // requests get no session at all.
     let no_session = inbound.excluded || (flavor.secure && !inbound.https);
-    let (mut session, data) = if no_session {
+    let (session, data) = if no_session {
         (SessionState::Excluded, None)
     } else {
         resolve_session(state, cfg, &parts.method, &inbound.candidates).await?
     };
 
-    // 3. Tell the upstream, and send the request on with its body streamed.
+    // 3. Tell the upstream.
     let carried_session = matches!(session, SessionState::Live { .. });
     if let SessionState::Live { id, .. } = &session {
-        trace.session = Some(*id);
+        begun.trace.session = Some(*id);
     }
     let upstream_session = match &session {
         SessionState::Live { id, new, .. } => Some(UpstreamSession {
@@ -332,52 +459,50 @@ async fn proxy(
         settings,
         conn,
         &inbound,
-        &mut parts,
-        upstream_session,
-        request_id,
-    )?;
-    let upgrade = inbound.upgrade;
-    let method = parts.method.clone();
-    let mut out = Request::from_parts(
         parts,
-        RequestBody::new(
-            body,
-            cfg.limits.max_body_bytes,
-            cfg.limits.header_read_timeout,
-        ),
-    );
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut out));
-    *out.uri_mut() = upstream_uri;
-    *out.version_mut() = Version::HTTP_11;
+        upstream_session,
+        begun.request_id.clone(),
+    )?;
+    parts.uri = upstream_uri;
+    parts.version = Version::HTTP_11;
+    Ok(Exchange {
+        session,
+        https: inbound.https,
+        carried_session,
+        upgrade: inbound.upgrade,
+        method: parts.method.clone(),
+    })
+}
 
-    let asked = Instant::now();
-    let pool = worker.pool(settings);
-    let sent = tokio::time::timeout(cfg.upstream.timeout, pool.send(out)).await;
-    trace.upstream = Some(asked.elapsed());
-    let mut resp = match sent {
-        Err(_) => return Err(ProxyError::UpstreamTimeout),
-        Ok(Err(SendError::Upstream(kind))) => return Err(ProxyError::Upstream(kind)),
-        Ok(Err(SendError::BodyTooLarge)) => return Err(ProxyError::BodyTooLarge),
-        Ok(Err(SendError::ClientBody)) => {
-            return Err(ProxyError::BadRequest("malformed request body"))
-        }
-        Ok(Err(SendError::BodyStalled)) => return Err(ProxyError::BodyTimeout),
-        Ok(Ok(resp)) => resp,
-    };
-
-    // 4. Consume the upstream's write-back; none of it reaches the client.
-    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    let changes = take_write_back(resp.headers(), names);
-    upstream::strip_headers(resp.headers_mut(), &names.prefix, switching && upgrade);
-    if switching {
-        match client_upgrade {
-            Some(client_side) => tunnel(client_side, hyper::upgrade::on(&mut resp)),
-            None => return Err(ProxyError::Upstream(upstream::UpstreamFailure::Protocol)),
-        }
+/// Steps 4 and 5, on the upstream's response head: consumes the write-back (none
+/// of it reaches the client), then adds `Set-Cookie` and the caching headers.
+pub(crate) async fn respond(
+    state: &State,
+    settings: &Settings,
+    exchange: &mut Exchange,
+    status: StatusCode,
+    h: &mut HeaderMap,
+) -> Result<(), ProxyError> {
+    let names = &settings.config.session.headers;
+    let flavor = settings.jar.flavor(exchange.https);
+    // 4. Consume the upstream's write-back.
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && !exchange.upgrade {
+        return Err(ProxyError::Upstream(upstream::UpstreamFailure::Protocol));
     }
+    let changes = take_write_back(h, names);
+    upstream::strip_headers(h, &names.prefix, switching);
     let mut set_cookie = match changes {
         Ok(changes) if !changes.is_empty() => {
-            apply_write_back(state, settings, flavor, &method, &mut session, &changes).await?
+            apply_write_back(
+                state,
+                settings,
+                flavor,
+                &exchange.method,
+                &mut exchange.session,
+                &changes,
+            )
+            .await?
         }
         Ok(_) => None,
         Err(reason) => {
@@ -389,17 +514,16 @@ async fn proxy(
 
     // 5. The cookie, and headers that keep shared caches from mixing visitors.
     if set_cookie.is_none() {
-        set_cookie = cookie_for(settings, flavor, &session);
+        set_cookie = cookie_for(settings, flavor, &exchange.session);
     }
-    let h = resp.headers_mut();
     if let Some(value) = set_cookie {
         h.append(header::SET_COOKIE, value);
         make_private(h);
     }
-    if carried_session {
+    if exchange.carried_session {
         add_vary_cookie(h);
     }
-    Ok(resp.map(Either::Left))
+    Ok(())
 }
 
 /// What step 1 learned about a request.

@@ -449,17 +449,12 @@ async fn accept_loop(
         let role = role.clone();
         let open = worker.state.metrics.open_connections.clone();
         open.inc();
+        let mut stop = stop.clone();
         tokio::spawn(async move {
             match role {
                 Role::Plain => {
-                    serve(
-                        stream,
-                        ConnInfo::new(peer, false),
-                        worker,
-                        &builder,
-                        graceful,
-                    )
-                    .await
+                    let info = ConnInfo::new(peer, false);
+                    serve_h1(stream, info, worker, &builder, graceful, &mut stop, true).await
                 }
                 Role::Redirect { https_port } => {
                     redirect(stream, https_port, &builder, graceful).await
@@ -470,7 +465,13 @@ async fn accept_loop(
                         .await
                     {
                         Ok(Ok(tls)) => {
-                            serve(tls, ConnInfo::new(peer, true), worker, &builder, graceful).await
+                            let info = ConnInfo::new(peer, true);
+                            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                serve(tls, info, worker, &builder, graceful).await
+                            } else {
+                                serve_h1(tls, info, worker, &builder, graceful, &mut stop, false)
+                                    .await
+                            }
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -480,6 +481,79 @@ async fn accept_loop(
             open.dec();
             drop(permit);
         });
+    }
+}
+
+/// Serves a connection on the HTTP/1 path; a client that opens with the HTTP/2
+/// preface (`detect_h2`) is handed to hyper with the bytes read so far.
+async fn serve_h1<IO>(
+    io: IO,
+    info: ConnInfo,
+    worker: Arc<Worker>,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: Watcher,
+    stop: &mut watch::Receiver<bool>,
+    detect_h2: bool,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match crate::h1::serve(io, &info, &worker, stop, detect_h2).await {
+        crate::h1::Served::Closed => drop(graceful),
+        crate::h1::Served::H2 { io, read } => {
+            serve(Prefixed::new(read, io), info, worker, builder, graceful).await
+        }
+    }
+}
+
+/// A stream with bytes already read from it put back in front.
+struct Prefixed<IO> {
+    prefix: bytes::Bytes,
+    io: IO,
+}
+
+impl<IO> Prefixed<IO> {
+    fn new(prefix: bytes::Bytes, io: IO) -> Prefixed<IO> {
+        Prefixed { prefix, io }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

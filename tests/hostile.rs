@@ -9,11 +9,9 @@
 //! closed connection, oversized headers `431`, an oversized body `413`, a
 //! malformed upstream reply `502`.
 //!
-//! A test marked `#[ignore = "KNOWN DEVIATION ..."]` states the contract where
-//! hyper normalises the request before the proxy sees it (the README's "Hostile
-//! input" section says so); run them with `cargo test --test hostile -- --ignored`.
-//! The passing test beside each pins what does hold: nothing ambiguous reaches
-//! the upstream.
+//! Ambiguous framing (Content-Length beside Transfer-Encoding, a repeated
+//! Content-Length, bare LF line ends) is refused with `400`; the test beside each
+//! also pins that nothing ambiguous reaches the upstream.
 
 mod support;
 
@@ -92,8 +90,6 @@ fn post(headers: &str, body: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "KNOWN DEVIATION (README, Hostile input): hyper accepts CL+TE (TE wins, connection closed after) and the proxy \
-            cannot see the dropped Content-Length, so the request is forwarded; see report"]
 async fn content_length_with_transfer_encoding_gets_400() {
     let body = format!("0\r\n\r\n{SMUGGLED}");
     let bytes = post(
@@ -226,8 +222,6 @@ async fn content_length_list_gets_400() {
 }
 
 #[tokio::test]
-#[ignore = "KNOWN DEVIATION (README, Hostile input): hyper folds identical repeated Content-Length lines into one (RFC 9110 \
-            allows it); the contract asks for 400; see report"]
 async fn repeated_identical_content_length_gets_400() {
     let bytes = post("Content-Length: 5\r\nContent-Length: 5\r\n", "hello");
     assert_malformed_request_refused(&bytes).await;
@@ -392,8 +386,6 @@ async fn chunk_extensions_are_dropped_not_forwarded() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "KNOWN DEVIATION (README, Hostile input): httparse (in hyper) accepts bare LF as a line ending; the contract asks \
-            for 400; see report"]
 async fn bare_lf_line_endings_get_400() {
     let bytes = format!("GET / HTTP/1.1\nHost: example.test\nX-A: 1\n\n{SMUGGLED}");
     assert_malformed_request_refused(bytes.as_bytes()).await;

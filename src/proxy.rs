@@ -231,6 +231,8 @@ pub(crate) struct Begun {
     pub request_id: HeaderValue,
     path: Option<String>,
     pub trace: Trace,
+    /// Counted and logged already.
+    finished: bool,
 }
 
 impl Worker {
@@ -256,6 +258,7 @@ impl Worker {
             request_id,
             path,
             trace: Trace::default(),
+            finished: false,
         }
     }
 
@@ -286,21 +289,26 @@ impl Worker {
         }
     }
 
-    /// Ends a request's bookkeeping: metrics and the access log line.
+    /// Ends a request's bookkeeping: metrics and the access log line. Called when
+    /// the response head is ready, before it is sent, so that a client that has
+    /// its response sees it counted; later calls do nothing.
     pub(crate) fn finish(
         &self,
-        begun: Begun,
+        begun: &mut Begun,
         conn: &ConnInfo,
         status: StatusCode,
         bytes: Option<u64>,
     ) {
+        if std::mem::replace(&mut begun.finished, true) {
+            return;
+        }
         let metrics = &self.state.metrics;
         let took = begun.started.elapsed();
         metrics.request(&begun.method, status, took);
         if let Some(up) = begun.trace.upstream {
             metrics.upstream_duration.observe(up);
         }
-        if let Some(path) = begun.path {
+        if let Some(path) = begun.path.take() {
             tracing::info!(
                 target: "sessiongate::access",
                 method = %begun.method,
@@ -340,7 +348,7 @@ pub async fn handle(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    worker.finish(begun, &conn, response.status(), bytes);
+    worker.finish(&mut begun, &conn, response.status(), bytes);
     response
 }
 
@@ -904,6 +912,10 @@ fn cookie_for(
 
 /// A response that sets the proxy's cookie must not be stored by shared caches.
 fn make_private(h: &mut HeaderMap) {
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+        return;
+    }
     let existing: Vec<String> = h
         .get_all(header::CACHE_CONTROL)
         .iter()

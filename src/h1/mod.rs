@@ -97,7 +97,7 @@ where
         let closing = !head.keep_alive || *stop.borrow();
         match exchange(&mut io, &mut buf, conn, worker, &mut begun, *head, closing).await {
             Ok(done) => {
-                worker.finish(begun, conn, done.status, done.bytes);
+                worker.finish(&mut begun, conn, done.status, done.bytes);
                 match done.next {
                     Next::KeepAlive => {}
                     Next::Close => {
@@ -130,15 +130,15 @@ where
                     close_after,
                 );
                 out.extend_from_slice(body.as_bytes());
+                worker.finish(&mut begun, conn, status, Some(body.len() as u64));
                 let sent = send(&mut io, &out).await.is_ok();
-                worker.finish(begun, conn, status, Some(body.len() as u64));
                 if close_after || !sent {
                     close(&mut io).await;
                     return Served::Closed;
                 }
             }
             Err(Failed::Io { status }) => {
-                worker.finish(begun, conn, status, None);
+                worker.finish(&mut begun, conn, status, None);
                 return Served::Closed;
             }
         }
@@ -322,10 +322,14 @@ async fn close<W: AsyncWrite + Unpin>(io: &mut W) {
 }
 
 /// Reads more of the upstream's response into its buffer; 0 means it closed.
-async fn read_upstream(up: &mut client::Conn, timeout: Duration) -> std::io::Result<usize> {
+/// `timeout`: none while the whole round trip is already bounded.
+async fn read_upstream(up: &mut client::Conn, timeout: Option<Duration>) -> std::io::Result<usize> {
     if up.buf.capacity() - up.buf.len() < 1024 {
         up.buf.reserve(BODY_CHUNK);
     }
+    let Some(timeout) = timeout else {
+        return up.io.read_buf(&mut up.buf).await;
+    };
     match tokio::time::timeout(timeout, up.io.read_buf(&mut up.buf)).await {
         Ok(read) => read,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
@@ -448,17 +452,10 @@ where
                         return Err(Failed::upstream(UpstreamFailure::Protocol, true));
                     }
                 }
-                match read_upstream(&mut up, timeout).await {
+                match read_upstream(&mut up, None).await {
                     Ok(n) if n > 0 => received = true,
                     Ok(_) | Err(_) if retry && !received => break,
-                    Ok(_) => return Err(Failed::upstream(UpstreamFailure::Reset, true)),
-                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                        return Err(Failed::Proxy {
-                            err: ProxyError::UpstreamTimeout,
-                            clean: true,
-                        })
-                    }
-                    Err(_) => return Err(Failed::upstream(UpstreamFailure::Reset, true)),
+                    Ok(_) | Err(_) => return Err(Failed::upstream(UpstreamFailure::Reset, true)),
                 }
             }
             fresh_only = true;
@@ -504,6 +501,7 @@ where
     };
     let mut resp = Vec::with_capacity(512);
     codec::write_response(&mut resp, status, &rh.headers, outgoing, close_client);
+    worker.finish(begun, conn, status, bytes);
     let broke = Failed::Io { status };
 
     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -527,7 +525,7 @@ where
             left -= here as u64;
             send(io, &resp).await.map_err(|_| Failed::Io { status })?;
             while left > 0 {
-                match read_upstream(&mut up, timeout).await {
+                match read_upstream(&mut up, Some(timeout)).await {
                     Ok(n) if n > 0 => {}
                     _ => return Err(Failed::Io { status }),
                 }
@@ -559,7 +557,7 @@ where
                     send(io, &resp).await.map_err(|_| Failed::Io { status })?;
                     resp.clear();
                 }
-                match read_upstream(&mut up, timeout).await {
+                match read_upstream(&mut up, Some(timeout)).await {
                     Ok(n) if n > 0 => {}
                     _ => {
                         let _ = send(io, &resp).await;
@@ -588,7 +586,7 @@ where
                 }
                 send(io, &resp).await.map_err(|_| Failed::Io { status })?;
                 resp.clear();
-                match read_upstream(&mut up, timeout).await {
+                match read_upstream(&mut up, Some(timeout)).await {
                     Ok(0) => break,
                     Ok(_) => {}
                     Err(_) => return Err(Failed::Io { status }),

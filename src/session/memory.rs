@@ -299,20 +299,20 @@ impl MemoryStore {
     fn insert(&self, data: SessionData, now: u64) -> SessionId {
         let inner = &self.inner;
         self.reserve_slot();
-        let mut id = SessionId::random();
-        // 2^-256 odds, but a collision must never merge two visitors.
-        while inner.sessions.contains_key(&id) {
-            id = SessionId::random();
-        }
-        inner.sessions.insert(
-            id,
-            Entry {
-                data: data.header().map(|h| h.as_bytes().into()),
-                created_s: secs(now),
-                last_seen_s: AtomicU32::new(secs(now)),
-                returned: AtomicBool::new(false),
-            },
-        );
+        // 2^-256 odds, but a collision must never merge two visitors: the slot is
+        // taken only if it is free, in one step.
+        let id = loop {
+            let id = SessionId::random();
+            if let dashmap::Entry::Vacant(slot) = inner.sessions.entry(id) {
+                slot.insert(Entry {
+                    data: data.header().map(|h| h.as_bytes().into()),
+                    created_s: secs(now),
+                    last_seen_s: AtomicU32::new(secs(now)),
+                    returned: AtomicBool::new(false),
+                });
+                break id;
+            }
+        };
         inner
             .fresh
             .lock()

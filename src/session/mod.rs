@@ -23,11 +23,33 @@ pub use memory::MemoryStore;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId([u8; 32]);
 
+/// OS randomness fetched 1 KiB at a time per thread, so creating a session is not a
+/// system call each time. Bytes handed out are wiped from the buffer.
+struct RandomBuffer {
+    bytes: [u8; 1024],
+    used: usize,
+}
+
+thread_local! {
+    static RANDOM: std::cell::RefCell<RandomBuffer> = const {
+        std::cell::RefCell::new(RandomBuffer { bytes: [0; 1024], used: 1024 })
+    };
+}
+
 impl SessionId {
     pub fn random() -> SessionId {
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).expect("the operating system's random source failed");
-        SessionId(bytes)
+        RANDOM.with_borrow_mut(|r| {
+            if r.used + 32 > r.bytes.len() {
+                getrandom::fill(&mut r.bytes).expect("the operating system's random source failed");
+                r.used = 0;
+            }
+            let taken = &mut r.bytes[r.used..r.used + 32];
+            let mut id = [0u8; 32];
+            id.copy_from_slice(taken);
+            taken.fill(0);
+            r.used += 32;
+            SessionId(id)
+        })
     }
 
     pub fn from_bytes(bytes: [u8; 32]) -> SessionId {

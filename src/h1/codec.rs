@@ -11,6 +11,7 @@ use std::mem::MaybeUninit;
 use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
+use smallvec::SmallVec;
 
 /// Headers a head may carry.
 pub const MAX_HEADERS: usize = 128;
@@ -67,8 +68,9 @@ struct Span {
     value: (usize, usize),
 }
 
-/// The parsed headers as offsets, so the buffer can be frozen and sliced.
-fn spans_of(buf: &[u8], headers: &[httparse::Header<'_>]) -> Vec<Span> {
+/// The parsed headers as offsets, so the buffer can be frozen and sliced (on the
+/// stack for the usual number of headers).
+fn spans_of(buf: &[u8], headers: &[httparse::Header<'_>]) -> SmallVec<[Span; 32]> {
     headers
         .iter()
         .map(|h| Span {
@@ -319,11 +321,12 @@ pub fn parse_response(
         if framing.lengths > 0 {
             return Err(BadResponse("both Content-Length and Transfer-Encoding"));
         }
-        if framing.chunked && framing.encodings == 1 {
-            Framing::Chunked
-        } else {
-            Framing::Close
+        // Any coding but a lone `chunked` would reach the client undeclared once
+        // the hop-by-hop Transfer-Encoding is dropped.
+        if !(framing.chunked && framing.encodings == 1) {
+            return Err(BadResponse("unsupported Transfer-Encoding"));
         }
+        Framing::Chunked
     } else {
         match framing.length {
             Some(0) => Framing::Empty,
@@ -640,6 +643,10 @@ mod tests {
             &get
         )
         .is_err());
+        for te in ["gzip, chunked", "gzip"] {
+            let head = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert!(parse(&head, &get).is_err(), "{te}");
+        }
     }
 
     #[test]

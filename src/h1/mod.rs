@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderValue};
-use http::{StatusCode, Version};
+use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -377,6 +377,10 @@ where
     body.take(buf, &mut out)
         .map_err(|err| Failed::Proxy { err, clean: false })?;
     let replayable = body.done;
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
     let stall = cfg.limits.header_read_timeout;
 
     let pool = worker.h1_pool(settings);
@@ -395,8 +399,9 @@ where
                     .map_err(|kind| Failed::upstream(kind, body.done))?,
             };
             // A reused connection the upstream closed while idle fails here or
-            // before any response byte: a request sent whole is tried again once.
-            let retry = up.reused && replayable;
+            // before any response byte: an idempotent request sent whole is tried
+            // again once on a new connection. Others are never sent twice.
+            let retry = up.reused && replayable && idempotent;
             if let Err(e) = send(&mut up.io, &out).await {
                 if retry {
                     fresh_only = true;
@@ -553,20 +558,14 @@ where
                 if decoder.is_done() {
                     break;
                 }
-                if resp.len() > BODY_CHUNK {
+                // What arrived goes out before waiting for more (event streams).
+                if !resp.is_empty() {
                     send(io, &resp).await.map_err(|_| Failed::Io { status })?;
                     resp.clear();
                 }
                 match read_upstream(&mut up, Some(timeout)).await {
                     Ok(n) if n > 0 => {}
-                    _ => {
-                        let _ = send(io, &resp).await;
-                        return Err(Failed::Io { status });
-                    }
-                }
-                if !resp.is_empty() && up.buf.len() < 16 {
-                    send(io, &resp).await.map_err(|_| Failed::Io { status })?;
-                    resp.clear();
+                    _ => return Err(Failed::Io { status }),
                 }
             }
             if outgoing == Outgoing::Chunked {

@@ -7,10 +7,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use http::{HeaderValue, Request};
+use http::{HeaderValue, Method, StatusCode};
 use sessiongate::config::Config;
 use sessiongate::cookie::SigningKeys;
-use sessiongate::proxy::{self, ConnInfo, Settings, UpstreamSession};
+use sessiongate::h1::codec::{self, Framing, Outgoing};
+use sessiongate::headers::{self, RequestView, UpstreamSession};
+use sessiongate::proxy::{ConnInfo, Settings};
 use sessiongate::session::memory::{MemorySettings, MemoryStore};
 use sessiongate::session::{Changes, SessionData, SessionId, SessionStore};
 
@@ -43,29 +45,77 @@ fn store() -> MemoryStore {
     })
 }
 
-fn browser_request(cookie: &str) -> http::request::Parts {
-    let (parts, ()) = Request::builder()
-        .uri("/account/settings?tab=profile")
-        .header("host", "www.example.com")
-        .header(
-            "user-agent",
-            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120 Safari/537.36",
-        )
-        .header(
-            "accept",
-            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-        )
-        .header("accept-language", "en-GB,en;q=0.9")
-        .header("accept-encoding", "gzip, deflate, br")
-        .header(
-            "cookie",
-            format!("_ga=GA1.2.1234; sessiongate={cookie}; theme=dark"),
-        )
-        .header("connection", "keep-alive")
-        .body(())
-        .expect("request")
-        .into_parts();
-    parts
+/// A browser's request head, as bytes on the wire.
+fn browser_request(cookie: &str) -> Vec<u8> {
+    format!(
+        "GET /account/settings?tab=profile HTTP/1.1\r\n\
+         Host: www.example.com\r\n\
+         User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120 Safari/537.36\r\n\
+         Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n\
+         Accept-Language: en-GB,en;q=0.9\r\n\
+         Accept-Encoding: gzip, deflate, br\r\n\
+         Cookie: _ga=GA1.2.1234; sessiongate={cookie}; theme=dark\r\n\
+         Connection: keep-alive\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// An application's response head, as bytes on the wire.
+const APP_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: app\r\n\
+    Content-Type: text/html; charset=utf-8\r\nContent-Length: 1234\r\n\
+    Cache-Control: no-cache\r\nX-Session-Set: theme=dark\r\n\r\n";
+
+/// The upstream request head for `raw`: parse, the header rules, write.
+fn upstream_head(
+    settings: &Settings,
+    conn: &ConnInfo,
+    raw: &[u8],
+    session: Option<UpstreamSession<'_>>,
+    request_id: &HeaderValue,
+) -> Vec<u8> {
+    let head = codec::parse_request(raw).expect("request head");
+    let view = RequestView {
+        path: b"/account/settings",
+        target: head.target,
+        authority: None,
+        lines: &head.lines,
+    };
+    let scan = headers::scan_request(settings, conn, false, &view, None).expect("scan");
+    let extras = scan.extras(settings, conn, session, request_id);
+    let mut out = Vec::with_capacity(1024);
+    codec::write_request(
+        &mut out,
+        &head.method,
+        view.target,
+        &head.lines,
+        &scan.keep,
+        &extras,
+        Framing::Empty,
+    );
+    out
+}
+
+/// The client's response head for [`APP_RESPONSE`]: parse, the write-back and
+/// caching rules, write.
+fn client_head(settings: &Settings, set_cookie: Option<HeaderValue>) -> Vec<u8> {
+    let head = codec::parse_response(APP_RESPONSE, 65536, &Method::GET)
+        .expect("response head")
+        .expect("whole");
+    let names = &settings.config.session.headers;
+    let scan = headers::scan_response(&head.lines, names, false);
+    let mut keep = scan.keep;
+    let extras = headers::response_extras(&head.lines, &mut keep, set_cookie, true, None, false);
+    let mut out = Vec::with_capacity(512);
+    codec::write_response(
+        &mut out,
+        StatusCode::OK,
+        &head.lines,
+        &keep,
+        &extras,
+        Outgoing::AsIs,
+        false,
+    );
+    out
 }
 
 fn bench(c: &mut Criterion) {
@@ -123,56 +173,54 @@ fn bench(c: &mut Criterion) {
     let conn = ConnInfo::new("127.0.0.1:50000".parse().expect("addr"), false);
     let request_id = HeaderValue::from_static("0123456789abcdef0123");
     let data_header = data.header().cloned();
-    c.bench_function("request headers (strip, cookie, session, forwarded)", |b| {
-        b.iter_batched(
-            || browser_request(&cookie),
-            |mut parts| {
-                let inbound =
-                    proxy::inbound(&settings, &conn, false, &mut parts, None).expect("inbound");
+    let raw = browser_request(&cookie);
+    c.bench_function(
+        "request head (parse, strip, verify cookie, session, forwarded, write)",
+        |b| {
+            b.iter(|| {
                 let session = UpstreamSession {
                     id: &id,
                     new: false,
                     data: data_header.clone(),
                 };
-                let uri = proxy::outbound(
+                upstream_head(
                     &settings,
                     &conn,
-                    &inbound,
-                    &mut parts,
+                    black_box(&raw),
                     Some(session),
-                    request_id.clone(),
-                );
-                (parts, uri)
-            },
-            criterion::BatchSize::SmallInput,
-        )
+                    &request_id,
+                )
+            })
+        },
+    );
+    c.bench_function("response head (parse, write-back, vary, write)", |b| {
+        b.iter(|| client_head(&settings, None))
     });
-    c.bench_function("sign+verify+lookup+headers (one request)", |b| {
-        b.iter_batched(
-            || browser_request(&cookie),
-            |mut parts| {
-                let inbound =
-                    proxy::inbound(&settings, &conn, false, &mut parts, None).expect("inbound");
+    let live = keys.sign(&ids[0]);
+    let raw_live = browser_request(&live);
+    c.bench_function(
+        "one request: both heads, verify, lookup, re-sign (sign+verify+lookup+headers)",
+        |b| {
+            b.iter(|| {
                 let found = ready(s.load(&ids[0]));
                 let session = UpstreamSession {
                     id: &ids[0],
                     new: false,
                     data: data_header.clone(),
                 };
-                let uri = proxy::outbound(
+                let up = upstream_head(
                     &settings,
                     &conn,
-                    &inbound,
-                    &mut parts,
+                    black_box(&raw_live),
                     Some(session),
-                    request_id.clone(),
+                    &request_id,
                 );
-                let resigned = keys.sign(&ids[0]);
-                (parts, uri, found, resigned)
-            },
-            criterion::BatchSize::SmallInput,
-        )
-    });
+                let resigned = settings.jar.plain.set_cookie(&keys.sign(&ids[0]), None);
+                let down = client_head(&settings, Some(resigned));
+                (found, up, down)
+            })
+        },
+    );
 }
 
 criterion_group! {

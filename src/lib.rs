@@ -26,6 +26,7 @@ pub mod cookie;
 pub mod devcert;
 pub mod error;
 pub mod h1;
+pub mod headers;
 pub mod logging;
 pub mod metrics;
 pub mod pool;

@@ -7,6 +7,7 @@
 //! 4. consume the upstream's write-back headers and apply them;
 //! 5. add `Set-Cookie` when needed, fix caching headers, stream the body back.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,12 +21,13 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::config::{Config, CreateMode};
-use crate::cookie::{cookie_pairs, CookieFlavor, CookieJar, Refused, Verified};
+use crate::cookie::{CookieFlavor, CookieJar, Verified};
 use crate::error::ProxyError;
+use crate::headers::{self, Candidate, Extras, Keep, Line, RequestView, UpstreamSession};
 use crate::metrics::{CookieRejection, Metrics};
 use crate::pool::{Pool, PooledBody, SendError};
 use crate::session::{
-    is_true, now_ms, Applied, Changes, Lookup, SessionData, SessionId, SessionStore, Store,
+    now_ms, Applied, Changes, Lookup, SessionData, SessionId, SessionStore, Store,
 };
 use crate::upstream::{self, RequestBody};
 
@@ -39,7 +41,7 @@ pub struct ConnInfo {
     /// The request arrived over TLS.
     pub tls: bool,
     /// The peer's IP as a header value, for `X-Forwarded-For`.
-    peer_header: HeaderValue,
+    pub(crate) peer_header: HeaderValue,
 }
 
 impl ConnInfo {
@@ -59,12 +61,17 @@ pub struct Settings {
     pub config: Config,
     pub jar: CookieJar,
     /// `Host` for the upstream when `preserve_host` is off.
-    upstream_host: Option<HeaderValue>,
+    pub(crate) upstream_host: Option<HeaderValue>,
     /// `Strict-Transport-Security` for responses over TLS.
     hsts: Option<HeaderValue>,
 }
 
 impl Settings {
+    /// `Strict-Transport-Security` for a response on `conn`, if any.
+    pub(crate) fn hsts_for(&self, conn: &ConnInfo) -> Option<&HeaderValue> {
+        self.hsts.as_ref().filter(|_| conn.tls)
+    }
+
     pub fn new(config: Config) -> Settings {
         let jar = config.session.cookie.jar();
         let upstream_host = config
@@ -237,23 +244,29 @@ pub(crate) struct Begun {
 
 impl Worker {
     /// Starts a request's bookkeeping, before any of its work.
-    pub(crate) fn begin(&self, conn: &ConnInfo, parts: &http::request::Parts) -> Begun {
+    pub(crate) fn begin(
+        &self,
+        conn: &ConnInfo,
+        method: &Method,
+        path: &[u8],
+        client_request_id: Option<&[u8]>,
+    ) -> Begun {
         let settings = self.state.settings.load();
         let trusted = upstream::is_trusted(conn.peer.ip(), &settings.config.trusted_proxies);
         // A trusted proxy's request id is kept (and logged); anybody else gets ours.
-        let request_id = match parts.headers.get(&X_REQUEST_ID) {
-            Some(id) if trusted && !id.is_empty() && id.len() <= 128 => id.clone(),
-            _ => self.request_id(),
-        };
+        let request_id = client_request_id
+            .filter(|id| trusted && !id.is_empty() && id.len() <= 128)
+            .and_then(|id| HeaderValue::from_bytes(id).ok())
+            .unwrap_or_else(|| self.request_id());
         let path = settings
             .config
             .log
             .access
-            .then(|| parts.uri.path().to_owned());
+            .then(|| String::from_utf8_lossy(path).into_owned());
         Begun {
             started: Instant::now(),
             settings,
-            method: parts.method.clone(),
+            method: method.clone(),
             trusted,
             request_id,
             path,
@@ -280,12 +293,11 @@ impl Worker {
         );
     }
 
-    /// Adds the headers every response over TLS gets.
+    /// Adds the headers every response over TLS gets to a response the proxy
+    /// makes itself.
     pub(crate) fn finish_headers(&self, begun: &Begun, conn: &ConnInfo, h: &mut HeaderMap) {
-        if conn.tls {
-            if let Some(hsts) = &begun.settings.hsts {
-                h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
-            }
+        if let Some(hsts) = begun.settings.hsts_for(conn) {
+            h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
     }
 
@@ -332,9 +344,15 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let (mut parts, body) = req.into_parts();
-    let mut begun = worker.begin(&conn, &parts);
-    let outcome = proxy(&worker, &conn, &mut begun, &mut parts, body).await;
+    let (parts, body) = req.into_parts();
+    let client_request_id = parts.headers.get(&X_REQUEST_ID).map(|v| v.as_bytes());
+    let mut begun = worker.begin(
+        &conn,
+        &parts.method,
+        parts.uri.path().as_bytes(),
+        client_request_id,
+    );
+    let outcome = proxy(&worker, &conn, &mut begun, &parts, body).await;
     let mut response = match outcome {
         Ok(resp) => resp,
         Err(err) => {
@@ -365,26 +383,57 @@ async fn proxy(
     worker: &Worker,
     conn: &ConnInfo,
     begun: &mut Begun,
-    parts: &mut http::request::Parts,
+    parts: &http::request::Parts,
     body: Incoming,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let mut exchange = prepare(worker, conn, begun, parts).await?;
-    let settings = &*begun.settings;
+    let Begun {
+        settings,
+        trusted,
+        request_id,
+        trace,
+        ..
+    } = begun;
+    let settings: &Settings = settings;
     let cfg = &settings.config;
-    let mut out = Request::from_parts(
-        std::mem::replace(parts, Request::new(()).into_parts().0),
-        RequestBody::new(
-            body,
-            cfg.limits.max_body_bytes,
-            cfg.limits.header_read_timeout,
-        ),
-    );
-    let client_upgrade = exchange.upgrade.then(|| hyper::upgrade::on(&mut out));
+    let lines = headers::lines_of(&parts.headers);
+    let view = RequestView {
+        path: parts.uri.path().as_bytes(),
+        target: parts
+            .uri
+            .path_and_query()
+            .map_or(b"/", |pq| pq.as_str().as_bytes()),
+        authority: parts.uri.authority().map(|a| a.as_str().as_bytes()),
+        lines: &lines,
+    };
+    let state = &*worker.state;
+    let prepared = prepare(
+        state,
+        settings,
+        conn,
+        *trusted,
+        request_id,
+        &parts.method,
+        &view,
+        trace,
+    )
+    .await?;
+    let mut exchange = prepared.exchange;
+    let uri = Uri::try_from(&*prepared.target)
+        .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+    let mut out = Request::new(RequestBody::new(
+        body,
+        cfg.limits.max_body_bytes,
+        cfg.limits.header_read_timeout,
+    ));
+    *out.method_mut() = parts.method.clone();
+    *out.uri_mut() = uri;
+    *out.version_mut() = Version::HTTP_11;
+    *out.headers_mut() = headers::to_header_map(&parts.headers, &prepared.keep, &prepared.extras);
 
     let asked = Instant::now();
     let pool = worker.pool(settings);
     let sent = tokio::time::timeout(cfg.upstream.timeout, pool.send(out)).await;
-    begun.trace.upstream = Some(asked.elapsed());
+    trace.upstream = Some(asked.elapsed());
     let mut resp = match sent {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(SendError::Upstream(kind))) => return Err(ProxyError::Upstream(kind)),
@@ -396,19 +445,20 @@ async fn proxy(
         Ok(Ok(resp)) => resp,
     };
     let status = resp.status();
-    respond(
-        &worker.state,
-        settings,
-        &mut exchange,
-        status,
-        resp.headers_mut(),
-    )
-    .await?;
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_side) = client_upgrade {
-            tunnel(client_side, hyper::upgrade::on(&mut resp));
-        }
-    }
+    let rewritten = {
+        let lines = headers::lines_of(resp.headers());
+        let (keep, extras) = respond(
+            state,
+            settings,
+            &mut exchange,
+            status,
+            &lines,
+            settings.hsts_for(conn),
+        )
+        .await?;
+        headers::to_header_map(resp.headers(), &keep, &extras)
+    };
+    *resp.headers_mut() = rewritten;
     Ok(resp.map(Either::Left))
 }
 
@@ -423,37 +473,49 @@ pub(crate) struct Exchange {
     method: Method,
 }
 
+/// What steps 1 to 3 decided: the request to send upstream is the kept lines,
+/// the proxy's extra lines, and `target`.
+pub(crate) struct Prepared<'a> {
+    pub exchange: Exchange,
+    pub keep: Keep,
+    pub extras: Extras<'a>,
+    /// The target for the upstream, in origin form under `upstream.base_path`.
+    pub target: Cow<'a, [u8]>,
+}
+
 /// Steps 1 to 3: strips what the client may not send upstream, finds or makes the
-/// session and adds the headers that tell the upstream about it. On return `parts`
-/// is the request to send upstream (origin-form URI, HTTP/1.1).
-pub(crate) async fn prepare(
-    worker: &Worker,
-    conn: &ConnInfo,
-    begun: &mut Begun,
-    parts: &mut http::request::Parts,
-) -> Result<Exchange, ProxyError> {
-    let state = &*worker.state;
-    let settings = &*begun.settings;
+/// session, and works out the lines that tell the upstream about it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn prepare<'a>(
+    state: &State,
+    settings: &'a Settings,
+    conn: &'a ConnInfo,
+    trusted: bool,
+    request_id: &'a HeaderValue,
+    method: &Method,
+    view: &RequestView<'a>,
+    trace: &mut Trace,
+) -> Result<Prepared<'a>, ProxyError> {
     let cfg = &settings.config;
 
     // 1. Strip what the client may not send upstream, before adding anything.
-    let inbound = inbound(settings, conn, begun.trusted, parts, Some(&state.metrics))?;
-    let flavor = settings.jar.flavor(inbound.https);
+    let scan = headers::scan_request(settings, conn, trusted, view, Some(&state.metrics))?;
+    let flavor = settings.jar.flavor(scan.https);
 
     // 2. Find or make the session.
     // A Secure cookie is never sent over plain HTTP: with `secure: true`, such
     // requests get no session at all.
-    let no_session = inbound.excluded || (flavor.secure && !inbound.https);
+    let no_session = scan.excluded || (flavor.secure && !scan.https);
     let (session, data) = if no_session {
         (SessionState::Excluded, None)
     } else {
-        resolve_session(state, cfg, &parts.method, &inbound.candidates).await?
+        resolve_session(state, cfg, method, &scan.candidates).await?
     };
 
     // 3. Tell the upstream.
     let carried_session = matches!(session, SessionState::Live { .. });
     if let SessionState::Live { id, .. } = &session {
-        begun.trace.session = Some(*id);
+        trace.session = Some(*id);
     }
     let upstream_session = match &session {
         SessionState::Live { id, new, .. } => Some(UpstreamSession {
@@ -463,34 +525,42 @@ pub(crate) async fn prepare(
         }),
         _ => None,
     };
-    let upstream_uri = outbound(
-        settings,
-        conn,
-        &inbound,
-        parts,
-        upstream_session,
-        begun.request_id.clone(),
-    )?;
-    parts.uri = upstream_uri;
-    parts.version = Version::HTTP_11;
-    Ok(Exchange {
-        session,
-        https: inbound.https,
-        carried_session,
-        upgrade: inbound.upgrade,
-        method: parts.method.clone(),
+    let extras = scan.extras(settings, conn, upstream_session, request_id);
+    let target = if view.target.is_empty() {
+        &b"/"[..]
+    } else {
+        view.target
+    };
+    let target = if cfg.upstream.base_path.is_empty() {
+        Cow::Borrowed(target)
+    } else {
+        Cow::Owned([cfg.upstream.base_path.as_bytes(), target].concat())
+    };
+    Ok(Prepared {
+        exchange: Exchange {
+            session,
+            https: scan.https,
+            carried_session,
+            upgrade: scan.upgrade,
+            method: method.clone(),
+        },
+        keep: scan.keep,
+        extras,
+        target,
     })
 }
 
 /// Steps 4 and 5, on the upstream's response head: consumes the write-back (none
-/// of it reaches the client), then adds `Set-Cookie` and the caching headers.
-pub(crate) async fn respond(
+/// of it reaches the client), then works out `Set-Cookie` and the caching
+/// headers. Returns which lines go on and what is added.
+pub(crate) async fn respond<'a>(
     state: &State,
-    settings: &Settings,
+    settings: &'a Settings,
     exchange: &mut Exchange,
     status: StatusCode,
-    h: &mut HeaderMap,
-) -> Result<(), ProxyError> {
+    lines: &[Line<'_>],
+    hsts: Option<&'a HeaderValue>,
+) -> Result<(Keep, Extras<'a>), ProxyError> {
     let names = &settings.config.session.headers;
     let flavor = settings.jar.flavor(exchange.https);
     // 4. Consume the upstream's write-back.
@@ -498,9 +568,9 @@ pub(crate) async fn respond(
     if switching && !exchange.upgrade {
         return Err(ProxyError::Upstream(upstream::UpstreamFailure::Protocol));
     }
-    let changes = take_write_back(h, names);
-    upstream::strip_headers(h, &names.prefix, switching);
-    let mut set_cookie = match changes {
+    let scan = headers::scan_response(lines, names, switching);
+    let mut keep = scan.keep;
+    let mut set_cookie = match scan.changes {
         Ok(changes) if !changes.is_empty() => {
             apply_write_back(
                 state,
@@ -524,204 +594,15 @@ pub(crate) async fn respond(
     if set_cookie.is_none() {
         set_cookie = cookie_for(settings, flavor, &exchange.session);
     }
-    if let Some(value) = set_cookie {
-        h.append(header::SET_COOKIE, value);
-        make_private(h);
-    }
-    if exchange.carried_session {
-        add_vary_cookie(h);
-    }
-    Ok(())
-}
-
-/// What step 1 learned about a request.
-pub struct Inbound {
-    /// Arrived over TLS, or via a trusted proxy that says so.
-    pub https: bool,
-    trusted: bool,
-    upgrade: bool,
-    excluded: bool,
-    candidates: Vec<Candidate>,
-}
-
-/// The session as the upstream is told about it.
-pub struct UpstreamSession<'a> {
-    pub id: &'a SessionId,
-    pub new: bool,
-    pub data: Option<HeaderValue>,
-}
-
-/// Step 1: refuses what can never be forwarded, strips hop-by-hop and
-/// session-prefixed headers, and takes the proxy's cookie out of `Cookie`.
-/// `trusted`: the peer is in `trusted_proxies` (decided once per request).
-pub fn inbound(
-    settings: &Settings,
-    conn: &ConnInfo,
-    trusted: bool,
-    parts: &mut http::request::Parts,
-    metrics: Option<&Metrics>,
-) -> Result<Inbound, ProxyError> {
-    let cfg = &settings.config;
-    if let Some(limit) = cfg.limits.max_body_bytes {
-        if content_length(&parts.headers).is_some_and(|n| n > limit) {
-            return Err(ProxyError::BodyTooLarge);
-        }
-    }
-    // hyper refuses most ambiguous framing itself; a repeated or listed
-    // Transfer-Encoding it would accept, so it is refused here.
-    let mut te = parts.headers.get_all(header::TRANSFER_ENCODING).iter();
-    if let Some(first) = te.next() {
-        if te.next().is_some() || first.as_bytes().contains(&b',') {
-            return Err(ProxyError::BadRequest("ambiguous Transfer-Encoding"));
-        }
-    }
-    let https = conn.tls || (trusted && forwarded_https(&parts.headers));
-    let upgrade = upstream::wants_upgrade(&parts.headers);
-    upstream::strip_headers(&mut parts.headers, &cfg.session.headers.prefix, upgrade);
-    let candidates = take_proxy_cookies(
-        &mut parts.headers,
-        settings,
-        settings.jar.flavor(https),
-        metrics,
+    let extras = headers::response_extras(
+        lines,
+        &mut keep,
+        set_cookie,
+        exchange.carried_session,
+        hsts,
+        switching,
     );
-    let excluded = cfg
-        .session
-        .exclude_paths
-        .iter()
-        .any(|p| parts.uri.path().starts_with(p.as_str()));
-    Ok(Inbound {
-        https,
-        trusted,
-        upgrade,
-        excluded,
-        candidates,
-    })
-}
-
-/// Step 3's headers: the session headers, `X-Forwarded-*`, `X-Request-Id`, `Host`.
-/// Returns the upstream URI.
-pub fn outbound(
-    settings: &Settings,
-    conn: &ConnInfo,
-    inbound: &Inbound,
-    parts: &mut http::request::Parts,
-    session: Option<UpstreamSession<'_>>,
-    request_id: HeaderValue,
-) -> Result<Uri, ProxyError> {
-    let cfg = &settings.config;
-    let names = &cfg.session.headers;
-    if let Some(s) = session {
-        parts
-            .headers
-            .insert(names.id.clone(), s.id.to_header_value());
-        if s.new {
-            parts
-                .headers
-                .insert(names.new.clone(), HeaderValue::from_static("true"));
-        }
-        if let Some(data) = s.data {
-            parts.headers.insert(names.data.clone(), data);
-        }
-    }
-    let host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
-    };
-    upstream::set_forwarded(
-        &mut parts.headers,
-        &conn.peer_header,
-        inbound.trusted,
-        inbound.https,
-        host.as_ref(),
-    );
-    parts.headers.insert(X_REQUEST_ID, request_id);
-    let upstream_uri = upstream_uri(cfg, std::mem::take(&mut parts.uri))?;
-    let host = match host {
-        Some(h) if cfg.upstream.preserve_host => Some(h),
-        _ => settings.upstream_host.clone(),
-    };
-    if let Some(h) = host {
-        parts.headers.insert(header::HOST, h);
-    }
-    Ok(upstream_uri)
-}
-
-fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn forwarded_https(h: &HeaderMap) -> bool {
-    h.get("x-forwarded-proto")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
-}
-
-/// A verified cookie from the request.
-struct Candidate {
-    id: SessionId,
-    verified: Verified,
-}
-
-/// Removes the proxy's cookies (under either flavor's name) from `Cookie` and
-/// returns, in order, the verified values under the name this request reads.
-/// Other cookies pass untouched.
-fn take_proxy_cookies(
-    headers: &mut HeaderMap,
-    settings: &Settings,
-    flavor: &CookieFlavor,
-    metrics: Option<&Metrics>,
-) -> Vec<Candidate> {
-    let mut candidates = Vec::new();
-    if !headers.contains_key(header::COOKIE) {
-        return candidates;
-    }
-    let keys = &settings.config.session.keys;
-    let plain = settings.jar.plain.name.as_bytes();
-    let secure = settings.jar.secure.name.as_bytes();
-    let ours = flavor.name.as_bytes();
-    let mut kept: Vec<u8> = Vec::new();
-    let mut touched = false;
-    for value in headers.get_all(header::COOKIE) {
-        for (name, v) in cookie_pairs(value.as_bytes()) {
-            if name == plain || name == secure {
-                touched = true;
-                if name == ours {
-                    match keys.check(v) {
-                        Ok((id, verified)) => candidates.push(Candidate { id, verified }),
-                        Err(why) => {
-                            tracing::debug!(?why, "session cookie rejected");
-                            if let Some(m) = metrics {
-                                m.cookie_rejected(match why {
-                                    Refused::Malformed => CookieRejection::Malformed,
-                                    Refused::BadSignature => CookieRejection::BadSignature,
-                                });
-                            }
-                        }
-                    }
-                }
-                continue;
-            }
-            if !kept.is_empty() {
-                kept.extend_from_slice(b"; ");
-            }
-            kept.extend_from_slice(name);
-            kept.push(b'=');
-            kept.extend_from_slice(v);
-        }
-    }
-    if touched {
-        headers.remove(header::COOKIE);
-        if !kept.is_empty() {
-            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(kept)) {
-                headers.insert(header::COOKIE, v);
-            }
-        }
-    }
-    candidates
+    Ok((keep, extras))
 }
 
 /// The first candidate naming a live session wins; a later cookie can never displace
@@ -767,30 +648,6 @@ async fn resolve_session(
         created_ms: now_ms(),
     };
     Ok((live, None))
-}
-
-/// Reads the write-back headers (the caller strips every prefixed header after).
-/// Malformed input refuses the whole write. One pass over the response headers.
-fn take_write_back(
-    headers: &HeaderMap,
-    names: &crate::config::HeaderNames,
-) -> Result<Changes, crate::session::ChangesError> {
-    let mut changes = Changes::default();
-    for (name, value) in headers.iter() {
-        if !name.as_str().starts_with(names.prefix.as_str()) {
-            continue;
-        }
-        if *name == names.set {
-            changes.add_set(value.as_bytes())?;
-        } else if *name == names.remove {
-            changes.add_remove(value.as_bytes())?;
-        } else if *name == names.destroy {
-            changes.destroy |= is_true(value.as_bytes());
-        } else if *name == names.regenerate {
-            changes.regenerate |= is_true(value.as_bytes());
-        }
-    }
-    Ok(changes)
 }
 
 /// Applies a response's write-back to the session; returns the `Set-Cookie` it calls
@@ -910,71 +767,6 @@ fn cookie_for(
     Some(flavor.set_cookie(&keys.sign(id), max_age))
 }
 
-/// A response that sets the proxy's cookie must not be stored by shared caches.
-fn make_private(h: &mut HeaderMap) {
-    if !h.contains_key(header::CACHE_CONTROL) {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
-        return;
-    }
-    let existing: Vec<String> = h
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|d| d.trim().to_owned())
-        .filter(|d| !d.is_empty())
-        .collect();
-    let mut kept: Vec<String> = existing
-        .into_iter()
-        .filter(|d| {
-            let lower = d.to_ascii_lowercase();
-            lower != "public" && !lower.starts_with("s-maxage")
-        })
-        .collect();
-    let has = |kept: &[String], name: &str| {
-        kept.iter().any(|d| {
-            d.eq_ignore_ascii_case(name) || d.to_ascii_lowercase().starts_with(&format!("{name}="))
-        })
-    };
-    if !has(&kept, "private") && !has(&kept, "no-store") {
-        kept.insert(0, "private".to_owned());
-    }
-    if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
-        h.insert(header::CACHE_CONTROL, v);
-    }
-}
-
-/// A response that depends on the session varies with the `Cookie` header.
-fn add_vary_cookie(h: &mut HeaderMap) {
-    let covered = h.get_all(header::VARY).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim() == "*" || t.trim().eq_ignore_ascii_case("cookie"))
-        })
-    });
-    if !covered {
-        h.append(header::VARY, HeaderValue::from_static("Cookie"));
-    }
-}
-
-/// The request target for the upstream, in origin form: its base path, then the
-/// request's path and query (moved, not copied, when there is no base path).
-fn upstream_uri(cfg: &Config, uri: Uri) -> Result<Uri, ProxyError> {
-    let mut parts = uri.into_parts();
-    parts.scheme = None;
-    parts.authority = None;
-    if !cfg.upstream.base_path.is_empty() || parts.path_and_query.is_none() {
-        let pq = parts.path_and_query.as_ref().map_or("/", |pq| pq.as_str());
-        let joined = format!("{}{}", cfg.upstream.base_path, pq);
-        parts.path_and_query = Some(
-            joined
-                .parse()
-                .map_err(|_| ProxyError::BadRequest("unusable request target"))?,
-        );
-    }
-    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("unusable request target"))
-}
-
 /// The plain listener's answer under `tls.redirect_http`: `308` to the same host,
 /// path and query on the HTTPS port.
 pub fn redirect_to_https<B>(req: &Request<B>, https_port: u16) -> Response<ProxyBody> {
@@ -1019,22 +811,4 @@ pub fn redirect_to_https<B>(req: &Request<B>, https_port: u16) -> Response<Proxy
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
-}
-
-/// Copies bytes both ways between the client and the upstream after a `101`.
-fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let mut client = hyper_util::rt::TokioIo::new(client);
-        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(error = %e, "tunnel closed");
-        }
-    });
 }

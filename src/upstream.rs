@@ -1,6 +1,5 @@
-//! The upstream side: the request body that enforces
-//! `limits.max_body_bytes` while streaming, and the header rules shared by requests
-//! and responses (hop-by-hop removal, `X-Forwarded-*`).
+//! The upstream side: the request body that enforces `limits.max_body_bytes`
+//! while streaming (HTTP/2 path), and who counts as a trusted proxy.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -9,7 +8,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use ipnet::IpNet;
@@ -139,72 +137,6 @@ impl Body for RequestBody {
     }
 }
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
-
-/// Removes hop-by-hop headers, the headers named in `Connection`, and every header
-/// whose (lower-case) name starts with `prefix`. `Upgrade` is kept, with a plain
-/// `Connection: upgrade`, when `upgrade` is true.
-///
-/// Runs before the proxy adds its own headers, so nothing a client or upstream
-/// names in `Connection` can remove them. One pass over the headers; nothing is
-/// allocated unless something has to go.
-pub fn strip_headers(headers: &mut HeaderMap, prefix: &str, upgrade: bool) {
-    let mut doomed: Vec<HeaderName> = Vec::new();
-    for (name, value) in headers.iter() {
-        if *name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.is_empty() || (upgrade && token.eq_ignore_ascii_case(b"upgrade")) {
-                    continue;
-                }
-                if let Ok(named) = HeaderName::from_bytes(token) {
-                    doomed.push(named);
-                }
-            }
-        }
-        let hop = is_hop_by_hop(name) && !(upgrade && *name == header::UPGRADE);
-        if hop || name.as_str().starts_with(prefix) {
-            doomed.push(name.clone());
-        }
-    }
-    for name in &doomed {
-        if upgrade && *name == header::UPGRADE {
-            continue;
-        }
-        headers.remove(name);
-    }
-    if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
-
-/// Is this an `Upgrade` request (`Connection: upgrade` plus an `Upgrade` header)?
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .map(|s| {
-                    s.split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-                })
-                .unwrap_or(false)
-        })
-}
-
 pub fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
     let peer = match peer {
         IpAddr::V6(v6) => v6
@@ -216,102 +148,9 @@ pub fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&peer))
 }
 
-/// Sets `X-Forwarded-For/-Proto/-Host`. A trusted peer's values are kept (and its
-/// `X-Forwarded-For` appended to); anybody else's are replaced.
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    peer: &HeaderValue,
-    trusted: bool,
-    https: bool,
-    host: Option<&HeaderValue>,
-) {
-    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
-    let prior: Vec<&[u8]> = if trusted {
-        headers.get_all(&XFF).iter().map(|v| v.as_bytes()).collect()
-    } else {
-        Vec::new()
-    };
-    if prior.is_empty() {
-        headers.insert(XFF, peer.clone());
-    } else {
-        let mut joined = prior.join(&b", "[..]);
-        joined.extend_from_slice(b", ");
-        joined.extend_from_slice(peer.as_bytes());
-        if let Ok(v) = HeaderValue::from_bytes(&joined) {
-            headers.insert(XFF, v);
-        }
-    }
-    if !(trusted && headers.contains_key(&XFP)) {
-        headers.insert(
-            XFP,
-            HeaderValue::from_static(if https { "https" } else { "http" }),
-        );
-    }
-    if !(trusted && headers.contains_key(&XFH)) {
-        match host {
-            Some(h) => {
-                headers.insert(XFH, h.clone());
-            }
-            None => {
-                headers.remove(XFH);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn connection_named_headers_and_prefix_are_stripped() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            "keep-alive, x-secret, X-Session-Id".parse().unwrap(),
-        );
-        h.insert("x-secret", "1".parse().unwrap());
-        h.insert("x-session-id", "spoof".parse().unwrap());
-        h.insert("x-session-anything", "spoof".parse().unwrap());
-        h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert("accept", "*/*".parse().unwrap());
-        h.insert("upgrade", "websocket".parse().unwrap());
-        strip_headers(&mut h, "x-session-", false);
-        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, vec!["accept"]);
-    }
-
-    #[test]
-    fn upgrade_is_kept_for_upgrades() {
-        let mut h = HeaderMap::new();
-        h.insert("connection", "Upgrade".parse().unwrap());
-        h.insert("upgrade", "websocket".parse().unwrap());
-        assert!(wants_upgrade(&h));
-        strip_headers(&mut h, "x-session-", true);
-        assert_eq!(h["connection"], "upgrade");
-        assert_eq!(h["upgrade"], "websocket");
-    }
-
-    #[test]
-    fn forwarded_for_trust_rules() {
-        let peer = HeaderValue::from_static("10.0.0.2");
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
-        h.insert("x-forwarded-proto", "https".parse().unwrap());
-        let host = HeaderValue::from_static("a.example");
-        set_forwarded(&mut h, &peer, false, false, Some(&host));
-        assert_eq!(h["x-forwarded-for"], "10.0.0.2");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "a.example");
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
-        h.insert("x-forwarded-proto", "https".parse().unwrap());
-        set_forwarded(&mut h, &peer, true, false, None);
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.2");
-        assert_eq!(h["x-forwarded-proto"], "https");
-    }
 
     #[test]
     fn trusted_matches_cidrs_and_mapped_v4() {

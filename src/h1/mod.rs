@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderValue};
-use http::{Method, StatusCode, Version};
+use http::{Method, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::error::ProxyError;
+use crate::headers::RequestView;
 use crate::proxy::{self, Begun, ConnInfo, Worker};
 use crate::upstream::UpstreamFailure;
 use codec::{ChunkedDecoder, Framing, HeadError, Outgoing, RequestHead};
@@ -40,10 +41,11 @@ pub enum Served<IO> {
 
 /// What reading a request head came to.
 enum Head {
-    Request(Box<RequestHead>),
+    /// A whole head of this many bytes is at the start of the buffer.
+    Ready(usize),
     H2,
     Closed,
-    Refused(StatusCode, &'static str),
+    Refused(HeadError),
 }
 
 /// Serves HTTP/1 requests on `io` until either side closes it or `stop` turns
@@ -68,7 +70,7 @@ where
         let head = read_head(&mut io, &mut buf, read_timeout, max_head, stop, detect_h2).await;
         detect_h2 = false;
         let head = match head {
-            Head::Request(head) => head,
+            Head::Ready(len) => buf.split_to(len).freeze(),
             Head::H2 => {
                 return Served::H2 {
                     io,
@@ -76,40 +78,52 @@ where
                 }
             }
             Head::Closed => return Served::Closed,
-            Head::Refused(status, why) => {
-                tracing::debug!(why, status = status.as_u16(), "request head refused");
-                let mut out = Vec::new();
-                let mut headers = http::HeaderMap::new();
-                let body = format!("{status}\n");
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; charset=utf-8"),
-                );
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-                codec::write_response(&mut out, status, &headers, Outgoing::AsIs, true);
-                out.extend_from_slice(body.as_bytes());
-                let _ = send(&mut io, &out).await;
-                close(&mut io).await;
-                return Served::Closed;
-            }
+            Head::Refused(error) => return refuse(io, error).await,
         };
-        let mut begun = worker.begin(conn, &head.parts);
-        let closing = !head.keep_alive || *stop.borrow();
-        match exchange(&mut io, &mut buf, conn, worker, &mut begun, *head, closing).await {
-            Ok(done) => {
-                worker.finish(&mut begun, conn, done.status, done.bytes);
-                match done.next {
-                    Next::KeepAlive => {}
-                    Next::Close => {
-                        close(&mut io).await;
-                        return Served::Closed;
-                    }
-                    Next::Tunnel(up) => {
-                        tunnel(&mut io, buf, up).await;
-                        return Served::Closed;
-                    }
+        let parsed = match codec::parse_request(&head) {
+            Ok(parsed) => parsed,
+            Err(error) => return refuse(io, error).await,
+        };
+        let absolute = match absolute_target(parsed.target) {
+            Ok(absolute) => absolute,
+            Err(error) => return refuse(io, error).await,
+        };
+        let path = match &absolute {
+            Some(uri) => uri.path().as_bytes(),
+            None => parsed
+                .target
+                .split(|&b| b == b'?')
+                .next()
+                .unwrap_or_default(),
+        };
+        let client_request_id = parsed
+            .lines
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(b"x-request-id"))
+            .map(|(_, v)| *v);
+        let mut begun = worker.begin(conn, &parsed.method, path, client_request_id);
+        let closing = !parsed.keep_alive || *stop.borrow();
+        let request = Request {
+            head: &parsed,
+            absolute: absolute.as_ref(),
+            path,
+        };
+        match exchange(
+            &mut io, &mut buf, conn, worker, &mut begun, request, closing,
+        )
+        .await
+        {
+            Ok(done) => match done.next {
+                Next::KeepAlive => {}
+                Next::Close => {
+                    close(&mut io).await;
+                    return Served::Closed;
                 }
-            }
+                Next::Tunnel(up) => {
+                    tunnel(&mut io, buf, up).await;
+                    return Served::Closed;
+                }
+            },
             Err(Failed::Proxy { err, clean }) => {
                 worker.failed(&begun, &err);
                 let status = err.status();
@@ -117,19 +131,15 @@ where
                 let close_after = closing || !clean;
                 let (mut parts, _) = err.into_response().into_parts();
                 parts.headers.remove(header::CONNECTION);
-                parts
-                    .headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
                 worker.finish_headers(&begun, conn, &mut parts.headers);
                 let mut out = Vec::with_capacity(256);
-                codec::write_response(
+                codec::write_own_response(
                     &mut out,
                     status,
                     &parts.headers,
-                    Outgoing::AsIs,
+                    body.as_bytes(),
                     close_after,
                 );
-                out.extend_from_slice(body.as_bytes());
                 worker.finish(&mut begun, conn, status, Some(body.len() as u64));
                 let sent = send(&mut io, &out).await.is_ok();
                 if close_after || !sent {
@@ -145,9 +155,57 @@ where
     }
 }
 
-/// Reads until `buf` starts with a whole request head. A connection that sends
-/// nothing, or not a whole head, within `timeout` is closed; so is an idle one
-/// once `stop` turns true.
+/// Answers a request head that cannot be served (400, 431, 505) and closes.
+async fn refuse<IO>(mut io: IO, error: HeadError) -> Served<IO>
+where
+    IO: AsyncWrite + Unpin,
+{
+    let (status, why) = match error {
+        HeadError::TooLarge => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request head too large",
+        ),
+        HeadError::Version => (
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            "unsupported HTTP version",
+        ),
+        HeadError::Bad(why) => (StatusCode::BAD_REQUEST, why),
+    };
+    tracing::debug!(why, status = status.as_u16(), "request head refused");
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    let body = format!("{status}\n");
+    let mut out = Vec::new();
+    codec::write_own_response(&mut out, status, &headers, body.as_bytes(), true);
+    let _ = send(&mut io, &out).await;
+    close(&mut io).await;
+    Served::Closed
+}
+
+/// An absolute-form target (`http://host/path`) as a URI; `None` for origin form
+/// and `*`.
+fn absolute_target(target: &[u8]) -> Result<Option<Uri>, HeadError> {
+    if target.first() == Some(&b'/') || target == b"*" {
+        return Ok(None);
+    }
+    Uri::try_from(target)
+        .map(Some)
+        .map_err(|_| HeadError::Bad("malformed request target"))
+}
+
+/// A parsed request and what its target says.
+struct Request<'r, 'h> {
+    head: &'r RequestHead<'h>,
+    absolute: Option<&'r Uri>,
+    path: &'r [u8],
+}
+
+/// Reads until `buf` starts with a whole request head and returns its length. A
+/// connection that sends nothing, or not a whole head, within `timeout` is closed;
+/// so is an idle one once `stop` turns true.
 async fn read_head<IO>(
     io: &mut IO,
     buf: &mut BytesMut,
@@ -161,36 +219,32 @@ where
 {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
+        // Empty lines before a request line are ignored (RFC 9112 §2.2).
+        while buf.starts_with(b"\r\n") {
+            buf.advance(2);
+        }
         if !buf.is_empty() {
-            let mut parse = true;
+            let mut look = true;
             if detect_h2 {
                 let n = buf.len().min(H2_PREFACE.len());
                 if buf[..n] == H2_PREFACE[..n] {
                     if n == H2_PREFACE.len() {
                         return Head::H2;
                     }
-                    parse = false;
+                    look = false;
                 } else {
                     detect_h2 = false;
                 }
             }
-            if parse {
-                match codec::parse_request(buf, max_head) {
-                    Ok(Some(head)) => return Head::Request(Box::new(head)),
-                    Ok(None) => {}
-                    Err(HeadError::TooLarge) => {
-                        return Head::Refused(
-                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                            "request head too large",
-                        )
+            if look {
+                match codec::head_end(buf) {
+                    Some(len) if len > max_head => return Head::Refused(HeadError::TooLarge),
+                    Some(len) => return Head::Ready(len),
+                    None if buf.len() >= max_head => return Head::Refused(HeadError::TooLarge),
+                    None if codec::has_bare_cr(buf) => {
+                        return Head::Refused(HeadError::Bad("bare CR in request head"))
                     }
-                    Err(HeadError::Version) => {
-                        return Head::Refused(
-                            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                            "unsupported HTTP version",
-                        )
-                    }
-                    Err(HeadError::Bad(why)) => return Head::Refused(StatusCode::BAD_REQUEST, why),
+                    None => {}
                 }
             }
         }
@@ -216,8 +270,6 @@ where
 
 /// How a request ended, for the log and the connection loop.
 struct Done {
-    status: StatusCode,
-    bytes: Option<u64>,
     next: Next,
 }
 
@@ -227,6 +279,19 @@ enum Next {
     Close,
     /// `101 Switching Protocols`: bytes flow both ways from now on.
     Tunnel(client::Conn),
+}
+
+/// One try at the upstream round trip.
+enum Attempt {
+    /// A reused connection broke before answering; try a new one.
+    Retry,
+    Failed(Failed),
+}
+
+/// What the body loop needs of the response head once it is written.
+struct ResponseSummary {
+    framing: Framing,
+    keep_alive: bool,
 }
 
 /// Why a request failed.
@@ -343,60 +408,94 @@ async fn exchange<IO>(
     conn: &ConnInfo,
     worker: &Worker,
     begun: &mut Begun,
-    head: RequestHead,
+    request: Request<'_, '_>,
     closing: bool,
 ) -> Result<Done, Failed>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let RequestHead {
-        mut parts,
-        framing,
-        keep_alive: _,
-        expect_continue,
-    } = head;
-    let client_version = parts.version;
-    let bodiless = framing == Framing::Empty;
-    let mut exchange = proxy::prepare(worker, conn, begun, &mut parts)
+    let head = request.head;
+    let framing = head.framing;
+    let expect_continue = head.expect_continue;
+    let method = &head.method;
+    let view = RequestView {
+        path: request.path,
+        target: match request.absolute {
+            Some(uri) => uri
+                .path_and_query()
+                .map_or(b"/", |pq| pq.as_str().as_bytes()),
+            None => head.target,
+        },
+        authority: request
+            .absolute
+            .and_then(|uri| uri.authority())
+            .map(|a| a.as_str().as_bytes()),
+        lines: &head.lines,
+    };
+    let state = &*worker.state;
+    let settings = begun.settings.clone();
+    let cfg = &settings.config;
+    let (mut exchange, out) = {
+        let prepared = proxy::prepare(
+            state,
+            &settings,
+            conn,
+            begun.trusted,
+            &begun.request_id,
+            method,
+            &view,
+            &mut begun.trace,
+        )
         .await
         .map_err(|err| Failed::Proxy {
             err,
-            clean: bodiless,
+            clean: framing == Framing::Empty,
         })?;
-    let settings = &*begun.settings;
-    let cfg = &settings.config;
-    if expect_continue {
-        // The proxy answers `100 Continue` itself when it wants the body.
-        parts.headers.remove(header::EXPECT);
-    }
+        let mut keep = prepared.keep;
+        if expect_continue {
+            // The proxy answers `100 Continue` itself when it wants the body.
+            for (k, (name, _)) in keep.iter_mut().zip(head.lines.iter()) {
+                *k &= !name.eq_ignore_ascii_case(b"expect");
+            }
+        }
+        let mut out = Vec::with_capacity(1024);
+        codec::write_request(
+            &mut out,
+            method,
+            &prepared.target,
+            &head.lines,
+            &keep,
+            &prepared.extras,
+            framing,
+        );
+        (prepared.exchange, out)
+    };
+    let mut out = out;
 
-    // The head, and as much of the body as already arrived with it.
-    let mut out = Vec::with_capacity(1024);
-    codec::write_request(&mut out, &parts, framing);
+    // The head goes with as much of the body as already arrived with it.
     let mut body = BodyIn::new(framing, cfg.limits.max_body_bytes);
     body.take(buf, &mut out)
         .map_err(|err| Failed::Proxy { err, clean: false })?;
     let replayable = body.done;
     let idempotent = matches!(
-        parts.method,
+        *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     );
     let stall = cfg.limits.header_read_timeout;
-
-    let pool = worker.h1_pool(settings);
+    let pool = worker.h1_pool(&settings);
     let asked = Instant::now();
     let timeout = cfg.upstream.timeout;
-    let method = parts.method.clone();
-    let round_trip = async {
-        let mut fresh_only = false;
-        loop {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut fresh_only = false;
+    let mut up = loop {
+        let attempt = async {
             let checked_out = if fresh_only { None } else { pool.checkout() };
             let mut up = match checked_out {
                 Some(up) => up,
                 None => pool
                     .connect()
                     .await
-                    .map_err(|kind| Failed::upstream(kind, body.done))?,
+                    .map_err(|kind| Attempt::Failed(Failed::upstream(kind, body.done)))?,
             };
             // A reused connection the upstream closed while idle fails here or
             // before any response byte: an idempotent request sent whole is tried
@@ -404,19 +503,23 @@ where
             let retry = up.reused && replayable && idempotent;
             if let Err(e) = send(&mut up.io, &out).await {
                 if retry {
-                    fresh_only = true;
-                    continue;
+                    return Err(Attempt::Retry);
                 }
                 tracing::debug!(error = %e, "upstream write failed");
-                return Err(Failed::upstream(UpstreamFailure::Reset, false));
+                return Err(Attempt::Failed(Failed::upstream(
+                    UpstreamFailure::Reset,
+                    false,
+                )));
             }
             if !body.done {
                 out.clear();
                 if expect_continue && buf.is_empty() {
                     send(io, b"HTTP/1.1 100 Continue\r\n\r\n")
                         .await
-                        .map_err(|_| Failed::Io {
-                            status: StatusCode::BAD_REQUEST,
+                        .map_err(|_| {
+                            Attempt::Failed(Failed::Io {
+                                status: StatusCode::BAD_REQUEST,
+                            })
                         })?;
                 }
                 while !body.done {
@@ -424,7 +527,7 @@ where
                         buf.reserve(BODY_CHUNK);
                     }
                     let read = tokio::time::timeout(stall, io.read_buf(buf)).await;
-                    let fail = |err| Failed::Proxy { err, clean: false };
+                    let fail = |err| Attempt::Failed(Failed::Proxy { err, clean: false });
                     match read {
                         Err(_) => return Err(fail(ProxyError::BodyTimeout)),
                         Ok(Ok(0)) | Ok(Err(_)) => {
@@ -433,79 +536,127 @@ where
                         Ok(Ok(_)) => body.take(buf, &mut out).map_err(fail)?,
                     }
                     if !out.is_empty() {
-                        send(&mut up.io, &out)
-                            .await
-                            .map_err(|_| Failed::upstream(UpstreamFailure::Reset, body.done))?;
+                        send(&mut up.io, &out).await.map_err(|_| {
+                            Attempt::Failed(Failed::upstream(UpstreamFailure::Reset, body.done))
+                        })?;
                         out.clear();
                     }
                 }
             }
+            // Wait for a whole final head; interim (1xx but 101) heads are skipped.
             let mut received = false;
             loop {
-                match codec::parse_response(&mut up.buf, MAX_RESPONSE_HEAD, &method) {
-                    Ok(Some(head)) => {
-                        if head.status.is_informational()
-                            && head.status != StatusCode::SWITCHING_PROTOCOLS
-                        {
-                            continue;
-                        }
-                        return Ok((up, head));
+                if let Some(len) = codec::head_end(&up.buf) {
+                    let interim = up.buf.get(9) == Some(&b'1') && up.buf.get(9..12) != Some(b"101");
+                    if !interim {
+                        return Ok(up);
                     }
-                    Ok(None) => {}
-                    Err(bad) => {
-                        tracing::warn!(reason = bad.0, "malformed response from the upstream");
-                        return Err(Failed::upstream(UpstreamFailure::Protocol, true));
-                    }
+                    up.buf.advance(len);
+                    continue;
+                }
+                if up.buf.len() >= MAX_RESPONSE_HEAD {
+                    tracing::warn!("response head from the upstream too large");
+                    return Err(Attempt::Failed(Failed::upstream(
+                        UpstreamFailure::Protocol,
+                        true,
+                    )));
                 }
                 match read_upstream(&mut up, None).await {
                     Ok(n) if n > 0 => received = true,
-                    Ok(_) | Err(_) if retry && !received => break,
-                    Ok(_) | Err(_) => return Err(Failed::upstream(UpstreamFailure::Reset, true)),
+                    Ok(_) | Err(_) if retry && !received => return Err(Attempt::Retry),
+                    Ok(_) | Err(_) => {
+                        return Err(Attempt::Failed(Failed::upstream(
+                            UpstreamFailure::Reset,
+                            true,
+                        )))
+                    }
                 }
             }
-            fresh_only = true;
-        }
-    };
-    let (mut up, mut rh) = match tokio::time::timeout(timeout, round_trip).await {
-        Ok(got) => got?,
-        Err(_) => {
-            return Err(Failed::Proxy {
-                err: ProxyError::UpstreamTimeout,
-                clean: body.done,
-            })
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(up)) => break up,
+            Ok(Err(Attempt::Retry)) => fresh_only = true,
+            Ok(Err(Attempt::Failed(failed))) => return Err(failed),
+            Err(_) => {
+                return Err(Failed::Proxy {
+                    err: ProxyError::UpstreamTimeout,
+                    clean: body.done,
+                })
+            }
         }
     };
     begun.trace.upstream = Some(asked.elapsed());
 
-    proxy::respond(
-        &worker.state,
-        settings,
-        &mut exchange,
-        rh.status,
-        &mut rh.headers,
-    )
-    .await
-    .map_err(|err| Failed::Proxy { err, clean: true })?;
-    worker.finish_headers(begun, conn, &mut rh.headers);
-
-    let status = rh.status;
-    let http10 = client_version == Version::HTTP_10;
-    let outgoing = match rh.framing {
-        Framing::Empty | Framing::Length(_) => Outgoing::AsIs,
-        Framing::Chunked | Framing::Close if http10 => Outgoing::UntilClose,
-        Framing::Chunked | Framing::Close => Outgoing::Chunked,
+    // The response head, rewritten by steps 4 and 5 into the client's bytes.
+    let (
+        status,
+        response_framing,
+        upstream_keep_alive,
+        bytes,
+        outgoing,
+        close_client,
+        resp,
+        head_len,
+    ) = {
+        let rh = match codec::parse_response(&up.buf, MAX_RESPONSE_HEAD, method) {
+            Ok(Some(rh)) => rh,
+            Ok(None) | Err(_) => {
+                tracing::warn!("malformed response from the upstream");
+                return Err(Failed::upstream(UpstreamFailure::Protocol, true));
+            }
+        };
+        let (keep, extras) = proxy::respond(
+            state,
+            &settings,
+            &mut exchange,
+            rh.status,
+            &rh.lines,
+            settings.hsts_for(conn),
+        )
+        .await
+        .map_err(|err| Failed::Proxy { err, clean: true })?;
+        let http10 = head.version == Version::HTTP_10;
+        let outgoing = match rh.framing {
+            Framing::Empty | Framing::Length(_) => Outgoing::AsIs,
+            Framing::Chunked | Framing::Close if http10 => Outgoing::UntilClose,
+            Framing::Chunked | Framing::Close => Outgoing::Chunked,
+        };
+        let close_client = closing || outgoing == Outgoing::UntilClose;
+        let bytes = match rh.framing {
+            Framing::Length(n) => Some(n),
+            _ => rh
+                .lines
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
+                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse().ok()),
+        };
+        let mut resp = Vec::with_capacity(512);
+        codec::write_response(
+            &mut resp,
+            rh.status,
+            &rh.lines,
+            &keep,
+            &extras,
+            outgoing,
+            close_client,
+        );
+        (
+            rh.status,
+            rh.framing,
+            rh.keep_alive,
+            bytes,
+            outgoing,
+            close_client,
+            resp,
+            rh.len,
+        )
     };
-    let close_client = closing || outgoing == Outgoing::UntilClose;
-    let bytes = match rh.framing {
-        Framing::Length(n) => Some(n),
-        _ => rh
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok()),
+    up.buf.advance(head_len);
+    let rh = ResponseSummary {
+        framing: response_framing,
+        keep_alive: upstream_keep_alive,
     };
-    let mut resp = Vec::with_capacity(512);
-    codec::write_response(&mut resp, status, &rh.headers, outgoing, close_client);
+    let mut resp = resp;
     worker.finish(begun, conn, status, bytes);
     let broke = Failed::Io { status };
 
@@ -514,8 +665,6 @@ where
         up.buf.clear();
         send(io, &resp).await.map_err(|_| broke)?;
         return Ok(Done {
-            status,
-            bytes,
             next: Next::Tunnel(up),
         });
     }
@@ -602,8 +751,6 @@ where
         pool.checkin(up);
     }
     Ok(Done {
-        status,
-        bytes,
         next: if close_client {
             Next::Close
         } else {

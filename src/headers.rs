@@ -1,0 +1,541 @@
+//! The header rules of steps 1, 3, 4 and 5, applied to header lines as byte pairs
+//! (`name`, `value`), so that the HTTP/1 path applies them to the bytes it read
+//! and the HTTP/2 path to a `HeaderMap`, with one set of rules.
+//!
+//! A rule never edits lines in place: it marks which lines go on unchanged
+//! (`keep`) and lists the lines the proxy adds ([`Extras`]). Names compare
+//! case-insensitively, as HTTP/1 writes them in any case.
+
+use std::borrow::Cow;
+
+use http::header::{self, HeaderName, HeaderValue};
+use smallvec::SmallVec;
+
+use crate::cookie::{cookie_pairs, Refused, Verified};
+use crate::error::ProxyError;
+use crate::metrics::{CookieRejection, Metrics};
+use crate::proxy::{ConnInfo, Settings};
+use crate::session::{is_true, Changes, ChangesError, SessionId};
+
+/// One header line: name and value as they arrived.
+pub type Line<'a> = (&'a [u8], &'a [u8]);
+
+/// Which lines go on unchanged, by position.
+pub type Keep = SmallVec<[bool; 32]>;
+
+/// Lines the proxy adds, after the kept ones.
+#[derive(Debug, Default)]
+pub struct Extras<'a>(pub SmallVec<[(HeaderName, Cow<'a, [u8]>); 12]>);
+
+impl<'a> Extras<'a> {
+    fn add(&mut self, name: HeaderName, value: impl Into<Cow<'a, [u8]>>) {
+        self.0.push((name, value.into()));
+    }
+
+    fn add_value(&mut self, name: HeaderName, value: HeaderValue) {
+        // `HeaderValue` shares its bytes; a copy only for the HTTP/2 path later.
+        self.0.push((name, Cow::Owned(value.as_bytes().to_vec())));
+    }
+}
+
+fn is(name: &[u8], lower: &str) -> bool {
+    name.eq_ignore_ascii_case(lower.as_bytes())
+}
+
+fn has_prefix(name: &[u8], lower_prefix: &str) -> bool {
+    name.len() >= lower_prefix.len()
+        && name[..lower_prefix.len()].eq_ignore_ascii_case(lower_prefix.as_bytes())
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Marks for removal the hop-by-hop headers, the headers named in `Connection`,
+/// and every header whose name starts with `prefix` (lower case). With `upgrade`,
+/// `Upgrade` stays (the caller adds `Connection: upgrade`).
+pub fn hop_filter(lines: &[Line<'_>], prefix: &str, upgrade: bool) -> Keep {
+    let mut named: SmallVec<[&[u8]; 8]> = SmallVec::new();
+    for (name, value) in lines {
+        if is(name, "connection") {
+            named.extend(tokens(value).filter(|t| !(upgrade && is(t, "upgrade"))));
+        }
+    }
+    lines
+        .iter()
+        .map(|(name, _)| {
+            if upgrade && is(name, "upgrade") {
+                return true;
+            }
+            let drop = HOP_BY_HOP.iter().any(|h| is(name, h))
+                || has_prefix(name, prefix)
+                || named.iter().any(|t| name.eq_ignore_ascii_case(t));
+            !drop
+        })
+        .collect()
+}
+
+/// Is this an `Upgrade` request (`Connection: upgrade` plus an `Upgrade` header)?
+fn wants_upgrade(lines: &[Line<'_>]) -> bool {
+    lines.iter().any(|(n, _)| is(n, "upgrade"))
+        && lines
+            .iter()
+            .any(|(n, v)| is(n, "connection") && tokens(v).any(|t| is(t, "upgrade")))
+}
+
+/// The request as the rules see it.
+pub struct RequestView<'a> {
+    /// The path (no query), for `session.exclude_paths`.
+    pub path: &'a [u8],
+    /// The target in origin form: path and query.
+    pub target: &'a [u8],
+    /// The authority of an absolute-form target; it names the host.
+    pub authority: Option<&'a [u8]>,
+    pub lines: &'a [Line<'a>],
+}
+
+/// A verified session cookie from the request.
+pub struct Candidate {
+    pub id: SessionId,
+    pub verified: Verified,
+}
+
+/// What step 1 learned about a request, and what it decided about its lines.
+pub struct RequestScan<'a> {
+    /// Arrived over TLS, or via a trusted proxy that says so.
+    pub https: bool,
+    pub upgrade: bool,
+    pub excluded: bool,
+    pub candidates: SmallVec<[Candidate; 1]>,
+    trusted: bool,
+    pub keep: Keep,
+    /// `Cookie` without the proxy's cookies, when they were taken out of it.
+    cookie: Option<Vec<u8>>,
+    /// The host the client asked for.
+    host: Option<&'a [u8]>,
+    /// A trusted proxy's `X-Forwarded-For` values, to append to.
+    forwarded_for: SmallVec<[&'a [u8]; 2]>,
+    set_proto: bool,
+    set_host: bool,
+}
+
+/// Step 1: refuses what can never be forwarded, marks hop-by-hop and
+/// session-prefixed headers for removal, and takes the proxy's cookie out of
+/// `Cookie`. `trusted`: the peer is in `trusted_proxies`.
+pub fn scan_request<'a>(
+    settings: &Settings,
+    conn: &ConnInfo,
+    trusted: bool,
+    view: &RequestView<'a>,
+    metrics: Option<&Metrics>,
+) -> Result<RequestScan<'a>, ProxyError> {
+    let cfg = &settings.config;
+    let lines = view.lines;
+    let mut encodings = 0;
+    for (name, value) in lines {
+        if is(name, "content-length") {
+            if let Some(limit) = cfg.limits.max_body_bytes {
+                let n = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if n.is_some_and(|n| n > limit) {
+                    return Err(ProxyError::BodyTooLarge);
+                }
+            }
+        } else if is(name, "transfer-encoding") {
+            encodings += 1;
+            if encodings > 1 || value.contains(&b',') {
+                return Err(ProxyError::BadRequest("ambiguous Transfer-Encoding"));
+            }
+        }
+    }
+    let forwarded_https = lines
+        .iter()
+        .find(|(n, _)| is(n, "x-forwarded-proto"))
+        .is_some_and(|(_, v)| v.eq_ignore_ascii_case(b"https"));
+    let https = conn.tls || (trusted && forwarded_https);
+    let upgrade = wants_upgrade(lines);
+    let mut keep = hop_filter(lines, &cfg.session.headers.prefix, upgrade);
+
+    // The proxy's cookies, under either flavor's name, never reach the upstream.
+    let flavor = settings.jar.flavor(https);
+    let keys = &cfg.session.keys;
+    let plain = settings.jar.plain.name.as_bytes();
+    let secure = settings.jar.secure.name.as_bytes();
+    let ours = flavor.name.as_bytes();
+    let mut candidates = SmallVec::new();
+    let mut kept_cookies: Vec<u8> = Vec::new();
+    let mut touched = false;
+    let mut host = view.authority;
+    let mut forwarded_for = SmallVec::new();
+    let (mut has_proto, mut has_host) = (false, false);
+    for (i, (name, value)) in lines.iter().enumerate() {
+        if !keep[i] {
+            continue;
+        }
+        if is(name, "cookie") {
+            for (n, v) in cookie_pairs(value) {
+                if n == plain || n == secure {
+                    touched = true;
+                    if n == ours {
+                        match keys.check(v) {
+                            Ok((id, verified)) => candidates.push(Candidate { id, verified }),
+                            Err(why) => {
+                                tracing::debug!(?why, "session cookie rejected");
+                                if let Some(m) = metrics {
+                                    m.cookie_rejected(match why {
+                                        Refused::Malformed => CookieRejection::Malformed,
+                                        Refused::BadSignature => CookieRejection::BadSignature,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                    continue;
+                }
+                if !kept_cookies.is_empty() {
+                    kept_cookies.extend_from_slice(b"; ");
+                }
+                kept_cookies.extend_from_slice(n);
+                kept_cookies.push(b'=');
+                kept_cookies.extend_from_slice(v);
+            }
+        } else if is(name, "host") {
+            if host.is_none() {
+                host = Some(value);
+            }
+            keep[i] = false;
+        } else if is(name, "x-forwarded-for") {
+            if trusted {
+                forwarded_for.push(*value);
+            }
+            keep[i] = false;
+        } else if is(name, "x-forwarded-proto") {
+            has_proto = true;
+        } else if is(name, "x-forwarded-host") {
+            has_host = true;
+        } else if is(name, "x-request-id") {
+            keep[i] = false;
+        }
+    }
+    let set_proto = !(trusted && has_proto);
+    let set_host = !(trusted && has_host);
+    for (i, (name, _)) in lines.iter().enumerate() {
+        if (touched && is(name, "cookie"))
+            || (set_proto && is(name, "x-forwarded-proto"))
+            || (set_host && is(name, "x-forwarded-host"))
+        {
+            keep[i] = false;
+        }
+    }
+    let excluded = cfg
+        .session
+        .exclude_paths
+        .iter()
+        .any(|p| view.path.starts_with(p.as_bytes()));
+    Ok(RequestScan {
+        https,
+        upgrade,
+        excluded,
+        candidates,
+        trusted,
+        keep,
+        cookie: touched.then_some(kept_cookies),
+        host,
+        forwarded_for,
+        set_proto,
+        set_host,
+    })
+}
+
+/// The session as the upstream is told about it.
+pub struct UpstreamSession<'a> {
+    pub id: &'a SessionId,
+    pub new: bool,
+    pub data: Option<HeaderValue>,
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+impl<'a> RequestScan<'a> {
+    /// Step 3's lines: `Host`, the session headers, `Cookie` without the proxy's,
+    /// `X-Forwarded-*` and `X-Request-Id`.
+    pub fn extras(
+        &self,
+        settings: &'a Settings,
+        conn: &'a ConnInfo,
+        session: Option<UpstreamSession<'_>>,
+        request_id: &'a HeaderValue,
+    ) -> Extras<'a> {
+        let cfg = &settings.config;
+        let names = &cfg.session.headers;
+        let mut extras = Extras::default();
+        let host: Option<Cow<'a, [u8]>> = match self.host {
+            Some(h) if cfg.upstream.preserve_host => Some(Cow::Borrowed(h)),
+            _ => settings
+                .upstream_host
+                .as_ref()
+                .map(|h| Cow::Borrowed(h.as_bytes())),
+        };
+        if let Some(h) = host {
+            extras.add(header::HOST, h);
+        }
+        if let Some(s) = session {
+            extras.add_value(names.id.clone(), s.id.to_header_value());
+            if s.new {
+                extras.add(names.new.clone(), &b"true"[..]);
+            }
+            if let Some(data) = s.data {
+                extras.add_value(names.data.clone(), data);
+            }
+        }
+        if let Some(cookie) = &self.cookie {
+            if !cookie.is_empty() {
+                extras.add(header::COOKIE, cookie.clone());
+            }
+        }
+        let peer = conn.peer_header.as_bytes();
+        if self.forwarded_for.is_empty() {
+            extras.add(XFF, peer);
+        } else {
+            let mut joined = self.forwarded_for.join(&b", "[..]);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(peer);
+            extras.add(XFF, joined);
+        }
+        if self.set_proto {
+            extras.add(XFP, if self.https { &b"https"[..] } else { b"http" });
+        }
+        if self.set_host {
+            if let Some(h) = self.host {
+                extras.add(XFH, h);
+            }
+        }
+        extras.add(X_REQUEST_ID, request_id.as_bytes());
+        if self.upgrade {
+            extras.add(header::CONNECTION, &b"upgrade"[..]);
+        }
+        extras
+    }
+
+    /// Whether the peer is a trusted proxy (decided once per request).
+    pub fn trusted(&self) -> bool {
+        self.trusted
+    }
+}
+
+/// What step 4 read from the upstream's response head.
+pub struct ResponseScan {
+    pub keep: Keep,
+    /// The write-back, or why it is refused.
+    pub changes: Result<Changes, ChangesError>,
+}
+
+/// Step 4: reads the write-back headers and marks them, and every hop-by-hop
+/// header, for removal. `switching`: a `101` to an upgrade request.
+pub fn scan_response(
+    lines: &[Line<'_>],
+    names: &crate::config::HeaderNames,
+    switching: bool,
+) -> ResponseScan {
+    let keep = hop_filter(lines, &names.prefix, switching);
+    let mut changes = Changes::default();
+    let mut read = || -> Result<(), ChangesError> {
+        for (name, value) in lines {
+            if !has_prefix(name, &names.prefix) {
+                continue;
+            }
+            if is(name, names.set.as_str()) {
+                changes.add_set(value)?;
+            } else if is(name, names.remove.as_str()) {
+                changes.add_remove(value)?;
+            } else if is(name, names.destroy.as_str()) {
+                changes.destroy |= is_true(value);
+            } else if is(name, names.regenerate.as_str()) {
+                changes.regenerate |= is_true(value);
+            }
+        }
+        Ok(())
+    };
+    let outcome = read();
+    ResponseScan {
+        keep,
+        changes: outcome.map(|()| changes),
+    }
+}
+
+/// Step 5's lines: `Set-Cookie` with `Cache-Control` made private, `Vary: Cookie`
+/// when the response depends on the session, `Strict-Transport-Security` over
+/// TLS, `Connection: upgrade` for a `101`.
+pub fn response_extras<'a>(
+    lines: &[Line<'_>],
+    keep: &mut Keep,
+    set_cookie: Option<HeaderValue>,
+    carried_session: bool,
+    hsts: Option<&'a HeaderValue>,
+    switching: bool,
+) -> Extras<'a> {
+    let mut extras = Extras::default();
+    if let Some(cookie) = set_cookie {
+        extras.add_value(header::SET_COOKIE, cookie);
+        let mut directives: SmallVec<[&[u8]; 8]> = SmallVec::new();
+        for (i, (name, value)) in lines.iter().enumerate() {
+            if keep[i] && is(name, "cache-control") {
+                directives.extend(tokens(value));
+                keep[i] = false;
+            }
+        }
+        extras.add(header::CACHE_CONTROL, private_cache_control(&directives));
+    }
+    if carried_session {
+        let covered = lines.iter().enumerate().any(|(i, (name, value))| {
+            keep[i] && is(name, "vary") && tokens(value).any(|t| t == b"*" || is(t, "cookie"))
+        });
+        if !covered {
+            extras.add(header::VARY, &b"Cookie"[..]);
+        }
+    }
+    if let Some(hsts) = hsts {
+        for (i, (name, _)) in lines.iter().enumerate() {
+            if is(name, "strict-transport-security") {
+                keep[i] = false;
+            }
+        }
+        extras.add(header::STRICT_TRANSPORT_SECURITY, hsts.as_bytes());
+    }
+    if switching {
+        extras.add(header::CONNECTION, &b"upgrade"[..]);
+    }
+    extras
+}
+
+/// A response that sets the proxy's cookie must not be stored by shared caches:
+/// `public` and `s-maxage` go, `private` comes first unless `private` or
+/// `no-store` is there already.
+fn private_cache_control(directives: &[&[u8]]) -> Vec<u8> {
+    let name_is = |d: &[u8], name: &str| {
+        is(d, name) || (has_prefix(d, name) && d.get(name.len()) == Some(&b'='))
+    };
+    let kept: SmallVec<[&[u8]; 8]> = directives
+        .iter()
+        .copied()
+        .filter(|d| !is(d, "public") && !has_prefix(d, "s-maxage"))
+        .collect();
+    let mut out = Vec::with_capacity(64);
+    if !kept
+        .iter()
+        .any(|d| name_is(d, "private") || name_is(d, "no-store"))
+    {
+        out.extend_from_slice(b"private");
+    }
+    for d in kept {
+        if !out.is_empty() {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(d);
+    }
+    out
+}
+
+/// Writes `name: value` lines: the kept ones as they arrived, then the extras.
+pub fn put_lines(out: &mut Vec<u8>, lines: &[Line<'_>], keep: &[bool], extras: &Extras<'_>) {
+    for ((name, value), _) in lines.iter().zip(keep).filter(|(_, &k)| k) {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &extras.0 {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The same lines as a `HeaderMap`, for hyper (the HTTP/2 path). `map` is the map
+/// `lines` were taken from, in its iteration order.
+pub fn to_header_map(map: &http::HeaderMap, keep: &[bool], extras: &Extras<'_>) -> http::HeaderMap {
+    let mut out = http::HeaderMap::with_capacity(map.len() + extras.0.len());
+    for ((name, value), _) in map.iter().zip(keep).filter(|(_, &k)| k) {
+        out.append(name.clone(), value.clone());
+    }
+    for (name, value) in &extras.0 {
+        if let Ok(v) = HeaderValue::from_bytes(value) {
+            out.append(name.clone(), v);
+        }
+    }
+    out
+}
+
+/// A `HeaderMap`'s lines as byte pairs, in its iteration order.
+pub fn lines_of(map: &http::HeaderMap) -> SmallVec<[Line<'_>; 32]> {
+    map.iter()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept<'a>(lines: &[Line<'a>], keep: &[bool]) -> Vec<&'a str> {
+        lines
+            .iter()
+            .zip(keep)
+            .filter(|(_, &k)| k)
+            .map(|((n, _), _)| std::str::from_utf8(n).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn connection_named_headers_and_prefix_are_dropped() {
+        let lines: Vec<Line> = vec![
+            (b"Connection", b"keep-alive, X-Secret, X-Session-Id"),
+            (b"X-Secret", b"1"),
+            (b"X-Session-Id", b"spoof"),
+            (b"x-session-anything", b"spoof"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"Accept", b"*/*"),
+            (b"Upgrade", b"websocket"),
+        ];
+        let keep = hop_filter(&lines, "x-session-", false);
+        assert_eq!(kept(&lines, &keep), vec!["Accept"]);
+    }
+
+    #[test]
+    fn upgrade_keeps_upgrade() {
+        let lines: Vec<Line> = vec![(b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")];
+        assert!(wants_upgrade(&lines));
+        let keep = hop_filter(&lines, "x-session-", true);
+        assert_eq!(kept(&lines, &keep), vec!["Upgrade"]);
+    }
+
+    #[test]
+    fn cache_control_is_made_private() {
+        let cc = |d: &[&[u8]]| String::from_utf8(private_cache_control(d)).unwrap();
+        assert_eq!(cc(&[]), "private");
+        assert_eq!(cc(&[b"public", b"max-age=60"]), "private, max-age=60");
+        assert_eq!(cc(&[b"no-store", b"s-maxage=5"]), "no-store");
+        assert_eq!(cc(&[b"Private"]), "Private");
+    }
+}

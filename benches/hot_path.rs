@@ -104,7 +104,15 @@ fn client_head(settings: &Settings, set_cookie: Option<HeaderValue>) -> Vec<u8> 
     let names = &settings.config.session.headers;
     let scan = headers::scan_response(&head.lines, names, false);
     let mut keep = scan.keep;
-    let extras = headers::response_extras(&head.lines, &mut keep, set_cookie, true, None, false);
+    let extras = headers::response_extras(
+        &head.lines,
+        &scan.names,
+        &mut keep,
+        set_cookie,
+        true,
+        None,
+        false,
+    );
     let mut out = Vec::with_capacity(512);
     codec::write_response(
         &mut out,

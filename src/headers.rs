@@ -21,11 +21,11 @@ use crate::session::{is_true, Changes, ChangesError, SessionId};
 pub type Line<'a> = (&'a [u8], &'a [u8]);
 
 /// Which lines go on unchanged, by position.
-pub type Keep = SmallVec<[bool; 32]>;
+pub type Keep = SmallVec<[bool; 16]>;
 
 /// Lines the proxy adds, after the kept ones.
 #[derive(Debug, Default)]
-pub struct Extras<'a>(pub SmallVec<[(HeaderName, Cow<'a, [u8]>); 12]>);
+pub struct Extras<'a>(pub SmallVec<[(HeaderName, Cow<'a, [u8]>); 10]>);
 
 impl<'a> Extras<'a> {
     fn add(&mut self, name: HeaderName, value: impl Into<Cow<'a, [u8]>>) {
@@ -47,18 +47,73 @@ fn has_prefix(name: &[u8], lower_prefix: &str) -> bool {
         && name[..lower_prefix.len()].eq_ignore_ascii_case(lower_prefix.as_bytes())
 }
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// The header names the rules act on, recognised once per line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Name {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Upgrade,
+    /// `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`,
+    /// `Proxy-Authorization`, `TE`, `Trailer`.
+    OtherHopByHop,
+    Cookie,
+    Host,
+    ForwardedFor,
+    ForwardedProto,
+    ForwardedHost,
+    RequestId,
+    Expect,
+    CacheControl,
+    Vary,
+    StrictTransportSecurity,
+    Other,
+}
+
+impl Name {
+    /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+    fn hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Name::Connection | Name::TransferEncoding | Name::Upgrade | Name::OtherHopByHop
+        )
+    }
+}
+
+/// Which [`Name`] a header name is, by its length first.
+pub fn classify(name: &[u8]) -> Name {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        2 if is("te") => Name::OtherHopByHop,
+        4 if is("host") => Name::Host,
+        4 if is("vary") => Name::Vary,
+        6 if is("cookie") => Name::Cookie,
+        6 if is("expect") => Name::Expect,
+        7 if is("upgrade") => Name::Upgrade,
+        7 if is("trailer") => Name::OtherHopByHop,
+        10 if is("connection") => Name::Connection,
+        10 if is("keep-alive") => Name::OtherHopByHop,
+        12 if is("x-request-id") => Name::RequestId,
+        13 if is("cache-control") => Name::CacheControl,
+        14 if is("content-length") => Name::ContentLength,
+        15 if is("x-forwarded-for") => Name::ForwardedFor,
+        16 if is("proxy-connection") => Name::OtherHopByHop,
+        16 if is("x-forwarded-host") => Name::ForwardedHost,
+        17 if is("transfer-encoding") => Name::TransferEncoding,
+        17 if is("x-forwarded-proto") => Name::ForwardedProto,
+        18 if is("proxy-authenticate") => Name::OtherHopByHop,
+        19 if is("proxy-authorization") => Name::OtherHopByHop,
+        25 if is("strict-transport-security") => Name::StrictTransportSecurity,
+        _ => Name::Other,
+    }
+}
+
+/// Each line's [`Name`], in order.
+pub type Names = SmallVec<[Name; 16]>;
+
+pub fn classify_all(lines: &[Line<'_>]) -> Names {
+    lines.iter().map(|(name, _)| classify(name)).collect()
+}
 
 fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
@@ -70,20 +125,21 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// Marks for removal the hop-by-hop headers, the headers named in `Connection`,
 /// and every header whose name starts with `prefix` (lower case). With `upgrade`,
 /// `Upgrade` stays (the caller adds `Connection: upgrade`).
-pub fn hop_filter(lines: &[Line<'_>], prefix: &str, upgrade: bool) -> Keep {
+pub fn hop_filter(lines: &[Line<'_>], names: &[Name], prefix: &str, upgrade: bool) -> Keep {
     let mut named: SmallVec<[&[u8]; 8]> = SmallVec::new();
-    for (name, value) in lines {
-        if is(name, "connection") {
+    for ((_, value), &kind) in lines.iter().zip(names) {
+        if kind == Name::Connection {
             named.extend(tokens(value).filter(|t| !(upgrade && is(t, "upgrade"))));
         }
     }
     lines
         .iter()
-        .map(|(name, _)| {
-            if upgrade && is(name, "upgrade") {
+        .zip(names)
+        .map(|((name, _), &kind)| {
+            if upgrade && kind == Name::Upgrade {
                 return true;
             }
-            let drop = HOP_BY_HOP.iter().any(|h| is(name, h))
+            let drop = kind.hop_by_hop()
                 || has_prefix(name, prefix)
                 || named.iter().any(|t| name.eq_ignore_ascii_case(t));
             !drop
@@ -92,11 +148,12 @@ pub fn hop_filter(lines: &[Line<'_>], prefix: &str, upgrade: bool) -> Keep {
 }
 
 /// Is this an `Upgrade` request (`Connection: upgrade` plus an `Upgrade` header)?
-fn wants_upgrade(lines: &[Line<'_>]) -> bool {
-    lines.iter().any(|(n, _)| is(n, "upgrade"))
+fn wants_upgrade(lines: &[Line<'_>], names: &[Name]) -> bool {
+    names.contains(&Name::Upgrade)
         && lines
             .iter()
-            .any(|(n, v)| is(n, "connection") && tokens(v).any(|t| is(t, "upgrade")))
+            .zip(names)
+            .any(|((_, v), &kind)| kind == Name::Connection && tokens(v).any(|t| is(t, "upgrade")))
 }
 
 /// The request as the rules see it.
@@ -125,6 +182,8 @@ pub struct RequestScan<'a> {
     pub candidates: SmallVec<[Candidate; 1]>,
     trusted: bool,
     pub keep: Keep,
+    /// Each line's [`Name`].
+    pub names: Names,
     /// `Cookie` without the proxy's cookies, when they were taken out of it.
     cookie: Option<Vec<u8>>,
     /// The host the client asked for.
@@ -147,9 +206,10 @@ pub fn scan_request<'a>(
 ) -> Result<RequestScan<'a>, ProxyError> {
     let cfg = &settings.config;
     let lines = view.lines;
+    let names = classify_all(lines);
     let mut encodings = 0;
-    for (name, value) in lines {
-        if is(name, "content-length") {
+    for ((_, value), &kind) in lines.iter().zip(&names) {
+        if kind == Name::ContentLength {
             if let Some(limit) = cfg.limits.max_body_bytes {
                 let n = std::str::from_utf8(value)
                     .ok()
@@ -158,7 +218,7 @@ pub fn scan_request<'a>(
                     return Err(ProxyError::BodyTooLarge);
                 }
             }
-        } else if is(name, "transfer-encoding") {
+        } else if kind == Name::TransferEncoding {
             encodings += 1;
             if encodings > 1 || value.contains(&b',') {
                 return Err(ProxyError::BadRequest("ambiguous Transfer-Encoding"));
@@ -167,11 +227,12 @@ pub fn scan_request<'a>(
     }
     let forwarded_https = lines
         .iter()
-        .find(|(n, _)| is(n, "x-forwarded-proto"))
-        .is_some_and(|(_, v)| v.eq_ignore_ascii_case(b"https"));
+        .zip(&names)
+        .find(|(_, &kind)| kind == Name::ForwardedProto)
+        .is_some_and(|((_, v), _)| v.eq_ignore_ascii_case(b"https"));
     let https = conn.tls || (trusted && forwarded_https);
-    let upgrade = wants_upgrade(lines);
-    let mut keep = hop_filter(lines, &cfg.session.headers.prefix, upgrade);
+    let upgrade = wants_upgrade(lines, &names);
+    let mut keep = hop_filter(lines, &names, &cfg.session.headers.prefix, upgrade);
 
     // The proxy's cookies, under either flavor's name, never reach the upstream.
     let flavor = settings.jar.flavor(https);
@@ -185,11 +246,11 @@ pub fn scan_request<'a>(
     let mut host = view.authority;
     let mut forwarded_for = SmallVec::new();
     let (mut has_proto, mut has_host) = (false, false);
-    for (i, (name, value)) in lines.iter().enumerate() {
+    for (i, ((_, value), &kind)) in lines.iter().zip(&names).enumerate() {
         if !keep[i] {
             continue;
         }
-        if is(name, "cookie") {
+        if kind == Name::Cookie {
             for (n, v) in cookie_pairs(value) {
                 if n == plain || n == secure {
                     touched = true;
@@ -216,32 +277,32 @@ pub fn scan_request<'a>(
                 kept_cookies.push(b'=');
                 kept_cookies.extend_from_slice(v);
             }
-        } else if is(name, "host") {
+        } else if kind == Name::Host {
             if host.is_none() {
                 host = Some(value);
             }
             keep[i] = false;
-        } else if is(name, "x-forwarded-for") {
+        } else if kind == Name::ForwardedFor {
             if trusted {
                 forwarded_for.push(*value);
             }
             keep[i] = false;
-        } else if is(name, "x-forwarded-proto") {
+        } else if kind == Name::ForwardedProto {
             has_proto = true;
-        } else if is(name, "x-forwarded-host") {
+        } else if kind == Name::ForwardedHost {
             has_host = true;
-        } else if is(name, "x-request-id") {
+        } else if kind == Name::RequestId {
             keep[i] = false;
         }
     }
     let set_proto = !(trusted && has_proto);
     let set_host = !(trusted && has_host);
-    for (i, (name, _)) in lines.iter().enumerate() {
-        if (touched && is(name, "cookie"))
-            || (set_proto && is(name, "x-forwarded-proto"))
-            || (set_host && is(name, "x-forwarded-host"))
+    for (k, &kind) in keep.iter_mut().zip(&names) {
+        if (touched && kind == Name::Cookie)
+            || (set_proto && kind == Name::ForwardedProto)
+            || (set_host && kind == Name::ForwardedHost)
         {
-            keep[i] = false;
+            *k = false;
         }
     }
     let excluded = cfg
@@ -256,6 +317,7 @@ pub fn scan_request<'a>(
         candidates,
         trusted,
         keep,
+        names,
         cookie: touched.then_some(kept_cookies),
         host,
         forwarded_for,
@@ -346,6 +408,7 @@ impl<'a> RequestScan<'a> {
 /// What step 4 read from the upstream's response head.
 pub struct ResponseScan {
     pub keep: Keep,
+    pub names: Names,
     /// The write-back, or why it is refused.
     pub changes: Result<Changes, ChangesError>,
 }
@@ -357,7 +420,8 @@ pub fn scan_response(
     names: &crate::config::HeaderNames,
     switching: bool,
 ) -> ResponseScan {
-    let keep = hop_filter(lines, &names.prefix, switching);
+    let kinds = classify_all(lines);
+    let keep = hop_filter(lines, &kinds, &names.prefix, switching);
     let mut changes = Changes::default();
     let mut read = || -> Result<(), ChangesError> {
         for (name, value) in lines {
@@ -379,6 +443,7 @@ pub fn scan_response(
     let outcome = read();
     ResponseScan {
         keep,
+        names: kinds,
         changes: outcome.map(|()| changes),
     }
 }
@@ -388,6 +453,7 @@ pub fn scan_response(
 /// TLS, `Connection: upgrade` for a `101`.
 pub fn response_extras<'a>(
     lines: &[Line<'_>],
+    names: &[Name],
     keep: &mut Keep,
     set_cookie: Option<HeaderValue>,
     carried_session: bool,
@@ -398,26 +464,30 @@ pub fn response_extras<'a>(
     if let Some(cookie) = set_cookie {
         extras.add_value(header::SET_COOKIE, cookie);
         let mut directives: SmallVec<[&[u8]; 8]> = SmallVec::new();
-        for (i, (name, value)) in lines.iter().enumerate() {
-            if keep[i] && is(name, "cache-control") {
+        for (((_, value), &kind), k) in lines.iter().zip(names).zip(keep.iter_mut()) {
+            if *k && kind == Name::CacheControl {
                 directives.extend(tokens(value));
-                keep[i] = false;
+                *k = false;
             }
         }
         extras.add(header::CACHE_CONTROL, private_cache_control(&directives));
     }
     if carried_session {
-        let covered = lines.iter().enumerate().any(|(i, (name, value))| {
-            keep[i] && is(name, "vary") && tokens(value).any(|t| t == b"*" || is(t, "cookie"))
-        });
+        let covered = lines
+            .iter()
+            .zip(names)
+            .zip(keep.iter())
+            .any(|(((_, value), &kind), &k)| {
+                k && kind == Name::Vary && tokens(value).any(|t| t == b"*" || is(t, "cookie"))
+            });
         if !covered {
             extras.add(header::VARY, &b"Cookie"[..]);
         }
     }
     if let Some(hsts) = hsts {
-        for (i, (name, _)) in lines.iter().enumerate() {
-            if is(name, "strict-transport-security") {
-                keep[i] = false;
+        for (k, &kind) in keep.iter_mut().zip(names) {
+            if kind == Name::StrictTransportSecurity {
+                *k = false;
             }
         }
         extras.add(header::STRICT_TRANSPORT_SECURITY, hsts.as_bytes());
@@ -488,7 +558,7 @@ pub fn to_header_map(map: &http::HeaderMap, keep: &[bool], extras: &Extras<'_>) 
 }
 
 /// A `HeaderMap`'s lines as byte pairs, in its iteration order.
-pub fn lines_of(map: &http::HeaderMap) -> SmallVec<[Line<'_>; 32]> {
+pub fn lines_of(map: &http::HeaderMap) -> SmallVec<[Line<'_>; 16]> {
     map.iter()
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
         .collect()
@@ -518,15 +588,16 @@ mod tests {
             (b"Accept", b"*/*"),
             (b"Upgrade", b"websocket"),
         ];
-        let keep = hop_filter(&lines, "x-session-", false);
+        let keep = hop_filter(&lines, &classify_all(&lines), "x-session-", false);
         assert_eq!(kept(&lines, &keep), vec!["Accept"]);
     }
 
     #[test]
     fn upgrade_keeps_upgrade() {
         let lines: Vec<Line> = vec![(b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")];
-        assert!(wants_upgrade(&lines));
-        let keep = hop_filter(&lines, "x-session-", true);
+        let names = classify_all(&lines);
+        assert!(wants_upgrade(&lines, &names));
+        let keep = hop_filter(&lines, &names, "x-session-", true);
         assert_eq!(kept(&lines, &keep), vec!["Upgrade"]);
     }
 

@@ -570,6 +570,7 @@ pub(crate) async fn respond<'a>(
     }
     let scan = headers::scan_response(lines, names, switching);
     let mut keep = scan.keep;
+    let kinds = scan.names;
     let mut set_cookie = match scan.changes {
         Ok(changes) if !changes.is_empty() => {
             apply_write_back(
@@ -596,6 +597,7 @@ pub(crate) async fn respond<'a>(
     }
     let extras = headers::response_extras(
         lines,
+        &kinds,
         &mut keep,
         set_cookie,
         exchange.carried_session,

@@ -13,7 +13,7 @@ use http::header;
 use http::{Method, StatusCode, Version};
 use smallvec::SmallVec;
 
-use crate::headers::{put_lines, Extras, Line};
+use crate::headers::{classify, put_lines, Extras, Line, Name};
 
 /// Headers a head may carry.
 pub const MAX_HEADERS: usize = 128;
@@ -50,7 +50,7 @@ pub struct RequestHead<'a> {
     /// The request target as sent.
     pub target: &'a [u8],
     pub version: Version,
-    pub lines: SmallVec<[Line<'a>; 32]>,
+    pub lines: SmallVec<[Line<'a>; 16]>,
     pub framing: Framing,
     /// The connection may carry another request after this one.
     pub keep_alive: bool,
@@ -61,7 +61,7 @@ pub struct RequestHead<'a> {
 /// A parsed response head; its lines borrow the bytes it was parsed from.
 pub struct ResponseHead<'a> {
     pub status: StatusCode,
-    pub lines: SmallVec<[Line<'a>; 32]>,
+    pub lines: SmallVec<[Line<'a>; 16]>,
     pub framing: Framing,
     /// The upstream will keep the connection open after this response.
     pub keep_alive: bool,
@@ -123,24 +123,29 @@ struct FramingHeaders {
 
 impl FramingHeaders {
     fn see(&mut self, (name, value): Line<'_>) {
-        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-        if is("content-length") {
-            self.lengths += 1;
-            match parse_length(value) {
-                Some(n) => self.length = Some(n),
-                None => self.bad_length = true,
+        match classify(name) {
+            Name::ContentLength => {
+                self.lengths += 1;
+                match parse_length(value) {
+                    Some(n) => self.length = Some(n),
+                    None => self.bad_length = true,
+                }
             }
-        } else if is("transfer-encoding") {
-            self.encodings += 1;
-            self.chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
-        } else if is("connection") {
-            for token in value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            Name::TransferEncoding => {
+                self.encodings += 1;
+                self.chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
             }
-        } else if is("expect") {
-            self.expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            Name::Connection => {
+                for token in value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    self.close |= token.eq_ignore_ascii_case(b"close");
+                    self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            Name::Expect => {
+                self.expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            }
+            _ => {}
         }
     }
 }
@@ -181,7 +186,7 @@ pub fn parse_request(head: &[u8]) -> Result<RequestHead<'_>, HeadError> {
         Version::HTTP_11
     };
     let mut framing = FramingHeaders::default();
-    let lines: SmallVec<[Line<'_>; 32]> = req
+    let lines: SmallVec<[Line<'_>; 16]> = req
         .headers
         .iter()
         .map(|h| {
@@ -254,7 +259,7 @@ pub fn parse_response<'a>(
     let status = StatusCode::from_u16(code).map_err(|_| BadResponse("invalid status code"))?;
     let mut framing = FramingHeaders::default();
     let mut first_length: Option<u64> = None;
-    let mut lines: SmallVec<[Line<'a>; 32]> = SmallVec::with_capacity(resp.headers.len());
+    let mut lines: SmallVec<[Line<'a>; 16]> = SmallVec::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
         let line = (h.name.as_bytes(), h.value);
         framing.see(line);
@@ -378,7 +383,7 @@ pub fn write_own_response(
     close: bool,
 ) {
     let lines = crate::headers::lines_of(headers);
-    let keep: SmallVec<[bool; 32]> = lines.iter().map(|_| true).collect();
+    let keep: SmallVec<[bool; 16]> = lines.iter().map(|_| true).collect();
     let mut extras = Extras::default();
     extras.0.push((
         header::CONTENT_LENGTH,

@@ -66,8 +66,21 @@ where
     };
     let mut buf = BytesMut::with_capacity(8192);
     let mut detect_h2 = detect_h2;
+    // One wait for the stop signal for the whole connection, polled between
+    // requests: it joins the signal's waiters once, not once per request.
+    let mut stop_signal = stop.clone();
+    let mut stopping =
+        std::pin::pin!(async move { crate::server::stopped(&mut stop_signal).await });
     loop {
-        let head = read_head(&mut io, &mut buf, read_timeout, max_head, stop, detect_h2).await;
+        let head = read_head(
+            &mut io,
+            &mut buf,
+            read_timeout,
+            max_head,
+            stopping.as_mut(),
+            detect_h2,
+        )
+        .await;
         detect_h2 = false;
         let head = match head {
             Head::Ready(len) => buf.split_to(len).freeze(),
@@ -211,7 +224,7 @@ async fn read_head<IO>(
     buf: &mut BytesMut,
     timeout: Duration,
     max_head: usize,
-    stop: &mut watch::Receiver<bool>,
+    mut stopping: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     mut detect_h2: bool,
 ) -> Head
 where
@@ -255,7 +268,7 @@ where
         let read = tokio::select! {
             biased;
             read = tokio::time::timeout_at(deadline, io.read_buf(buf)) => read,
-            _ = crate::server::stopped(stop), if idle => return Head::Closed,
+            _ = stopping.as_mut(), if idle => return Head::Closed,
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,

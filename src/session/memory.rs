@@ -112,6 +112,11 @@ impl Drop for SweepGuard {
     }
 }
 
+/// Shards of the session map. The sweep write-locks one shard at a time, so many
+/// small shards keep the wait of a request that meets the sweep short (a
+/// million sessions: about 4,000 per shard).
+const SHARDS: usize = 256;
+
 impl MemoryStore {
     /// Applies new timeouts and bounds (a reload); a lower `max_sessions` evicts
     /// down to it on the next insert.
@@ -122,7 +127,7 @@ impl MemoryStore {
     pub fn new(settings: MemorySettings) -> MemoryStore {
         MemoryStore {
             inner: Arc::new(Inner {
-                sessions: DashMap::with_hasher(IdHash),
+                sessions: DashMap::with_hasher_and_shard_amount(IdHash, SHARDS),
                 count: AtomicUsize::new(0),
                 fresh: Mutex::new(VecDeque::new()),
                 regenerated: DashMap::with_hasher(IdHash),

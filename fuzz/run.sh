@@ -28,7 +28,7 @@ if ! [[ "$SECONDS_EACH" =~ ^[0-9]+$ ]] || ((SECONDS_EACH == 0)); then
     echo "usage: fuzz/run.sh [seconds-per-target] [target...]" >&2
     exit 2
 fi
-ALL_TARGETS=(cookie_verify write_back form_decode config_load)
+ALL_TARGETS=(cookie_verify write_back form_decode config_load h1_head)
 TARGETS=("$@")
 if ((${#TARGETS[@]} == 0)); then
     TARGETS=("${ALL_TARGETS[@]}")

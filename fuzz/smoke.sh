@@ -29,7 +29,7 @@ trap 'rm -rf "$SMOKE_WORK"' EXIT
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 seconds=${FUZZ_SMOKE_SECONDS:-15}
 failed=0
-for target in cookie_verify write_back form_decode config_load; do
+for target in cookie_verify write_back form_decode config_load h1_head; do
     mkdir -p "$SMOKE_WORK/$target"
     echo "==> fuzz $target for ${seconds}s"
     if ! cargo +nightly fuzz run -s none "$target" "$SMOKE_WORK/$target" "corpus/$target" -- \

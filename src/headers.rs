@@ -6,8 +6,6 @@
 //! (`keep`) and lists the lines the proxy adds ([`Extras`]). Names compare
 //! case-insensitively, as HTTP/1 writes them in any case.
 
-use std::borrow::Cow;
-
 use http::header::{self, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
@@ -23,18 +21,50 @@ pub type Line<'a> = (&'a [u8], &'a [u8]);
 /// Which lines go on unchanged, by position.
 pub type Keep = SmallVec<[bool; 16]>;
 
+/// The value of a line the proxy adds: borrowed, its own bytes, or a header
+/// value it already holds (never copied).
+#[derive(Debug)]
+pub enum Value<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+    Header(HeaderValue),
+}
+
+impl Value<'_> {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Value::Borrowed(b) => b,
+            Value::Owned(v) => v,
+            Value::Header(h) => h.as_bytes(),
+        }
+    }
+}
+
+impl<'a> From<&'a [u8]> for Value<'a> {
+    fn from(b: &'a [u8]) -> Self {
+        Value::Borrowed(b)
+    }
+}
+
+impl From<Vec<u8>> for Value<'_> {
+    fn from(v: Vec<u8>) -> Self {
+        Value::Owned(v)
+    }
+}
+
+impl From<HeaderValue> for Value<'_> {
+    fn from(h: HeaderValue) -> Self {
+        Value::Header(h)
+    }
+}
+
 /// Lines the proxy adds, after the kept ones.
 #[derive(Debug, Default)]
-pub struct Extras<'a>(pub SmallVec<[(HeaderName, Cow<'a, [u8]>); 10]>);
+pub struct Extras<'a>(pub SmallVec<[(HeaderName, Value<'a>); 10]>);
 
 impl<'a> Extras<'a> {
-    fn add(&mut self, name: HeaderName, value: impl Into<Cow<'a, [u8]>>) {
+    pub fn add(&mut self, name: HeaderName, value: impl Into<Value<'a>>) {
         self.0.push((name, value.into()));
-    }
-
-    fn add_value(&mut self, name: HeaderName, value: HeaderValue) {
-        // `HeaderValue` shares its bytes; a copy only for the HTTP/2 path later.
-        self.0.push((name, Cow::Owned(value.as_bytes().to_vec())));
     }
 }
 
@@ -351,23 +381,20 @@ impl<'a> RequestScan<'a> {
         let cfg = &settings.config;
         let names = &cfg.session.headers;
         let mut extras = Extras::default();
-        let host: Option<Cow<'a, [u8]>> = match self.host {
-            Some(h) if cfg.upstream.preserve_host => Some(Cow::Borrowed(h)),
-            _ => settings
-                .upstream_host
-                .as_ref()
-                .map(|h| Cow::Borrowed(h.as_bytes())),
+        let host: Option<&'a [u8]> = match self.host {
+            Some(h) if cfg.upstream.preserve_host => Some(h),
+            _ => settings.upstream_host.as_ref().map(|h| h.as_bytes()),
         };
         if let Some(h) = host {
             extras.add(header::HOST, h);
         }
         if let Some(s) = session {
-            extras.add_value(names.id.clone(), s.id.to_header_value());
+            extras.add(names.id.clone(), s.id.to_header_value());
             if s.new {
                 extras.add(names.new.clone(), &b"true"[..]);
             }
             if let Some(data) = s.data {
-                extras.add_value(names.data.clone(), data);
+                extras.add(names.data.clone(), data);
             }
         }
         if let Some(cookie) = &self.cookie {
@@ -462,7 +489,7 @@ pub fn response_extras<'a>(
 ) -> Extras<'a> {
     let mut extras = Extras::default();
     if let Some(cookie) = set_cookie {
-        extras.add_value(header::SET_COOKIE, cookie);
+        extras.add(header::SET_COOKIE, cookie);
         let mut directives: SmallVec<[&[u8]; 8]> = SmallVec::new();
         for (((_, value), &kind), k) in lines.iter().zip(names).zip(keep.iter_mut()) {
             if *k && kind == Name::CacheControl {
@@ -537,7 +564,7 @@ pub fn put_lines(out: &mut Vec<u8>, lines: &[Line<'_>], keep: &[bool], extras: &
     for (name, value) in &extras.0 {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
+        out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
 }
@@ -550,7 +577,11 @@ pub fn to_header_map(map: &http::HeaderMap, keep: &[bool], extras: &Extras<'_>) 
         out.append(name.clone(), value.clone());
     }
     for (name, value) in &extras.0 {
-        if let Ok(v) = HeaderValue::from_bytes(value) {
+        let value = match value {
+            Value::Header(h) => Ok(h.clone()),
+            other => HeaderValue::from_bytes(other.as_bytes()),
+        };
+        if let Ok(v) = value {
             out.append(name.clone(), v);
         }
     }

@@ -385,10 +385,7 @@ pub fn write_own_response(
     let lines = crate::headers::lines_of(headers);
     let keep: SmallVec<[bool; 16]> = lines.iter().map(|_| true).collect();
     let mut extras = Extras::default();
-    extras.0.push((
-        header::CONTENT_LENGTH,
-        body.len().to_string().into_bytes().into(),
-    ));
+    extras.add(header::CONTENT_LENGTH, body.len().to_string().into_bytes());
     write_response(out, status, &lines, &keep, &extras, Outgoing::AsIs, close);
     out.extend_from_slice(body);
 }

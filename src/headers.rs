@@ -60,10 +60,10 @@ impl From<HeaderValue> for Value<'_> {
 
 /// Lines the proxy adds, after the kept ones.
 #[derive(Debug, Default)]
-pub struct Extras<'a>(pub SmallVec<[(HeaderName, Value<'a>); 10]>);
+pub struct Extras<'a>(pub SmallVec<[(&'a HeaderName, Value<'a>); 10]>);
 
 impl<'a> Extras<'a> {
-    pub fn add(&mut self, name: HeaderName, value: impl Into<Value<'a>>) {
+    pub fn add(&mut self, name: &'a HeaderName, value: impl Into<Value<'a>>) {
         self.0.push((name, value.into()));
     }
 }
@@ -363,10 +363,21 @@ pub struct UpstreamSession<'a> {
     pub data: Option<HeaderValue>,
 }
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+// The names of the lines the proxy adds, as statics: an added line borrows its
+// name, never clones it.
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+static HOST: HeaderName = header::HOST;
+static COOKIE: HeaderName = header::COOKIE;
+static CONNECTION: HeaderName = header::CONNECTION;
+static SET_COOKIE: HeaderName = header::SET_COOKIE;
+static CACHE_CONTROL: HeaderName = header::CACHE_CONTROL;
+static VARY: HeaderName = header::VARY;
+static STRICT_TRANSPORT_SECURITY: HeaderName = header::STRICT_TRANSPORT_SECURITY;
+/// `Content-Length`, for responses the proxy writes itself.
+pub static CONTENT_LENGTH: HeaderName = header::CONTENT_LENGTH;
 
 impl<'a> RequestScan<'a> {
     /// Step 3's lines: `Host`, the session headers, `Cookie` without the proxy's,
@@ -386,42 +397,42 @@ impl<'a> RequestScan<'a> {
             _ => settings.upstream_host.as_ref().map(|h| h.as_bytes()),
         };
         if let Some(h) = host {
-            extras.add(header::HOST, h);
+            extras.add(&HOST, h);
         }
         if let Some(s) = session {
-            extras.add(names.id.clone(), s.id.to_header_value());
+            extras.add(&names.id, s.id.to_header_value());
             if s.new {
-                extras.add(names.new.clone(), &b"true"[..]);
+                extras.add(&names.new, &b"true"[..]);
             }
             if let Some(data) = s.data {
-                extras.add(names.data.clone(), data);
+                extras.add(&names.data, data);
             }
         }
         if let Some(cookie) = &self.cookie {
             if !cookie.is_empty() {
-                extras.add(header::COOKIE, cookie.clone());
+                extras.add(&COOKIE, cookie.clone());
             }
         }
         let peer = conn.peer_header.as_bytes();
         if self.forwarded_for.is_empty() {
-            extras.add(XFF, peer);
+            extras.add(&XFF, peer);
         } else {
             let mut joined = self.forwarded_for.join(&b", "[..]);
             joined.extend_from_slice(b", ");
             joined.extend_from_slice(peer);
-            extras.add(XFF, joined);
+            extras.add(&XFF, joined);
         }
         if self.set_proto {
-            extras.add(XFP, if self.https { &b"https"[..] } else { b"http" });
+            extras.add(&XFP, if self.https { &b"https"[..] } else { b"http" });
         }
         if self.set_host {
             if let Some(h) = self.host {
-                extras.add(XFH, h);
+                extras.add(&XFH, h);
             }
         }
-        extras.add(X_REQUEST_ID, request_id.as_bytes());
+        extras.add(&X_REQUEST_ID, request_id.as_bytes());
         if self.upgrade {
-            extras.add(header::CONNECTION, &b"upgrade"[..]);
+            extras.add(&CONNECTION, &b"upgrade"[..]);
         }
         extras
     }
@@ -489,7 +500,7 @@ pub fn response_extras<'a>(
 ) -> Extras<'a> {
     let mut extras = Extras::default();
     if let Some(cookie) = set_cookie {
-        extras.add(header::SET_COOKIE, cookie);
+        extras.add(&SET_COOKIE, cookie);
         let mut directives: SmallVec<[&[u8]; 8]> = SmallVec::new();
         for (((_, value), &kind), k) in lines.iter().zip(names).zip(keep.iter_mut()) {
             if *k && kind == Name::CacheControl {
@@ -497,7 +508,7 @@ pub fn response_extras<'a>(
                 *k = false;
             }
         }
-        extras.add(header::CACHE_CONTROL, private_cache_control(&directives));
+        extras.add(&CACHE_CONTROL, private_cache_control(&directives));
     }
     if carried_session {
         let covered = lines
@@ -508,7 +519,7 @@ pub fn response_extras<'a>(
                 k && kind == Name::Vary && tokens(value).any(|t| t == b"*" || is(t, "cookie"))
             });
         if !covered {
-            extras.add(header::VARY, &b"Cookie"[..]);
+            extras.add(&VARY, &b"Cookie"[..]);
         }
     }
     if let Some(hsts) = hsts {
@@ -517,10 +528,10 @@ pub fn response_extras<'a>(
                 *k = false;
             }
         }
-        extras.add(header::STRICT_TRANSPORT_SECURITY, hsts.as_bytes());
+        extras.add(&STRICT_TRANSPORT_SECURITY, hsts.as_bytes());
     }
     if switching {
-        extras.add(header::CONNECTION, &b"upgrade"[..]);
+        extras.add(&CONNECTION, &b"upgrade"[..]);
     }
     extras
 }
@@ -582,7 +593,7 @@ pub fn to_header_map(map: &http::HeaderMap, keep: &[bool], extras: &Extras<'_>) 
             other => HeaderValue::from_bytes(other.as_bytes()),
         };
         if let Ok(v) = value {
-            out.append(name.clone(), v);
+            out.append((*name).clone(), v);
         }
     }
     out

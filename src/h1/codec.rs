@@ -9,7 +9,6 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, BytesMut};
-use http::header;
 use http::{Method, StatusCode, Version};
 use smallvec::SmallVec;
 
@@ -385,7 +384,10 @@ pub fn write_own_response(
     let lines = crate::headers::lines_of(headers);
     let keep: SmallVec<[bool; 16]> = lines.iter().map(|_| true).collect();
     let mut extras = Extras::default();
-    extras.add(header::CONTENT_LENGTH, body.len().to_string().into_bytes());
+    extras.add(
+        &crate::headers::CONTENT_LENGTH,
+        body.len().to_string().into_bytes(),
+    );
     write_response(out, status, &lines, &keep, &extras, Outgoing::AsIs, close);
     out.extend_from_slice(body);
 }

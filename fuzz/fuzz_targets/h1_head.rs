@@ -39,6 +39,7 @@ fn decode_all(body: &[u8]) -> Option<Vec<u8>> {
 
 fuzz_target!(|input: &[u8]| {
     let conn = ConnInfo::new("127.0.0.1:40000".parse().expect("addr"), false);
+    let request_id = HeaderValue::from_static("0123456789abcdef0123");
     if let Some(end) = codec::head_end(input) {
         if let Ok(head) = codec::parse_request(&input[..end]) {
             let path = head.target.split(|&b| b == b'?').next().unwrap_or_default();
@@ -68,8 +69,7 @@ fuzz_target!(|input: &[u8]| {
                         "a hop-by-hop header went through"
                     );
                 }
-                let id = HeaderValue::from_static("0123456789abcdef0123");
-                let extras = scan.extras(settings, &conn, None, &id);
+                let extras = scan.extras(settings, &conn, None, &request_id);
                 for (_, value) in &extras.0 {
                     let value = value.as_bytes();
                     assert!(HeaderValue::from_bytes(value).is_ok(), "{value:?}");

@@ -5,6 +5,8 @@
 # which cancels start-up and shutdown.
 #
 #   bench/instructions.sh [returning|new|writeback] [BINARY]
+#   TARGET=nginx bench/instructions.sh     # nginx as a plain reverse proxy instead,
+#                                          # one worker, same upstream and method
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SCENARIO=${1:-returning}
@@ -38,18 +40,32 @@ session: { secrets: ["bench-secret-0123456789abcdef0123456789"] }
 log: { level: warn, access: false }
 CONF
 
+cat > "$RUN/proxy.conf" <<CONF
+worker_processes 1; master_process off; daemon off; pid $RUN/proxy.pid; error_log $RUN/proxy.err warn;
+events { worker_connections 1024; }
+http { access_log off; upstream app { server 127.0.0.1:18100; keepalive 128; }
+  server { listen 127.0.0.1:18180;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+
 count() { # requests -> total Ir
   local n=$1 out="$RUN/cg.$1" pid cookie path=/ args=()
-  valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN" --config "$RUN/sg.yaml" 2>"$RUN/vg.$n.err" &
+  if [ "${TARGET:-sessiongate}" = nginx ]; then
+    valgrind --tool=callgrind --callgrind-out-file="$out" nginx -p "$RUN" -c "$RUN/proxy.conf" 2>"$RUN/vg.$n.err" &
+  else
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN" --config "$RUN/sg.yaml" 2>"$RUN/vg.$n.err" &
+  fi
   pid=$!
   wait_port 18180
   cookie=$(curl -s -D - -o /dev/null http://127.0.0.1:18180/ | tr -d '\r' | sed -n 's/^set-cookie: \([^;]*\).*/\1/p')
   [ "$SCENARIO" = writeback ] && path=/write
   [ "$SCENARIO" != new ] && args=(-H "Cookie: $cookie")
   oha --no-tui -n "$n" -c 4 "${args[@]}" "http://127.0.0.1:18180$path" >/dev/null
-  kill -INT "$pid"; wait "$pid" || true
+  if [ "${TARGET:-sessiongate}" = nginx ]; then kill -QUIT "$pid"; else kill -INT "$pid"; fi
+  wait "$pid" || true
   callgrind_annotate "$out" 2>/dev/null | sed -n 's/^\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,
 }
 a=$(count "$N1")
 b=$(count "$N2")
-echo "$SCENARIO: $(( (b - a) / (N2 - N1) )) instructions per request ($(basename "$BIN"))"
+name=$(basename "$BIN"); [ "${TARGET:-sessiongate}" = nginx ] && name="nginx proxy"
+echo "$SCENARIO: $(( (b - a) / (N2 - N1) )) instructions per request ($name)"

@@ -50,28 +50,45 @@ impl std::fmt::Debug for UpstreamTls {
     }
 }
 
-struct Idle {
-    sender: SendRequest<RequestBody>,
+/// A connection that can wait in a [`Pool`].
+pub trait Reusable {
+    /// Still usable: the upstream has not closed it. Never waits.
+    fn is_open(&self) -> bool;
+    /// Called as it goes back into the pool.
+    fn returned(&mut self) {}
+}
+
+impl Reusable for SendRequest<RequestBody> {
+    fn is_open(&self) -> bool {
+        !self.is_closed()
+    }
+}
+
+struct Idle<C> {
+    conn: C,
     since: Instant,
 }
 
-pub struct Pool {
+/// A worker's idle keep-alive connections to one upstream (`C`: hyper's client
+/// connection on the HTTP/2 path, a raw connection on the HTTP/1 path), and how
+/// to reach it.
+pub struct Pool<C> {
     /// `host:port` to connect to.
-    authority: String,
-    connect_timeout: Duration,
-    tls: Option<UpstreamTls>,
+    pub(crate) authority: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) tls: Option<UpstreamTls>,
     /// The upstream URL and CA file this pool was made for.
     made_for: (http::Uri, Option<std::path::PathBuf>),
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<Vec<Idle<C>>>,
 }
 
-impl Pool {
+impl<C: Reusable> Pool<C> {
     pub fn new(
         authority: String,
         connect_timeout: Duration,
         tls: Option<UpstreamTls>,
         made_for: (http::Uri, Option<std::path::PathBuf>),
-    ) -> Pool {
+    ) -> Pool<C> {
         Pool {
             authority,
             connect_timeout,
@@ -86,20 +103,23 @@ impl Pool {
         self.made_for.0 == *uri && self.made_for.1 == *ca_file
     }
 
-    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
+    /// An idle connection that still looks open, most recently used first.
+    pub fn checkout(&self) -> Option<C> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(entry) = idle.pop() {
-            if !entry.sender.is_closed() && entry.since.elapsed() < IDLE_TIMEOUT {
-                return Some(entry.sender);
+            if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.is_open() {
+                return Some(entry.conn);
             }
         }
         None
     }
 
-    fn checkin(&self, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() {
+    /// Gives back a connection whose last response was read to its end.
+    pub fn checkin(&self, mut conn: C) {
+        if !conn.is_open() {
             return;
         }
+        conn.returned();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // The oldest sit at the front: drop the ones past their time.
         if idle
@@ -110,12 +130,17 @@ impl Pool {
         }
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
     }
+}
 
+/// The HTTP/2 path's pool: hyper's HTTP/1 client connections.
+pub type HyperPool = Pool<SendRequest<RequestBody>>;
+
+impl HyperPool {
     async fn connect(&self) -> Result<SendRequest<RequestBody>, UpstreamFailure> {
         let io =
             crate::h1::client::connect(&self.authority, self.connect_timeout, self.tls.as_ref())
@@ -215,14 +240,14 @@ fn classify(err: &hyper::Error) -> SendError {
 /// once read to the end.
 pub struct PooledBody {
     inner: Incoming,
-    ret: Option<(SendRequest<RequestBody>, Arc<Pool>)>,
+    ret: Option<(SendRequest<RequestBody>, Arc<HyperPool>)>,
 }
 
 impl PooledBody {
     fn new(
         inner: Incoming,
         sender: SendRequest<RequestBody>,
-        pool: Arc<Pool>,
+        pool: Arc<HyperPool>,
         status: http::StatusCode,
     ) -> PooledBody {
         let mut body = PooledBody {

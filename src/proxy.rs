@@ -25,7 +25,7 @@ use crate::cookie::{CookieFlavor, CookieJar, Verified};
 use crate::error::ProxyError;
 use crate::headers::{self, Candidate, Extras, Keep, Line, RequestView, UpstreamSession};
 use crate::metrics::{CookieRejection, Metrics};
-use crate::pool::{Pool, PooledBody, SendError};
+use crate::pool::{HyperPool, PooledBody, SendError};
 use crate::session::{
     now_ms, Applied, Changes, Lookup, SessionData, SessionId, SessionStore, Store,
 };
@@ -123,7 +123,7 @@ pub struct Worker {
     pub state: Arc<State>,
     /// This worker's connections to the upstream; replaced when a reload changes
     /// the upstream.
-    pool: ArcSwap<Pool>,
+    pool: ArcSwap<HyperPool>,
     /// The same for the HTTP/1 path, which speaks to the upstream as bytes.
     h1_pool: ArcSwap<crate::h1::client::Pool>,
     request_prefix: u32,
@@ -131,9 +131,9 @@ pub struct Worker {
 }
 
 /// The pool for the upstream `settings` name.
-fn pool_for(settings: &Settings) -> Pool {
+fn pool_for(settings: &Settings) -> HyperPool {
     let upstream = &settings.config.upstream;
-    Pool::new(
+    HyperPool::new(
         upstream.connect_to.clone(),
         upstream.connect_timeout,
         upstream.tls.clone(),
@@ -168,7 +168,7 @@ impl Worker {
     }
 
     /// The pool for the current upstream, rebuilt after a reload changed it.
-    fn pool(&self, settings: &Settings) -> Arc<Pool> {
+    fn pool(&self, settings: &Settings) -> Arc<HyperPool> {
         let pool = self.pool.load_full();
         let u = &settings.config.upstream;
         if pool.serves(&u.uri, &u.ca_file) {

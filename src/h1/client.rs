@@ -1,22 +1,17 @@
-//! Connections to the upstream for the HTTP/1 path: each worker keeps its own idle
-//! keep-alive connections, each with the read buffer its next response lands in.
+//! Connections to the upstream for the HTTP/1 path: raw streams (plain or TLS),
+//! each with the read buffer its next response lands in, kept by the worker's
+//! [`crate::pool::Pool`].
 
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::pool::UpstreamTls;
+use crate::pool::{Reusable, UpstreamTls};
 use crate::upstream::UpstreamFailure;
-
-/// Idle connections older than this are closed rather than reused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Idle connections kept per worker.
-const MAX_IDLE: usize = 1024;
 
 /// A connected byte stream to the upstream, plain or TLS.
 pub enum UpstreamIo {
@@ -113,63 +108,30 @@ pub struct Conn {
     /// It served a request before: a failure before any response byte may just
     /// mean the upstream closed it while idle.
     pub reused: bool,
-    since: Instant,
 }
 
-impl Conn {
-    /// Whether the upstream has closed (or sent unasked bytes on) this idle
-    /// connection. Never waits.
-    fn is_stale(&self) -> bool {
+impl Reusable for Conn {
+    /// Open, and nothing unasked arrived on it: a closed connection reads as
+    /// end of stream, and one with bytes waiting cannot be trusted. Never waits.
+    fn is_open(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
         let mut probe = [0u8; 1];
         let mut probe = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(Waker::noop());
-        !matches!(self.io.tcp().poll_peek(&mut cx, &mut probe), Poll::Pending)
+        matches!(self.io.tcp().poll_peek(&mut cx, &mut probe), Poll::Pending)
+    }
+
+    fn returned(&mut self) {
+        self.reused = true;
     }
 }
 
-/// A worker's idle connections to one upstream.
-pub struct Pool {
-    /// `host:port` to connect to.
-    authority: String,
-    connect_timeout: Duration,
-    tls: Option<UpstreamTls>,
-    /// The upstream URL and CA file this pool was made for.
-    made_for: (http::Uri, Option<std::path::PathBuf>),
-    idle: Mutex<Vec<Conn>>,
-}
+/// A worker's idle connections for the HTTP/1 path.
+pub type Pool = crate::pool::Pool<Conn>;
 
 impl Pool {
-    pub fn new(
-        authority: String,
-        connect_timeout: Duration,
-        tls: Option<UpstreamTls>,
-        made_for: (http::Uri, Option<std::path::PathBuf>),
-    ) -> Pool {
-        Pool {
-            authority,
-            connect_timeout,
-            tls,
-            made_for,
-            idle: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Whether this pool still matches the configured upstream.
-    pub fn serves(&self, uri: &http::Uri, ca_file: &Option<std::path::PathBuf>) -> bool {
-        self.made_for.0 == *uri && self.made_for.1 == *ca_file
-    }
-
-    /// An idle connection that still looks open, most recently used first.
-    pub fn checkout(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(conn) = idle.pop() {
-            if conn.since.elapsed() < IDLE_TIMEOUT && !conn.is_stale() {
-                return Some(conn);
-            }
-        }
-        None
-    }
-
     /// A new connection.
     pub async fn connect(&self) -> Result<Conn, UpstreamFailure> {
         let io = connect(&self.authority, self.connect_timeout, self.tls.as_ref()).await?;
@@ -177,27 +139,6 @@ impl Pool {
             io,
             buf: BytesMut::with_capacity(8192),
             reused: false,
-            since: Instant::now(),
         })
-    }
-
-    /// Gives back a connection whose last response was read to its end.
-    pub fn checkin(&self, mut conn: Conn) {
-        if !conn.buf.is_empty() {
-            return;
-        }
-        conn.reused = true;
-        conn.since = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // The oldest sit at the front: drop the ones past their time.
-        if idle
-            .first()
-            .is_some_and(|c| c.since.elapsed() >= IDLE_TIMEOUT)
-        {
-            idle.retain(|c| c.since.elapsed() < IDLE_TIMEOUT);
-        }
-        if idle.len() < MAX_IDLE {
-            idle.push(conn);
-        }
     }
 }

@@ -27,10 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use support::raw::{
-    chunked_body, h2_request, head_end, parse_responses, H2Frame, H2Outcome, RawResponse, FLAG_ACK,
-    FLAG_END_STREAM, FRAME_DATA, FRAME_GOAWAY, FRAME_HEADERS, FRAME_RST_STREAM, FRAME_SETTINGS,
-};
+use support::raw::{chunked_body, h2_read, h2_request, head_end, parse_responses, RawResponse};
 use support::*;
 
 const MIB: u64 = 1024 * 1024;
@@ -1124,58 +1121,6 @@ async fn bad_second_head_on_a_kept_alive_connection_is_refused_and_closes_it() {
 // HTTP/2 by prior knowledge, the preface arriving in pieces.
 // ---------------------------------------------------------------------------
 
-/// Reads frames until stream 1 has its response headers, or the connection
-/// ends, acknowledging the server's SETTINGS.
-async fn h2_read_response(stream: &mut TcpStream) -> H2Outcome {
-    let mut frames = Vec::new();
-    let mut closed = false;
-    let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let deadline = Instant::now() + PATIENCE;
-    'read: loop {
-        while buf.len() >= 9 {
-            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
-            if buf.len() < 9 + len {
-                break;
-            }
-            let frame = H2Frame {
-                kind: buf[3],
-                flags: buf[4],
-                stream: u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff,
-                payload: buf[9..9 + len].to_vec(),
-            };
-            buf.drain(..9 + len);
-            if frame.kind == FRAME_SETTINGS && frame.flags & FLAG_ACK == 0 {
-                let ack = H2Frame {
-                    kind: FRAME_SETTINGS,
-                    flags: FLAG_ACK,
-                    stream: 0,
-                    payload: Vec::new(),
-                };
-                let _ = stream.write_all(&ack.encode()).await;
-            }
-            let done = (frame.stream == 1
-                && (frame.kind == FRAME_RST_STREAM
-                    || (frame.kind == FRAME_DATA && frame.flags & FLAG_END_STREAM != 0)
-                    || frame.kind == FRAME_HEADERS))
-                || frame.kind == FRAME_GOAWAY;
-            frames.push(frame);
-            if done {
-                break 'read;
-            }
-        }
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => break,
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                closed = true;
-                break;
-            }
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    H2Outcome { frames, closed }
-}
-
 /// The HTTP/2 preface split over several TCP writes is still recognised: the
 /// proxy waits for the rest of it instead of parsing `PRI` as HTTP/1.
 #[tokio::test]
@@ -1203,7 +1148,7 @@ async fn h2c_preface_arriving_in_pieces_is_still_recognised() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let got = h2_read_response(&mut stream).await;
+    let got = h2_read(&mut stream).await;
     assert!(got.answered(), "no HTTP/2 response: {:?}", got.frames);
     assert_eq!(got.indexed_status(), Some(200), "{:?}", got.frames);
     let seen = upstream.last();

@@ -590,8 +590,20 @@ pub async fn h2_exchange(addr: SocketAddr, opening: &[u8]) -> H2Outcome {
     let mut stream = TcpStream::connect(addr)
         .await
         .expect("connect to the proxy");
+    if stream.write_all(opening).await.is_err() {
+        return H2Outcome {
+            frames: Vec::new(),
+            closed: true,
+        };
+    }
+    h2_read(&mut stream).await
+}
+
+/// Reads HTTP/2 frames from `stream`, acknowledging the server's SETTINGS, until
+/// stream 1 ends, the connection is refused or closed, or [`PATIENCE`] runs out.
+pub async fn h2_read(stream: &mut TcpStream) -> H2Outcome {
     let mut frames = Vec::new();
-    let mut closed = stream.write_all(opening).await.is_err();
+    let mut closed = false;
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let deadline = Instant::now() + PATIENCE;

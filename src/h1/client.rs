@@ -125,6 +125,7 @@ impl Reusable for Conn {
 
     fn returned(&mut self) {
         self.reused = true;
+        super::shrink(&mut self.buf);
     }
 }
 

@@ -127,7 +127,7 @@ where
         .await
         {
             Ok(done) => match done.next {
-                Next::KeepAlive => {}
+                Next::KeepAlive => shrink(&mut buf),
                 Next::Close => {
                     close(&mut io).await;
                     return Served::Closed;
@@ -385,6 +385,14 @@ impl BodyIn {
             }
         }
         Ok(())
+    }
+}
+
+/// A connection's buffer after a large body: back to its usual size once empty,
+/// so that idle keep-alive connections do not each hold the largest body's room.
+pub(crate) fn shrink(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 4 * 8192 {
+        *buf = BytesMut::with_capacity(8192);
     }
 }
 

@@ -138,6 +138,16 @@ pub fn classify(name: &[u8]) -> Name {
     }
 }
 
+/// A `Content-Length` value: `1*DIGIT`, nothing else (no sign, no spaces
+/// inside, no list); `None` for anything else.
+pub fn content_length(value: &[u8]) -> Option<u64> {
+    let v = value.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
 /// Each line's [`Name`], in order.
 pub type Names = SmallVec<[Name; 16]>;
 
@@ -241,10 +251,7 @@ pub fn scan_request<'a>(
     for ((_, value), &kind) in lines.iter().zip(&names) {
         if kind == Name::ContentLength {
             if let Some(limit) = cfg.limits.max_body_bytes {
-                let n = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                if n.is_some_and(|n| n > limit) {
+                if content_length(value).is_some_and(|n| n > limit) {
                     return Err(ProxyError::BodyTooLarge);
                 }
             }

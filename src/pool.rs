@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
+use crate::config::UpstreamConfig;
 use crate::upstream::{BodyStalled, BodyTooLarge, ClientBodyError, RequestBody, UpstreamFailure};
 
 /// Idle connections older than this are closed rather than reused.
@@ -83,24 +84,20 @@ pub struct Pool<C> {
 }
 
 impl<C: Reusable> Pool<C> {
-    pub fn new(
-        authority: String,
-        connect_timeout: Duration,
-        tls: Option<UpstreamTls>,
-        made_for: (http::Uri, Option<std::path::PathBuf>),
-    ) -> Pool<C> {
+    /// An empty pool for `upstream`.
+    pub fn new(upstream: &UpstreamConfig) -> Pool<C> {
         Pool {
-            authority,
-            connect_timeout,
-            tls,
-            made_for,
+            authority: upstream.connect_to.clone(),
+            connect_timeout: upstream.connect_timeout,
+            tls: upstream.tls.clone(),
+            made_for: (upstream.uri.clone(), upstream.ca_file.clone()),
             idle: Mutex::new(Vec::new()),
         }
     }
 
     /// Whether this pool still matches the configured upstream.
-    pub fn serves(&self, uri: &http::Uri, ca_file: &Option<std::path::PathBuf>) -> bool {
-        self.made_for.0 == *uri && self.made_for.1 == *ca_file
+    pub fn serves(&self, upstream: &UpstreamConfig) -> bool {
+        self.made_for.0 == upstream.uri && self.made_for.1 == upstream.ca_file
     }
 
     /// An idle connection that still looks open, most recently used first.

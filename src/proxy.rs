@@ -25,7 +25,7 @@ use crate::cookie::{CookieFlavor, CookieJar, Verified};
 use crate::error::ProxyError;
 use crate::headers::{self, Candidate, Extras, Keep, Line, RequestView, UpstreamSession};
 use crate::metrics::{CookieRejection, Metrics};
-use crate::pool::{HyperPool, PooledBody, SendError};
+use crate::pool::{HyperPool, Pool, PooledBody, Reusable, SendError};
 use crate::session::{
     now_ms, Applied, Changes, Lookup, SessionData, SessionId, SessionStore, Store,
 };
@@ -130,32 +130,24 @@ pub struct Worker {
     request_counter: AtomicU64,
 }
 
-/// The pool for the upstream `settings` name.
-fn pool_for(settings: &Settings) -> HyperPool {
+/// The pool in `slot` if it still serves the configured upstream, else a new
+/// one put in its place (after a reload changed the upstream).
+fn current_pool<C: Reusable>(slot: &ArcSwap<Pool<C>>, settings: &Settings) -> Arc<Pool<C>> {
     let upstream = &settings.config.upstream;
-    HyperPool::new(
-        upstream.connect_to.clone(),
-        upstream.connect_timeout,
-        upstream.tls.clone(),
-        (upstream.uri.clone(), upstream.ca_file.clone()),
-    )
-}
-
-/// The HTTP/1 path's pool for the upstream `settings` name.
-fn h1_pool_for(settings: &Settings) -> crate::h1::client::Pool {
-    let upstream = &settings.config.upstream;
-    crate::h1::client::Pool::new(
-        upstream.connect_to.clone(),
-        upstream.connect_timeout,
-        upstream.tls.clone(),
-        (upstream.uri.clone(), upstream.ca_file.clone()),
-    )
+    let pool = slot.load_full();
+    if pool.serves(upstream) {
+        return pool;
+    }
+    let fresh = Arc::new(Pool::new(upstream));
+    slot.store(fresh.clone());
+    fresh
 }
 
 impl Worker {
     pub fn new(state: Arc<State>) -> Worker {
-        let pool = ArcSwap::from_pointee(pool_for(&state.settings.load()));
-        let h1_pool = ArcSwap::from_pointee(h1_pool_for(&state.settings.load()));
+        let upstream = &state.settings.load().config.upstream;
+        let pool = ArcSwap::from_pointee(Pool::new(upstream));
+        let h1_pool = ArcSwap::from_pointee(Pool::new(upstream));
         let mut prefix = [0u8; 4];
         getrandom::fill(&mut prefix).expect("the operating system's random source failed");
         Worker {
@@ -167,29 +159,14 @@ impl Worker {
         }
     }
 
-    /// The pool for the current upstream, rebuilt after a reload changed it.
+    /// The HTTP/2 path's pool for the current upstream.
     fn pool(&self, settings: &Settings) -> Arc<HyperPool> {
-        let pool = self.pool.load_full();
-        let u = &settings.config.upstream;
-        if pool.serves(&u.uri, &u.ca_file) {
-            return pool;
-        }
-        let fresh = Arc::new(pool_for(settings));
-        self.pool.store(fresh.clone());
-        fresh
+        current_pool(&self.pool, settings)
     }
 
-    /// The HTTP/1 path's pool for the current upstream, rebuilt after a reload
-    /// changed it.
+    /// The HTTP/1 path's pool for the current upstream.
     pub(crate) fn h1_pool(&self, settings: &Settings) -> Arc<crate::h1::client::Pool> {
-        let pool = self.h1_pool.load_full();
-        let u = &settings.config.upstream;
-        if pool.serves(&u.uri, &u.ca_file) {
-            return pool;
-        }
-        let fresh = Arc::new(h1_pool_for(settings));
-        self.h1_pool.store(fresh.clone());
-        fresh
+        current_pool(&self.h1_pool, settings)
     }
 
     /// A request id: 8 hex digits of per-worker random prefix, 12 of counter.

@@ -12,7 +12,7 @@ use bytes::{Buf, BytesMut};
 use http::{Method, StatusCode, Version};
 use smallvec::SmallVec;
 
-use crate::headers::{classify, put_lines, Extras, Line, Name};
+use crate::headers::{classify, content_length, put_lines, Extras, Line, Name};
 
 /// Headers a head may carry.
 pub const MAX_HEADERS: usize = 128;
@@ -79,10 +79,21 @@ pub fn head_end(buf: &[u8]) -> Option<usize> {
     })
 }
 
-/// Whether `buf` has a CR followed by anything but LF (a head that would never
-/// end, to a parser that waits for CRLF).
-pub fn has_bare_cr(buf: &[u8]) -> bool {
-    memchr::memchr_iter(b'\r', buf).any(|i| buf.get(i + 1).is_some_and(|&b| b != b'\n'))
+/// Where the request head at the start of `buf` ends, if it is all here and
+/// within `max_bytes`. A head that can never end here (past `max_bytes`, or with
+/// a CR followed by anything but LF) is refused now rather than waited for.
+pub fn request_head_end(buf: &[u8], max_bytes: usize) -> Result<Option<usize>, HeadError> {
+    match head_end(buf) {
+        Some(len) if len > max_bytes => Err(HeadError::TooLarge),
+        Some(len) => Ok(Some(len)),
+        None if buf.len() >= max_bytes => Err(HeadError::TooLarge),
+        None if memchr::memchr_iter(b'\r', buf)
+            .any(|i| buf.get(i + 1).is_some_and(|&b| b != b'\n')) =>
+        {
+            Err(HeadError::Bad("bare CR in request head"))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Whether the head has a line ending in LF without CR before it.
@@ -125,7 +136,7 @@ impl FramingHeaders {
         match classify(name) {
             Name::ContentLength => {
                 self.lengths += 1;
-                match parse_length(value) {
+                match content_length(value) {
                     Some(n) => self.length = Some(n),
                     None => self.bad_length = true,
                 }
@@ -147,15 +158,6 @@ impl FramingHeaders {
             _ => {}
         }
     }
-}
-
-/// `1*DIGIT`, nothing else (no sign, no spaces inside, no list).
-fn parse_length(v: &[u8]) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 /// Parses the whole request head `head` (as found by [`head_end`]).
@@ -578,6 +580,26 @@ mod tests {
         assert_eq!(
             req("POST / HTTP/1.1\r\nContent-Length: 7\r\n\r\n"),
             Ok(Some((Framing::Length(7), true)))
+        );
+    }
+
+    #[test]
+    fn heads_that_can_never_end_are_refused_at_once() {
+        assert_eq!(
+            request_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 64),
+            Ok(None)
+        );
+        assert_eq!(
+            request_head_end(b"GET / HTTP/1.1\rHost: x\r", 64),
+            Err(HeadError::Bad("bare CR in request head"))
+        );
+        assert_eq!(
+            request_head_end(b"GET / HTTP/1.1\r\nX: aaaaaaaaaaaa", 16),
+            Err(HeadError::TooLarge)
+        );
+        assert_eq!(
+            request_head_end(b"GET / HTTP/1.1\r\nX: aaaaaaaaaaaa\r\n\r\n", 16),
+            Err(HeadError::TooLarge)
         );
     }
 

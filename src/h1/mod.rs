@@ -126,7 +126,7 @@ where
         )
         .await
         {
-            Ok(done) => match done.next {
+            Ok(next) => match next {
                 Next::KeepAlive => shrink(&mut buf),
                 Next::Close => {
                     close(&mut io).await;
@@ -250,14 +250,10 @@ where
                 }
             }
             if look {
-                match codec::head_end(buf) {
-                    Some(len) if len > max_head => return Head::Refused(HeadError::TooLarge),
-                    Some(len) => return Head::Ready(len),
-                    None if buf.len() >= max_head => return Head::Refused(HeadError::TooLarge),
-                    None if codec::has_bare_cr(buf) => {
-                        return Head::Refused(HeadError::Bad("bare CR in request head"))
-                    }
-                    None => {}
+                match codec::request_head_end(buf, max_head) {
+                    Ok(Some(len)) => return Head::Ready(len),
+                    Ok(None) => {}
+                    Err(refused) => return Head::Refused(refused),
                 }
             }
         }
@@ -281,11 +277,6 @@ where
     }
 }
 
-/// How a request ended, for the log and the connection loop.
-struct Done {
-    next: Next,
-}
-
 /// What the connection does after a response.
 enum Next {
     KeepAlive,
@@ -301,10 +292,23 @@ enum Attempt {
     Failed(Failed),
 }
 
-/// What the body loop needs of the response head once it is written.
-struct ResponseSummary {
+/// The upstream's response head, rewritten for the client, and what the body
+/// loop needs to know of it.
+struct Answer {
+    status: StatusCode,
     framing: Framing,
+    /// The upstream keeps its connection open after this response.
     keep_alive: bool,
+    /// How the body travels to the client.
+    outgoing: Outgoing,
+    /// The client connection closes after this response.
+    close_client: bool,
+    /// The body's length, for the access log, when known.
+    bytes: Option<u64>,
+    /// The head for the client, as bytes.
+    head: Vec<u8>,
+    /// Bytes of the upstream's head, to take off its buffer.
+    upstream_head_len: usize,
 }
 
 /// Why a request failed.
@@ -431,7 +435,7 @@ async fn exchange<IO>(
     begun: &mut Begun,
     request: Request<'_, '_>,
     closing: bool,
-) -> Result<Done, Failed>
+) -> Result<Next, Failed>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -454,12 +458,12 @@ where
         lines: &head.lines,
     };
     let state = &*worker.state;
-    let settings = begun.settings.clone();
+    let settings: &proxy::Settings = &begun.settings;
     let cfg = &settings.config;
     let (mut exchange, out) = {
         let prepared = proxy::prepare(
             state,
-            &settings,
+            settings,
             conn,
             begun.trusted,
             &begun.request_id,
@@ -503,7 +507,7 @@ where
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     );
     let stall = cfg.limits.header_read_timeout;
-    let pool = worker.h1_pool(&settings);
+    let pool = worker.h1_pool(settings);
     let asked = Instant::now();
     let timeout = cfg.upstream.timeout;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -609,16 +613,7 @@ where
     begun.trace.upstream = Some(asked.elapsed());
 
     // The response head, rewritten by steps 4 and 5 into the client's bytes.
-    let (
-        status,
-        response_framing,
-        upstream_keep_alive,
-        bytes,
-        outgoing,
-        close_client,
-        resp,
-        head_len,
-    ) = {
+    let answer = {
         let rh = match codec::parse_response(&up.buf, MAX_RESPONSE_HEAD, method) {
             Ok(Some(rh)) => rh,
             Ok(None) | Err(_) => {
@@ -628,7 +623,7 @@ where
         };
         let (keep, extras) = proxy::respond(
             state,
-            &settings,
+            settings,
             &mut exchange,
             rh.status,
             &rh.lines,
@@ -649,11 +644,11 @@ where
                 .lines
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
-                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse().ok()),
+                .and_then(|(_, v)| crate::headers::content_length(v)),
         };
-        let mut resp = Vec::with_capacity(512);
+        let mut head = Vec::with_capacity(512);
         codec::write_response(
-            &mut resp,
+            &mut head,
             rh.status,
             &rh.lines,
             &keep,
@@ -661,36 +656,36 @@ where
             outgoing,
             close_client,
         );
-        (
-            rh.status,
-            rh.framing,
-            rh.keep_alive,
-            bytes,
+        Answer {
+            status: rh.status,
+            framing: rh.framing,
+            keep_alive: rh.keep_alive,
             outgoing,
             close_client,
-            resp,
-            rh.len,
-        )
+            bytes,
+            head,
+            upstream_head_len: rh.len,
+        }
     };
-    up.buf.advance(head_len);
-    let rh = ResponseSummary {
-        framing: response_framing,
-        keep_alive: upstream_keep_alive,
-    };
-    let mut resp = resp;
-    worker.finish(begun, conn, status, bytes);
+    up.buf.advance(answer.upstream_head_len);
+    let Answer {
+        status,
+        outgoing,
+        close_client,
+        head: mut resp,
+        ..
+    } = answer;
+    worker.finish(begun, conn, status, answer.bytes);
     let broke = Failed::Io { status };
 
     if status == StatusCode::SWITCHING_PROTOCOLS {
         resp.extend_from_slice(&up.buf);
         up.buf.clear();
         send(io, &resp).await.map_err(|_| broke)?;
-        return Ok(Done {
-            next: Next::Tunnel(up),
-        });
+        return Ok(Next::Tunnel(up));
     }
 
-    match rh.framing {
+    match answer.framing {
         Framing::Empty => send(io, &resp).await.map_err(|_| broke)?,
         Framing::Length(n) => {
             let mut left = n;
@@ -768,15 +763,13 @@ where
             }
         }
     }
-    if rh.keep_alive {
+    if answer.keep_alive {
         pool.checkin(up);
     }
-    Ok(Done {
-        next: if close_client {
-            Next::Close
-        } else {
-            Next::KeepAlive
-        },
+    Ok(if close_client {
+        Next::Close
+    } else {
+        Next::KeepAlive
     })
 }
 

@@ -3,9 +3,8 @@
 
 mod support;
 
-use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use support::*;
@@ -278,112 +277,6 @@ fn help_lists_the_subcommands() {
     }
 }
 
-/// The binary running in the background, killed if a test fails midway.
-struct Running {
-    child: Child,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    /// Every output line read so far.
-    output: Vec<String>,
-    _config: ConfigFile,
-}
-
-impl Running {
-    /// Starts `sessiongate --config FILE` and waits for "listening on".
-    async fn start(yaml: &str, extra_args: &[&str]) -> Running {
-        let config = config_file("sessiongate.yaml", yaml);
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(&config.path)
-            .args(extra_args)
-            .env_remove("SESSIONGATE_SECRET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sessiongate");
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        for pipe in [
-            Box::new(stdout) as Box<dyn std::io::Read + Send>,
-            Box::new(stderr),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let mut running = Running {
-            child,
-            lines,
-            output: Vec::new(),
-            _config: config,
-        };
-        running.wait_for_line("listening on").await;
-        running
-    }
-
-    /// Waits for an output line containing `needle`; returns it.
-    async fn wait_for_line(&mut self, needle: &str) -> String {
-        loop {
-            match tokio::time::timeout(PATIENCE, self.lines.recv()).await {
-                Ok(Some(line)) => {
-                    self.output.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Ok(None) | Err(_) => panic!(
-                    "sessiongate never printed {needle:?}; its output:\n{}",
-                    self.output.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// After exit: every line the process printed.
-    async fn all_output(&mut self) -> Vec<String> {
-        while let Ok(Some(line)) = tokio::time::timeout(PATIENCE, self.lines.recv()).await {
-            self.output.push(line);
-        }
-        self.output.clone()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit; its exit code.
-    async fn exit_code(&mut self) -> Option<i32> {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.code();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "sessiongate did not exit"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// A loopback port that was free a moment ago.
 fn free_port() -> u16 {
     refused_addr().port()
@@ -396,7 +289,7 @@ async fn assert_signal_drains_in_flight_requests(signal: &str) {
         .set("listen", &format!("127.0.0.1:{port}"))
         .set("log.level", "info")
         .to_string();
-    let mut proxy = Running::start(&yaml, &[]).await;
+    let mut proxy = ops::Binary::start(&yaml).await;
     let slow = tokio::spawn(
         plain_client()
             .get(format!("http://127.0.0.1:{port}/slow"))
@@ -440,7 +333,7 @@ async fn dev_mode_starts_without_a_secret_and_warns() {
         .without("session.secrets")
         .to_string();
 
-    let mut proxy = Running::start(&yaml, &["--dev"]).await;
+    let mut proxy = ops::Binary::start_with(&yaml, &["--dev"]).await;
 
     let response = get_without_cookie(&format!("http://127.0.0.1:{port}/")).await;
     assert_eq!(response.status(), 200);
@@ -467,7 +360,7 @@ async fn session_ids_never_appear_in_info_logs() {
         .set("log.level", "info")
         .set("log.access", "true")
         .to_string();
-    let mut proxy = Running::start(&yaml, &[]).await;
+    let mut proxy = ops::Binary::start(&yaml).await;
 
     let response = get_without_cookie(&format!("http://127.0.0.1:{port}/a?b=c")).await;
     let cookie = expect_session_cookie(response.headers());

@@ -5,10 +5,8 @@
 
 mod support;
 
-use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{stream, StreamExt as _};
@@ -16,7 +14,6 @@ use sessiongate::session::memory::{MemorySettings, MemoryStore, RestoredSession}
 use sessiongate::session::{snapshot, SessionId};
 use support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sessiongate");
 /// Requests in flight at once when making or checking many sessions.
 const CONCURRENCY: usize = 32;
 
@@ -32,113 +29,13 @@ async fn app() -> Upstream {
     .await
 }
 
-/// The binary, running with a config file in `dir`; killed if a test fails.
-struct Running {
-    child: Child,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    output: Vec<String>,
-    port: u16,
-}
-
-impl Running {
-    /// Starts `sessiongate --config dir/sessiongate.yaml` and waits until it listens.
-    async fn start(dir: &Path, yaml: ConfigYaml) -> Running {
-        let port = refused_addr().port();
-        let yaml = yaml
-            .set("listen", &format!("127.0.0.1:{port}"))
-            .set("log.level", "info");
-        let path = dir.join("sessiongate.yaml");
-        std::fs::write(&path, yaml.to_string()).expect("write config");
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(&path)
-            .env_remove("SESSIONGATE_SECRET")
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sessiongate");
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let mut running = Running {
-            child,
-            lines,
-            output: Vec::new(),
-            port,
-        };
-        running.wait_for_line("listening on").await;
-        running
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// Waits for an output line containing `needle`; returns it.
-    async fn wait_for_line(&mut self, needle: &str) -> String {
-        if let Some(line) = self.output.iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
-        loop {
-            match tokio::time::timeout(PATIENCE, self.lines.recv()).await {
-                Ok(Some(line)) => {
-                    self.output.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Ok(None) | Err(_) => panic!(
-                    "sessiongate never printed {needle:?}; its output:\n{}",
-                    self.output.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-
-    /// Sends `signal` and waits for the exit; the exit code (`None`: killed).
-    async fn stop(mut self, signal: &str) -> Option<i32> {
-        self.signal(signal);
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.code();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "sessiongate did not exit"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Starts the binary with its config in `dir`, on a free port, logging at `info`.
+async fn start(dir: &Path, yaml: ConfigYaml) -> ops::Binary {
+    let port = refused_addr().port();
+    let yaml = yaml
+        .set("listen", &format!("127.0.0.1:{port}"))
+        .set("log.level", "info");
+    ops::Binary::start_in(dir, yaml).await
 }
 
 fn snapshot_config(upstream: &Upstream, file: &Path, interval: &str) -> ConfigYaml {
@@ -148,7 +45,7 @@ fn snapshot_config(upstream: &Upstream, file: &Path, interval: &str) -> ConfigYa
 }
 
 /// Makes one session per value of `n`, concurrently; their cookies, by `n`.
-async fn make_sessions(proxy: &Running, n: std::ops::Range<usize>) -> Vec<(usize, String)> {
+async fn make_sessions(proxy: &ops::Binary, n: std::ops::Range<usize>) -> Vec<(usize, String)> {
     let client = plain_client();
     stream::iter(n)
         .map(|i| {
@@ -166,7 +63,7 @@ async fn make_sessions(proxy: &Running, n: std::ops::Range<usize>) -> Vec<(usize
 
 /// How many of the sessions are still there with their data (`n=V`), checked
 /// concurrently. A session that is gone gets a new cookie and no data.
-async fn surviving(proxy: &Running, sessions: &[(usize, String)]) -> usize {
+async fn surviving(proxy: &ops::Binary, sessions: &[(usize, String)]) -> usize {
     let client = plain_client();
     stream::iter(sessions)
         .map(|(i, cookie)| {
@@ -201,21 +98,19 @@ async fn ten_thousand_sessions_survive_a_sigterm_restart() {
     let upstream = app().await;
     let yaml = snapshot_config(&upstream, &file, "1h");
 
-    let mut proxy = Running::start(dir.path(), yaml.clone()).await;
-    proxy.wait_for_line("no session snapshot yet").await;
+    let mut proxy = start(dir.path(), yaml.clone()).await;
+    proxy.wait_for("no session snapshot yet").await;
     let sessions = make_sessions(&proxy, 0..10_000).await;
-    assert_eq!(proxy.stop("TERM").await, Some(0));
+    assert_eq!(proxy.stop_with("TERM").await, Some(0));
 
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the snapshot is readable by others");
 
-    let mut proxy = Running::start(dir.path(), yaml).await;
-    let restored = proxy
-        .wait_for_line("sessions restored from the snapshot")
-        .await;
+    let mut proxy = start(dir.path(), yaml).await;
+    let restored = proxy.wait_for("sessions restored from the snapshot").await;
     assert!(restored.contains("sessions=10000"), "{restored}");
     assert_eq!(surviving(&proxy, &sessions).await, 10_000);
-    assert_eq!(proxy.stop("TERM").await, Some(0));
+    assert_eq!(proxy.stop_with("TERM").await, Some(0));
 }
 
 /// Waits until the snapshot file has been replaced `times` times (each save
@@ -246,14 +141,14 @@ async fn sigkill_loses_at_most_the_snapshot_interval() {
     let upstream = app().await;
     let yaml = snapshot_config(&upstream, &file, "1s");
 
-    let proxy = Running::start(dir.path(), yaml.clone()).await;
+    let mut proxy = start(dir.path(), yaml.clone()).await;
     let older = make_sessions(&proxy, 0..500).await;
     // Two saves after the last of them: the second began after they all existed.
     snapshot_saved(&file, 2).await;
     let newer = make_sessions(&proxy, 500..1000).await;
-    assert_eq!(proxy.stop("KILL").await, None);
+    assert_eq!(proxy.stop_with("KILL").await, None);
 
-    let proxy = Running::start(dir.path(), yaml).await;
+    let proxy = start(dir.path(), yaml).await;
     assert_eq!(
         surviving(&proxy, &older).await,
         older.len(),
@@ -289,17 +184,15 @@ async fn an_unreadable_snapshot_is_moved_aside_and_the_proxy_starts_empty() {
     let yaml = snapshot_config(&upstream, &file, "1h");
 
     // A real snapshot with one session, then cut short.
-    let proxy = Running::start(dir.path(), yaml.clone()).await;
+    let mut proxy = start(dir.path(), yaml.clone()).await;
     let lost = make_sessions(&proxy, 0..1).await;
-    assert_eq!(proxy.stop("TERM").await, Some(0));
+    assert_eq!(proxy.stop_with("TERM").await, Some(0));
     let whole = std::fs::read(&file).unwrap();
     let damaged = &whole[..whole.len() - 10];
     std::fs::write(&file, damaged).unwrap();
 
-    let mut proxy = Running::start(dir.path(), yaml.clone()).await;
-    let logged = proxy
-        .wait_for_line("cannot read the session snapshot")
-        .await;
+    let mut proxy = start(dir.path(), yaml.clone()).await;
+    let logged = proxy.wait_for("cannot read the session snapshot").await;
     assert!(logged.contains("ERROR"), "{logged}");
     assert!(
         logged.contains("ends early"),
@@ -317,9 +210,9 @@ async fn an_unreadable_snapshot_is_moved_aside_and_the_proxy_starts_empty() {
     let kept = make_sessions(&proxy, 7..8).await;
 
     // The next save writes a fresh file and leaves the one moved aside alone.
-    assert_eq!(proxy.stop("TERM").await, Some(0));
+    assert_eq!(proxy.stop_with("TERM").await, Some(0));
     assert_eq!(std::fs::read(&aside[0]).unwrap(), damaged);
-    let proxy = Running::start(dir.path(), yaml).await;
+    let proxy = start(dir.path(), yaml).await;
     assert_eq!(surviving(&proxy, &kept).await, 1);
     assert_eq!(moved_aside(&file).len(), 1);
 }
@@ -331,10 +224,8 @@ async fn a_file_that_is_not_a_snapshot_is_moved_aside_too() {
     std::fs::write(&file, "listen: 127.0.0.1:8080\n").unwrap();
     let upstream = app().await;
 
-    let mut proxy = Running::start(dir.path(), snapshot_config(&upstream, &file, "1h")).await;
-    let logged = proxy
-        .wait_for_line("cannot read the session snapshot")
-        .await;
+    let mut proxy = start(dir.path(), snapshot_config(&upstream, &file, "1h")).await;
+    let logged = proxy.wait_for("cannot read the session snapshot").await;
     assert!(logged.contains("not a sessiongate snapshot"), "{logged}");
     let aside = moved_aside(&file);
     assert_eq!(aside.len(), 1);
@@ -344,7 +235,7 @@ async fn a_file_that_is_not_a_snapshot_is_moved_aside_too() {
     );
     // Serving, with an empty store.
     assert_eq!(make_sessions(&proxy, 0..1).await.len(), 1);
-    assert_eq!(proxy.stop("TERM").await, Some(0));
+    assert_eq!(proxy.stop_with("TERM").await, Some(0));
 }
 
 /// Figures, not a pass/fail test: `cargo test --release --test snapshot --

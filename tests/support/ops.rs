@@ -314,7 +314,8 @@ pub struct Binary {
     pub output: Vec<String>,
     /// Lines before this index have been looked at by `wait_for_new_line`.
     seen: usize,
-    _dir: tempfile::TempDir,
+    /// The directory the config file was written to, when the binary owns it.
+    _dir: Option<tempfile::TempDir>,
     pub config_path: PathBuf,
     /// The plain listener's address, from its `listening on http://` line.
     pub addr: SocketAddr,
@@ -324,14 +325,37 @@ impl Binary {
     /// Writes `yaml` to a file in a fresh directory, starts the binary on it and
     /// waits for its `listening on http://` line (the config must log at `info`).
     pub async fn start(yaml: impl fmt::Display) -> Binary {
+        Binary::start_with(yaml, &[]).await
+    }
+
+    /// [`Binary::start`] with extra command-line arguments (`--dev`, ...).
+    pub async fn start_with(yaml: impl fmt::Display, extra_args: &[&str]) -> Binary {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("sessiongate.yaml");
         std::fs::write(&config_path, yaml.to_string()).expect("write config");
+        Binary::launch(config_path, extra_args, Some(dir)).await
+    }
+
+    /// Writes `yaml` to `dir/sessiongate.yaml` (a directory the test keeps, for
+    /// files that outlive one run) and starts the binary on it.
+    pub async fn start_in(dir: &std::path::Path, yaml: impl fmt::Display) -> Binary {
+        let config_path = dir.join("sessiongate.yaml");
+        std::fs::write(&config_path, yaml.to_string()).expect("write config");
+        Binary::launch(config_path, &[], None).await
+    }
+
+    async fn launch(
+        config_path: PathBuf,
+        extra_args: &[&str],
+        dir: Option<tempfile::TempDir>,
+    ) -> Binary {
         let mut child = Command::new(BIN)
             .arg("--config")
             .arg(&config_path)
+            .args(extra_args)
             .env_remove("SESSIONGATE_SECRET")
             .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -413,29 +437,49 @@ impl Binary {
 
     /// SIGTERM, then waits for exit 0 and returns every line the process printed.
     pub async fn stop(&mut self) -> Vec<String> {
-        self.signal("TERM");
+        let code = self.stop_with("TERM").await;
+        let output = self.all_output().await;
+        assert_eq!(
+            code,
+            Some(0),
+            "sessiongate exited with {code:?}; its output:\n{}",
+            output.join("\n")
+        );
+        output
+    }
+
+    /// Sends `signal` and waits for the exit; the exit code (`None`: killed).
+    pub async fn stop_with(&mut self, signal: &str) -> Option<i32> {
+        self.signal(signal);
+        self.exit_code().await
+    }
+
+    /// Waits for the process to exit (failing after [`PATIENCE`]); its exit code.
+    pub async fn exit_code(&mut self) -> Option<i32> {
         let deadline = tokio::time::Instant::now() + PATIENCE;
-        let status = loop {
+        loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
-                break status;
+                return status.code();
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "sessiongate did not exit on SIGTERM"
+                "sessiongate did not exit"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        // The pipes close at exit: read to their end.
+        }
+    }
+
+    /// After exit: every line the process printed (the pipes are read to their end).
+    pub async fn all_output(&mut self) -> Vec<String> {
         while let Ok(Some(line)) = tokio::time::timeout(PATIENCE, self.lines.recv()).await {
             self.output.push(line);
         }
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "sessiongate exited with {status}; its output:\n{}",
-            self.output.join("\n")
-        );
         self.output.clone()
+    }
+
+    /// The first line, already read or still to come, that contains `needle`.
+    pub async fn wait_for(&mut self, needle: &str) -> String {
+        self.find_or_wait(|l| l.contains(needle)).await
     }
 
     /// Marks every line read so far as seen.

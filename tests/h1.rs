@@ -901,12 +901,10 @@ async fn upstream_closing_an_idle_connection_costs_no_request() {
     );
 }
 
-/// The race the stale check cannot see: the reused connection takes the next
-/// request, then closes without a byte of answer. A bodiless GET is sent again,
-/// once, on a new connection, and the client never learns of it.
-#[tokio::test]
-async fn get_dropped_by_a_reused_upstream_connection_is_retried_on_a_new_one() {
-    let upstream = Scripted::start(|mut conn: UpConn| async move {
+/// An upstream whose first connection answers one request, then reads the
+/// next and closes without a byte of answer; later connections answer all.
+async fn drops_the_second_request_on_its_first_connection() -> Scripted {
+    Scripted::start(|mut conn: UpConn| async move {
         if conn.index == 0 {
             if conn.request().await.is_some() {
                 conn.send(OK).await;
@@ -919,7 +917,15 @@ async fn get_dropped_by_a_reused_upstream_connection_is_retried_on_a_new_one() {
             conn.send(OK).await;
         }
     })
-    .await;
+    .await
+}
+
+/// The race the stale check cannot see: the reused connection takes the next
+/// request, then closes without a byte of answer. A bodiless GET is sent again,
+/// once, on a new connection, and the client never learns of it.
+#[tokio::test]
+async fn get_dropped_by_a_reused_upstream_connection_is_retried_on_a_new_one() {
+    let upstream = drops_the_second_request_on_its_first_connection().await;
     let proxy = Proxy::start(config(&upstream.url())).await;
     let mut client = Client::connect(proxy.addr()).await;
 
@@ -948,19 +954,7 @@ async fn get_dropped_by_a_reused_upstream_connection_is_retried_on_a_new_one() {
 /// non-idempotent request twice; the client gets a 502 instead.
 #[tokio::test]
 async fn post_taken_by_a_reused_upstream_connection_is_not_sent_twice() {
-    let upstream = Scripted::start(|mut conn: UpConn| async move {
-        if conn.index == 0 {
-            if conn.request().await.is_some() {
-                conn.send(OK).await;
-            }
-            let _ = conn.request().await;
-            return;
-        }
-        while conn.request().await.is_some() {
-            conn.send(OK).await;
-        }
-    })
-    .await;
+    let upstream = drops_the_second_request_on_its_first_connection().await;
     let proxy = Proxy::start(config(&upstream.url())).await;
     let mut client = Client::connect(proxy.addr()).await;
 

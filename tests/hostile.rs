@@ -1213,15 +1213,6 @@ async fn session_remove_with_bad_encoding_is_refused() {
 // WebSocket and other upgrades.
 // ---------------------------------------------------------------------------
 
-fn websocket_app(req: &Seen) -> Reply {
-    let upgrade = req.header("upgrade").unwrap_or("").to_ascii_lowercase();
-    if upgrade == "websocket" {
-        Reply::websocket_echo()
-    } else {
-        Reply::ok()
-    }
-}
-
 #[tokio::test]
 async fn websocket_tunnel_carries_the_session_and_strips_spoofed_headers() {
     let upstream = Upstream::start(websocket_app).await;

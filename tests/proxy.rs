@@ -340,15 +340,6 @@ async fn h2c_cookie_split_over_several_header_fields_is_understood() {
     );
 }
 
-fn websocket_app(req: &Seen) -> Reply {
-    let upgrade = req.header("upgrade").unwrap_or("").to_ascii_lowercase();
-    if upgrade == "websocket" {
-        Reply::websocket_echo()
-    } else {
-        Reply::ok()
-    }
-}
-
 #[tokio::test]
 async fn websocket_upgrade_tunnels_with_the_session_on_the_handshake() {
     let upstream = Upstream::start(websocket_app).await;

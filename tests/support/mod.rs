@@ -269,6 +269,17 @@ impl Reply {
     }
 }
 
+/// An application that answers a WebSocket handshake with an echo tunnel and
+/// anything else with `200`.
+pub fn websocket_app(req: &Seen) -> Reply {
+    let upgrade = req.header("upgrade").unwrap_or("").to_ascii_lowercase();
+    if upgrade == "websocket" {
+        Reply::websocket_echo()
+    } else {
+        Reply::ok()
+    }
+}
+
 /// A one-shot signal one side of a test opens and the other waits for.
 #[derive(Clone, Default)]
 pub struct Gate(Arc<Notify>);

@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderValue, Method, StatusCode};
 use sessiongate::config::Config;
 use sessiongate::cookie::SigningKeys;
-use sessiongate::h1::codec::{self, Framing, Outgoing};
+use sessiongate::h1::codec::{self, BodyHead, Framing};
 use sessiongate::headers::{self, RequestView, UpstreamSession};
 use sessiongate::proxy::{ConnInfo, Settings};
 use sessiongate::session::memory::{MemorySettings, MemoryStore};
@@ -120,7 +120,7 @@ fn client_head(settings: &Settings, set_cookie: Option<HeaderValue>) -> Vec<u8> 
         &head.lines,
         &keep,
         &extras,
-        Outgoing::AsIs,
+        BodyHead::Length(1234),
         false,
     );
     out

@@ -156,6 +156,13 @@ pub struct LimitsConfig {
     pub max_header_bytes: usize,
     pub max_body_bytes: Option<u64>,
     pub shutdown_timeout: Duration,
+    /// The longest pause between two reads of a request body (then `408`).
+    pub client_body_timeout: Duration,
+    /// The longest a write to the client may make no progress (then the
+    /// connection is closed).
+    pub send_timeout: Duration,
+    /// An upgraded connection with no bytes either way this long is closed.
+    pub tunnel_idle_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -742,6 +749,9 @@ struct RawLimits {
     max_header_bytes: usize,
     max_body_bytes: Option<u64>,
     shutdown_timeout: Dur,
+    client_body_timeout: Dur,
+    send_timeout: Dur,
+    tunnel_idle_timeout: Dur,
 }
 
 impl Default for RawLimits {
@@ -752,6 +762,9 @@ impl Default for RawLimits {
             max_header_bytes: 65_536,
             max_body_bytes: None,
             shutdown_timeout: Dur(Duration::from_secs(30)),
+            client_body_timeout: Dur(Duration::from_secs(60)),
+            send_timeout: Dur(Duration::from_secs(60)),
+            tunnel_idle_timeout: Dur(Duration::from_secs(3600)),
         }
     }
 }
@@ -1010,6 +1023,15 @@ impl RawConfig {
         if l.max_header_bytes < 8192 {
             return Err(at.error("limits.max_header_bytes", "must be at least 8192"));
         }
+        for (key, value) in [
+            ("limits.client_body_timeout", &l.client_body_timeout),
+            ("limits.send_timeout", &l.send_timeout),
+            ("limits.tunnel_idle_timeout", &l.tunnel_idle_timeout),
+        ] {
+            if value.0.is_zero() {
+                return Err(at.error(key, "must be greater than zero"));
+            }
+        }
 
         // Log.
         if tracing_subscriber::EnvFilter::try_new(&self.log.level.0).is_err() {
@@ -1100,6 +1122,9 @@ impl RawConfig {
                 max_header_bytes: l.max_header_bytes,
                 max_body_bytes: l.max_body_bytes,
                 shutdown_timeout: l.shutdown_timeout.0,
+                client_body_timeout: l.client_body_timeout.0,
+                send_timeout: l.send_timeout.0,
+                tunnel_idle_timeout: l.tunnel_idle_timeout.0,
             },
             log: LogConfig {
                 format: self.log.format.clone(),

@@ -32,7 +32,7 @@ pub enum ProxyError {
     Store(#[source] crate::session::StoreError),
     #[error("request body larger than limits.max_body_bytes")]
     BodyTooLarge,
-    #[error("request body stalled past limits.header_read_timeout")]
+    #[error("request body stalled past limits.client_body_timeout")]
     BodyTimeout,
     #[error("malformed request")]
     BadRequest(&'static str),

@@ -68,13 +68,28 @@ impl<'a> Extras<'a> {
     }
 }
 
-fn is(name: &[u8], lower: &str) -> bool {
-    name.eq_ignore_ascii_case(lower.as_bytes())
+/// A header name byte as the rules compare it: lower case, `_` read as `-`
+/// (CGI, PHP, WSGI and Rack map both to the same `HTTP_*` variable).
+#[inline]
+fn fold(b: u8) -> u8 {
+    match b {
+        b'_' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
 }
 
-fn has_prefix(name: &[u8], lower_prefix: &str) -> bool {
-    name.len() >= lower_prefix.len()
-        && name[..lower_prefix.len()].eq_ignore_ascii_case(lower_prefix.as_bytes())
+/// Whether `a` and `b` name the same header: case-insensitive, `_` read as `-`.
+pub fn same_name(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == fold(y))
+}
+
+fn is(name: &[u8], lower: &str) -> bool {
+    same_name(name, lower.as_bytes())
+}
+
+/// Whether `name` starts with `prefix`, compared as [`same_name`] does.
+pub fn has_prefix(name: &[u8], prefix: &str) -> bool {
+    name.len() >= prefix.len() && same_name(&name[..prefix.len()], prefix.as_bytes())
 }
 
 /// The header names the rules act on, recognised once per line.
@@ -85,13 +100,16 @@ pub enum Name {
     Connection,
     Upgrade,
     /// `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`,
-    /// `Proxy-Authorization`, `TE`, `Trailer`.
+    /// `Proxy-Authorization`, `TE`, `Trailer`, `HTTP2-Settings`.
     OtherHopByHop,
     Cookie,
     Host,
     ForwardedFor,
     ForwardedProto,
     ForwardedHost,
+    /// `Forwarded` (RFC 7239) and `X-Real-IP`: a client's claims about itself,
+    /// kept only from a trusted proxy.
+    ForwardedOther,
     RequestId,
     Expect,
     CacheControl,
@@ -101,18 +119,26 @@ pub enum Name {
 }
 
 impl Name {
-    /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+    /// Headers that describe one connection, or the framing of one message,
+    /// never forwarded as they came (RFC 9110 §7.6.1): the proxy writes the
+    /// framing of every message it sends itself (DESIGN.md §9).
     fn hop_by_hop(self) -> bool {
         matches!(
             self,
-            Name::Connection | Name::TransferEncoding | Name::Upgrade | Name::OtherHopByHop
+            Name::Connection
+                | Name::TransferEncoding
+                | Name::ContentLength
+                | Name::Upgrade
+                | Name::OtherHopByHop
         )
     }
 }
 
-/// Which [`Name`] a header name is, by its length first.
+/// Which [`Name`] a header name is, by its length first; `_` reads as `-`, so
+/// `X_Forwarded_For` is `X-Forwarded-For` (see [`same_name`]). The HTTP/1 codec
+/// refuses framing names spelled with `_` before this is asked.
 pub fn classify(name: &[u8]) -> Name {
-    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    let is = |s: &str| is(name, s);
     match name.len() {
         2 if is("te") => Name::OtherHopByHop,
         4 if is("host") => Name::Host,
@@ -123,9 +149,12 @@ pub fn classify(name: &[u8]) -> Name {
         7 if is("trailer") => Name::OtherHopByHop,
         10 if is("connection") => Name::Connection,
         10 if is("keep-alive") => Name::OtherHopByHop,
+        9 if is("forwarded") => Name::ForwardedOther,
+        9 if is("x-real-ip") => Name::ForwardedOther,
         12 if is("x-request-id") => Name::RequestId,
         13 if is("cache-control") => Name::CacheControl,
         14 if is("content-length") => Name::ContentLength,
+        14 if is("http2-settings") => Name::OtherHopByHop,
         15 if is("x-forwarded-for") => Name::ForwardedFor,
         16 if is("proxy-connection") => Name::OtherHopByHop,
         16 if is("x-forwarded-host") => Name::ForwardedHost,
@@ -181,15 +210,27 @@ pub fn hop_filter(lines: &[Line<'_>], names: &[Name], prefix: &str, upgrade: boo
             }
             let drop = kind.hop_by_hop()
                 || has_prefix(name, prefix)
-                || named.iter().any(|t| name.eq_ignore_ascii_case(t));
+                || named.iter().any(|t| same_name(name, t));
             !drop
         })
         .collect()
 }
 
 /// Is this an `Upgrade` request (`Connection: upgrade` plus an `Upgrade` header)?
+/// An upgrade to `h2c` is not: the proxy never switches a connection to HTTP/2
+/// on the upstream's say-so, so the request goes on as HTTP/1.1 without it
+/// (DESIGN.md §9).
 fn wants_upgrade(lines: &[Line<'_>], names: &[Name]) -> bool {
-    names.contains(&Name::Upgrade)
+    let mut offered = false;
+    for ((_, value), &kind) in lines.iter().zip(names) {
+        if kind == Name::Upgrade {
+            if tokens(value).any(|t| is(t, "h2c")) {
+                return false;
+            }
+            offered = true;
+        }
+    }
+    offered
         && lines
             .iter()
             .zip(names)
@@ -328,7 +369,7 @@ pub fn scan_request<'a>(
             has_proto = true;
         } else if kind == Name::ForwardedHost {
             has_host = true;
-        } else if kind == Name::RequestId {
+        } else if kind == Name::RequestId || (kind == Name::ForwardedOther && !trusted) {
             keep[i] = false;
         }
     }

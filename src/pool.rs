@@ -54,13 +54,13 @@ impl std::fmt::Debug for UpstreamTls {
 /// A connection that can wait in a [`Pool`].
 pub trait Reusable {
     /// Still usable: the upstream has not closed it. Never waits.
-    fn is_open(&self) -> bool;
+    fn is_open(&mut self) -> bool;
     /// Called as it goes back into the pool.
     fn returned(&mut self) {}
 }
 
 impl Reusable for SendRequest<RequestBody> {
-    fn is_open(&self) -> bool {
+    fn is_open(&mut self) -> bool {
         !self.is_closed()
     }
 }
@@ -103,7 +103,7 @@ impl<C: Reusable> Pool<C> {
     /// An idle connection that still looks open, most recently used first.
     pub fn checkout(&self) -> Option<C> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(entry) = idle.pop() {
+        while let Some(mut entry) = idle.pop() {
             if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.is_open() {
                 return Some(entry.conn);
             }

@@ -372,6 +372,18 @@ async fn proxy(
     } = begun;
     let settings: &Settings = settings;
     let cfg = &settings.config;
+    // One host per request (RFC 9112 §3.2, RFC 9113 §8.3.1): a `host` beside a
+    // different `:authority` names two sites to two readers.
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    if let (Some(host), more) = (hosts.next(), hosts.next()) {
+        let differs = parts
+            .uri
+            .authority()
+            .is_some_and(|a| !a.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()));
+        if more.is_some() || differs {
+            return Err(ProxyError::BadRequest("host disagrees with :authority"));
+        }
+    }
     let lines = headers::lines_of(&parts.headers);
     let view = RequestView {
         path: parts.uri.path().as_bytes(),
@@ -397,11 +409,13 @@ async fn proxy(
     let mut exchange = prepared.exchange;
     let uri = Uri::try_from(&*prepared.target)
         .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
-    let mut out = Request::new(RequestBody::new(
+    let mut request_body = RequestBody::new(
         body,
         cfg.limits.max_body_bytes,
-        cfg.limits.header_read_timeout,
-    ));
+        cfg.limits.client_body_timeout,
+    );
+    let mut body_sent = request_body.watch_sent();
+    let mut out = Request::new(request_body);
     *out.method_mut() = parts.method.clone();
     *out.uri_mut() = uri;
     *out.version_mut() = Version::HTTP_11;
@@ -409,10 +423,18 @@ async fn proxy(
 
     let asked = Instant::now();
     let pool = worker.pool(settings);
-    let sent = tokio::time::timeout(cfg.upstream.timeout, pool.send(out)).await;
+    // `upstream.timeout` counts from the moment the whole body has been sent.
+    let timeout = cfg.upstream.timeout;
+    let sent = tokio::select! {
+        sent = pool.send(out) => Ok(sent),
+        _ = async {
+            let _ = body_sent.wait_for(|sent| *sent).await;
+            tokio::time::sleep(timeout).await;
+        } => Err(()),
+    };
     trace.upstream = Some(asked.elapsed());
     let mut resp = match sent {
-        Err(_) => return Err(ProxyError::UpstreamTimeout),
+        Err(()) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(SendError::Upstream(kind))) => return Err(ProxyError::Upstream(kind)),
         Ok(Err(SendError::BodyTooLarge)) => return Err(ProxyError::BodyTooLarge),
         Ok(Err(SendError::ClientBody)) => {
@@ -433,7 +455,16 @@ async fn proxy(
             settings.hsts_for(conn),
         )
         .await?;
-        headers::to_header_map(resp.headers(), &keep, &extras)
+        let mut map = headers::to_header_map(resp.headers(), &keep, &extras);
+        // The framing of the response to the client is hyper's to compute from
+        // the body; a response without one (to HEAD, a 304) still tells the
+        // size the upstream declared.
+        if parts.method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
+            if let Some(length) = resp.headers().get(header::CONTENT_LENGTH) {
+                map.insert(header::CONTENT_LENGTH, length.clone());
+            }
+        }
+        map
     };
     *resp.headers_mut() = rewritten;
     Ok(resp.map(Either::Left))

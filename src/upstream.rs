@@ -49,11 +49,14 @@ pub struct RequestBody {
     /// Armed when the client has nothing to give; made on first need, so
     /// requests without a body never allocate it.
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Told once the whole body has been handed on (or it failed): from then on
+    /// `upstream.timeout` runs.
+    sent: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 /// The client stopped sending its body for longer than the idle limit.
 #[derive(Debug, thiserror::Error)]
-#[error("request body stalled past limits.header_read_timeout")]
+#[error("request body stalled past limits.client_body_timeout")]
 pub struct BodyStalled;
 
 impl RequestBody {
@@ -63,6 +66,24 @@ impl RequestBody {
             remaining: limit,
             idle,
             stall: None,
+            sent: None,
+        }
+    }
+
+    /// A receiver that turns true once the whole body has been sent (at once,
+    /// for a request without a body).
+    pub fn watch_sent(&mut self) -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        if self.is_end_stream() {
+            let _ = tx.send(true);
+        }
+        self.sent = Some(tx);
+        rx
+    }
+
+    fn mark_sent(&mut self) {
+        if let Some(tx) = self.sent.take() {
+            let _ = tx.send(true);
         }
     }
 
@@ -72,6 +93,7 @@ impl RequestBody {
             remaining: None,
             idle: Duration::MAX,
             stall: None,
+            sent: None,
         }
     }
 }
@@ -86,6 +108,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else {
+            this.mark_sent();
             return Poll::Ready(None);
         };
         let polled = Pin::new(inner).poll_frame(cx);
@@ -111,17 +134,25 @@ impl Body for RequestBody {
                     let n = data.len() as u64;
                     if n > *remaining {
                         this.inner = None;
+                        this.mark_sent();
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     *remaining -= n;
+                }
+                if this.inner.as_ref().is_none_or(|b| b.is_end_stream()) {
+                    this.mark_sent();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 this.inner = None;
+                this.mark_sent();
                 Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.mark_sent();
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -112,10 +112,20 @@ pub struct Conn {
 
 impl Reusable for Conn {
     /// Open, and nothing unasked arrived on it: a closed connection reads as
-    /// end of stream, and one with bytes waiting cannot be trusted. Never waits.
-    fn is_open(&self) -> bool {
+    /// end of stream, and one with bytes waiting cannot be trusted. Over TLS,
+    /// bytes may also wait inside the TLS session, already read off the socket
+    /// (decrypted plaintext, or records not yet processed): those count too.
+    /// Never waits.
+    fn is_open(&mut self) -> bool {
         if !self.buf.is_empty() {
             return false;
+        }
+        if let UpstreamIo::Tls(tls) = &mut self.io {
+            let (_, session) = tls.get_mut();
+            match session.process_new_packets() {
+                Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => {}
+                _ => return false,
+            }
         }
         let mut probe = [0u8; 1];
         let mut probe = ReadBuf::new(&mut probe);

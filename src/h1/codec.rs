@@ -2,9 +2,16 @@
 //!
 //! Request heads are parsed strictly: anything two parsers could read two ways
 //! (Content-Length beside Transfer-Encoding, a repeated Content-Length, bare LF line
-//! ends, an encoding other than `chunked`) is refused rather than normalised, so what
-//! the upstream sees is exactly what the proxy saw. Header values are slices of the
-//! buffer they arrived in, never copied.
+//! ends, an encoding other than `chunked`, a framing header spelled with `_`) is
+//! refused rather than normalised, so what the upstream sees is exactly what the
+//! proxy saw. Header values are slices of the buffer they arrived in, never copied.
+//!
+//! This module is the one parser that decides where a message starts and ends
+//! (DESIGN.md §9). Its results ([`Framing`], [`RequestHead::keep_alive`], a
+//! response's status) are what every later decision reads; nothing looks at the
+//! raw bytes again. The framing of every message the proxy writes is computed
+//! here from that result ([`write_request`], [`write_response`]): a peer's
+//! `Content-Length` and `Transfer-Encoding` lines are never copied.
 
 use std::mem::MaybeUninit;
 
@@ -16,8 +23,10 @@ use crate::headers::{classify, content_length, put_lines, Extras, Line, Name};
 
 /// Headers a head may carry.
 pub const MAX_HEADERS: usize = 128;
-/// The longest chunk-size line (with extensions) accepted.
+/// The longest chunk-size line (with extensions) or trailer line accepted.
 const MAX_CHUNK_LINE: usize = 4096;
+/// The most a chunked body's trailer section may take.
+const MAX_TRAILERS: usize = 16 * 1024;
 
 /// How a message's body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +50,8 @@ pub enum HeadError {
     TooLarge,
     /// An HTTP version other than 1.0 and 1.1: 505.
     Version,
+    /// `CONNECT`: the proxy opens no tunnels: 405.
+    Method,
 }
 
 /// A parsed request head; its lines borrow the bytes it was parsed from.
@@ -62,6 +73,9 @@ pub struct ResponseHead<'a> {
     pub status: StatusCode,
     pub lines: SmallVec<[Line<'a>; 16]>,
     pub framing: Framing,
+    /// The `Content-Length` the upstream declared, also where it frames no body
+    /// (a response to `HEAD`, a `304`): the client is told the same size.
+    pub declared_length: Option<u64>,
     /// The upstream will keep the connection open after this response.
     pub keep_alive: bool,
     /// Bytes of the head.
@@ -94,6 +108,16 @@ pub fn request_head_end(buf: &[u8], max_bytes: usize) -> Result<Option<usize>, H
         }
         None => Ok(None),
     }
+}
+
+/// Whether a `Host` value is `uri-host [ ":" port ]` (RFC 9110 §7.2), or empty:
+/// letters, digits, `-._~`, sub-delims, `%`, and an IPv6 literal's `[:]`; no
+/// `@`, `/`, `?`, `#` or spaces, so it names one host to every reader.
+fn is_host(value: &[u8]) -> bool {
+    value
+        .trim_ascii()
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
 }
 
 /// Whether the head has a line ending in LF without CR before it.
@@ -129,11 +153,26 @@ struct FramingHeaders {
     close: bool,
     keep_alive: bool,
     expect_continue: bool,
+    hosts: usize,
+    /// A `Host` value that is no `host[:port]`.
+    bad_host: bool,
+    /// A framing name spelled with `_` (`Content_Length`): not framing to a
+    /// strict parser, framing to one that folds names. Refused in requests.
+    underscored: bool,
 }
 
 impl FramingHeaders {
     fn see(&mut self, (name, value): Line<'_>) {
-        match classify(name) {
+        let kind = classify(name);
+        if matches!(kind, Name::ContentLength | Name::TransferEncoding) && name.contains(&b'_') {
+            self.underscored = true;
+            return;
+        }
+        match kind {
+            Name::Host => {
+                self.hosts += 1;
+                self.bad_host |= !is_host(value);
+            }
             Name::ContentLength => {
                 self.lengths += 1;
                 match content_length(value) {
@@ -186,6 +225,9 @@ pub fn parse_request(head: &[u8]) -> Result<RequestHead<'_>, HeadError> {
     } else {
         Version::HTTP_11
     };
+    if method == Method::CONNECT {
+        return Err(HeadError::Method);
+    }
     let mut framing = FramingHeaders::default();
     let lines: SmallVec<[Line<'_>; 16]> = req
         .headers
@@ -196,8 +238,18 @@ pub fn parse_request(head: &[u8]) -> Result<RequestHead<'_>, HeadError> {
             line
         })
         .collect();
+    if framing.underscored {
+        return Err(HeadError::Bad("framing header name spelled with '_'"));
+    }
     if framing.bad_length || framing.lengths > 1 {
         return Err(HeadError::Bad("invalid or repeated Content-Length"));
+    }
+    // RFC 9112 §3.2: exactly one Host in HTTP/1.1; at most one in HTTP/1.0.
+    if framing.hosts > 1 || (framing.hosts == 0 && version == Version::HTTP_11) {
+        return Err(HeadError::Bad("missing or repeated Host"));
+    }
+    if framing.bad_host {
+        return Err(HeadError::Bad("malformed Host"));
     }
     let body = if framing.encodings > 0 {
         if framing.lengths > 0 {
@@ -208,8 +260,9 @@ pub fn parse_request(head: &[u8]) -> Result<RequestHead<'_>, HeadError> {
         }
         Framing::Chunked
     } else {
+        // `Content-Length: 0` stays a length: it is forwarded as one.
         match framing.length {
-            Some(0) | None => Framing::Empty,
+            None => Framing::Empty,
             Some(n) => Framing::Length(n),
         }
     };
@@ -279,6 +332,9 @@ pub fn parse_response<'a>(
     if framing.bad_length {
         return Err(BadResponse("invalid Content-Length"));
     }
+    if status == StatusCode::SWITCHING_PROTOCOLS && version == 0 {
+        return Err(BadResponse("101 in HTTP/1.0"));
+    }
     let bodiless = *request == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -311,6 +367,11 @@ pub fn parse_response<'a>(
         status,
         lines,
         framing: body,
+        declared_length: if framing.encodings > 0 {
+            None
+        } else {
+            framing.length
+        },
         keep_alive,
         len,
     }))
@@ -332,10 +393,54 @@ pub fn write_request(
     out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     put_lines(out, lines, keep, extras);
-    if framing == Framing::Chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
+    put_framing(
+        out,
+        match framing {
+            Framing::Length(n) => BodyHead::Length(n),
+            Framing::Chunked => BodyHead::Chunked,
+            Framing::Empty | Framing::Close => BodyHead::None,
+        },
+    );
     out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in decimal.
+fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// The framing line a message the proxy writes carries: computed from what the
+/// parser found, never copied from the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyHead {
+    /// No framing line: no body, or a body that ends when the connection does.
+    None,
+    /// `Content-Length: n` (also on a response to `HEAD`, which has no body).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+fn put_framing(out: &mut Vec<u8>, body: BodyHead) {
+    match body {
+        BodyHead::None => {}
+        BodyHead::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            put_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyHead::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
 }
 
 /// How a response body travels to the client.
@@ -350,14 +455,15 @@ pub enum Outgoing {
     UntilClose,
 }
 
-/// Writes a response head for the client. `close` adds `Connection: close`.
+/// Writes a response head for the client with the framing line `body`. `close`
+/// adds `Connection: close`.
 pub fn write_response(
     out: &mut Vec<u8>,
     status: StatusCode,
     lines: &[Line<'_>],
     keep: &[bool],
     extras: &Extras<'_>,
-    outgoing: Outgoing,
+    body: BodyHead,
     close: bool,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -366,9 +472,7 @@ pub fn write_response(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     put_lines(out, lines, keep, extras);
-    if outgoing == Outgoing::Chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
+    put_framing(out, body);
     if close && status != StatusCode::SWITCHING_PROTOCOLS {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -384,13 +488,20 @@ pub fn write_own_response(
     close: bool,
 ) {
     let lines = crate::headers::lines_of(headers);
-    let keep: SmallVec<[bool; 16]> = lines.iter().map(|_| true).collect();
-    let mut extras = Extras::default();
-    extras.add(
-        &crate::headers::CONTENT_LENGTH,
-        body.len().to_string().into_bytes(),
+    let keep: SmallVec<[bool; 16]> = lines
+        .iter()
+        .map(|(name, _)| !matches!(classify(name), Name::ContentLength | Name::TransferEncoding))
+        .collect();
+    let framing = BodyHead::Length(body.len() as u64);
+    write_response(
+        out,
+        status,
+        &lines,
+        &keep,
+        &Extras::default(),
+        framing,
+        close,
     );
-    write_response(out, status, &lines, &keep, &extras, Outgoing::AsIs, close);
     out.extend_from_slice(body);
 }
 
@@ -409,6 +520,8 @@ enum Chunk {
 #[derive(Debug)]
 pub struct ChunkedDecoder {
     state: Chunk,
+    /// Bytes of trailer lines so far.
+    trailers: usize,
 }
 
 /// The chunked framing is broken.
@@ -417,7 +530,10 @@ pub struct BadChunk;
 
 impl Default for ChunkedDecoder {
     fn default() -> Self {
-        ChunkedDecoder { state: Chunk::Size }
+        ChunkedDecoder {
+            state: Chunk::Size,
+            trailers: 0,
+        }
     }
 }
 
@@ -440,21 +556,7 @@ impl ChunkedDecoder {
                     let Some(end) = find_crlf(buf)? else {
                         return Ok(());
                     };
-                    let line = &buf[..end];
-                    let digits = line
-                        .split(|&b| b == b';')
-                        .next()
-                        .unwrap_or(&[])
-                        .trim_ascii_end();
-                    if digits.is_empty()
-                        || digits.len() > 15
-                        || !digits.iter().all(u8::is_ascii_hexdigit)
-                    {
-                        return Err(BadChunk);
-                    }
-                    let size = digits.iter().fold(0u64, |n, &d| {
-                        n * 16 + (d as char).to_digit(16).unwrap_or(0) as u64
-                    });
+                    let size = chunk_size(&buf[..end])?;
                     buf.advance(end + 2);
                     self.state = if size == 0 {
                         Chunk::Trailer
@@ -489,26 +591,81 @@ impl ChunkedDecoder {
                     let Some(end) = find_crlf(buf)? else {
                         return Ok(());
                     };
-                    buf.advance(end + 2);
                     if end == 0 {
+                        buf.advance(2);
                         self.state = Chunk::Done;
+                        continue;
                     }
+                    // Trailers are dropped, but only well-formed ones: a line that
+                    // is no `name: value` is broken framing, not data.
+                    let line = &buf[..end];
+                    let colon = line.iter().position(|&b| b == b':').ok_or(BadChunk)?;
+                    if colon == 0 || !line[..colon].iter().all(|&b| is_token(b)) {
+                        return Err(BadChunk);
+                    }
+                    self.trailers += end + 2;
+                    if self.trailers > MAX_TRAILERS {
+                        return Err(BadChunk);
+                    }
+                    buf.advance(end + 2);
                 }
             }
         }
     }
 }
 
-/// The index of the first CRLF in `buf`; a bare LF, or no line end within
-/// [`MAX_CHUNK_LINE`], is broken framing.
+/// The index of the first CRLF in `buf`. A bare LF or a bare CR, a control
+/// byte, or a line longer than [`MAX_CHUNK_LINE`] (finished or not) is broken
+/// framing.
 fn find_crlf(buf: &[u8]) -> Result<Option<usize>, BadChunk> {
-    match buf.iter().position(|&b| b == b'\n') {
-        Some(0) => Err(BadChunk),
-        Some(i) if buf[i - 1] == b'\r' => Ok(Some(i - 1)),
-        Some(_) => Err(BadChunk),
-        None if buf.len() > MAX_CHUNK_LINE => Err(BadChunk),
-        None => Ok(None),
+    let window = &buf[..buf.len().min(MAX_CHUNK_LINE + 2)];
+    let Some(lf) = memchr::memchr(b'\n', window) else {
+        if buf.len() > MAX_CHUNK_LINE {
+            return Err(BadChunk);
+        }
+        // What is here so far must still be able to become a line.
+        return match window.iter().position(|&b| b == b'\r' || !is_line_byte(b)) {
+            Some(i) if window[i] == b'\r' && i + 1 == window.len() => Ok(None),
+            Some(_) => Err(BadChunk),
+            None => Ok(None),
+        };
+    };
+    if lf == 0 || window[lf - 1] != b'\r' {
+        return Err(BadChunk);
     }
+    let end = lf - 1;
+    if end > MAX_CHUNK_LINE || !window[..end].iter().all(|&b| is_line_byte(b)) {
+        return Err(BadChunk);
+    }
+    Ok(Some(end))
+}
+
+/// Bytes a chunk-size or trailer line may hold: visible ASCII, space, tab and
+/// obs-text; no CR, LF, NUL or other control.
+fn is_line_byte(b: u8) -> bool {
+    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
+}
+
+/// A `tchar` (RFC 9110 §5.6.2).
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The size on a chunk-size line: 1 to 15 hex digits, then nothing or a chunk
+/// extension (`;`, optionally after spaces or tabs). Anything else (a sign, a
+/// `0x`, spaces inside or after the digits with no extension) is refused.
+fn chunk_size(line: &[u8]) -> Result<u64, BadChunk> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return Err(BadChunk);
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !(line.len() == digits || rest.first() == Some(&b';')) {
+        return Err(BadChunk);
+    }
+    Ok(line[..digits].iter().fold(0u64, |n, &d| {
+        n * 16 + (d as char).to_digit(16).unwrap_or(0) as u64
+    }))
 }
 
 /// Appends `data` as one chunk.
@@ -575,10 +732,55 @@ mod tests {
     }
 
     #[test]
+    fn host_connect_and_underscored_framing_are_refused() {
+        for bad in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a@b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent_Length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer_Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(matches!(req(bad), Err(HeadError::Bad(_))), "{bad:?}");
+        }
+        assert_eq!(
+            req("CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n"),
+            Err(HeadError::Method)
+        );
+        assert!(req("GET / HTTP/1.0\r\n\r\n").is_ok());
+        assert!(req("GET / HTTP/1.1\r\nHost:\r\n\r\n").is_ok());
+        assert!(req("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn framing_is_written_from_the_parse_never_copied() {
+        let head = b"POST /a HTTP/1.1\r\nHost: x\r\nConnection: Content-Length\r\nContent-Length: 3\r\n\r\n";
+        let parsed = parse_request(head).unwrap();
+        assert_eq!(parsed.framing, Framing::Length(3));
+        let names = crate::headers::classify_all(&parsed.lines);
+        let keep = crate::headers::hop_filter(&parsed.lines, &names, "x-session-", false);
+        let mut out = Vec::new();
+        write_request(
+            &mut out,
+            &parsed.method,
+            parsed.target,
+            &parsed.lines,
+            &keep,
+            &Extras::default(),
+            parsed.framing,
+        );
+        assert_eq!(
+            out,
+            b"POST /a HTTP/1.1\r\nHost: x\r\ncontent-length: 3\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn partial_heads_have_no_end_yet() {
         assert_eq!(req("GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None));
         assert_eq!(
-            req("POST / HTTP/1.1\r\nContent-Length: 7\r\n\r\n"),
+            req("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\n"),
             Ok(Some((Framing::Length(7), true)))
         );
     }
@@ -610,7 +812,9 @@ mod tests {
         assert!(keep_alive(
             "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
         ));
-        assert!(!keep_alive("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(!keep_alive(
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ));
     }
 
     #[test]
@@ -656,7 +860,7 @@ mod tests {
 
     #[test]
     fn chunked_round_trip_in_pieces() {
-        let body = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let body = b"5;ext=1\r\nhello\r\n6 ;e\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         for split in 1..body.len() {
             let mut dec = ChunkedDecoder::default();
             let mut got = Vec::new();
@@ -675,11 +879,25 @@ mod tests {
 
     #[test]
     fn broken_chunks_are_refused() {
+        let long_line = [&b"5;"[..], &[b'a'; MAX_CHUNK_LINE][..], b"\r\n"].concat();
+        let long_partial = [&b"5;"[..], &[b'a'; MAX_CHUNK_LINE][..]].concat();
         for bad in [
             &b"zz\r\n"[..],
             b"5\r\nhelloXX",
             b"5\nhello\r\n",
             b"fffffffffffffffff\r\n",
+            b"0x5\r\n",
+            b"-1\r\n",
+            b"+5\r\n",
+            b"5 5\r\n",
+            b"5 \r\n",
+            b"5\rX\r\n",
+            b"5;a\rb\r\n",
+            b"5;\x00\r\n",
+            b"0\r\nnot a trailer\r\n\r\n",
+            b"0\r\nX: 1\n\r\n",
+            &long_line,
+            &long_partial,
         ] {
             let mut dec = ChunkedDecoder::default();
             let mut buf = BytesMut::from(bad);

@@ -21,7 +21,7 @@ use crate::error::ProxyError;
 use crate::headers::RequestView;
 use crate::proxy::{self, Begun, ConnInfo, Worker};
 use crate::upstream::UpstreamFailure;
-use codec::{ChunkedDecoder, Framing, HeadError, Outgoing, RequestHead};
+use codec::{BodyHead, ChunkedDecoder, Framing, HeadError, Outgoing, RequestHead};
 
 /// What an HTTP/2 client sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -60,9 +60,14 @@ pub async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let (read_timeout, max_head) = {
+    let (read_timeout, max_head, send_timeout, tunnel_idle) = {
         let limits = &worker.state.settings.load().config.limits;
-        (limits.header_read_timeout, limits.max_header_bytes)
+        (
+            limits.header_read_timeout,
+            limits.max_header_bytes,
+            limits.send_timeout,
+            limits.tunnel_idle_timeout,
+        )
     };
     let mut buf = BytesMut::with_capacity(8192);
     let mut detect_h2 = detect_h2;
@@ -91,15 +96,15 @@ where
                 }
             }
             Head::Closed => return Served::Closed,
-            Head::Refused(error) => return refuse(io, error).await,
+            Head::Refused(error) => return refuse(io, error, send_timeout).await,
         };
         let parsed = match codec::parse_request(&head) {
             Ok(parsed) => parsed,
-            Err(error) => return refuse(io, error).await,
+            Err(error) => return refuse(io, error, send_timeout).await,
         };
         let absolute = match absolute_target(parsed.target) {
             Ok(absolute) => absolute,
-            Err(error) => return refuse(io, error).await,
+            Err(error) => return refuse(io, error, send_timeout).await,
         };
         let path = match &absolute {
             Some(uri) => uri.path().as_bytes(),
@@ -133,7 +138,7 @@ where
                     return Served::Closed;
                 }
                 Next::Tunnel(up) => {
-                    tunnel(&mut io, buf, up).await;
+                    tunnel(&mut io, buf, up, tunnel_idle, send_timeout).await;
                     return Served::Closed;
                 }
             },
@@ -154,7 +159,7 @@ where
                     close_after,
                 );
                 worker.finish(&mut begun, conn, status, Some(body.len() as u64));
-                let sent = send(&mut io, &out).await.is_ok();
+                let sent = send(&mut io, &out, send_timeout).await.is_ok();
                 if close_after || !sent {
                     close(&mut io).await;
                     return Served::Closed;
@@ -168,8 +173,8 @@ where
     }
 }
 
-/// Answers a request head that cannot be served (400, 431, 505) and closes.
-async fn refuse<IO>(mut io: IO, error: HeadError) -> Served<IO>
+/// Answers a request head that cannot be served (400, 405, 431, 505) and closes.
+async fn refuse<IO>(mut io: IO, error: HeadError, send_timeout: Duration) -> Served<IO>
 where
     IO: AsyncWrite + Unpin,
 {
@@ -182,6 +187,7 @@ where
             StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             "unsupported HTTP version",
         ),
+        HeadError::Method => (StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not served"),
         HeadError::Bad(why) => (StatusCode::BAD_REQUEST, why),
     };
     tracing::debug!(why, status = status.as_u16(), "request head refused");
@@ -190,23 +196,35 @@ where
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),
+        );
+    }
     let body = format!("{status}\n");
     let mut out = Vec::new();
     codec::write_own_response(&mut out, status, &headers, body.as_bytes(), true);
-    let _ = send(&mut io, &out).await;
+    let _ = send(&mut io, &out, send_timeout).await;
     close(&mut io).await;
     Served::Closed
 }
 
 /// An absolute-form target (`http://host/path`) as a URI; `None` for origin form
-/// and `*`.
+/// and `*`. Anything else (authority form, a scheme other than http and https,
+/// no host) is refused.
 fn absolute_target(target: &[u8]) -> Result<Option<Uri>, HeadError> {
     if target.first() == Some(&b'/') || target == b"*" {
         return Ok(None);
     }
-    Uri::try_from(target)
-        .map(Some)
-        .map_err(|_| HeadError::Bad("malformed request target"))
+    let bad = HeadError::Bad("malformed request target");
+    let uri = Uri::try_from(target).map_err(|_| bad)?;
+    let web = matches!(uri.scheme_str(), Some("http" | "https"));
+    let host = uri.authority().is_some_and(|a| !a.host().is_empty());
+    if !web || !host || uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(HeadError::Bad("malformed request target"));
+    }
+    Ok(Some(uri))
 }
 
 /// A parsed request and what its target says.
@@ -351,7 +369,7 @@ impl BodyIn {
             decoder: ChunkedDecoder::default(),
             limit,
             seen: 0,
-            done: matches!(framing, Framing::Empty),
+            done: matches!(framing, Framing::Empty | Framing::Length(0)),
         }
     }
 
@@ -400,10 +418,26 @@ pub(crate) fn shrink(buf: &mut BytesMut) {
     }
 }
 
-/// Writes all of `bytes` and flushes (TLS streams buffer).
-async fn send<W: AsyncWrite + Unpin>(io: &mut W, bytes: &[u8]) -> std::io::Result<()> {
-    io.write_all(bytes).await?;
-    io.flush().await
+/// Writes all of `bytes` and flushes (TLS streams buffer). A write that makes no
+/// progress for `stall` fails with `TimedOut` (`limits.send_timeout` toward the
+/// client): a peer that stops reading never holds the connection for good.
+async fn send<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    mut bytes: &[u8],
+    stall: Duration,
+) -> std::io::Result<()> {
+    let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+    while !bytes.is_empty() {
+        match tokio::time::timeout(stall, io.write(bytes)).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => bytes = &bytes[n..],
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    tokio::time::timeout(stall, io.flush())
+        .await
+        .map_err(|_| timed_out())?
 }
 
 /// Ends a connection with a FIN (and, over TLS, `close_notify`), bounded in time.
@@ -411,18 +445,45 @@ async fn close<W: AsyncWrite + Unpin>(io: &mut W) {
     let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
 }
 
-/// Reads more of the upstream's response into its buffer; 0 means it closed.
-/// `timeout`: none while the whole round trip is already bounded.
-async fn read_upstream(up: &mut client::Conn, timeout: Option<Duration>) -> std::io::Result<usize> {
+/// Reads more of the upstream's response into its buffer, waiting at most
+/// `timeout`; 0 means it closed.
+async fn read_upstream(up: &mut client::Conn, timeout: Duration) -> std::io::Result<usize> {
+    read_upstream_until(up, tokio::time::Instant::now() + timeout).await
+}
+
+/// [`read_upstream`] with a deadline.
+async fn read_upstream_until(
+    up: &mut client::Conn,
+    deadline: tokio::time::Instant,
+) -> std::io::Result<usize> {
     if up.buf.capacity() - up.buf.len() < 1024 {
         up.buf.reserve(BODY_CHUNK);
     }
-    let Some(timeout) = timeout else {
-        return up.io.read_buf(&mut up.buf).await;
-    };
-    match tokio::time::timeout(timeout, up.io.read_buf(&mut up.buf)).await {
+    match tokio::time::timeout_at(deadline, up.io.read_buf(&mut up.buf)).await {
         Ok(read) => read,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// The framing line of the response head written to the client: computed from
+/// how the body travels and what the parser found, never copied.
+fn client_framing(
+    status: StatusCode,
+    framing: Framing,
+    declared: Option<u64>,
+    outgoing: Outgoing,
+) -> BodyHead {
+    match (outgoing, framing) {
+        (Outgoing::Chunked, _) => BodyHead::Chunked,
+        (Outgoing::UntilClose, _) => BodyHead::None,
+        (Outgoing::AsIs, Framing::Length(n)) => BodyHead::Length(n),
+        // 1xx and 204 carry no Content-Length (RFC 9110 §8.6); a response to
+        // HEAD or a 304 tells the size the upstream declared, and an empty body
+        // declared as one is `Content-Length: 0`.
+        (Outgoing::AsIs, _) if status.is_informational() || status == StatusCode::NO_CONTENT => {
+            BodyHead::None
+        }
+        (Outgoing::AsIs, _) => declared.map_or(BodyHead::None, BodyHead::Length),
     }
 }
 
@@ -474,7 +535,7 @@ where
         .await
         .map_err(|err| Failed::Proxy {
             err,
-            clean: framing == Framing::Empty,
+            clean: matches!(framing, Framing::Empty | Framing::Length(0)),
         })?;
         let mut keep = prepared.keep;
         if expect_continue {
@@ -506,11 +567,11 @@ where
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     );
-    let stall = cfg.limits.header_read_timeout;
+    let limits = &cfg.limits;
+    let (body_stall, send_stall) = (limits.client_body_timeout, limits.send_timeout);
     let pool = worker.h1_pool(settings);
     let asked = Instant::now();
     let timeout = cfg.upstream.timeout;
-    let deadline = tokio::time::Instant::now() + timeout;
     let mut fresh_only = false;
     let mut up = loop {
         let attempt = async {
@@ -526,20 +587,29 @@ where
             // before any response byte: an idempotent request sent whole is tried
             // again once on a new connection. Others are never sent twice.
             let retry = up.reused && replayable && idempotent;
-            if let Err(e) = send(&mut up.io, &out).await {
-                if retry {
+            // Writes to the upstream that make no progress for `upstream.timeout`
+            // are its fault: 504.
+            let stalled = |e: std::io::Error, done: bool| {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    Attempt::Failed(Failed::Proxy {
+                        err: ProxyError::UpstreamTimeout,
+                        clean: done,
+                    })
+                } else {
+                    tracing::debug!(error = %e, "upstream write failed");
+                    Attempt::Failed(Failed::upstream(UpstreamFailure::Reset, done))
+                }
+            };
+            if let Err(e) = send(&mut up.io, &out, timeout).await {
+                if retry && e.kind() != std::io::ErrorKind::TimedOut {
                     return Err(Attempt::Retry);
                 }
-                tracing::debug!(error = %e, "upstream write failed");
-                return Err(Attempt::Failed(Failed::upstream(
-                    UpstreamFailure::Reset,
-                    false,
-                )));
+                return Err(stalled(e, false));
             }
             if !body.done {
                 out.clear();
                 if expect_continue && buf.is_empty() {
-                    send(io, b"HTTP/1.1 100 Continue\r\n\r\n")
+                    send(io, b"HTTP/1.1 100 Continue\r\n\r\n", send_stall)
                         .await
                         .map_err(|_| {
                             Attempt::Failed(Failed::Io {
@@ -547,11 +617,14 @@ where
                             })
                         })?;
                 }
+                // The upload is bounded by `limits.client_body_timeout` between
+                // reads, not by `upstream.timeout`: a slow but live client is
+                // not the upstream's fault.
                 while !body.done {
                     if buf.capacity() - buf.len() < 1024 {
                         buf.reserve(BODY_CHUNK);
                     }
-                    let read = tokio::time::timeout(stall, io.read_buf(buf)).await;
+                    let read = tokio::time::timeout(body_stall, io.read_buf(buf)).await;
                     let fail = |err| Attempt::Failed(Failed::Proxy { err, clean: false });
                     match read {
                         Err(_) => return Err(fail(ProxyError::BodyTimeout)),
@@ -561,33 +634,50 @@ where
                         Ok(Ok(_)) => body.take(buf, &mut out).map_err(fail)?,
                     }
                     if !out.is_empty() {
-                        send(&mut up.io, &out).await.map_err(|_| {
-                            Attempt::Failed(Failed::upstream(UpstreamFailure::Reset, body.done))
-                        })?;
+                        send(&mut up.io, &out, timeout)
+                            .await
+                            .map_err(|e| stalled(e, body.done))?;
                         out.clear();
                     }
                 }
             }
-            // Wait for a whole final head; interim (1xx but 101) heads are skipped.
+            // `upstream.timeout` counts from here: the whole request is sent.
+            // Wait for a whole final head, as the one response parser reads it;
+            // interim (1xx but 101) heads are skipped.
+            let deadline = tokio::time::Instant::now() + timeout;
             let mut received = false;
             loop {
-                if let Some(len) = codec::head_end(&up.buf) {
-                    let interim = up.buf.get(9) == Some(&b'1') && up.buf.get(9..12) != Some(b"101");
-                    if !interim {
-                        return Ok(up);
+                let parsed = match codec::parse_response(&up.buf, MAX_RESPONSE_HEAD, method) {
+                    Ok(Some(rh)) => Some((
+                        rh.status.is_informational()
+                            && rh.status != StatusCode::SWITCHING_PROTOCOLS,
+                        rh.len,
+                    )),
+                    Ok(None) => None,
+                    Err(why) => {
+                        tracing::warn!(why = why.0, "malformed response head from the upstream");
+                        return Err(Attempt::Failed(Failed::upstream(
+                            UpstreamFailure::Protocol,
+                            true,
+                        )));
                     }
-                    up.buf.advance(len);
-                    continue;
+                };
+                match parsed {
+                    Some((true, len)) => {
+                        up.buf.advance(len);
+                        continue;
+                    }
+                    Some((false, _)) => return Ok(up),
+                    None => {}
                 }
-                if up.buf.len() >= MAX_RESPONSE_HEAD {
-                    tracing::warn!("response head from the upstream too large");
-                    return Err(Attempt::Failed(Failed::upstream(
-                        UpstreamFailure::Protocol,
-                        true,
-                    )));
-                }
-                match read_upstream(&mut up, None).await {
+                match read_upstream_until(&mut up, deadline).await {
                     Ok(n) if n > 0 => received = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        return Err(Attempt::Failed(Failed::Proxy {
+                            err: ProxyError::UpstreamTimeout,
+                            clean: true,
+                        }))
+                    }
                     Ok(_) | Err(_) if retry && !received => return Err(Attempt::Retry),
                     Ok(_) | Err(_) => {
                         return Err(Attempt::Failed(Failed::upstream(
@@ -598,16 +688,10 @@ where
                 }
             }
         };
-        match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(Ok(up)) => break up,
-            Ok(Err(Attempt::Retry)) => fresh_only = true,
-            Ok(Err(Attempt::Failed(failed))) => return Err(failed),
-            Err(_) => {
-                return Err(Failed::Proxy {
-                    err: ProxyError::UpstreamTimeout,
-                    clean: body.done,
-                })
-            }
+        match attempt.await {
+            Ok(up) => break up,
+            Err(Attempt::Retry) => fresh_only = true,
+            Err(Attempt::Failed(failed)) => return Err(failed),
         }
     };
     begun.trace.upstream = Some(asked.elapsed());
@@ -640,11 +724,7 @@ where
         let close_client = closing || outgoing == Outgoing::UntilClose;
         let bytes = match rh.framing {
             Framing::Length(n) => Some(n),
-            _ => rh
-                .lines
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
-                .and_then(|(_, v)| crate::headers::content_length(v)),
+            _ => rh.declared_length,
         };
         let mut head = Vec::with_capacity(512);
         codec::write_response(
@@ -653,7 +733,7 @@ where
             &rh.lines,
             &keep,
             &extras,
-            outgoing,
+            client_framing(rh.status, rh.framing, rh.declared_length, outgoing),
             close_client,
         );
         Answer {
@@ -675,42 +755,67 @@ where
         head: mut resp,
         ..
     } = answer;
+    let rechunk = outgoing == Outgoing::Chunked;
+    // A chunked body broken in what arrived with the head is found before
+    // anything is sent: the client gets a 502, not half a response.
+    let mut decoder = ChunkedDecoder::default();
+    if answer.framing == Framing::Chunked {
+        let decoded = decoder.decode(&mut up.buf, |data| {
+            if rechunk {
+                codec::put_chunk(&mut resp, data);
+            } else {
+                resp.extend_from_slice(data);
+            }
+        });
+        if decoded.is_err() {
+            tracing::warn!("malformed chunked body from the upstream");
+            return Err(Failed::upstream(UpstreamFailure::Protocol, true));
+        }
+    }
     worker.finish(begun, conn, status, answer.bytes);
-    let broke = Failed::Io { status };
+    let broke = |_| Failed::Io { status };
 
     if status == StatusCode::SWITCHING_PROTOCOLS {
         resp.extend_from_slice(&up.buf);
         up.buf.clear();
-        send(io, &resp).await.map_err(|_| broke)?;
+        send(io, &resp, send_stall).await.map_err(broke)?;
         return Ok(Next::Tunnel(up));
     }
 
     match answer.framing {
-        Framing::Empty => send(io, &resp).await.map_err(|_| broke)?,
+        Framing::Empty => send(io, &resp, send_stall).await.map_err(broke)?,
         Framing::Length(n) => {
             let mut left = n;
             let here = left.min(up.buf.len() as u64) as usize;
             resp.extend_from_slice(&up.buf[..here]);
             up.buf.advance(here);
             left -= here as u64;
-            send(io, &resp).await.map_err(|_| Failed::Io { status })?;
+            send(io, &resp, send_stall).await.map_err(broke)?;
             while left > 0 {
-                match read_upstream(&mut up, Some(timeout)).await {
+                match read_upstream(&mut up, timeout).await {
                     Ok(n) if n > 0 => {}
                     _ => return Err(Failed::Io { status }),
                 }
                 let here = left.min(up.buf.len() as u64) as usize;
-                send(io, &up.buf[..here])
-                    .await
-                    .map_err(|_| Failed::Io { status })?;
+                send(io, &up.buf[..here], send_stall).await.map_err(broke)?;
                 up.buf.advance(here);
                 left -= here as u64;
             }
         }
         Framing::Chunked => {
-            let mut decoder = ChunkedDecoder::default();
             loop {
-                let rechunk = outgoing == Outgoing::Chunked;
+                if decoder.is_done() {
+                    break;
+                }
+                // What arrived goes out before waiting for more (event streams).
+                if !resp.is_empty() {
+                    send(io, &resp, send_stall).await.map_err(broke)?;
+                    resp.clear();
+                }
+                match read_upstream(&mut up, timeout).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return Err(Failed::Io { status }),
+                }
                 decoder
                     .decode(&mut up.buf, |data| {
                         if rechunk {
@@ -720,46 +825,34 @@ where
                         }
                     })
                     .map_err(|_| Failed::Io { status })?;
-                if decoder.is_done() {
-                    break;
-                }
-                // What arrived goes out before waiting for more (event streams).
-                if !resp.is_empty() {
-                    send(io, &resp).await.map_err(|_| Failed::Io { status })?;
-                    resp.clear();
-                }
-                match read_upstream(&mut up, Some(timeout)).await {
-                    Ok(n) if n > 0 => {}
-                    _ => return Err(Failed::Io { status }),
-                }
             }
-            if outgoing == Outgoing::Chunked {
+            if rechunk {
                 resp.extend_from_slice(codec::LAST_CHUNK);
             }
-            send(io, &resp).await.map_err(|_| Failed::Io { status })?;
+            send(io, &resp, send_stall).await.map_err(broke)?;
         }
         Framing::Close => {
             loop {
                 if !up.buf.is_empty() {
-                    if outgoing == Outgoing::Chunked {
+                    if rechunk {
                         codec::put_chunk(&mut resp, &up.buf);
                     } else {
                         resp.extend_from_slice(&up.buf);
                     }
                     up.buf.clear();
                 }
-                send(io, &resp).await.map_err(|_| Failed::Io { status })?;
+                send(io, &resp, send_stall).await.map_err(broke)?;
                 resp.clear();
-                match read_upstream(&mut up, Some(timeout)).await {
+                match read_upstream(&mut up, timeout).await {
                     Ok(0) => break,
                     Ok(_) => {}
                     Err(_) => return Err(Failed::Io { status }),
                 }
             }
-            if outgoing == Outgoing::Chunked {
-                send(io, codec::LAST_CHUNK)
+            if rechunk {
+                send(io, codec::LAST_CHUNK, send_stall)
                     .await
-                    .map_err(|_| Failed::Io { status })?;
+                    .map_err(broke)?;
             }
         }
     }
@@ -774,15 +867,52 @@ where
 }
 
 /// After `101`: the client's bytes already read go upstream first, then bytes are
-/// copied both ways until either side closes.
-async fn tunnel<IO>(io: &mut IO, leftover: BytesMut, mut up: client::Conn)
-where
+/// copied both ways until either side closes, or neither sends anything for
+/// `idle` (`limits.tunnel_idle_timeout`).
+async fn tunnel<IO>(
+    io: &mut IO,
+    leftover: BytesMut,
+    mut up: client::Conn,
+    idle: Duration,
+    send_stall: Duration,
+) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    if !leftover.is_empty() && send(&mut up.io, &leftover).await.is_err() {
+    if !leftover.is_empty() && send(&mut up.io, &leftover, send_stall).await.is_err() {
         return;
     }
-    if let Err(e) = tokio::io::copy_bidirectional(io, &mut up.io).await {
-        tracing::debug!(error = %e, "tunnel closed");
+    let mut from_client = vec![0u8; 16 * 1024];
+    let mut from_upstream = vec![0u8; 16 * 1024];
+    let (mut client_open, mut upstream_open) = (true, true);
+    while client_open || upstream_open {
+        let quiet = tokio::time::sleep(idle);
+        tokio::select! {
+            read = io.read(&mut from_client), if client_open => match read {
+                Ok(0) | Err(_) => {
+                    client_open = false;
+                    let _ = tokio::time::timeout(send_stall, up.io.shutdown()).await;
+                }
+                Ok(n) => {
+                    if send(&mut up.io, &from_client[..n], send_stall).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            read = up.io.read(&mut from_upstream), if upstream_open => match read {
+                Ok(0) | Err(_) => {
+                    upstream_open = false;
+                    let _ = tokio::time::timeout(send_stall, io.shutdown()).await;
+                }
+                Ok(n) => {
+                    if send(io, &from_upstream[..n], send_stall).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            _ = quiet => {
+                tracing::debug!("tunnel idle past limits.tunnel_idle_timeout: closed");
+                return;
+            }
+        }
     }
 }

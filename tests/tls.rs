@@ -496,3 +496,106 @@ async fn https_upstream_behind_the_tls_listener_end_to_end() {
     assert_eq!(answer.version, http::Version::HTTP_2);
     assert_eq!(session_headers(&answer).name, "__Host-sessiongate");
 }
+
+/// An HTTPS upstream that sends bytes nobody asked for after its response, in a
+/// TLS record of their own: they may be read off the socket and held, already
+/// decrypted, inside the TLS session, where a peek at the socket cannot see
+/// them. A connection holding them is never reused, so they never become the
+/// answer to the next request.
+#[tokio::test]
+async fn https_upstream_stale_bytes_never_answer_the_next_request() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let upstream_ca = TestCa::new("upstream CA");
+    let leaf = upstream_ca.issue("upstream");
+    sessiongate::tls::install_provider();
+    let key = {
+        use rustls::pki_types::pem::PemObject as _;
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap()
+    };
+    let server = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der.clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while support::raw::head_end(&buf).is_none() {
+                        match tls.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    }
+                    let end = support::raw::head_end(&buf).unwrap();
+                    buf.drain(..end);
+                    // The response fills the proxy's 8 KiB read exactly, so the
+                    // stale bytes behind it stay inside the TLS session.
+                    let reply = reply_filling(8192);
+                    let stale = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstale!";
+                    let _ = tls.write_all(&reply).await;
+                    if tls.write_all(stale).await.is_err() || tls.flush().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+
+    let files = TlsFiles::new(&upstream_ca.issue("unused"));
+    let ca_file = files.write_extra("upstream-ca.pem", &upstream_ca.pem());
+    let proxy = Proxy::start(
+        config(&format!("https://{addr}")).set("upstream.ca_file", &yaml_path(&ca_file)),
+    )
+    .await;
+    // One client connection: one worker, one pool.
+    let mut client = support::raw::RawClient::connect(proxy.addr()).await;
+    for i in 1..=3 {
+        client
+            .send(format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await;
+        let got = client.responses(i).await;
+        assert_eq!(got.responses.len(), i, "{}", got.text());
+        let expected = reply_filling(8192);
+        let body_len = expected.len() - support::raw::head_end(&expected).unwrap();
+        for r in &got.responses {
+            assert_eq!(r.status, 200);
+            assert!(
+                r.body.len() == body_len && r.body.iter().all(|&b| b == b'o'),
+                "stale bytes answered a request: {:?}",
+                String::from_utf8_lossy(&r.body[..r.body.len().min(64)])
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+}
+
+/// A `200` whose head and body together are exactly `total` bytes.
+fn reply_filling(total: usize) -> Vec<u8> {
+    let head = |n: usize| format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+    let mut n = total - head(0).len();
+    while head(n).len() + n > total {
+        n -= 1;
+    }
+    let mut reply = head(n).into_bytes();
+    reply.resize(total, b'o');
+    reply
+}

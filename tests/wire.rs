@@ -420,6 +420,9 @@ async fn http11_without_host_or_with_two_is_refused() {
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
         b"GET http://a/ HTTP/1.1\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a@evil\r\n\r\n",
+        b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET internal:8080 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET file:///etc/passwd HTTP/1.1\r\nHost: a\r\n\r\n",
     ] {
         let got = exchange(proxy.addr(), bad).await;
         assert_eq!(
@@ -480,6 +483,9 @@ async fn a_malformed_first_chunk_is_a_502() {
         &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"[..],
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5 5\r\nhello\r\n0\r\n\r\n",
+        // Transfer-Encoding in HTTP/1.0 is faulty framing (RFC 9112 §6.1).
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     ] {
         let upstream = RawUpstream::start(reply).await;
         let proxy = Proxy::start(config(&upstream.url())).await;

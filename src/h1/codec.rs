@@ -346,8 +346,9 @@ pub fn parse_response<'a>(
             return Err(BadResponse("both Content-Length and Transfer-Encoding"));
         }
         // Any coding but a lone `chunked` would reach the client undeclared once
-        // the hop-by-hop Transfer-Encoding is dropped.
-        if !(framing.chunked && framing.encodings == 1) {
+        // the hop-by-hop Transfer-Encoding is dropped; in HTTP/1.0 it is faulty
+        // framing (RFC 9112 §6.1).
+        if !(framing.chunked && framing.encodings == 1) || version == 0 {
             return Err(BadResponse("unsupported Transfer-Encoding"));
         }
         Framing::Chunked

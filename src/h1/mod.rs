@@ -102,6 +102,14 @@ where
             Ok(parsed) => parsed,
             Err(error) => return refuse(io, error, send_timeout).await,
         };
+        if parsed.target == b"*" && parsed.method != Method::OPTIONS {
+            return refuse(
+                io,
+                HeadError::Bad("'*' target outside OPTIONS"),
+                send_timeout,
+            )
+            .await;
+        }
         let absolute = match absolute_target(parsed.target) {
             Ok(absolute) => absolute,
             Err(error) => return refuse(io, error, send_timeout).await,

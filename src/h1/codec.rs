@@ -228,6 +228,11 @@ pub fn parse_request(head: &[u8]) -> Result<RequestHead<'_>, HeadError> {
     if method == Method::CONNECT {
         return Err(HeadError::Method);
     }
+    // A request target is ASCII (RFC 3986); raw UTF-8 or other bytes above
+    // 0x7f are read differently by different servers.
+    if !target.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(HeadError::Bad("malformed request target"));
+    }
     let mut framing = FramingHeaders::default();
     let lines: SmallVec<[Line<'_>; 16]> = req
         .headers
@@ -307,6 +312,9 @@ pub fn parse_response<'a>(
         }
         Err(_) => return Err(BadResponse("malformed response head")),
     };
+    if has_bare_lf(&buf[..len]) {
+        return Err(BadResponse("bare LF in response head"));
+    }
     let (Some(code), Some(version)) = (resp.code, resp.version) else {
         return Err(BadResponse("malformed response head"));
     };
@@ -660,13 +668,69 @@ fn chunk_size(line: &[u8]) -> Result<u64, BadChunk> {
     if digits == 0 || digits > 15 {
         return Err(BadChunk);
     }
-    let rest = line[digits..].trim_ascii_start();
-    if !(line.len() == digits || rest.first() == Some(&b';')) {
+    if !chunk_extensions(&line[digits..]) {
         return Err(BadChunk);
     }
     Ok(line[..digits].iter().fold(0u64, |n, &d| {
         n * 16 + (d as char).to_digit(16).unwrap_or(0) as u64
     }))
+}
+
+/// Whether `ext` is `*( BWS ";" BWS name [ BWS "=" BWS value ] )` (RFC 9112
+/// §7.1.1): names are tokens, values tokens or quoted strings. An empty name or
+/// an unbalanced quote is refused, not skipped.
+fn chunk_extensions(mut ext: &[u8]) -> bool {
+    let bws = |s: &[u8]| -> usize { s.iter().take_while(|&&b| b == b' ' || b == b'\t').count() };
+    let token = |s: &[u8]| -> usize { s.iter().take_while(|&&b| is_token(b)).count() };
+    loop {
+        // Spaces only before a `;`, never trailing.
+        let ws = bws(ext);
+        if ws == ext.len() {
+            return ws == 0;
+        }
+        ext = &ext[ws..];
+        let Some((&b';', rest)) = ext.split_first() else {
+            return false;
+        };
+        ext = &rest[bws(rest)..];
+        let name = token(ext);
+        if name == 0 {
+            return false;
+        }
+        ext = &ext[name..];
+        let after = &ext[bws(ext)..];
+        let Some((&b'=', rest)) = after.split_first() else {
+            continue;
+        };
+        ext = &rest[bws(rest)..];
+        if ext.first() == Some(&b'"') {
+            let mut i = 1;
+            loop {
+                match ext.get(i) {
+                    None => return false,
+                    Some(b'"') => break,
+                    Some(b'\\') if ext.get(i + 1).is_some() => i += 2,
+                    Some(&b)
+                        if b == b'\t'
+                            || b == b' '
+                            || b == 0x21
+                            || (0x23..=0x7e).contains(&b)
+                            || b >= 0x80 =>
+                    {
+                        i += 1
+                    }
+                    Some(_) => return false,
+                }
+            }
+            ext = &ext[i + 1..];
+        } else {
+            let value = token(ext);
+            if value == 0 {
+                return false;
+            }
+            ext = &ext[value..];
+        }
+    }
 }
 
 /// Appends `data` as one chunk.
@@ -861,7 +925,8 @@ mod tests {
 
     #[test]
     fn chunked_round_trip_in_pieces() {
-        let body = b"5;ext=1\r\nhello\r\n6 ;e\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let body =
+            b"5;ext=1\r\nhello\r\n6 ;e ; f = \"g\\\"h\"\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         for split in 1..body.len() {
             let mut dec = ChunkedDecoder::default();
             let mut got = Vec::new();
@@ -897,6 +962,12 @@ mod tests {
             b"5;\x00\r\n",
             b"0\r\nnot a trailer\r\n\r\n",
             b"0\r\nX: 1\n\r\n",
+            b"2;\r\n",
+            b"2; \r\n",
+            b"2;a=\r\n",
+            b"2;a=\"b\r\n",
+            b"2;a=\"b\";c=\"d; e\r\n",
+            b"2 ;\r\n",
             &long_line,
             &long_partial,
         ] {

@@ -512,12 +512,18 @@ where
     let framing = head.framing;
     let expect_continue = head.expect_continue;
     let method = &head.method;
+    // An absolute-form target goes upstream in origin form: its path and query,
+    // with the path `/` when it has none (`http://host?q` is `/?q`).
+    let origin: Vec<u8>;
     let view = RequestView {
         path: request.path,
-        target: match request.absolute {
-            Some(uri) => uri
-                .path_and_query()
-                .map_or(b"/", |pq| pq.as_str().as_bytes()),
+        target: match request.absolute.and_then(|uri| uri.path_and_query()) {
+            Some(pq) if pq.as_str().starts_with('/') => pq.as_str().as_bytes(),
+            Some(pq) => {
+                origin = [&b"/"[..], pq.as_str().as_bytes()].concat();
+                &origin
+            }
+            None if request.absolute.is_some() => b"/",
             None => head.target,
         },
         authority: request

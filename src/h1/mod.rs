@@ -9,6 +9,9 @@
 pub mod client;
 pub mod codec;
 
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -428,24 +431,41 @@ pub(crate) fn shrink(buf: &mut BytesMut) {
 
 /// Writes all of `bytes` and flushes (TLS streams buffer). A write that makes no
 /// progress for `stall` fails with `TimedOut` (`limits.send_timeout` toward the
-/// client): a peer that stops reading never holds the connection for good.
+/// client): a peer that stops reading never holds the connection for good. A
+/// write the socket takes at once arms no timer.
 async fn send<W: AsyncWrite + Unpin>(
     io: &mut W,
     mut bytes: &[u8],
     stall: Duration,
 ) -> std::io::Result<()> {
-    let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
     while !bytes.is_empty() {
-        match tokio::time::timeout(stall, io.write(bytes)).await {
-            Err(_) => return Err(timed_out()),
-            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(Ok(n)) => bytes = &bytes[n..],
-            Ok(Err(e)) => return Err(e),
+        let n = within(stall, |cx| Pin::new(&mut *io).poll_write(cx, bytes)).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
         }
+        bytes = &bytes[n..];
     }
-    tokio::time::timeout(stall, io.flush())
-        .await
-        .map_err(|_| timed_out())?
+    within(stall, |cx| Pin::new(&mut *io).poll_flush(cx)).await
+}
+
+/// Polls `op` until it is ready, failing with `TimedOut` when it stays pending
+/// for `limit`. The timer is made only once `op` has to wait.
+async fn within<T>(
+    limit: Duration,
+    mut op: impl FnMut(&mut Context<'_>) -> Poll<std::io::Result<T>>,
+) -> std::io::Result<T> {
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = op(cx) {
+            return Poll::Ready(done);
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Ends a connection with a FIN (and, over TLS, `close_notify`), bounded in time.

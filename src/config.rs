@@ -87,7 +87,8 @@ pub struct UpstreamConfig {
 /// Session headers, named from the configured prefix once at load time.
 #[derive(Clone, Debug)]
 pub struct HeaderNames {
-    /// Lower-case prefix, compared against lower-case `HeaderName`s.
+    /// The prefix in lower case with `_` written `-`, the form header names
+    /// are compared in.
     pub prefix: String,
     pub id: HeaderName,
     pub new: HeaderName,
@@ -1152,7 +1153,8 @@ fn header_names(prefix: &str) -> Option<HeaderNames> {
     let lower = prefix.to_ascii_lowercase();
     let make = |suffix: &str| HeaderName::from_bytes(format!("{lower}{suffix}").as_bytes()).ok();
     Some(HeaderNames {
-        prefix: lower.clone(),
+        // Compared with `_` read as `-` (DESIGN.md §9), so kept in that form.
+        prefix: lower.replace('_', "-"),
         id: make("id")?,
         new: make("new")?,
         data: make("data")?,

@@ -83,13 +83,27 @@ pub fn same_name(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == fold(y))
 }
 
-fn is(name: &[u8], lower: &str) -> bool {
-    same_name(name, lower.as_bytes())
+/// [`same_name`] against a name already written in lower case with `-`: one
+/// pass, the plain spelling first.
+#[inline]
+fn is_lower(name: &[u8], lower: &[u8]) -> bool {
+    name.len() == lower.len()
+        && name.iter().zip(lower).all(|(&a, &b)| {
+            a == b || (b.is_ascii_lowercase() && a | 0x20 == b) || (a == b'_' && b == b'-')
+        })
 }
 
-/// Whether `name` starts with `prefix`, compared as [`same_name`] does.
+fn is(name: &[u8], lower: &str) -> bool {
+    is_lower(name, lower.as_bytes())
+}
+
+/// Whether `name` starts with `prefix` (lower case), compared as [`same_name`]
+/// does.
 pub fn has_prefix(name: &[u8], prefix: &str) -> bool {
-    name.len() >= prefix.len() && same_name(&name[..prefix.len()], prefix.as_bytes())
+    if name.len() < prefix.len() {
+        return false;
+    }
+    is_lower(&name[..prefix.len()], prefix.as_bytes())
 }
 
 /// The header names the rules act on, recognised once per line.
@@ -514,13 +528,14 @@ pub fn scan_response(
             if !has_prefix(name, &names.prefix) {
                 continue;
             }
-            if is(name, names.set.as_str()) {
+            let is = |wanted: &HeaderName| same_name(name, wanted.as_str().as_bytes());
+            if is(&names.set) {
                 changes.add_set(value)?;
-            } else if is(name, names.remove.as_str()) {
+            } else if is(&names.remove) {
                 changes.add_remove(value)?;
-            } else if is(name, names.destroy.as_str()) {
+            } else if is(&names.destroy) {
                 changes.destroy |= is_true(value);
-            } else if is(name, names.regenerate.as_str()) {
+            } else if is(&names.regenerate) {
                 changes.regenerate |= is_true(value);
             }
         }

@@ -607,7 +607,7 @@ where
     let asked = Instant::now();
     let timeout = cfg.upstream.timeout;
     let mut fresh_only = false;
-    let mut up = loop {
+    let (mut up, deadline) = loop {
         let attempt = async {
             let checked_out = if fresh_only { None } else { pool.checkout() };
             let mut up = match checked_out {
@@ -676,43 +676,18 @@ where
                 }
             }
             // `upstream.timeout` counts from here: the whole request is sent.
-            // Wait for a whole final head, as the one response parser reads it;
-            // interim (1xx but 101) heads are skipped.
+            // A reused connection that ends before its first byte is retried.
             let deadline = tokio::time::Instant::now() + timeout;
-            let mut received = false;
-            loop {
-                let parsed = match codec::parse_response(&up.buf, MAX_RESPONSE_HEAD, method) {
-                    Ok(Some(rh)) => Some((
-                        rh.status.is_informational()
-                            && rh.status != StatusCode::SWITCHING_PROTOCOLS,
-                        rh.len,
-                    )),
-                    Ok(None) => None,
-                    Err(why) => {
-                        tracing::warn!(why = why.0, "malformed response head from the upstream");
-                        return Err(Attempt::Failed(Failed::upstream(
-                            UpstreamFailure::Protocol,
-                            true,
-                        )));
-                    }
-                };
-                match parsed {
-                    Some((true, len)) => {
-                        up.buf.advance(len);
-                        continue;
-                    }
-                    Some((false, _)) => return Ok(up),
-                    None => {}
-                }
+            while up.buf.is_empty() {
                 match read_upstream_until(&mut up, deadline).await {
-                    Ok(n) if n > 0 => received = true,
+                    Ok(n) if n > 0 => {}
                     Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                         return Err(Attempt::Failed(Failed::Proxy {
                             err: ProxyError::UpstreamTimeout,
                             clean: true,
                         }))
                     }
-                    Ok(_) | Err(_) if retry && !received => return Err(Attempt::Retry),
+                    Ok(_) | Err(_) if retry => return Err(Attempt::Retry),
                     Ok(_) | Err(_) => {
                         return Err(Attempt::Failed(Failed::upstream(
                             UpstreamFailure::Reset,
@@ -721,64 +696,90 @@ where
                     }
                 }
             }
+            Ok((up, deadline))
         };
         match attempt.await {
-            Ok(up) => break up,
+            Ok(answered) => break answered,
             Err(Attempt::Retry) => fresh_only = true,
             Err(Attempt::Failed(failed)) => return Err(failed),
         }
     };
-    begun.trace.upstream = Some(asked.elapsed());
 
-    // The response head, rewritten by steps 4 and 5 into the client's bytes.
-    let answer = {
-        let rh = match codec::parse_response(&up.buf, MAX_RESPONSE_HEAD, method) {
-            Ok(Some(rh)) => rh,
-            Ok(None) | Err(_) => {
-                tracing::warn!("malformed response from the upstream");
-                return Err(Failed::upstream(UpstreamFailure::Protocol, true));
+    // The response head, as the one response parser reads it: interim (1xx but
+    // 101) heads are skipped, and the final one is rewritten by steps 4 and 5
+    // into the client's bytes.
+    let answer = 'answer: loop {
+        // `Some(len)`: an interim head of `len` bytes; `None`: not all here yet.
+        // The parse (borrowing the buffer) ends with this block.
+        let skip = 'head: {
+            let parsed = codec::parse_response(&up.buf, MAX_RESPONSE_HEAD, method);
+            let rh = match parsed {
+                Ok(Some(rh)) => rh,
+                Ok(None) => break 'head None,
+                Err(why) => {
+                    tracing::warn!(why = why.0, "malformed response head from the upstream");
+                    return Err(Failed::upstream(UpstreamFailure::Protocol, true));
+                }
+            };
+            if rh.status.is_informational() && rh.status != StatusCode::SWITCHING_PROTOCOLS {
+                break 'head Some(rh.len);
             }
+            begun.trace.upstream = Some(asked.elapsed());
+            let (keep, extras) = proxy::respond(
+                state,
+                settings,
+                &mut exchange,
+                rh.status,
+                &rh.lines,
+                settings.hsts_for(conn),
+            )
+            .await
+            .map_err(|err| Failed::Proxy { err, clean: true })?;
+            let http10 = head.version == Version::HTTP_10;
+            let outgoing = match rh.framing {
+                Framing::Empty | Framing::Length(_) => Outgoing::AsIs,
+                Framing::Chunked | Framing::Close if http10 => Outgoing::UntilClose,
+                Framing::Chunked | Framing::Close => Outgoing::Chunked,
+            };
+            let close_client = closing || outgoing == Outgoing::UntilClose;
+            let bytes = match rh.framing {
+                Framing::Length(n) => Some(n),
+                _ => rh.declared_length,
+            };
+            let mut head = Vec::with_capacity(512);
+            codec::write_response(
+                &mut head,
+                rh.status,
+                &rh.lines,
+                &keep,
+                &extras,
+                client_framing(rh.status, rh.framing, rh.declared_length, outgoing),
+                close_client,
+            );
+            break 'answer Answer {
+                status: rh.status,
+                framing: rh.framing,
+                keep_alive: rh.keep_alive,
+                outgoing,
+                close_client,
+                bytes,
+                head,
+                upstream_head_len: rh.len,
+            };
         };
-        let (keep, extras) = proxy::respond(
-            state,
-            settings,
-            &mut exchange,
-            rh.status,
-            &rh.lines,
-            settings.hsts_for(conn),
-        )
-        .await
-        .map_err(|err| Failed::Proxy { err, clean: true })?;
-        let http10 = head.version == Version::HTTP_10;
-        let outgoing = match rh.framing {
-            Framing::Empty | Framing::Length(_) => Outgoing::AsIs,
-            Framing::Chunked | Framing::Close if http10 => Outgoing::UntilClose,
-            Framing::Chunked | Framing::Close => Outgoing::Chunked,
-        };
-        let close_client = closing || outgoing == Outgoing::UntilClose;
-        let bytes = match rh.framing {
-            Framing::Length(n) => Some(n),
-            _ => rh.declared_length,
-        };
-        let mut head = Vec::with_capacity(512);
-        codec::write_response(
-            &mut head,
-            rh.status,
-            &rh.lines,
-            &keep,
-            &extras,
-            client_framing(rh.status, rh.framing, rh.declared_length, outgoing),
-            close_client,
-        );
-        Answer {
-            status: rh.status,
-            framing: rh.framing,
-            keep_alive: rh.keep_alive,
-            outgoing,
-            close_client,
-            bytes,
-            head,
-            upstream_head_len: rh.len,
+        if let Some(len) = skip {
+            up.buf.advance(len);
+            continue;
+        }
+        match read_upstream_until(&mut up, deadline).await {
+            Ok(n) if n > 0 => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(Failed::Proxy {
+                    err: ProxyError::UpstreamTimeout,
+                    clean: true,
+                })
+            }
+            Ok(_) | Err(_) => return Err(Failed::upstream(UpstreamFailure::Reset, true)),
         }
     };
     up.buf.advance(answer.upstream_head_len);

@@ -78,6 +78,11 @@ fn fold(b: u8) -> u8 {
     }
 }
 
+/// A `tchar` (RFC 9110 §5.6.2): the bytes a header name is made of.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// Whether `a` and `b` name the same header: case-insensitive, `_` read as `-`.
 pub fn same_name(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == fold(y))

@@ -372,6 +372,15 @@ async fn proxy(
     } = begun;
     let settings: &Settings = settings;
     let cfg = &settings.config;
+    // HTTP/2 carries header names as bytes; forwarded over HTTP/1 each must be
+    // a token, or the upstream would read a line the proxy did not mean.
+    if parts
+        .headers
+        .keys()
+        .any(|name| !name.as_str().bytes().all(headers::is_tchar))
+    {
+        return Err(ProxyError::BadRequest("header name is not a token"));
+    }
     // One host per request (RFC 9112 §3.2, RFC 9113 §8.3.1): a `host` beside a
     // different `:authority` names two sites to two readers.
     let mut hosts = parts.headers.get_all(header::HOST).iter();

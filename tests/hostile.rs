@@ -703,6 +703,26 @@ async fn h2_hand_written_request_is_served() {
     assert_eq!(upstream.last().uri.path(), "/h2");
 }
 
+/// HTTP/2 lets a header name hold bytes no HTTP/1 name may (`"`, `(`,
+/// `@`...); forwarded as they are, the upstream would read a line the proxy
+/// did not mean. Found by the h1_request_diff fuzz target.
+#[tokio::test]
+async fn h2_header_name_that_is_no_token_is_refused() {
+    for name in [&b"content-le\"gth"[..], b"x(y)", b"a@b", b"x{}"] {
+        let (upstream, proxy) = site(|c| c).await;
+        let got = h2_exchange(proxy.addr(), &h2_get(&[(name, b"1")])).await;
+        let status = got.indexed_status();
+        assert!(
+            got.refused() || status == Some(400),
+            "{:?} was not refused: {:?}",
+            String::from_utf8_lossy(name),
+            got.frames
+        );
+        assert_ne!(status, Some(200));
+        assert_upstream_saw_nothing(&upstream);
+    }
+}
+
 #[tokio::test]
 async fn h2_connection_header_is_refused() {
     assert_h2_refused(&[(b"connection", b"keep-alive")]).await;

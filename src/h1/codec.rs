@@ -655,10 +655,7 @@ fn is_line_byte(b: u8) -> bool {
     b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
 }
 
-/// A `tchar` (RFC 9110 §5.6.2).
-fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
+use crate::headers::is_tchar as is_token;
 
 /// The size on a chunk-size line: 1 to 15 hex digits, then nothing or a chunk
 /// extension (`;`, optionally after spaces or tabs). Anything else (a sign, a

@@ -548,7 +548,8 @@ pub(crate) async fn prepare<'a>(
     } else {
         view.target
     };
-    let target = if cfg.upstream.base_path.is_empty() {
+    // `*` (OPTIONS for the whole server) has no path to put under base_path.
+    let target = if cfg.upstream.base_path.is_empty() || target == b"*" {
         Cow::Borrowed(target)
     } else {
         Cow::Owned([cfg.upstream.base_path.as_bytes(), target].concat())

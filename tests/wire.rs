@@ -594,3 +594,18 @@ async fn a_silent_tunnel_is_closed_after_tunnel_idle_timeout() {
     assert!(ended.is_ok(), "a silent tunnel is still open after 5 s");
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
+
+/// `OPTIONS *` asks about the whole server: it goes upstream as `*`, also when
+/// the upstream URL has a path.
+#[tokio::test]
+async fn options_asterisk_goes_upstream_as_asterisk() {
+    let upstream = RawUpstream::ok().await;
+    let proxy = Proxy::start(config(&format!("{}/app", upstream.url()))).await;
+    let got = exchange(proxy.addr(), b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(got.status(), 200, "{}", got.text());
+    assert!(
+        upstream.text().starts_with("OPTIONS * HTTP/1.1\r\n"),
+        "{}",
+        upstream.text()
+    );
+}

@@ -351,7 +351,7 @@ async fn run_request_case(case: Case) -> Result<(), String> {
                     "client got status(es) {statuses:?}, expected only {status} from the proxy"
                 ));
             }
-            if !conn.closed {
+            if !conn.closed() {
                 problems.push("the proxy left the connection open".into());
             }
             if matches!(case.expect, Refuse(_)) {
@@ -461,8 +461,8 @@ async fn run_request_case(case: Case) -> Result<(), String> {
         out,
         "\n  client sent: {}\n  client got (closed: {}): {}\n  upstream: {}",
         show(&case.bytes, 700),
-        conn.closed,
-        show(&conn.received, 900),
+        conn.closed(),
+        show(conn.received(), 900),
         upstream.describe()
     );
     for req in &requests {
@@ -1954,7 +1954,7 @@ impl Client {
         }
         request.push_str("\r\n");
         for attempt in 0..2 {
-            let reuse = attempt == 0 && self.conns.last().is_some_and(|(c, _)| !c.closed);
+            let reuse = attempt == 0 && self.conns.last().is_some_and(|(c, _)| !c.closed());
             if !reuse {
                 self.conns
                     .push((Conn::connect(self.addr).await, Vec::new()));
@@ -1970,7 +1970,7 @@ impl Client {
             }
             // A keep-alive race (the proxy closed as the request went out) is
             // retried once on a new connection, as any client would.
-            if !(reuse && conn.closed && view.finals.len() + 1 == methods.len()) {
+            if !(reuse && conn.closed() && view.finals.len() + 1 == methods.len()) {
                 return None;
             }
             methods.pop();
@@ -1985,8 +1985,8 @@ impl Client {
                 out,
                 "\n    connection {} asked {methods:?} (closed: {}): {}",
                 i + 1,
-                conn.closed,
-                show(&conn.received, 900)
+                conn.closed(),
+                show(conn.received(), 900)
             );
         }
         out
@@ -1995,7 +1995,7 @@ impl Client {
     fn received(&self) -> Vec<u8> {
         self.conns
             .iter()
-            .flat_map(|(c, _)| c.received.clone())
+            .flat_map(|(c, _)| c.received().to_vec())
             .collect()
     }
 }

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::support::raw::{
-    H2Frame, H2Outcome, FLAG_END_HEADERS, FLAG_END_STREAM, FRAME_DATA, FRAME_HEADERS,
+    H2Frame, H2Outcome, RawClient, FLAG_END_HEADERS, FLAG_END_STREAM, FRAME_DATA, FRAME_HEADERS,
     FRAME_SETTINGS, H2_PREFACE,
 };
 
@@ -617,40 +617,29 @@ pub fn parse_client(buf: &[u8], methods: &[&str], eof: bool) -> ClientView {
     view
 }
 
-/// A raw client connection to the proxy.
-pub struct Conn {
-    stream: TcpStream,
-    pub received: Vec<u8>,
-    pub closed: bool,
-}
+/// A raw client connection to the proxy, read as a corpus case needs.
+pub struct Conn(RawClient);
 
 impl Conn {
     pub async fn connect(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr)
-            .await
-            .expect("connect to the proxy");
-        stream.set_nodelay(true).expect("nodelay");
-        Conn {
-            stream,
-            received: Vec::new(),
-            closed: false,
-        }
+        Conn(RawClient::connect(addr).await)
     }
 
     /// Writes `bytes`; a refused write (the proxy closed already) is not an error.
     pub async fn send(&mut self, bytes: &[u8]) -> bool {
-        self.stream.write_all(bytes).await.is_ok() && self.stream.flush().await.is_ok()
+        self.0.send(bytes).await
+    }
+
+    pub fn received(&self) -> &[u8] {
+        self.0.received()
+    }
+
+    pub fn closed(&self) -> bool {
+        self.0.is_closed()
     }
 
     async fn read_until(&mut self, deadline: Instant, done: impl Fn(&[u8]) -> bool) {
-        let mut buf = vec![0u8; 64 * 1024];
-        while !self.closed && !done(&self.received) {
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
-                Err(_) => return,
-                Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
-                Ok(Ok(n)) => self.received.extend_from_slice(&buf[..n]),
-            }
-        }
+        self.0.read_until(deadline, done).await
     }
 
     /// Waits up to `limit` until `n` final responses (answering `methods`) are
@@ -671,7 +660,7 @@ impl Conn {
     }
 
     pub fn view(&self, methods: &[&str]) -> ClientView {
-        parse_client(&self.received, methods, self.closed)
+        parse_client(self.received(), methods, self.closed())
     }
 }
 

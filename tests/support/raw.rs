@@ -238,7 +238,7 @@ impl RawClient {
     }
 
     /// Reads until `deadline`, the connection's end, or `done` says enough.
-    async fn read_until(&mut self, deadline: Instant, done: impl Fn(&[u8]) -> bool) {
+    pub async fn read_until(&mut self, deadline: Instant, done: impl Fn(&[u8]) -> bool) {
         let mut buf = vec![0u8; 64 * 1024];
         while !self.closed && !done(&self.received) {
             match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
@@ -283,6 +283,11 @@ impl RawClient {
 
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// Every byte received so far.
+    pub fn received(&self) -> &[u8] {
+        &self.received
     }
 
     /// The underlying stream, for protocols spoken after an exchange.

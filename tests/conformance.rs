@@ -42,7 +42,9 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 
 use corpus::*;
-use support::raw::{h2_exchange, h2_request, H2Outcome, FRAME_GOAWAY, FRAME_RST_STREAM};
+use support::raw::{
+    h2_exchange, h2_get_fields, h2_request, H2Outcome, FRAME_GOAWAY, FRAME_RST_STREAM,
+};
 use support::{config, is_base64url_32, Proxy, COOKIE};
 
 /// How long a client waits for the responses it expects.
@@ -2545,14 +2547,7 @@ struct H2Case {
 }
 
 fn h2_fields<'a>(extra: &[(&'a [u8], &'a [u8])]) -> Vec<(&'a [u8], &'a [u8])> {
-    let mut fields: Vec<(&[u8], &[u8])> = vec![
-        (b":method", b"GET"),
-        (b":scheme", b"http"),
-        (b":authority", b"example.test"),
-        (b":path", b"/h2"),
-    ];
-    fields.extend_from_slice(extra);
-    fields
+    h2_get_fields(extra)
 }
 
 fn h2_post<'a>(extra: &[(&'a [u8], &'a [u8])]) -> Vec<(&'a [u8], &'a [u8])> {

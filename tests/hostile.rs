@@ -675,14 +675,7 @@ async fn request_trailers_never_carry_session_headers_upstream() {
 // ---------------------------------------------------------------------------
 
 fn h2_get(extra: &[(&[u8], &[u8])]) -> Vec<u8> {
-    let mut fields: Vec<(&[u8], &[u8])> = vec![
-        (b":method", b"GET"),
-        (b":scheme", b"http"),
-        (b":authority", b"example.test"),
-        (b":path", b"/h2"),
-    ];
-    fields.extend_from_slice(extra);
-    h2_request(&fields)
+    h2_request(&h2_get_fields(extra))
 }
 
 async fn assert_h2_refused(extra: &[(&[u8], &[u8])]) {

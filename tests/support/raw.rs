@@ -521,6 +521,19 @@ pub fn hpack(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
 
 /// The client's opening: preface, empty SETTINGS, then one HEADERS frame on
 /// stream 1 that ends the stream.
+/// A `GET /h2` for `example.test` over plain HTTP/2: the pseudo-headers, then
+/// `extra`.
+pub fn h2_get_fields<'a>(extra: &[(&'a [u8], &'a [u8])]) -> Vec<(&'a [u8], &'a [u8])> {
+    let mut fields: Vec<(&[u8], &[u8])> = vec![
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":authority", b"example.test"),
+        (b":path", b"/h2"),
+    ];
+    fields.extend_from_slice(extra);
+    fields
+}
+
 pub fn h2_request(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
     let mut out = H2_PREFACE.to_vec();
     out.extend(

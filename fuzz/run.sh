@@ -102,6 +102,9 @@ for target in "${TARGETS[@]}"; do
         FAILED+=("$target")
         echo "FAIL $target (exit $status); the end of its log:"
         tail -n 40 "$log" | sed 's/^/    | /'
+        # The whole log (the finding's message comes well before its tail).
+        cp "$log" "$FUZZ_DIR/artifacts/$target/last-failure.log"
+        echo "    whole log: fuzz/artifacts/$target/last-failure.log"
         artifact=$(grep -oE 'artifacts/[^ ]+' "$log" | tail -n 1 || true)
         if [[ -n "$artifact" ]]; then
             echo "    minimize: cargo +nightly fuzz tmin -s $SANITIZER $target fuzz/$artifact"

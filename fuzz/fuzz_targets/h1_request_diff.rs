@@ -25,7 +25,7 @@
 //!   never `X-Session-Data` (every session here is new and empty);
 //! - every message the upstream reads has at most one framing header, and the
 //!   body it carries agrees with it;
-//! - the proxy closes the client connection within 3 s, and never panics (every
+//! - the proxy closes the client connection within 8 s, and never panics (every
 //!   panic aborts the process).
 #![no_main]
 

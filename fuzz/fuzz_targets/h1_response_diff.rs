@@ -24,7 +24,7 @@
 //!   `X-Session-Set: pwned=1` in bodies and interim heads; the session each
 //!   response's cookie names (looked up in the proxy's store) may hold `pwned`
 //!   only when the final head itself mentions it;
-//! - the proxy closes within 3 s and never panics.
+//! - the proxy closes within 8 s and never panics.
 #![no_main]
 
 mod h1diff;

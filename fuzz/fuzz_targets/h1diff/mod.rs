@@ -22,7 +22,9 @@ pub const SECRET: &str = "fuzz-diff-secret-0123456789abcdef0123456789";
 /// The longest a client waits for the proxy to close its connection. Every
 /// input ends with the client's FIN and an upstream that answers at once, so
 /// reaching this is a finding (a hang), not load.
-pub const CLIENT_BOUND: Duration = Duration::from_secs(3);
+/// Generous against a machine busy with other work (a starved process is no
+/// finding), and below libFuzzer's `-timeout=10`.
+pub const CLIENT_BOUND: Duration = Duration::from_secs(8);
 /// Header lines the independent parser accepts (more than the proxy's 128: a
 /// head the proxy refuses as too large is allowed, never required).
 pub const MAX_HEADERS: usize = 256;
@@ -68,7 +70,7 @@ pub async fn start_proxy(upstream: SocketAddr) -> (SocketAddr, Arc<State>) {
     let yaml = |body_timeout: &str| {
         format!(
             "listen: 127.0.0.1:0\n\
-             upstream: {{url: \"http://{upstream}\", timeout: 2s, connect_timeout: 2s}}\n\
+             upstream: {{url: \"http://{upstream}\", timeout: 5s, connect_timeout: 5s}}\n\
              session: {{secrets: [\"{SECRET}\"], max_sessions: 50000}}\n\
              admin: {{listen: null}}\n\
              limits: {{header_read_timeout: 2s{body_timeout}}}\n\

@@ -609,3 +609,36 @@ async fn options_asterisk_goes_upstream_as_asterisk() {
         upstream.text()
     );
 }
+
+/// The session cookie is the proxy's alone: an upstream `Set-Cookie` under its
+/// name (either spelling) never reaches the browser, where it would replace or
+/// fixate the visitor's session. Found by the h1_response_diff fuzz target.
+#[tokio::test]
+async fn the_upstream_cannot_set_the_proxys_cookie() {
+    let upstream = RawUpstream::start(
+        &b"HTTP/1.1 200 OK\r\nSet-Cookie: sessiongate=fixated.value; Path=/\r\n\
+           Set-Cookie: __Host-sessiongate=fixated; Secure; Path=/\r\n\
+           Set-Cookie: app=kept; Path=/\r\nContent-Length: 2\r\n\r\nok"[..],
+    )
+    .await;
+    let proxy = Proxy::start(config(&upstream.url())).await;
+    let got = exchange(proxy.addr(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(got.status(), 200, "{}", got.text());
+    let cookies = got.response().header_all("set-cookie");
+    assert!(
+        cookies.iter().any(|c| c.starts_with("app=kept")),
+        "{cookies:?}"
+    );
+    assert!(
+        !cookies.iter().any(|c| c.contains("fixated")),
+        "{cookies:?}"
+    );
+    assert_eq!(
+        cookies
+            .iter()
+            .filter(|c| c.starts_with("sessiongate="))
+            .count(),
+        1,
+        "{cookies:?}"
+    );
+}

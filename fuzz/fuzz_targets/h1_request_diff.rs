@@ -1016,7 +1016,10 @@ fuzz_target!(|input: &[u8]| {
     let h = harness();
     h.rt.block_on(async {
         if AFTER_H2.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            for _ in 0..2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                h.upstream.settle().await;
+            }
         }
         h.upstream.settle().await;
         h.upstream.next_generation();

@@ -102,7 +102,7 @@ fn client_head(settings: &Settings, set_cookie: Option<HeaderValue>) -> Vec<u8> 
         .expect("response head")
         .expect("whole");
     let names = &settings.config.session.headers;
-    let scan = headers::scan_response(&head.lines, names, false);
+    let scan = headers::scan_response(&head.lines, names, &settings.jar, false);
     let mut keep = scan.keep;
     let extras = headers::response_extras(
         &head.lines,

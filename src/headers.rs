@@ -9,7 +9,7 @@
 use http::header::{self, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
-use crate::cookie::{cookie_pairs, Refused, Verified};
+use crate::cookie::{cookie_pairs, CookieJar, Refused, Verified};
 use crate::error::ProxyError;
 use crate::metrics::{CookieRejection, Metrics};
 use crate::proxy::{ConnInfo, Settings};
@@ -80,7 +80,8 @@ fn fold(b: u8) -> u8 {
 
 /// A `tchar` (RFC 9110 §5.6.2): the bytes a header name is made of.
 pub fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'!' | b'#' | b'$' | b'%' | b'&'
+        | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
 }
 
 /// Whether `a` and `b` name the same header: case-insensitive, `_` read as `-`.
@@ -122,6 +123,7 @@ pub enum Name {
     /// `Proxy-Authorization`, `TE`, `Trailer`, `HTTP2-Settings`.
     OtherHopByHop,
     Cookie,
+    SetCookie,
     Host,
     ForwardedFor,
     ForwardedProto,
@@ -168,6 +170,7 @@ pub fn classify(name: &[u8]) -> Name {
         7 if is("trailer") => Name::OtherHopByHop,
         10 if is("connection") => Name::Connection,
         10 if is("keep-alive") => Name::OtherHopByHop,
+        10 if is("set-cookie") => Name::SetCookie,
         9 if is("forwarded") => Name::ForwardedOther,
         9 if is("x-real-ip") => Name::ForwardedOther,
         12 if is("x-request-id") => Name::RequestId,
@@ -518,15 +521,29 @@ pub struct ResponseScan {
     pub changes: Result<Changes, ChangesError>,
 }
 
-/// Step 4: reads the write-back headers and marks them, and every hop-by-hop
-/// header, for removal. `switching`: a `101` to an upgrade request.
+/// Step 4: reads the write-back headers and marks them, every hop-by-hop
+/// header, and every `Set-Cookie` under the proxy's own cookie names (`jar`)
+/// for removal: the session cookie is the proxy's alone, and one set by the
+/// upstream would replace or fixate the visitor's session. `switching`: a
+/// `101` to an upgrade request.
 pub fn scan_response(
     lines: &[Line<'_>],
     names: &crate::config::HeaderNames,
+    jar: &CookieJar,
     switching: bool,
 ) -> ResponseScan {
     let kinds = classify_all(lines);
-    let keep = hop_filter(lines, &kinds, &names.prefix, switching);
+    let mut keep = hop_filter(lines, &kinds, &names.prefix, switching);
+    let ours = [jar.plain.name.as_bytes(), jar.secure.name.as_bytes()];
+    for (((_, value), &kind), k) in lines.iter().zip(&kinds).zip(keep.iter_mut()) {
+        if kind == Name::SetCookie {
+            let cookie = value.split(|&b| b == b'=').next().unwrap_or_default();
+            if ours.contains(&cookie.trim_ascii()) {
+                tracing::warn!("the upstream set the proxy's own cookie: removed");
+                *k = false;
+            }
+        }
+    }
     let mut changes = Changes::default();
     let mut read = || -> Result<(), ChangesError> {
         for (name, value) in lines {

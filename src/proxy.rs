@@ -586,24 +586,9 @@ pub(crate) async fn respond<'a>(
     if switching && !exchange.upgrade {
         return Err(ProxyError::Upstream(upstream::UpstreamFailure::Protocol));
     }
-    let scan = headers::scan_response(lines, names, switching);
+    let scan = headers::scan_response(lines, names, &settings.jar, switching);
     let mut keep = scan.keep;
     let kinds = scan.names;
-    // The proxy's cookie is the proxy's alone: an upstream `Set-Cookie` under
-    // either of its names would replace or fixate the visitor's session.
-    let ours = [
-        settings.jar.plain.name.as_bytes(),
-        settings.jar.secure.name.as_bytes(),
-    ];
-    for ((name, value), k) in lines.iter().zip(keep.iter_mut()) {
-        if *k && name.eq_ignore_ascii_case(b"set-cookie") {
-            let cookie = value.split(|&b| b == b'=').next().unwrap_or_default();
-            if ours.contains(&cookie.trim_ascii()) {
-                tracing::warn!("the upstream set the proxy's own cookie: removed");
-                *k = false;
-            }
-        }
-    }
     let mut set_cookie = match scan.changes {
         Ok(changes) if !changes.is_empty() => {
             apply_write_back(

@@ -228,6 +228,9 @@ pub fn parse_request(head: &[u8]) -> Result<RequestHead<'_>, HeadError> {
     if method == Method::CONNECT {
         return Err(HeadError::Method);
     }
+    if target == "*" && method != Method::OPTIONS {
+        return Err(HeadError::Bad("'*' target outside OPTIONS"));
+    }
     // A request target is ASCII (RFC 3986); raw UTF-8 or other bytes above
     // 0x7f are read differently by different servers.
     if !target.bytes().all(|b| b.is_ascii_graphic()) {
@@ -413,21 +416,6 @@ pub fn write_request(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends `n` in decimal.
-fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
 /// The framing line a message the proxy writes carries: computed from what the
 /// parser found, never copied from the peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -445,7 +433,7 @@ fn put_framing(out: &mut Vec<u8>, body: BodyHead) {
         BodyHead::None => {}
         BodyHead::Length(n) => {
             out.extend_from_slice(b"content-length: ");
-            put_decimal(out, n);
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         BodyHead::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -531,6 +519,23 @@ pub struct ChunkedDecoder {
     state: Chunk,
     /// Bytes of trailer lines so far.
     trailers: usize,
+}
+
+/// Decodes what `buf` holds of a chunked body into `out`: re-chunked with
+/// `rechunk`, raw otherwise.
+pub fn relay_chunks(
+    decoder: &mut ChunkedDecoder,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    rechunk: bool,
+) -> Result<(), BadChunk> {
+    decoder.decode(buf, |data| {
+        if rechunk {
+            put_chunk(out, data);
+        } else {
+            out.extend_from_slice(data);
+        }
+    })
 }
 
 /// The chunked framing is broken.

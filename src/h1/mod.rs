@@ -105,14 +105,6 @@ where
             Ok(parsed) => parsed,
             Err(error) => return refuse(io, error, send_timeout).await,
         };
-        if parsed.target == b"*" && parsed.method != Method::OPTIONS {
-            return refuse(
-                io,
-                HeadError::Bad("'*' target outside OPTIONS"),
-                send_timeout,
-            )
-            .await;
-        }
         let absolute = match absolute_target(parsed.target) {
             Ok(absolute) => absolute,
             Err(error) => return refuse(io, error, send_timeout).await,
@@ -228,14 +220,16 @@ fn absolute_target(target: &[u8]) -> Result<Option<Uri>, HeadError> {
     if target.first() == Some(&b'/') || target == b"*" {
         return Ok(None);
     }
-    let bad = HeadError::Bad("malformed request target");
-    let uri = Uri::try_from(target).map_err(|_| bad)?;
-    let web = matches!(uri.scheme_str(), Some("http" | "https"));
-    let host = uri.authority().is_some_and(|a| !a.host().is_empty());
-    if !web || !host || uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(HeadError::Bad("malformed request target"));
+    let uri = Uri::try_from(target).ok().filter(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri
+                .authority()
+                .is_some_and(|a| !a.host().is_empty() && !a.as_str().contains('@'))
+    });
+    match uri {
+        Some(uri) => Ok(Some(uri)),
+        None => Err(HeadError::Bad("malformed request target")),
     }
-    Ok(Some(uri))
 }
 
 /// A parsed request and what its target says.
@@ -742,10 +736,6 @@ where
                 Framing::Chunked | Framing::Close => Outgoing::Chunked,
             };
             let close_client = closing || outgoing == Outgoing::UntilClose;
-            let bytes = match rh.framing {
-                Framing::Length(n) => Some(n),
-                _ => rh.declared_length,
-            };
             let mut head = Vec::with_capacity(512);
             codec::write_response(
                 &mut head,
@@ -762,7 +752,7 @@ where
                 keep_alive: rh.keep_alive,
                 outgoing,
                 close_client,
-                bytes,
+                bytes: rh.declared_length,
                 head,
                 upstream_head_len: rh.len,
             };
@@ -794,18 +784,11 @@ where
     // A chunked body broken in what arrived with the head is found before
     // anything is sent: the client gets a 502, not half a response.
     let mut decoder = ChunkedDecoder::default();
-    if answer.framing == Framing::Chunked {
-        let decoded = decoder.decode(&mut up.buf, |data| {
-            if rechunk {
-                codec::put_chunk(&mut resp, data);
-            } else {
-                resp.extend_from_slice(data);
-            }
-        });
-        if decoded.is_err() {
-            tracing::warn!("malformed chunked body from the upstream");
-            return Err(Failed::upstream(UpstreamFailure::Protocol, true));
-        }
+    if answer.framing == Framing::Chunked
+        && codec::relay_chunks(&mut decoder, &mut up.buf, &mut resp, rechunk).is_err()
+    {
+        tracing::warn!("malformed chunked body from the upstream");
+        return Err(Failed::upstream(UpstreamFailure::Protocol, true));
     }
     worker.finish(begun, conn, status, answer.bytes);
     let broke = |_| Failed::Io { status };
@@ -851,14 +834,7 @@ where
                     Ok(n) if n > 0 => {}
                     _ => return Err(Failed::Io { status }),
                 }
-                decoder
-                    .decode(&mut up.buf, |data| {
-                        if rechunk {
-                            codec::put_chunk(&mut resp, data);
-                        } else {
-                            resp.extend_from_slice(data);
-                        }
-                    })
+                codec::relay_chunks(&mut decoder, &mut up.buf, &mut resp, rechunk)
                     .map_err(|_| Failed::Io { status })?;
             }
             if rechunk {
@@ -919,8 +895,11 @@ async fn tunnel<IO>(
     let mut from_client = vec![0u8; 16 * 1024];
     let mut from_upstream = vec![0u8; 16 * 1024];
     let (mut client_open, mut upstream_open) = (true, true);
+    // One timer for the tunnel, pushed back whenever a byte moves.
+    let quiet = tokio::time::sleep(idle);
+    let mut quiet = std::pin::pin!(quiet);
     while client_open || upstream_open {
-        let quiet = tokio::time::sleep(idle);
+        quiet.as_mut().reset(tokio::time::Instant::now() + idle);
         tokio::select! {
             read = io.read(&mut from_client), if client_open => match read {
                 Ok(0) | Err(_) => {
@@ -944,7 +923,7 @@ async fn tunnel<IO>(
                     }
                 }
             },
-            _ = quiet => {
+            _ = quiet.as_mut() => {
                 tracing::debug!("tunnel idle past limits.tunnel_idle_timeout: closed");
                 return;
             }

@@ -423,7 +423,7 @@ async fn proxy(
         cfg.limits.max_body_bytes,
         cfg.limits.client_body_timeout,
     );
-    let mut body_sent = request_body.watch_sent();
+    let body_sent = request_body.watch_sent();
     let mut out = Request::new(request_body);
     *out.method_mut() = parts.method.clone();
     *out.uri_mut() = uri;
@@ -434,12 +434,17 @@ async fn proxy(
     let pool = worker.pool(settings);
     // `upstream.timeout` counts from the moment the whole body has been sent.
     let timeout = cfg.upstream.timeout;
-    let sent = tokio::select! {
-        sent = pool.send(out) => Ok(sent),
-        _ = async {
-            let _ = body_sent.wait_for(|sent| *sent).await;
-            tokio::time::sleep(timeout).await;
-        } => Err(()),
+    let sent = match body_sent {
+        None => tokio::time::timeout(timeout, pool.send(out))
+            .await
+            .map_err(|_| ()),
+        Some(mut body_sent) => tokio::select! {
+            sent = pool.send(out) => Ok(sent),
+            _ = async {
+                let _ = body_sent.wait_for(|sent| *sent).await;
+                tokio::time::sleep(timeout).await;
+            } => Err(()),
+        },
     };
     trace.upstream = Some(asked.elapsed());
     let mut resp = match sent {

@@ -70,15 +70,16 @@ impl RequestBody {
         }
     }
 
-    /// A receiver that turns true once the whole body has been sent (at once,
-    /// for a request without a body).
-    pub fn watch_sent(&mut self) -> tokio::sync::watch::Receiver<bool> {
-        let (tx, rx) = tokio::sync::watch::channel(false);
+    /// A receiver that turns true once the whole body has been sent; `None`
+    /// when it has already ended (a request without a body), which costs no
+    /// channel.
+    pub fn watch_sent(&mut self) -> Option<tokio::sync::watch::Receiver<bool>> {
         if self.is_end_stream() {
-            let _ = tx.send(true);
+            return None;
         }
+        let (tx, rx) = tokio::sync::watch::channel(false);
         self.sent = Some(tx);
-        rx
+        Some(rx)
     }
 
     fn mark_sent(&mut self) {

@@ -642,3 +642,49 @@ async fn the_upstream_cannot_set_the_proxys_cookie() {
         "{cookies:?}"
     );
 }
+
+/// The same over HTTP/2: `upstream.timeout` starts once the stream's body has
+/// been sent, so an upload slower than it is forwarded and answered.
+#[tokio::test]
+async fn a_slow_http2_upload_is_not_cut_off_by_the_upstream_timeout() {
+    use http_body_util::{BodyExt as _, StreamBody};
+    let upstream = echo_upstream().await;
+    let proxy = Proxy::start(config(&upstream.url()).set("upstream.timeout", "1s")).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>(4);
+    tokio::spawn(async move {
+        for piece in ["abc", "def", "ghi", "jkl"] {
+            tokio::time::sleep(Duration::from_millis(450)).await;
+            let frame = hyper::body::Frame::data(bytes::Bytes::from_static(piece.as_bytes()));
+            if tx.send(Ok(frame)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = StreamBody::new(tokio_stream_from(rx));
+    let request = hyper::Request::post(format!("http://{}/up2", proxy.addr()))
+        .body(body)
+        .unwrap();
+    let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
+        .await
+        .expect("no answer")
+        .expect("request failed");
+    assert_eq!(response.status(), 200);
+    let got = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&got[..], b"POST /up2|abcdefghijkl");
+}
+
+/// An mpsc receiver as a stream of body frames.
+fn tokio_stream_from<T>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

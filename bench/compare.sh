@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# The oha comparison: sessiongate beside nginx, HAProxy and Apache mod_session,
-# all in front of one fast upstream on loopback.
+# The oha comparison: sessiongate beside nginx, HAProxy, Caddy and Apache
+# mod_session, all in front of one fast upstream on loopback.
 #
 #   bench/compare.sh                      # defaults: -z 10s, -c 64, 3 repetitions
-#   bench/compare.sh --duration 5s --reps 1 --targets "sessiongate nginx"
+#   bench/compare.sh --duration 5s --reps 1 --targets "sessiongate nginx caddy"
+#
+# Options: --duration D (oha -z), --reps N, --conns N (oha -c), --targets "...",
+# --scenarios "...". Targets: direct sessiongate sessiongate-redis nginx
+# nginx-cookie haproxy caddy apache. Scenarios: returning new writeback single h2 tls
+# (h2 and tls: sessiongate, nginx, haproxy and caddy only).
 #
 # Prints a markdown table (medians over repetitions) and writes every raw oha JSON
 # under bench/results/<timestamp>/. Every process it starts is stopped by pid on exit.
-# Loopback only; every load run is bounded by --duration.
+# Loopback only, on ports found free at start-up (listed in <results>/run/ports);
+# every load run is bounded by --duration. Installs what is missing with apt-get
+# (nginx haproxy caddy apache2 redis-server) and oha with cargo.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=10s
 REPS=3
 CONNS=64
-TARGETS="direct sessiongate sessiongate-redis nginx nginx-cookie haproxy apache"
+TARGETS="direct sessiongate sessiongate-redis nginx nginx-cookie haproxy caddy apache"
 SCENARIOS="returning new writeback single h2 tls"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -23,8 +30,21 @@ while [ $# -gt 0 ]; do
     --conns) CONNS=$2; shift 2 ;;
     --targets) TARGETS=$2; shift 2 ;;
     --scenarios) SCENARIOS=$2; shift 2 ;;
-    -h|--help) sed -n 2,10p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+for t in $TARGETS; do
+  case "$t" in
+    direct|sessiongate|sessiongate-redis|nginx|nginx-cookie|haproxy|caddy|apache) ;;
+    *) echo "unknown target $t (see --help)" >&2; exit 2 ;;
+  esac
+done
+for sc in $SCENARIOS; do
+  case "$sc" in
+    returning|new|writeback|single|h2|tls) ;;
+    *) echo "unknown scenario $sc (see --help)" >&2; exit 2 ;;
   esac
 done
 
@@ -42,6 +62,7 @@ trap cleanup EXIT
 need_apt=()
 command -v nginx >/dev/null || need_apt+=(nginx)
 command -v haproxy >/dev/null || need_apt+=(haproxy)
+command -v caddy >/dev/null || need_apt+=(caddy)
 [ -x /usr/sbin/apache2 ] || need_apt+=(apache2)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -56,12 +77,104 @@ export PATH="$HOME/.cargo/bin:$PATH"
 (cd "$ROOT" && cargo build --release --quiet)
 SG="$ROOT/target/release/sessiongate"
 
-wait_port() { # host:port
+# --- ports: every listener on a loopback port that is free at start-up ------------
+# free_ports N: N distinct ports free on 127.0.0.1 right now, on one line (bound to
+# port 0 together, then released, as .ci/run does).
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
+PY
+}
+read -r P_UP P_SG P_SG_TLS P_SGR P_REDIS P_NGX P_NGX_H2 P_NGX_TLS P_NGX_COOKIE \
+  P_HA P_HA_H2 P_HA_TLS P_CADDY P_CADDY_H2 P_CADDY_TLS P_AP < <(free_ports 16)
+[ -n "${P_AP:-}" ] || { echo "error: could not find 16 free ports on 127.0.0.1" >&2; exit 1; }
+for v in P_UP P_SG P_SG_TLS P_SGR P_REDIS P_NGX P_NGX_H2 P_NGX_TLS P_NGX_COOKIE \
+  P_HA P_HA_H2 P_HA_TLS P_CADDY P_CADDY_H2 P_CADDY_TLS P_AP; do echo "$v=${!v}"; done > "$RUN/ports"
+
+# listen_state PID PORT: 0 if process PID (or a descendant) listens on PORT; 1 if
+# nobody does yet; 3 if another process does; 2 if PID is gone (or a zombie), 4 if
+# it is gone and another process listens on PORT.
+listen_state() {
+  python3 - "$1" "$2" <<'PY'
+import os, sys
+root, port = int(sys.argv[1]), int(sys.argv[2])
+def state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return rest[0], int(rest[1])
+    except (OSError, IndexError, ValueError):
+        return None, None
+gone = state(root)[0] in (None, "Z")
+listening = set()  # inodes of sockets listening on the port
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    try:
+        with open(table) as f:
+            rows = f.read().splitlines()[1:]
+    except OSError:
+        continue
+    for row in rows:
+        col = row.split()
+        if col[3] == "0A" and int(col[1].rsplit(":", 1)[1], 16) == port:
+            listening.add(col[9])
+if gone:
+    sys.exit(4 if listening else 2)
+if not listening:
+    sys.exit(1)
+children = {}
+for d in os.listdir("/proc"):
+    if d.isdigit():
+        children.setdefault(state(d)[1], []).append(int(d))
+todo, seen = [root], set()
+while todo:
+    pid = todo.pop()
+    if pid in seen:
+        continue
+    seen.add(pid)
+    todo += children.get(pid, [])
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        continue
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in listening:
+            sys.exit(0)
+sys.exit(3)
+PY
+}
+
+# wait_listen NAME PID PORT LOG...: wait (10 s at most) until process PID listens on
+# 127.0.0.1:PORT; otherwise say why, show the end of its logs and stop the run.
+wait_listen() {
+  local name=$1 pid=$2 port=$3 rc=1 why log; shift 3
   for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
+    rc=0; listen_state "$pid" "$port" || rc=$?
+    [ "$rc" = 0 ] && return 0
+    [ "$rc" = 2 ] || [ "$rc" = 4 ] && break
     sleep 0.1
   done
-  echo "nothing listening on $1" >&2; return 1
+  case "$rc" in
+    2) why="exited before listening on 127.0.0.1:$port" ;;
+    4) why="exited: 127.0.0.1:$port is taken by another process" ;;
+    3) why="is not listening on 127.0.0.1:$port, which another process has taken" ;;
+    *) why="is not listening on 127.0.0.1:$port after 10 s" ;;
+  esac
+  echo "error: $name (pid $pid) $why." >&2
+  echo "  Its ports were free at start-up ($RUN/ports); if one was taken since, run again." >&2
+  for log in "$@"; do
+    [ -s "$log" ] && { echo "  --- last lines of $log:" >&2; tail -n 5 "$log" | sed 's/^/  /' >&2; }
+  done
+  exit 1
 }
 
 # --- the upstream: nginx answering "hello", and a write-back route ----------------
@@ -71,75 +184,80 @@ events { worker_connections 8192; }
 http {
   access_log off; keepalive_requests 10000000; keepalive_timeout 75s;
   server {
-    listen 127.0.0.1:18000 backlog=4096;
+    listen 127.0.0.1:$P_UP backlog=4096;
     location / { return 200 "hello\n"; }
     location /write { add_header X-Session-Set "n=1" always; return 200 "hello\n"; }
   }
 }
 CONF
-nginx -p "$RUN" -c "$RUN/upstream.conf" & PIDS+=($!)
-wait_port 127.0.0.1:18000
+nginx -p "$RUN" -c "$RUN/upstream.conf" 2>>"$RUN/upstream.err" & PIDS+=($!)
+wait_listen "upstream nginx" $! "$P_UP" "$RUN/upstream.err"
 
 # --- a certificate for the TLS scenario (all TLS targets share it) -----------------
 "$SG" gen-cert --dir "$RUN/certs" >/dev/null
 cat "$RUN/certs/dev-cert.pem" "$RUN/certs/dev-key.pem" > "$RUN/certs/combined.pem"
 
-# --- sessiongate (plain :18080, TLS :18480) -----------------------------------------
+# --- sessiongate (plain and h2c, TLS) ------------------------------------------------
 cat > "$RUN/sessiongate.yaml" <<CONF
-listen: 127.0.0.1:18080
-tls: { listen: "127.0.0.1:18480", cert: "$RUN/certs/dev-cert.pem", key: "$RUN/certs/dev-key.pem" }
-upstream: { url: "http://127.0.0.1:18000" }
+listen: 127.0.0.1:$P_SG
+tls: { listen: "127.0.0.1:$P_SG_TLS", cert: "$RUN/certs/dev-cert.pem", key: "$RUN/certs/dev-key.pem" }
+upstream: { url: "http://127.0.0.1:$P_UP" }
 session: { secrets: ["bench-secret-0123456789abcdef0123456789"], max_sessions: 2000000 }
 admin: { listen: null }
 log: { level: warn, access: false }
 CONF
 "$SG" --config "$RUN/sessiongate.yaml" 2>"$RUN/sessiongate.err" & PIDS+=($!)
-wait_port 127.0.0.1:18080
+wait_listen sessiongate $! "$P_SG" "$RUN/sessiongate.err"
+wait_listen "sessiongate (TLS)" $! "$P_SG_TLS" "$RUN/sessiongate.err"
 
-# --- sessiongate on Redis (:18090), with its own Redis (:18379) ---------------------
-redis-server --port 18379 --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+# --- sessiongate on Redis, with its own Redis ----------------------------------------
+redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
   >"$RUN/redis.log" 2>&1 & PIDS+=($!)
-wait_port 127.0.0.1:18379
+wait_listen redis-server $! "$P_REDIS" "$RUN/redis.log"
 cat > "$RUN/sessiongate-redis.yaml" <<CONF
-listen: 127.0.0.1:18090
-upstream: { url: "http://127.0.0.1:18000" }
+listen: 127.0.0.1:$P_SGR
+upstream: { url: "http://127.0.0.1:$P_UP" }
 session: { secrets: ["bench-secret-0123456789abcdef0123456789"] }
-store: { type: redis, redis: { url: "redis://127.0.0.1:18379" } }
+store: { type: redis, redis: { url: "redis://127.0.0.1:$P_REDIS" } }
 admin: { listen: null }
 log: { level: warn, access: false }
 CONF
 "$SG" --config "$RUN/sessiongate-redis.yaml" 2>"$RUN/sessiongate-redis.err" & PIDS+=($!)
-wait_port 127.0.0.1:18090
+wait_listen sessiongate-redis $! "$P_SGR" "$RUN/sessiongate-redis.err"
 
-# --- nginx, a plain reverse proxy (h1 :18081, h2c :18091) ---------------------------
-# --- nginx issuing a random unsigned id cookie (:18082) -----------------------------
+# --- nginx, a plain reverse proxy (h1, h2c, TLS) ------------------------------------
+# --- nginx issuing a random unsigned id cookie --------------------------------------
 cat > "$RUN/nginx.conf" <<'CONF'
 worker_processes auto; daemon off; error_log stderr warn;
 events { worker_connections 8192; }
 http {
   access_log off; keepalive_requests 10000000; keepalive_timeout 75s;
-  upstream app { server 127.0.0.1:18000; keepalive 128; keepalive_requests 10000000; }
+  upstream app { server 127.0.0.1:UPPORT; keepalive 128; keepalive_requests 10000000; }
   map $cookie_sid $sid_cookie { "" "sid=$request_id; Path=/; HttpOnly; SameSite=Lax"; default ""; }
   server {
-    listen 127.0.0.1:18081 backlog=4096;
-    listen 127.0.0.1:18091 http2;
-    listen 127.0.0.1:18481 ssl;
+    listen 127.0.0.1:NGXPORT backlog=4096;
+    listen 127.0.0.1:NGXH2PORT http2;
+    listen 127.0.0.1:NGXTLSPORT ssl;
     ssl_certificate CERTDIR/dev-cert.pem; ssl_certificate_key CERTDIR/dev-key.pem;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
   server {
-    listen 127.0.0.1:18082 backlog=4096;
+    listen 127.0.0.1:NGXCOOKIEPORT backlog=4096;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
                  add_header Set-Cookie $sid_cookie; }
   }
 }
 CONF
-sed -i "1s|^|pid $RUN/nginx.pid; |; s|CERTDIR|$RUN/certs|g" "$RUN/nginx.conf"
+sed -i -e "1s|^|pid $RUN/nginx.pid; |; s|CERTDIR|$RUN/certs|g; s|UPPORT|$P_UP|" \
+  -e "s|NGXPORT|$P_NGX|; s|NGXH2PORT|$P_NGX_H2|; s|NGXTLSPORT|$P_NGX_TLS|; s|NGXCOOKIEPORT|$P_NGX_COOKIE|" \
+  "$RUN/nginx.conf"
 nginx -p "$RUN" -c "$RUN/nginx.conf" 2>"$RUN/nginx.err" & PIDS+=($!)
-wait_port 127.0.0.1:18081
+for port in "$P_NGX" "$P_NGX_H2" "$P_NGX_TLS" "$P_NGX_COOKIE"; do
+  wait_listen nginx $! "$port" "$RUN/nginx.err"
+done
 
-# --- HAProxy with cookie stickiness (h1 :18083, h2c :18093) -------------------------
+# --- HAProxy with cookie stickiness (h1, h2c, TLS) ----------------------------------
 cat > "$RUN/haproxy.cfg" <<CONF
 global
   nbthread $(nproc)
@@ -152,18 +270,56 @@ defaults
   option http-keep-alive
   http-reuse always
 frontend fe
-  bind 127.0.0.1:18083
-  bind 127.0.0.1:18093 proto h2
-  bind 127.0.0.1:18483 ssl crt $RUN/certs/combined.pem alpn http/1.1
+  bind 127.0.0.1:$P_HA
+  bind 127.0.0.1:$P_HA_H2 proto h2
+  bind 127.0.0.1:$P_HA_TLS ssl crt $RUN/certs/combined.pem alpn http/1.1
   default_backend be
 backend be
   cookie SRV insert indirect nocache httponly
-  server s1 127.0.0.1:18000 cookie s1
+  server s1 127.0.0.1:$P_UP cookie s1
 CONF
 haproxy -db -f "$RUN/haproxy.cfg" 2>"$RUN/haproxy.err" & PIDS+=($!)
-wait_port 127.0.0.1:18083
+for port in "$P_HA" "$P_HA_H2" "$P_HA_TLS"; do
+  wait_listen haproxy $! "$port" "$RUN/haproxy.err"
+done
 
-# --- Apache 2.4: mod_proxy + mod_session_crypto (:18084) ----------------------------
+# --- Caddy, a plain reverse proxy (h1, h2c, TLS) ------------------------------------
+# JSON rather than a Caddyfile, to say exactly what each listener speaks (like nginx:
+# HTTP/1.1 on one port, h2c on another, HTTPS with HTTP/1.1 on a third). Admin API
+# off, no automatic HTTPS, no access logs (the process log at ERROR only), and
+# HTTP/1.1 to the upstream with keep-alive (128 idle connections, as nginx keeps).
+CADDY_ROUTE='{ "handle": [ { "handler": "reverse_proxy",
+      "upstreams": [ { "dial": "127.0.0.1:'"$P_UP"'" } ],
+      "transport": { "protocol": "http", "versions": ["1.1"],
+        "keep_alive": { "enabled": true, "max_idle_conns_per_host": 128, "idle_timeout": "75s" } } } ] }'
+cat > "$RUN/caddy.json" <<CONF
+{
+  "admin": { "disabled": true, "config": { "persist": false } },
+  "logging": { "logs": { "default": { "level": "ERROR" } } },
+  "storage": { "module": "file_system", "root": "$RUN/caddy-data" },
+  "apps": {
+    "http": { "servers": {
+      "h1": { "listen": ["127.0.0.1:$P_CADDY"], "protocols": ["h1"],
+              "automatic_https": { "disable": true }, "routes": [ $CADDY_ROUTE ] },
+      "h2c": { "listen": ["127.0.0.1:$P_CADDY_H2"], "protocols": ["h1", "h2c"],
+               "automatic_https": { "disable": true }, "routes": [ $CADDY_ROUTE ] },
+      "tls": { "listen": ["127.0.0.1:$P_CADDY_TLS"], "protocols": ["h1"],
+               "tls_connection_policies": [ {} ],
+               "automatic_https": { "disable": true }, "routes": [ $CADDY_ROUTE ] }
+    } },
+    "tls": { "certificates": { "load_files": [
+      { "certificate": "$RUN/certs/dev-cert.pem", "key": "$RUN/certs/dev-key.pem" } ] } }
+  }
+}
+CONF
+mkdir -p "$RUN/caddy-home"
+XDG_CONFIG_HOME="$RUN/caddy-home" XDG_DATA_HOME="$RUN/caddy-home" \
+  caddy run --config "$RUN/caddy.json" 2>"$RUN/caddy.err" & PIDS+=($!)
+for port in "$P_CADDY" "$P_CADDY_H2" "$P_CADDY_TLS"; do
+  wait_listen caddy $! "$port" "$RUN/caddy.err"
+done
+
+# --- Apache 2.4: mod_proxy + mod_session_crypto -------------------------------------
 M=/usr/lib/apache2/modules
 cat > "$RUN/apache.conf" <<CONF
 ServerRoot "$RUN"
@@ -175,7 +331,7 @@ LoadModule proxy_http_module $M/mod_proxy_http.so
 LoadModule session_module $M/mod_session.so
 LoadModule session_cookie_module $M/mod_session_cookie.so
 LoadModule session_crypto_module $M/mod_session_crypto.so
-Listen 127.0.0.1:18084
+Listen 127.0.0.1:$P_AP
 PidFile $RUN/apache.pid
 ErrorLog $RUN/apache.err
 LogLevel warn
@@ -192,38 +348,43 @@ SessionCookieName session path=/;httponly
 SessionCryptoPassphrase bench-secret-0123456789abcdef
 SessionHeader X-Session-Set
 SessionMaxAge 86400
-ProxyPass / http://127.0.0.1:18000/ keepalive=On
+ProxyPass / http://127.0.0.1:$P_UP/ keepalive=On
 CONF
-/usr/sbin/apache2 -f "$RUN/apache.conf" -DFOREGROUND & PIDS+=($!)
-wait_port 127.0.0.1:18084
+# Apache reports a failed bind on stderr, before it opens its ErrorLog.
+/usr/sbin/apache2 -f "$RUN/apache.conf" -DFOREGROUND 2>"$RUN/apache.stderr" & PIDS+=($!)
+wait_listen apache $! "$P_AP" "$RUN/apache.stderr" "$RUN/apache.err"
 
 # --- cookies for the returning-visitor scenarios ----------------------------------
 cookie_of() { # url name -> "name=value" from the first Set-Cookie of that name
   curl -s -o /dev/null -D - "$1" | tr -d '\r' | sed -n "s/^[Ss]et-[Cc]ookie: \($2=[^;]*\).*/\1/p" | head -1
 }
-SG_COOKIE=$(cookie_of http://127.0.0.1:18080/ 'sessiongate')
-SG_TLS_COOKIE=$(curl -sk -o /dev/null -D - https://127.0.0.1:18480/ | tr -d '\r' | sed -n "s/^[Ss]et-[Cc]ookie: \(__Host-sessiongate=[^;]*\).*/\1/p" | head -1)
-NGX_COOKIE=$(cookie_of http://127.0.0.1:18082/ sid)
-SGR_COOKIE=$(cookie_of http://127.0.0.1:18090/ 'sessiongate')
+SG_COOKIE=$(cookie_of "http://127.0.0.1:$P_SG/" 'sessiongate')
+SG_TLS_COOKIE=$(curl -sk -o /dev/null -D - "https://127.0.0.1:$P_SG_TLS/" | tr -d '\r' | sed -n "s/^[Ss]et-[Cc]ookie: \(__Host-sessiongate=[^;]*\).*/\1/p" | head -1)
+NGX_COOKIE=$(cookie_of "http://127.0.0.1:$P_NGX_COOKIE/" sid)
+SGR_COOKIE=$(cookie_of "http://127.0.0.1:$P_SGR/" 'sessiongate')
 HA_COOKIE="SRV=s1"
-AP_COOKIE=$(cookie_of http://127.0.0.1:18084/write session)
+AP_COOKIE=$(cookie_of "http://127.0.0.1:$P_AP/write" session)
 [ -n "$SG_COOKIE" ] && [ -n "$NGX_COOKIE" ] && [ -n "$AP_COOKIE" ] || {
   echo "could not obtain a cookie from every target" >&2; exit 1; }
 
 url_of() { # target scenario -> URL
   local port
   case "$1" in
-    direct) port=18000 ;; sessiongate) port=18080 ;; sessiongate-redis) port=18090 ;; nginx) port=18081 ;;
-    nginx-cookie) port=18082 ;; haproxy) port=18083 ;; apache) port=18084 ;;
+    direct) port=$P_UP ;; sessiongate) port=$P_SG ;; sessiongate-redis) port=$P_SGR ;; nginx) port=$P_NGX ;;
+    nginx-cookie) port=$P_NGX_COOKIE ;; haproxy) port=$P_HA ;; caddy) port=$P_CADDY ;; apache) port=$P_AP ;;
+    *) echo "unknown target $1" >&2; return 1 ;;
   esac
   if [ "$2" = h2 ]; then
-    case "$1" in nginx) port=18091 ;; haproxy) port=18093 ;; sessiongate) ;; *) return 1 ;; esac
+    case "$1" in nginx) port=$P_NGX_H2 ;; haproxy) port=$P_HA_H2 ;; caddy) port=$P_CADDY_H2 ;; sessiongate) ;; *) return 1 ;; esac
   fi
   [ "$1" = sessiongate-redis ] && [ "$2" = single ] && return 1
   local path=/ scheme=http
   if [ "$2" = tls ]; then
     scheme=https
-    case "$1" in sessiongate) port=18480 ;; nginx) port=18481 ;; haproxy) port=18483 ;; *) return 1 ;; esac
+    case "$1" in
+      sessiongate) port=$P_SG_TLS ;; nginx) port=$P_NGX_TLS ;; haproxy) port=$P_HA_TLS ;;
+      caddy) port=$P_CADDY_TLS ;; *) return 1 ;;
+    esac
   fi
   [ "$2" = writeback ] && path=/write
   echo "$scheme://127.0.0.1:$port$path"

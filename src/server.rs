@@ -30,7 +30,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}")]
+    #[error("cannot listen on {addr}{}", in_use_hint(source))]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -44,6 +44,15 @@ pub enum ServerError {
     Store(#[source] StoreError),
     #[error("cannot load the TLS certificate")]
     Tls(#[source] TlsError),
+}
+
+/// Says who may be holding an address that is in use.
+fn in_use_hint(source: &std::io::Error) -> &'static str {
+    if source.kind() == std::io::ErrorKind::AddrInUse {
+        " (another process listens there: another sessiongate still running, or another server)"
+    } else {
+        ""
+    }
 }
 
 /// What a listening socket serves.
@@ -85,14 +94,32 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Binds one socket per worker on `wanted` (port 0 picks one free port for all).
+/// Claims `addr` for this process: listens on it once without `SO_REUSEPORT`, which
+/// fails while any other socket listens there, another sessiongate's `SO_REUSEPORT`
+/// sockets included. Returns the address claimed (port 0 becomes a free port).
+///
+/// Without this, a second instance (an old one left running during an upgrade) would
+/// join the first one's port group and the kernel would split visitors between two
+/// memory stores.
+fn claim(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Lets the claim succeed over connections in TIME_WAIT, as the real sockets do.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1)?;
+    let claimed = socket.local_addr()?.as_socket();
+    claimed.ok_or_else(|| std::io::Error::other("not an IP address"))
+}
+
+/// Binds one socket per worker on `wanted` (port 0 picks one free port for all), once
+/// no other process listens there.
 fn bind_all(
     wanted: SocketAddr,
     workers: usize,
 ) -> Result<(SocketAddr, Vec<std::net::TcpListener>), ServerError> {
     let err = |addr| move |source| ServerError::Bind { addr, source };
-    let first = bind_reuseport(wanted).map_err(err(wanted))?;
-    let addr = first.local_addr().map_err(err(wanted))?;
+    let addr = claim(wanted).map_err(err(wanted))?;
+    let first = bind_reuseport(addr).map_err(err(addr))?;
     let mut sockets = vec![first];
     for _ in 1..workers {
         sockets.push(bind_reuseport(addr).map_err(err(addr))?);

@@ -30,6 +30,6 @@ USER 65532:65532
 EXPOSE 8080 8443 9091
 # No shell in the image: the binary checks its own admin listener.
 HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["/usr/local/bin/sessiongate", "healthcheck", "--url", "http://127.0.0.1:9091/healthz"]
+  CMD ["/usr/local/bin/sessiongate", "healthcheck", "--config", "/etc/sessiongate/config.yaml"]
 ENTRYPOINT ["/usr/local/bin/sessiongate"]
 CMD ["--config", "/etc/sessiongate/config.yaml"]

@@ -82,6 +82,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub preserve_host: bool,
+    /// `upstream.rewrite_redirects`: the upstream's own absolute URLs in `Location`,
+    /// `Content-Location` and `Refresh` go to the client under its origin.
+    pub rewrite_redirects: bool,
 }
 
 /// Session headers, named from the configured prefix once at load time.
@@ -579,6 +582,7 @@ struct RawUpstream {
     connect_timeout: Dur,
     timeout: Dur,
     preserve_host: bool,
+    rewrite_redirects: bool,
 }
 
 impl Default for RawUpstream {
@@ -589,6 +593,7 @@ impl Default for RawUpstream {
             connect_timeout: Dur(Duration::from_secs(5)),
             timeout: Dur(Duration::from_secs(60)),
             preserve_host: false,
+            rewrite_redirects: true,
         }
     }
 }
@@ -1035,10 +1040,11 @@ impl RawConfig {
         }
 
         // Log.
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level.0).is_err() {
+        if !is_log_level(&self.log.level.0) {
             return Err(at.error(
                 "log.level",
-                "expected error, warn, info, debug, trace or a filter directive",
+                "expected error, warn, info, debug, trace, or a filter with `=` \
+                 such as `info,sessiongate=debug`",
             ));
         }
 
@@ -1098,6 +1104,7 @@ impl RawConfig {
                 connect_timeout: self.upstream.connect_timeout.0,
                 timeout: self.upstream.timeout.0,
                 preserve_host: self.upstream.preserve_host,
+                rewrite_redirects: self.upstream.rewrite_redirects,
             },
             session,
             trusted_proxies: self.trusted_proxies.iter().map(|c| c.0).collect(),
@@ -1163,6 +1170,28 @@ fn header_names(prefix: &str) -> Option<HeaderNames> {
         destroy: make("destroy")?,
         regenerate: make("regenerate")?,
     })
+}
+
+/// A level name, or a filter whose every directive names its level with `=` (a bare
+/// word would be read as a target name, and `infoo` would silence every line).
+fn is_log_level(value: &str) -> bool {
+    const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+    let value = value.trim();
+    if LEVELS.iter().any(|l| value.eq_ignore_ascii_case(l)) {
+        return true;
+    }
+    value.contains('=')
+        && tracing_subscriber::EnvFilter::try_new(value).is_ok()
+        && value.split(',').all(|directive| {
+            let directive = directive.trim();
+            LEVELS.iter().any(|l| directive.eq_ignore_ascii_case(l))
+                || directive.rsplit_once('=').is_some_and(|(_, level)| {
+                    LEVELS
+                        .iter()
+                        .chain(&["off"])
+                        .any(|l| level.trim().eq_ignore_ascii_case(l))
+                })
+        })
 }
 
 #[cfg(test)]
@@ -1239,6 +1268,32 @@ mod tests {
         assert_eq!(line, 3);
         assert_eq!(key, "session.idle_timeout");
         assert!(msg.contains("30x"), "{msg}");
+    }
+
+    #[test]
+    fn a_misspelled_log_level_is_an_error_with_its_line() {
+        for bad in ["infoo", "verbose", "sessiongate", "info,hyper", "x=loud"] {
+            let (line, _, key, msg) = invalid(&format!(
+                "session:\n  secrets: [\"{SECRET}\"]\nlog:\n  level: \"{bad}\"\n"
+            ));
+            assert_eq!((line, key.as_str()), (4, "log.level"), "{bad}: {msg}");
+            assert!(msg.contains("error, warn, info, debug, trace"), "{msg}");
+        }
+        for good in [
+            "error",
+            "WARN",
+            "info",
+            "debug",
+            "trace",
+            "info,hyper=warn",
+            "sessiongate=debug",
+        ] {
+            let c = parse(&format!(
+                "session:\n  secrets: [\"{SECRET}\"]\nlog:\n  level: \"{good}\"\n"
+            ))
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
+            assert_eq!(c.log.level, good);
+        }
     }
 
     #[test]

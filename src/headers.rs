@@ -13,6 +13,7 @@ use crate::cookie::{cookie_pairs, CookieJar, Refused, Verified};
 use crate::error::ProxyError;
 use crate::metrics::{CookieRejection, Metrics};
 use crate::proxy::{ConnInfo, Settings};
+use crate::redirect::{ClientOrigin, UpstreamOrigin};
 use crate::session::{is_true, Changes, ChangesError, SessionId};
 
 /// One header line: name and value as they arrived.
@@ -136,6 +137,11 @@ pub enum Name {
     CacheControl,
     Vary,
     StrictTransportSecurity,
+    /// `Location`, `Content-Location` and `Refresh`: URLs `upstream.rewrite_redirects`
+    /// may move to the client's origin.
+    Location,
+    ContentLocation,
+    Refresh,
     Other,
 }
 
@@ -168,6 +174,8 @@ pub fn classify(name: &[u8]) -> Name {
         6 if is("expect") => Name::Expect,
         7 if is("upgrade") => Name::Upgrade,
         7 if is("trailer") => Name::OtherHopByHop,
+        7 if is("refresh") => Name::Refresh,
+        8 if is("location") => Name::Location,
         10 if is("connection") => Name::Connection,
         10 if is("keep-alive") => Name::OtherHopByHop,
         10 if is("set-cookie") => Name::SetCookie,
@@ -180,6 +188,7 @@ pub fn classify(name: &[u8]) -> Name {
         15 if is("x-forwarded-for") => Name::ForwardedFor,
         16 if is("proxy-connection") => Name::OtherHopByHop,
         16 if is("x-forwarded-host") => Name::ForwardedHost,
+        16 if is("content-location") => Name::ContentLocation,
         17 if is("transfer-encoding") => Name::TransferEncoding,
         17 if is("x-forwarded-proto") => Name::ForwardedProto,
         18 if is("proxy-authenticate") => Name::OtherHopByHop,
@@ -426,6 +435,13 @@ pub fn scan_request<'a>(
     })
 }
 
+impl<'a> RequestScan<'a> {
+    /// The host the client asked for (`Host`, or the authority of an absolute target).
+    pub fn host(&self) -> Option<&'a [u8]> {
+        self.host
+    }
+}
+
 /// The session as the upstream is told about it.
 pub struct UpstreamSession<'a> {
     pub id: &'a SessionId,
@@ -446,6 +462,9 @@ static SET_COOKIE: HeaderName = header::SET_COOKIE;
 static CACHE_CONTROL: HeaderName = header::CACHE_CONTROL;
 static VARY: HeaderName = header::VARY;
 static STRICT_TRANSPORT_SECURITY: HeaderName = header::STRICT_TRANSPORT_SECURITY;
+static LOCATION: HeaderName = header::LOCATION;
+static CONTENT_LOCATION: HeaderName = header::CONTENT_LOCATION;
+static REFRESH: HeaderName = header::REFRESH;
 /// `Content-Length`, for responses the proxy writes itself.
 pub static CONTENT_LENGTH: HeaderName = header::CONTENT_LENGTH;
 
@@ -619,6 +638,30 @@ pub fn response_extras<'a>(
         extras.add(&CONNECTION, &b"upgrade"[..]);
     }
     extras
+}
+
+/// `upstream.rewrite_redirects`: each `Location`, `Content-Location` and `Refresh`
+/// whose URL names the upstream's origin is replaced by one naming the client's.
+pub fn rewrite_redirects<'a>(
+    lines: &[Line<'_>],
+    names: &[Name],
+    keep: &mut Keep,
+    extras: &mut Extras<'a>,
+    upstream: &UpstreamOrigin,
+    client: ClientOrigin<'_>,
+) {
+    for (((_, value), &kind), k) in lines.iter().zip(names).zip(keep.iter_mut()) {
+        let (name, rewritten) = match kind {
+            Name::Location => (&LOCATION, upstream.rewrite(value, client)),
+            Name::ContentLocation => (&CONTENT_LOCATION, upstream.rewrite(value, client)),
+            Name::Refresh => (&REFRESH, upstream.rewrite_refresh(value, client)),
+            _ => continue,
+        };
+        if let Some(url) = rewritten.filter(|_| *k) {
+            *k = false;
+            extras.add(name, url);
+        }
+    }
 }
 
 /// A response that sets the proxy's cookie must not be stored by shared caches:

@@ -9,6 +9,7 @@
 //! - [`session::redis`]: the Redis store (one server or a Cluster): Lua scripts, TTLs, SCAN-based revoke.
 //! - [`h1`]: the HTTP/1 path: request and response heads as bytes, parsed strictly.
 //! - [`pool`]: each worker's keep-alive connections to the upstream (HTTP/2 path).
+//! - [`redirect`]: the upstream's own URLs in `Location` and its kin, moved to the client's origin.
 //! - [`upstream`]: the request body limit, hop-by-hop and `X-Forwarded-*` rules.
 //! - [`proxy`]: the request path, read top to bottom.
 //! - [`server`]: listeners (plain, TLS), workers, reload, graceful shutdown.
@@ -31,6 +32,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod redirect;
 pub mod server;
 pub mod session;
 pub mod tls;

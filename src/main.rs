@@ -20,7 +20,7 @@ struct Cli {
     config: PathBuf,
     /// Use an ephemeral random secret when none is configured (sessions do not
     /// survive a restart). For local development only.
-    #[arg(long)]
+    #[arg(long, global = true)]
     dev: bool,
     #[command(subcommand)]
     command: Option<Command>,
@@ -41,10 +41,12 @@ enum Command {
         #[arg(long = "name", default_values = ["localhost", "127.0.0.1", "::1"])]
         names: Vec<String>,
     },
-    /// Exit 0 when the URL answers 200 (a container HEALTHCHECK without a shell).
+    /// Exit 0 when the admin listener's /healthz (of the config's `admin.listen`), or
+    /// the URL given, answers 200 (a container HEALTHCHECK without a shell).
     Healthcheck {
-        #[arg(long, default_value = "http://127.0.0.1:9091/healthz")]
-        url: String,
+        /// Probe this URL instead of the config's admin listener.
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -70,13 +72,25 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Command::Healthcheck { url }) => match sessiongate::devcert::healthcheck(&url) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("unhealthy: {e}");
-                ExitCode::FAILURE
+        Some(Command::Healthcheck { url }) => {
+            let url = match url {
+                Some(url) => url,
+                None => match health_url(&cli.config) {
+                    Ok(url) => url,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            match sessiongate::devcert::healthcheck(&url) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("unhealthy: {url}: {e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Some(Command::Check) => match Config::load(&cli.config, cli.dev) {
             Ok(config) => {
                 print!("{}", config.to_redacted_yaml());
@@ -96,6 +110,28 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// The admin listener's `/healthz` from the config file. The secret plays no part in a
+/// health probe, so a config whose secret variable is unset still names its listener.
+fn health_url(path: &std::path::Path) -> anyhow::Result<String> {
+    let config = Config::load(path, true)?;
+    let Some(admin) = config.admin.listen else {
+        anyhow::bail!(
+            "{}: admin.listen is null, so there is no /healthz to probe; set it or pass --url",
+            path.display()
+        );
+    };
+    // A wildcard listener is probed on loopback.
+    let ip = match admin.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    Ok(format!(
+        "http://{}/healthz",
+        std::net::SocketAddr::new(ip, admin.port())
+    ))
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {

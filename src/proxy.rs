@@ -26,10 +26,12 @@ use crate::error::ProxyError;
 use crate::headers::{self, Candidate, Extras, Keep, Line, RequestView, UpstreamSession};
 use crate::metrics::{CookieRejection, Metrics};
 use crate::pool::{HyperPool, Pool, PooledBody, Reusable, SendError};
+use crate::redirect::{ClientOrigin, UpstreamOrigin};
 use crate::session::{
-    now_ms, Applied, Changes, Lookup, SessionData, SessionId, SessionStore, Store,
+    now_ms, Applied, Changes, Lookup, SessionData, SessionId, SessionStore, Store, StoreError,
 };
 use crate::upstream::{self, RequestBody};
+use smallvec::SmallVec;
 
 /// The body of every response the proxy sends: the upstream's, streamed, or its own.
 pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
@@ -64,6 +66,8 @@ pub struct Settings {
     pub(crate) upstream_host: Option<HeaderValue>,
     /// `Strict-Transport-Security` for responses over TLS.
     hsts: Option<HeaderValue>,
+    /// The upstream's origin, when `upstream.rewrite_redirects` is on.
+    redirects: Option<UpstreamOrigin>,
 }
 
 impl Settings {
@@ -84,11 +88,17 @@ impl Settings {
             .as_ref()
             .and_then(|t| t.hsts.as_deref())
             .and_then(|h| HeaderValue::from_str(h).ok());
+        let redirects = config
+            .upstream
+            .rewrite_redirects
+            .then(|| UpstreamOrigin::new(&config.upstream.uri, &config.upstream.base_path))
+            .flatten();
         Settings {
             config,
             jar,
             upstream_host,
             hsts,
+            redirects,
         }
     }
 }
@@ -489,6 +499,8 @@ async fn proxy(
 pub(crate) struct Exchange {
     session: SessionState,
     https: bool,
+    /// The `Host` the client used, kept for `upstream.rewrite_redirects`.
+    client_host: Option<SmallVec<[u8; 48]>>,
     carried_session: bool,
     /// The client asked for an upgrade (WebSocket).
     pub upgrade: bool,
@@ -563,6 +575,11 @@ pub(crate) async fn prepare<'a>(
         exchange: Exchange {
             session,
             https: scan.https,
+            client_host: settings
+                .redirects
+                .as_ref()
+                .and(scan.host())
+                .map(SmallVec::from_slice),
             carried_session,
             upgrade: scan.upgrade,
             method: method.clone(),
@@ -594,31 +611,32 @@ pub(crate) async fn respond<'a>(
     let scan = headers::scan_response(lines, names, &settings.jar, switching);
     let mut keep = scan.keep;
     let kinds = scan.names;
-    let mut set_cookie = match scan.changes {
-        Ok(changes) if !changes.is_empty() => {
-            apply_write_back(
-                state,
-                settings,
-                flavor,
-                &exchange.method,
-                &mut exchange.session,
-                &changes,
-            )
-            .await?
-        }
-        Ok(_) => None,
-        Err(reason) => {
-            state.metrics.writes_refused.inc();
-            tracing::warn!(%reason, "write-back refused: malformed session header from the upstream");
-            None
-        }
+    let changes = scan.changes.unwrap_or_else(|reason| {
+        state.metrics.writes_refused.inc();
+        tracing::warn!(%reason, "write-back refused: malformed session header from the upstream");
+        Changes::default()
+    });
+    let mut set_cookie = if matches!(exchange.session, SessionState::Live { new: true, .. }) {
+        store_new(state, settings, flavor, &mut exchange.session, &changes).await?
+    } else if !changes.is_empty() {
+        apply_write_back(
+            state,
+            settings,
+            flavor,
+            &exchange.method,
+            &mut exchange.session,
+            &changes,
+        )
+        .await?
+    } else {
+        None
     };
 
     // 5. The cookie, and headers that keep shared caches from mixing visitors.
     if set_cookie.is_none() {
         set_cookie = cookie_for(settings, flavor, &exchange.session);
     }
-    let extras = headers::response_extras(
+    let mut extras = headers::response_extras(
         lines,
         &kinds,
         &mut keep,
@@ -627,6 +645,13 @@ pub(crate) async fn respond<'a>(
         hsts,
         switching,
     );
+    if let (Some(upstream), Some(host)) = (&settings.redirects, &exchange.client_host) {
+        let client = ClientOrigin {
+            https: exchange.https,
+            host,
+        };
+        headers::rewrite_redirects(lines, &kinds, &mut keep, &mut extras, upstream, client);
+    }
     Ok((keep, extras))
 }
 
@@ -660,19 +685,64 @@ async fn resolve_session(
     if *method == Method::OPTIONS || cfg.session.create == CreateMode::OnWrite {
         return Ok((SessionState::Absent, None));
     }
-    let id = state
-        .store
-        .create(SessionData::default())
-        .await
-        .map_err(ProxyError::Store)?;
-    state.metrics.sessions_created.inc();
+    // Stored by `store_new` once the response carrying its cookie is ready.
     let live = SessionState::Live {
-        id,
+        id: SessionId::random(),
         new: true,
         resign: false,
         created_ms: now_ms(),
     };
     Ok((live, None))
+}
+
+/// Stores the session this request created, with the response's write-back applied
+/// to it, now that its cookie is about to be sent: a request that fails before its
+/// response leaves nothing in the store. Returns the `Set-Cookie` the write-back
+/// calls for, when it is not the new session's own cookie.
+async fn store_new(
+    state: &State,
+    settings: &Settings,
+    flavor: &CookieFlavor,
+    session: &mut SessionState,
+    changes: &Changes,
+) -> Result<Option<HeaderValue>, ProxyError> {
+    let SessionState::Live { id, .. } = session else {
+        return Ok(None);
+    };
+    if changes.destroy {
+        // Never stored; a cookie the client may still hold for an older session
+        // goes too.
+        *session = SessionState::Absent;
+        return Ok(Some(flavor.removal()));
+    }
+    let mut data = SessionData::default().with_changes(changes);
+    let max = settings.config.session.max_data_bytes;
+    if data.encoded_len() > max {
+        state.metrics.writes_refused.inc();
+        tracing::warn!(
+            bytes = data.encoded_len(),
+            max,
+            "session write refused: over session.max_data_bytes"
+        );
+        data = SessionData::default();
+    }
+    if changes.regenerate {
+        // The upstream saw the first ID; the browser gets another.
+        *id = SessionId::random();
+        state.metrics.sessions_regenerated.inc();
+    }
+    if !state
+        .store
+        .insert(id, data)
+        .await
+        .map_err(ProxyError::Store)?
+    {
+        return Err(ProxyError::Store(StoreError::Unavailable(
+            "a new session ID was taken".into(),
+        )));
+    }
+    state.metrics.sessions_created.inc();
+    Ok(None)
 }
 
 /// Applies a response's write-back to the session; returns the `Set-Cookie` it calls

@@ -301,30 +301,33 @@ impl MemoryStore {
         }
     }
 
-    fn insert(&self, data: SessionData, now: u64) -> SessionId {
+    /// Stores a new session under `id`; `false` when the ID is taken. A collision
+    /// must never merge two visitors: the slot is taken only if it is free, in one
+    /// step.
+    fn insert_now(&self, id: SessionId, data: SessionData, now: u64) -> bool {
         let inner = &self.inner;
         self.reserve_slot();
-        // 2^-256 odds, but a collision must never merge two visitors: the slot is
-        // taken only if it is free, in one step.
-        let id = loop {
-            let id = SessionId::random();
-            if let dashmap::Entry::Vacant(slot) = inner.sessions.entry(id) {
+        match inner.sessions.entry(id) {
+            dashmap::Entry::Vacant(slot) => {
                 slot.insert(Entry {
                     data: data.header().map(|h| h.as_bytes().into()),
                     created_s: secs(now),
                     last_seen_s: AtomicU32::new(secs(now)),
                     returned: AtomicBool::new(false),
                 });
-                break id;
             }
-        };
+            dashmap::Entry::Occupied(_) => {
+                inner.count.fetch_sub(1, Ordering::AcqRel);
+                return false;
+            }
+        }
         inner
             .fresh
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push_back(id);
         inner.stats.created.fetch_add(1, Ordering::Relaxed);
-        id
+        true
     }
 
     /// Applies the set/remove changes to one entry, or says why not.
@@ -383,7 +386,12 @@ impl MemoryStore {
         };
         inner.count.fetch_sub(1, Ordering::AcqRel);
         let data = SessionData::from_encoded(entry.data.as_deref().unwrap_or_default());
-        let new_id = self.insert(data, now);
+        let new_id = loop {
+            let new_id = SessionId::random();
+            if self.insert_now(new_id, data.clone(), now) {
+                break new_id;
+            }
+        };
         // A regenerated session was handed to a returning visitor: protect it.
         if let Some(e) = inner.sessions.get(&new_id) {
             e.returned.store(true, Ordering::Relaxed);
@@ -529,8 +537,8 @@ impl SessionStore for MemoryStore {
         Ok(self.load_now(id, now_ms()))
     }
 
-    async fn create(&self, data: SessionData) -> Result<SessionId, StoreError> {
-        Ok(self.insert(data, now_ms()))
+    async fn insert(&self, id: &SessionId, data: SessionData) -> Result<bool, StoreError> {
+        Ok(self.insert_now(*id, data, now_ms()))
     }
 
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<Applied, StoreError> {
@@ -602,6 +610,22 @@ impl MemoryStore {
 mod tests {
     use super::*;
 
+    /// A new empty session created at `now`.
+    fn insert(s: &MemoryStore, now: u64) -> SessionId {
+        let id = SessionId::random();
+        assert!(s.insert_now(id, SessionData::default(), now));
+        id
+    }
+
+    #[test]
+    fn a_taken_id_is_refused_and_takes_no_slot() {
+        let s = store(10);
+        let id = insert(&s, 0);
+        assert!(!s.insert_now(id, SessionData::default(), 0));
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.inner.count.load(Ordering::Relaxed), 1);
+    }
+
     fn store(max: usize) -> MemoryStore {
         MemoryStore::new(MemorySettings {
             idle_timeout: Duration::from_secs(60),
@@ -621,14 +645,14 @@ mod tests {
     #[test]
     fn idle_and_absolute_expiry() {
         let s = store(10);
-        let id = s.insert(SessionData::default(), 0);
+        let id = insert(&s, 0);
         assert!(matches!(s.load_now(&id, 59_000), Lookup::Found(_)));
         // Refreshed at 59s: alive at 118s, dead at 119s+ of idleness.
         assert!(matches!(s.load_now(&id, 118_000), Lookup::Found(_)));
         assert!(matches!(s.load_now(&id, 178_000), Lookup::Found(_)));
         assert!(matches!(s.load_now(&id, 239_000), Lookup::Missing));
         assert_eq!(s.len(), 0);
-        let id = s.insert(SessionData::default(), 0);
+        let id = insert(&s, 0);
         for t in (30_000..=3_600_000).step_by(30_000) {
             assert!(matches!(s.load_now(&id, t), Lookup::Found(_)), "at {t}");
         }
@@ -638,8 +662,8 @@ mod tests {
     #[test]
     fn sweep_removes_expired() {
         let s = store(10);
-        s.insert(SessionData::default(), 0);
-        s.insert(SessionData::default(), 50_000);
+        insert(&s, 0);
+        insert(&s, 50_000);
         assert_eq!(s.sweep(61_000), 1);
         assert_eq!(s.len(), 1);
     }
@@ -647,14 +671,12 @@ mod tests {
     #[test]
     fn flood_evicts_never_returned_first() {
         let s = store(10);
-        let kept: Vec<_> = (0..3)
-            .map(|_| s.insert(SessionData::default(), 0))
-            .collect();
+        let kept: Vec<_> = (0..3).map(|_| insert(&s, 0)).collect();
         for id in &kept {
             assert!(matches!(s.load_now(id, 1), Lookup::Found(_)));
         }
         for _ in 0..1000 {
-            s.insert(SessionData::default(), 2);
+            insert(&s, 2);
         }
         assert_eq!(s.len(), 10);
         for id in &kept {
@@ -665,11 +687,11 @@ mod tests {
     #[test]
     fn full_of_returning_sessions_evicts_least_recent() {
         let s = store(2);
-        let a = s.insert(SessionData::default(), 0);
-        let b = s.insert(SessionData::default(), 0);
+        let a = insert(&s, 0);
+        let b = insert(&s, 0);
         s.load_now(&a, 5_000);
         s.load_now(&b, 10_000);
-        s.insert(SessionData::default(), 11_000);
+        insert(&s, 11_000);
         assert_eq!(s.len(), 2);
         assert!(matches!(s.load_now(&a, 11_000), Lookup::Missing));
         assert!(matches!(s.load_now(&b, 11_000), Lookup::Found(_)));
@@ -678,7 +700,7 @@ mod tests {
     #[test]
     fn oversized_write_keeps_old_data() {
         let s = store(10);
-        let id = s.insert(SessionData::default(), 0);
+        let id = insert(&s, 0);
         assert_eq!(s.apply_now(&id, &set("a=1"), 0), Applied::Stored);
         let big = format!("b={}", "x".repeat(100));
         assert!(matches!(
@@ -694,7 +716,7 @@ mod tests {
     #[test]
     fn regenerate_moves_data_and_remembers_old_id() {
         let s = store(10);
-        let id = s.insert(SessionData::default(), 0);
+        let id = insert(&s, 0);
         let mut c = set("user=alice");
         c.regenerate = true;
         let Applied::Regenerated(new) = s.apply_now(&id, &c, 0) else {
@@ -716,7 +738,7 @@ mod tests {
             max_data_bytes: 1 << 20,
             ..store(10).inner.settings.load().as_ref().clone()
         });
-        let id = s.insert(SessionData::default(), 0);
+        let id = insert(&s, 0);
         std::thread::scope(|scope| {
             for i in 0..8 {
                 let s = &s;

@@ -169,11 +169,35 @@ pub enum StoreError {
 pub trait SessionStore: Send + Sync + 'static {
     /// Looks `id` up, refreshing its idle timeout and marking it as returned.
     fn load(&self, id: &SessionId) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
-    /// Creates a session holding `data`, evicting one if the store is full.
+    /// Stores a new session under `id` holding `data`, evicting one if the store is
+    /// full. `false`, with nothing stored, when `id` is taken already.
+    ///
+    /// The request path picks a new session's ID when the request arrives (the
+    /// upstream sees it) and stores it only once the response that sends its cookie
+    /// is on its way, so a request that fails leaves nothing behind.
+    fn insert(
+        &self,
+        id: &SessionId,
+        data: SessionData,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Creates a session holding `data` under a fresh random ID.
     fn create(
         &self,
         data: SessionData,
-    ) -> impl Future<Output = Result<SessionId, StoreError>> + Send;
+    ) -> impl Future<Output = Result<SessionId, StoreError>> + Send {
+        async move {
+            // A taken ID has odds of 2^-256; a second try makes it 2^-512.
+            for _ in 0..3 {
+                let id = SessionId::random();
+                if self.insert(&id, data.clone()).await? {
+                    return Ok(id);
+                }
+            }
+            Err(StoreError::Unavailable(
+                "three random session IDs were all taken".into(),
+            ))
+        }
+    }
     /// Applies set/remove changes and, when asked, regeneration.
     fn apply(
         &self,
@@ -237,8 +261,8 @@ impl SessionStore for Store {
     async fn load(&self, id: &SessionId) -> Result<Lookup, StoreError> {
         each_store!(self, s => s.load(id))
     }
-    async fn create(&self, data: SessionData) -> Result<SessionId, StoreError> {
-        each_store!(self, s => s.create(data))
+    async fn insert(&self, id: &SessionId, data: SessionData) -> Result<bool, StoreError> {
+        each_store!(self, s => s.insert(id, data))
     }
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<Applied, StoreError> {
         each_store!(self, s => s.apply(id, changes))

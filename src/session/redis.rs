@@ -648,37 +648,29 @@ impl SessionStore for RedisStore {
         })
     }
 
-    async fn create(&self, data: SessionData) -> Result<SessionId, StoreError> {
+    async fn insert(&self, id: &SessionId, data: SessionData) -> Result<bool, StoreError> {
         let inner = &self.inner;
         let mut args: Vec<&[u8]> = Vec::new();
         push_pairs(&mut args, data.pairs().iter());
         let args = &args;
-        // Every try takes a fresh ID, so a retry after a dropped connection (whose
-        // first try may have landed) is safe, and a taken ID (2^-256) is never
-        // shared by two visitors.
-        for _ in 0..3 {
-            let (id, created): (SessionId, i64) = self
-                .run(|mut c| {
-                    let id = SessionId::random();
-                    let key = self.key(&id);
-                    async move {
-                        let mut call = inner.create.key(key);
-                        call.arg(inner.idle_ms.load(Ordering::Relaxed))
-                            .arg(inner.absolute_ms.load(Ordering::Relaxed));
-                        for a in args {
-                            call.arg(*a);
-                        }
-                        Ok((id, call.invoke_async(&mut c).await?))
-                    }
-                })
-                .await?;
-            if created >= 0 {
-                return Ok(id);
-            }
-        }
-        Err(StoreError::Unavailable(
-            "three random session IDs were all taken".into(),
-        ))
+        let key = &self.key(id);
+        let tries = &std::sync::atomic::AtomicU32::new(0);
+        let (created, retried): (i64, bool) = self
+            .run(|mut c| async move {
+                let retried = tries.fetch_add(1, Ordering::Relaxed) > 0;
+                let mut call = inner.create.key(key);
+                call.arg(inner.idle_ms.load(Ordering::Relaxed))
+                    .arg(inner.absolute_ms.load(Ordering::Relaxed));
+                for a in args {
+                    call.arg(*a);
+                }
+                Ok((call.invoke_async(&mut c).await?, retried))
+            })
+            .await?;
+        // On a retry after a dropped connection, an existing key is the first try's
+        // write having landed (a random ID taken by another visitor has odds of
+        // 2^-256).
+        Ok(created >= 0 || retried)
     }
 
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<Applied, StoreError> {

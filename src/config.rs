@@ -200,6 +200,23 @@ impl Config {
         raw.validate(origin, &located, dev)
     }
 
+    /// What `check` should say about files the proxy would start with but not use
+    /// as they are: a snapshot it cannot read is moved aside at start, and the
+    /// store starts empty.
+    pub fn file_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(path) = &self.store.snapshot {
+            if let Err(e) = crate::session::snapshot::check_header(path) {
+                warnings.push(format!(
+                    "store.snapshot: {}: {}; at start it is moved aside and the store starts empty",
+                    path.display(),
+                    crate::error::chain(&e)
+                ));
+            }
+        }
+        warnings
+    }
+
     /// The effective configuration as YAML, defaults filled in, secrets redacted.
     pub fn to_redacted_yaml(&self) -> String {
         serde_saphyr::to_string(&self.raw)
@@ -394,6 +411,50 @@ impl<'de> Deserialize<'de> for Secret {
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str("<redacted>")
+    }
+}
+
+/// A Redis URL: expanded like [`Text`], printed with its password redacted (the
+/// rest of it is what an operator checks).
+#[derive(Clone, Default, PartialEq, Eq)]
+struct RedisUrl(String);
+
+impl<'de> Deserialize<'de> for RedisUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        expanded(d).map(RedisUrl)
+    }
+}
+
+impl Serialize for RedisUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&redact_url_password(&self.0))
+    }
+}
+
+/// `scheme://user:password@host/...` with the password (or, with no `:`, the
+/// whole user part, which may be a password) shown as `<redacted>`; a query
+/// string, which may carry one too, is dropped.
+fn redact_url_password(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, _)) => (rest, "?<redacted>"),
+        None => (rest, ""),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:<redacted>@{host}"),
+            None => format!("<redacted>@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{authority}{path}{query}"),
+        None => format!("{authority}{path}{query}"),
     }
 }
 
@@ -712,17 +773,17 @@ impl Default for RawStore {
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawRedis {
-    url: Secret,
+    url: RedisUrl,
     key_prefix: Text,
     timeout: Dur,
     cluster: bool,
-    nodes: Vec<Secret>,
+    nodes: Vec<RedisUrl>,
 }
 
 impl Default for RawRedis {
     fn default() -> Self {
         RawRedis {
-            url: Secret("redis://127.0.0.1:6379".into()),
+            url: RedisUrl("redis://127.0.0.1:6379".into()),
             key_prefix: Text("sessiongate:".into()),
             timeout: Dur(Duration::from_millis(500)),
             cluster: false,
@@ -838,7 +899,11 @@ impl RawConfig {
             .path_and_query("/")
             .build()
             .map_err(|_| at.error("upstream.url", "invalid URL"))?;
-        let ca_file = self.upstream.ca_file.as_ref().map(|p| PathBuf::from(&p.0));
+        let ca_file = self
+            .upstream
+            .ca_file
+            .as_ref()
+            .map(|p| relative_to(origin, &p.0));
         let upstream_tls = if upstream_uri.scheme_str() == Some("https") {
             let client = crate::tls::client_config(ca_file.as_deref()).map_err(|e| {
                 let key = if ca_file.is_some() {
@@ -1003,6 +1068,35 @@ impl RawConfig {
                 ));
             }
         }
+        let snapshot = self
+            .store
+            .snapshot
+            .as_ref()
+            .map(|p| relative_to(origin, &p.0));
+        if let Some(path) = &snapshot {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                return Err(at.error(
+                    "store.snapshot",
+                    format!("the directory of {} does not exist", path.display()),
+                ));
+            }
+        }
+        if let Some(t) = &self.tls {
+            // The pair the HTTPS listener will serve, read now so that `check` and a
+            // reload report a missing or broken file with its line.
+            let (cert, key) = (
+                relative_to(origin, &t.cert.0),
+                relative_to(origin, &t.key.0),
+            );
+            if let Err(e) = crate::tls::server_config(&cert, &key) {
+                let field = match e {
+                    crate::tls::TlsError::Key { .. } => "tls.key",
+                    _ => "tls.cert",
+                };
+                return Err(at.error(field, crate::error::chain(&e)));
+            }
+        }
         if self.store.snapshot_interval.0.is_zero() {
             return Err(at.error("store.snapshot_interval", "must be greater than zero"));
         }
@@ -1043,8 +1137,11 @@ impl RawConfig {
         if !is_log_level(&self.log.level.0) {
             return Err(at.error(
                 "log.level",
-                "expected error, warn, info, debug, trace, or a filter with `=` \
-                 such as `info,sessiongate=debug`",
+                format!(
+                    "`{}` is not a level: expected error, warn, info, debug, trace, \
+                     or a filter with `=` such as `info,sessiongate=debug`",
+                    self.log.level.0
+                ),
             ));
         }
 
@@ -1077,8 +1174,8 @@ impl RawConfig {
             listen: self.listen.map(|a| a.0),
             tls: self.tls.as_ref().map(|t| TlsConfig {
                 listen: t.listen.0,
-                cert: PathBuf::from(&t.cert.0),
-                key: PathBuf::from(&t.key.0),
+                cert: relative_to(origin, &t.cert.0),
+                key: relative_to(origin, &t.key.0),
                 redirect_http: t.redirect_http,
                 hsts: t.hsts.as_ref().map(|h| h.0.clone()),
             }),
@@ -1110,7 +1207,7 @@ impl RawConfig {
             trusted_proxies: self.trusted_proxies.iter().map(|c| c.0).collect(),
             store: StoreConfig {
                 kind: self.store.kind.clone(),
-                snapshot: self.store.snapshot.as_ref().map(|p| PathBuf::from(&p.0)),
+                snapshot,
                 snapshot_interval: self.store.snapshot_interval.0,
                 redis: RedisConfig {
                     url: r.url.0.clone(),
@@ -1170,6 +1267,16 @@ fn header_names(prefix: &str) -> Option<HeaderNames> {
         destroy: make("destroy")?,
         regenerate: make("regenerate")?,
     })
+}
+
+/// A path from the config file: a relative one is taken from the file's directory,
+/// not from wherever the proxy was started.
+fn relative_to(origin: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    match origin.parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_owned(),
+    }
 }
 
 /// A level name, or a filter whose every directive names its level with `=` (a bare
@@ -1293,6 +1400,20 @@ mod tests {
             ))
             .unwrap_or_else(|e| panic!("{good}: {e}"));
             assert_eq!(c.log.level, good);
+        }
+    }
+
+    #[test]
+    fn redis_urls_print_without_their_password() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis://:pw@h:1/0", "redis://:<redacted>@h:1/0"),
+            ("rediss://user:pw@h", "rediss://user:<redacted>@h"),
+            ("redis://pw@h", "redis://<redacted>@h"),
+            ("redis://h/0?password=pw", "redis://h/0?<redacted>"),
+            ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+        ] {
+            assert_eq!(redact_url_password(url), shown, "{url}");
         }
     }
 

@@ -94,6 +94,9 @@ fn main() -> ExitCode {
         Some(Command::Check) => match Config::load(&cli.config, cli.dev) {
             Ok(config) => {
                 print!("{}", config.to_redacted_yaml());
+                for warning in config.file_warnings() {
+                    eprintln!("warning: {warning}");
+                }
                 eprintln!("{}: ok", cli.config.display());
                 ExitCode::SUCCESS
             }

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -272,10 +272,15 @@ impl Worker {
             ProxyError::Store(_) => metrics.store_error(),
             ProxyError::BodyTooLarge | ProxyError::BodyTimeout | ProxyError::BadRequest(_) => {}
         }
+        // Which upstream, for the failures that are its (never a URL with a path or
+        // credentials: `host:port` only).
+        let upstream = matches!(err, ProxyError::Upstream(_) | ProxyError::UpstreamTimeout)
+            .then_some(begun.settings.config.upstream.connect_to.as_str());
         tracing::warn!(
             request_id = begun.request_id.to_str().unwrap_or(""),
             kind = err.kind(),
             error = %err,
+            upstream,
             "request failed"
         );
     }
@@ -314,14 +319,20 @@ impl Worker {
                 path = %path,
                 status = status.as_u16(),
                 bytes,
-                duration_ms = took.as_secs_f64() * 1000.0,
-                upstream_ms = begun.trace.upstream.map(|d| d.as_secs_f64() * 1000.0),
+                duration_ms = millis(took),
+                upstream_ms = begun.trace.upstream.map(millis),
                 request_id = begun.request_id.to_str().unwrap_or(""),
                 session = begun.trace.session.map(|id| session_tag(&id)).as_deref(),
                 peer = %conn.peer.ip(),
             );
         }
     }
+}
+
+/// Milliseconds to the microsecond, for the access log: `50.181`, never
+/// `50.180913000000004`.
+fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 /// Serves one request over hyper (HTTP/2, and HTTP/1 on the redirecting

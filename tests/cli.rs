@@ -380,3 +380,180 @@ async fn session_ids_never_appear_in_info_logs() {
         assert!(!line.contains(tag), "cookie logged: {line}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// In front of a real site (DESIGN.md §10): what a newcomer meets on day one.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_misspelled_log_level_is_refused_with_its_line() {
+    let output = check(&format!("{}log:\n  level: infoo\n", good_config()));
+
+    assert_rejected(&output, &["bad.yaml:9:", "log.level", "infoo"], &[]);
+}
+
+#[test]
+fn check_accepts_dev_after_the_subcommand_as_the_error_suggests() {
+    let file = config_file("dev.yaml", "listen: 127.0.0.1:0\n");
+    let path = file.path.to_str().unwrap();
+
+    let without = sessiongate(&["check", "--config", path]);
+    assert_rejected(&without, &["--dev"], &[]);
+    for args in [
+        ["check", "--config", path, "--dev"],
+        ["--dev", "check", "--config", path],
+    ] {
+        let output = sessiongate(&args);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn relative_certificate_paths_are_read_from_the_config_files_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = Command::new(BIN)
+        .args(["gen-cert", "--dir"])
+        .arg(dir.path().join("certs"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let config = dir.path().join("sessiongate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}tls:\n  listen: 127.0.0.1:0\n  cert: certs/dev-cert.pem\n  key: certs/dev-key.pem\n",
+            good_config()
+        ),
+    )
+    .unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+
+    // Run from another directory: the paths are the config file's, not the caller's.
+    let output = Command::new(BIN)
+        .current_dir(elsewhere.path())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+
+    // A file that is not there is named, with the key and its line.
+    std::fs::remove_file(dir.path().join("certs/dev-key.pem")).unwrap();
+    let output = Command::new(BIN)
+        .current_dir(elsewhere.path())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_rejected(
+        &output,
+        &["sessiongate.yaml:11:", "tls.key", "dev-key.pem"],
+        &[],
+    );
+}
+
+#[test]
+fn check_refuses_a_certificate_file_that_does_not_exist_or_is_no_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("notes.txt");
+    std::fs::write(&not_pem, "just text\n").unwrap();
+    for (cert, says) in [
+        ("/nonexistent/cert.pem", "/nonexistent/cert.pem"),
+        (not_pem.to_str().unwrap(), "no certificate"),
+    ] {
+        let output = check(&format!(
+            "{}tls:\n  listen: 127.0.0.1:0\n  cert: {cert}\n  key: {cert}\n",
+            good_config()
+        ));
+        assert_rejected(&output, &["tls.cert", says], &[]);
+    }
+}
+
+#[test]
+fn check_prints_the_redis_url_with_only_its_password_hidden() {
+    let output = check(&format!(
+        "{}store:\n  type: redis\n  redis:\n    url: redis://app:hunter2-secret@redis.internal:6380/2\n",
+        good_config()
+    ));
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(
+        stdout.contains("redis://app:<redacted>@redis.internal:6380/2"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+
+    let output = check(&good_config());
+    assert!(
+        text(&output.stdout).contains("redis://127.0.0.1:6379"),
+        "the default Redis URL is shown as it is: {}",
+        text(&output.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthcheck_probes_the_admin_listener_of_the_config_it_is_given() {
+    let upstream = Upstream::ok().await;
+    let admin_port = free_port();
+    let yaml = config(&upstream.url())
+        .set("admin.listen", &format!("127.0.0.1:{admin_port}"))
+        .set("log.level", "info");
+    let mut proxy = support::ops::Binary::start(&yaml).await;
+    let file = config_file("running.yaml", &yaml.to_string());
+    let path = file.path.to_str().unwrap().to_owned();
+
+    let healthy = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || sessiongate(&["healthcheck", "-c", &path])
+    })
+    .await
+    .unwrap();
+    assert_eq!(healthy.status.code(), Some(0), "{}", text(&healthy.stderr));
+
+    proxy.stop().await;
+    let unhealthy = tokio::task::spawn_blocking(move || sessiongate(&["healthcheck", "-c", &path]))
+        .await
+        .unwrap();
+    assert_eq!(unhealthy.status.code(), Some(1));
+    assert!(
+        text(&unhealthy.stderr).contains(&format!("127.0.0.1:{admin_port}")),
+        "the probed address is named: {}",
+        text(&unhealthy.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sessiongate_on_the_same_port_exits_naming_the_address() {
+    let upstream = Upstream::ok().await;
+    let port = free_port();
+    let yaml = config(&upstream.url())
+        .set("listen", &format!("127.0.0.1:{port}"))
+        .set("admin.listen", "null")
+        .set("log.level", "info");
+    let mut first = support::ops::Binary::start(&yaml).await;
+    let file = config_file("second.yaml", &yaml.to_string());
+
+    let second = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["--config", file.path.to_str().unwrap()])
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run the second sessiongate")
+    })
+    .await
+    .unwrap();
+
+    let stderr = text(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains("another sessiongate"), "{stderr}");
+    let response = get_without_cookie(&first.url("/")).await;
+    assert_eq!(response.status(), 200);
+    first.stop().await;
+}

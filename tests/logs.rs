@@ -119,6 +119,13 @@ async fn json_logs_are_one_object_per_line_with_stable_access_fields() {
             (0.0..10_000.0).contains(&upstream_ms) && upstream_ms <= duration,
             "upstream {upstream_ms} ms of {duration} ms"
         );
+        // Milliseconds to the microsecond, as written: `50.181`, never
+        // `50.180913000000004`.
+        for field in ["duration_ms", "upstream_ms"] {
+            let written = line[field].to_string();
+            let decimals = written.split_once('.').map_or(0, |(_, d)| d.len());
+            assert!(decimals <= 3, "{field} is written {written}");
+        }
         assert!(!text(line, "request_id").is_empty());
         assert_eq!(text(line, "peer"), "127.0.0.1");
         let tag = text(line, "session");
@@ -299,4 +306,23 @@ async fn a_failed_request_is_logged_once_with_its_request_id() {
         described.contains("refused"),
         "the error line does not give the cause: {error:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_upstream_is_named_in_the_failure_line() {
+    let dead = refused_addr();
+    let mut proxy = Binary::start(json_config(&format!("http://{dead}"))).await;
+
+    let response = get_without_cookie(&proxy.url("/")).await;
+    assert_eq!(response.status(), 502);
+    let output = proxy.stop().await;
+
+    let lines = parse_lines(&output);
+    let failed: Vec<_> = lines
+        .iter()
+        .filter(|l| l.get("message").and_then(Value::as_str) == Some("request failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{lines:?}");
+    assert_eq!(text(failed[0], "upstream"), dead.to_string());
+    assert_eq!(text(failed[0], "kind"), "upstream_refused");
 }

@@ -129,6 +129,28 @@ pub fn load(
     result.map(Some)
 }
 
+/// Checks that the file at `path`, if there is one, begins as a snapshot this build
+/// reads (for `check`, which must not load a whole store).
+pub fn check_header(path: &Path) -> Result<(), SnapshotError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(SnapshotError::Io(e)),
+    };
+    let mut r = BufReader::new(file);
+    let magic: [u8; 8] = array(&mut r).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => SnapshotError::NotASnapshot,
+        _ => SnapshotError::Io(e),
+    })?;
+    if &magic != MAGIC {
+        return Err(SnapshotError::NotASnapshot);
+    }
+    match u32_le(&mut r)? {
+        VERSION => Ok(()),
+        other => Err(SnapshotError::Version(other)),
+    }
+}
+
 fn read_into(store: &MemoryStore, file: File, now_ms: u64) -> Result<Loaded, SnapshotError> {
     let mut r = Checked {
         inner: BufReader::with_capacity(1 << 20, file),

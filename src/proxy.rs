@@ -697,6 +697,11 @@ async fn resolve_session(
         return Ok((SessionState::Absent, None));
     }
     // Stored by `store_new` once the response carrying its cookie is ready.
+    state
+        .store
+        .ensure_reachable()
+        .await
+        .map_err(ProxyError::Store)?;
     let live = SessionState::Live {
         id: SessionId::random(),
         new: true,

@@ -1,6 +1,10 @@
 //! `upstream.rewrite_redirects`: a URL in `Location`, `Content-Location` or `Refresh`
 //! that names the upstream's own origin is rewritten to the origin the client used
-//! (nginx's `proxy_redirect default`). Without it, an application that builds
+//! (nginx's `proxy_redirect default`). The upstream's own origin is its authority
+//! (as sent in `Host`, or the same host and port) under its own scheme or under the
+//! scheme the proxy told it the client used (`X-Forwarded-Proto`): an application
+//! behind the HTTPS listener that honours that header writes
+//! `https://<its own address>/...`. Without it, an application that builds
 //! absolute URLs from the `Host` it received (the upstream's address, with
 //! `preserve_host: false`) would send the browser around the proxy.
 //!
@@ -12,6 +16,8 @@ use http::Uri;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpstreamOrigin {
     https: bool,
+    /// The authority as the proxy sends it in `Host`, lower case.
+    authority: String,
     /// Lower case; an IPv6 address without its brackets.
     host: String,
     port: u16,
@@ -33,6 +39,7 @@ impl UpstreamOrigin {
         let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
         Some(UpstreamOrigin {
             https,
+            authority: uri.authority()?.as_str().to_ascii_lowercase(),
             host: host.to_ascii_lowercase(),
             port: uri.port_u16().unwrap_or(default_port(https)),
             base_path: base_path.trim_end_matches('/').to_owned(),
@@ -53,7 +60,8 @@ impl UpstreamOrigin {
         } else {
             return None;
         };
-        if scheme.is_some_and(|https| https != self.https) {
+        // Its own scheme, or the one it was told the client used.
+        if scheme.is_some_and(|https| https != self.https && https != client.https) {
             return None;
         }
         let end = rest
@@ -61,7 +69,7 @@ impl UpstreamOrigin {
             .position(|&b| matches!(b, b'/' | b'?' | b'#'))
             .unwrap_or(rest.len());
         let (authority, path) = rest.split_at(end);
-        if !self.is_authority(authority) {
+        if !self.is_authority(authority, scheme.unwrap_or(self.https)) {
             return None;
         }
         let path = self.strip_base_path(path);
@@ -116,10 +124,14 @@ impl UpstreamOrigin {
         Some(out)
     }
 
-    /// `host[:port]` names this origin (the scheme's default port may be left out).
-    fn is_authority(&self, authority: &[u8]) -> bool {
+    /// `host[:port]` names this origin: as sent in `Host`, or the same host and port
+    /// (the URL's scheme's default port when it names none).
+    fn is_authority(&self, authority: &[u8], https: bool) -> bool {
         if authority.contains(&b'@') {
             return false;
+        }
+        if authority.eq_ignore_ascii_case(self.authority.as_bytes()) {
+            return true;
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix(b"[") {
             let Some(close) = v6.iter().position(|&b| b == b']') else {
@@ -133,7 +145,7 @@ impl UpstreamOrigin {
             }
         };
         let port = match port {
-            b"" => default_port(self.https),
+            b"" => default_port(https),
             [b':', digits @ ..] => match std::str::from_utf8(digits)
                 .ok()
                 .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
@@ -264,6 +276,25 @@ mod tests {
             Some("http://proxy.example:8080/x")
         );
         assert!(rewrite(&o, "http://[::2]:3000/x", PLAIN).is_none());
+    }
+
+    #[test]
+    fn behind_tls_the_scheme_the_upstream_was_told_counts_as_its_own() {
+        // The app honours X-Forwarded-Proto: https and writes its own address
+        // under https.
+        let o = origin("http://127.0.0.1:18000", "");
+        assert_eq!(
+            rewrite(&o, "https://127.0.0.1:18000/get", TLS).as_deref(),
+            Some("https://www.example/get")
+        );
+        assert_eq!(rewrite(&o, "https://127.0.0.1:18000/get", PLAIN), None);
+        // No port in the app's URL: the Host it was sent had none either.
+        let o = origin("http://app", "");
+        assert_eq!(
+            rewrite(&o, "https://app/x", TLS).as_deref(),
+            Some("https://www.example/x")
+        );
+        assert_eq!(rewrite(&o, "https://app:8443/x", TLS), None);
     }
 
     #[test]

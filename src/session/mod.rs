@@ -227,6 +227,13 @@ pub trait SessionStore: Send + Sync + 'static {
     fn count(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Answers when the store is reachable (readiness).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Before a new visitor's request goes upstream: fails when the store is known
+    /// to be out of reach (its last command failed and a `PING` fails too), so that
+    /// such a request gets `503` without reaching the application, as a returning
+    /// visitor's does. Free while the store answers.
+    fn ensure_reachable(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// A session as the admin API shows it.
@@ -284,6 +291,9 @@ impl SessionStore for Store {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         each_store!(self, s => s.ping())
+    }
+    async fn ensure_reachable(&self) -> Result<(), StoreError> {
+        each_store!(self, s => s.ensure_reachable())
     }
 }
 

@@ -30,7 +30,7 @@
 //! `volatile-*` eviction policy.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -242,6 +242,9 @@ struct Inner {
     absolute_ms: AtomicU64,
     max_data_bytes: AtomicUsize,
     grace_ms: AtomicU64,
+    /// The last command reached Redis. While it did not, a new visitor's request
+    /// waits for a `PING` before it goes upstream (see `ensure_reachable`).
+    reachable: AtomicBool,
     load: Script,
     create: Script,
     apply: Script,
@@ -327,6 +330,7 @@ impl RedisStore {
             inner: Arc::new(Inner {
                 conn,
                 cluster,
+                reachable: AtomicBool::new(false),
                 pattern: format!("{}*", escape_glob(&r.key_prefix)),
                 prefix: r.key_prefix.clone(),
                 timeout: r.timeout,
@@ -369,10 +373,22 @@ impl RedisStore {
                 other => other,
             }
         };
-        match tokio::time::timeout(self.inner.timeout, attempt).await {
-            Ok(result) => result.map_err(unavailable),
-            Err(_) => Err(StoreError::Timeout),
+        let result = match tokio::time::timeout(self.inner.timeout, attempt).await {
+            Ok(result) => result.map_err(|e| {
+                if is_dropped(&e) || e.is_timeout() {
+                    self.inner.reachable.store(false, Ordering::Relaxed);
+                }
+                unavailable(e)
+            }),
+            Err(_) => {
+                self.inner.reachable.store(false, Ordering::Relaxed);
+                Err(StoreError::Timeout)
+            }
+        };
+        if result.is_ok() && !self.inner.reachable.load(Ordering::Relaxed) {
+            self.inner.reachable.store(true, Ordering::Relaxed);
         }
+        result
     }
 
     fn key(&self, id: &SessionId) -> String {
@@ -798,6 +814,13 @@ impl SessionStore for RedisStore {
             }
         }
         Ok(n)
+    }
+
+    async fn ensure_reachable(&self) -> Result<(), StoreError> {
+        if self.inner.reachable.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.ping().await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -10,29 +10,29 @@
 //! Without Chromium the test says so and passes, unless
 //! `SESSIONGATE_BROWSER_TEST=required` (set by `.ci/run`), where it fails.
 
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+#[path = "support/processes.rs"]
+mod processes;
+#[path = "support/webdriver.rs"]
+mod webdriver;
+
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _};
-use base64::Engine as _;
 use fantoccini::{Client, ClientBuilder, Locator};
-use rcgen::PublicKeyData as _;
+use processes::{Process, STEP};
 use serde_json::json;
-use sha2::Digest as _;
+use webdriver::Browser;
 
 const SESSIONGATE: &str = env!("CARGO_BIN_EXE_sessiongate");
+const REQUIRED: &str = "SESSIONGATE_BROWSER_TEST";
 /// The cookie name over HTTPS with the defaults (`secure: auto`, `host_prefix: true`).
 const HOST_COOKIE: &str = "__Host-sessiongate";
-/// How long any one step (a process starting, a page loading) may take.
-const STEP: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_keeps_the_host_cookie_across_login_pages_and_logout() {
-    let Some(browser) = Browser::find() else {
+    let Some(browser) = Browser::find(REQUIRED) else {
         return;
     };
     let work = tempfile::tempdir().expect("temporary directory");
@@ -44,9 +44,9 @@ async fn chromium_keeps_the_host_cookie_across_login_pages_and_logout() {
             .args(["--port", "0"]),
         "legacy app listening on http://",
     );
-    let proxy = start_sessiongate(work.path(), &app.address);
-    let proxy_url = format!("https://{}", proxy.address);
-    let spki = spki_sha256(&work.path().join("certs/dev-key.pem"));
+    let spki_pin = webdriver::gen_cert(SESSIONGATE, &work.path().join("certs"));
+    let proxy = start_sessiongate(work.path(), app.address());
+    let proxy_url = format!("https://{}", proxy.address());
     let driver = Process::start(
         "chromedriver",
         Command::new(&browser.chromedriver).args([
@@ -75,7 +75,7 @@ async fn chromium_keeps_the_host_cookie_across_login_pages_and_logout() {
                 "--disable-sync",
                 format!("--user-data-dir={}", work.path().join("profile").display()),
                 // Trust sessiongate's self-signed certificate, and only it.
-                format!("--ignore-certificate-errors-spki-list={spki}"),
+                spki_pin,
             ],
         },
     });
@@ -86,7 +86,7 @@ async fn chromium_keeps_the_host_cookie_across_login_pages_and_logout() {
         STEP,
         ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(capabilities)
-            .connect(&format!("http://127.0.0.1:{}", driver.address)),
+            .connect(&format!("http://127.0.0.1:{}", driver.address())),
     )
     .await
     .expect("chromedriver did not start a session in time")
@@ -239,24 +239,11 @@ async fn text_of(element: &fantoccini::elements::Element) -> anyhow::Result<Stri
 // The pieces, started as an operator would.
 // ---------------------------------------------------------------------------
 
-/// Makes a certificate with `gen-cert` and a secret with `gen-secret`, writes a
-/// config with only an HTTPS listener, and starts the binary; its `address` is the
-/// HTTPS listener's.
+/// Writes a config with only an HTTPS listener, with the certificate `gen-cert`
+/// wrote under `work/certs` and a secret from `gen-secret` in the environment, and
+/// starts the binary; its `address` is the HTTPS listener's.
 fn start_sessiongate(work: &Path, app: &str) -> Process {
     let certs = work.join("certs");
-    let made = Command::new(SESSIONGATE)
-        .args(["gen-cert", "--dir"])
-        .arg(&certs)
-        .output()
-        .expect("run sessiongate gen-cert");
-    assert!(made.status.success(), "gen-cert failed: {made:?}");
-    let secret = Command::new(SESSIONGATE)
-        .arg("gen-secret")
-        .output()
-        .expect("run sessiongate gen-secret");
-    assert!(secret.status.success(), "gen-secret failed: {secret:?}");
-    let secret = String::from_utf8(secret.stdout).expect("secret is text");
-
     let config = work.join("config.yaml");
     let yaml = format!(
         "listen: null\n\
@@ -274,140 +261,8 @@ fn start_sessiongate(work: &Path, app: &str) -> Process {
         Command::new(SESSIONGATE)
             .arg("--config")
             .arg(&config)
-            .env("SESSIONGATE_SECRET", secret.trim())
+            .env("SESSIONGATE_SECRET", webdriver::gen_secret(SESSIONGATE))
             .env_remove("RUST_LOG"),
         "listening on https://",
     )
-}
-
-/// SHA-256 of the key's SubjectPublicKeyInfo, base64: what Chromium's
-/// `--ignore-certificate-errors-spki-list` takes.
-fn spki_sha256(key: &Path) -> String {
-    let pem = std::fs::read_to_string(key).expect("read the dev key");
-    let key = rcgen::KeyPair::from_pem(&pem).expect("parse the dev key");
-    let digest = sha2::Sha256::digest(key.subject_public_key_info());
-    base64::engine::general_purpose::STANDARD.encode(digest)
-}
-
-/// Where Chromium and chromedriver are installed.
-struct Browser {
-    chromium: PathBuf,
-    chromedriver: PathBuf,
-}
-
-impl Browser {
-    /// Both programs, from `$PATH`; `None` (and a note) when either is missing,
-    /// a failure when the browser test is required.
-    fn find() -> Option<Browser> {
-        let chromium = on_path("chromium");
-        let chromedriver = on_path("chromedriver");
-        match (chromium, chromedriver) {
-            (Some(chromium), Some(chromedriver)) => Some(Browser {
-                chromium,
-                chromedriver,
-            }),
-            _ => {
-                let hint = "install Debian's chromium and chromium-driver packages \
-                            (`.ci/run` does)";
-                if std::env::var("SESSIONGATE_BROWSER_TEST").as_deref() == Ok("required") {
-                    panic!("chromium or chromedriver is not on PATH: {hint}");
-                }
-                eprintln!("SKIPPED: chromium or chromedriver is not on PATH: {hint}");
-                None
-            }
-        }
-    }
-}
-
-fn on_path(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-}
-
-/// A child process, killed when dropped; its output is kept for failure messages.
-struct Process {
-    name: &'static str,
-    child: Child,
-    /// What followed the readiness marker on its line: the listening address.
-    address: String,
-    output: Arc<Mutex<String>>,
-}
-
-impl Process {
-    /// Starts `command` and waits until a line of its output contains `ready`;
-    /// the rest of that line up to a space or `/` (less a final `.`) is the address.
-    fn start(name: &'static str, command: &mut Command, ready: &str) -> Process {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let output = Arc::new(Mutex::new(String::new()));
-        let (lines_tx, lines_rx) = mpsc::channel::<String>();
-        let stdout = child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
-        for stream in [stdout, stderr].into_iter().flatten() {
-            let output = output.clone();
-            let lines_tx = lines_tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    let mut kept = output.lock().unwrap();
-                    kept.push_str(&line);
-                    kept.push('\n');
-                    drop(kept);
-                    let _ = lines_tx.send(line);
-                }
-            });
-        }
-        drop(lines_tx);
-        let deadline = std::time::Instant::now() + STEP;
-        let address = loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match lines_rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(at) = line.find(ready) {
-                        let rest = &line[at + ready.len()..];
-                        let end = rest
-                            .find(|c: char| c.is_whitespace() || c == '/')
-                            .unwrap_or(rest.len());
-                        break rest[..end].trim_end_matches('.').to_owned();
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "{name} did not print {ready:?} within {STEP:?}; its output:\n{}",
-                        output.lock().unwrap()
-                    );
-                }
-            }
-        };
-        Process {
-            name,
-            child,
-            address,
-            output,
-        }
-    }
-
-    fn log(&self) -> String {
-        format!("({}) {}", self.name, self.output.lock().unwrap())
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -24,6 +24,8 @@
 //! Without Chromium, chromedriver, php or DokuWiki the tests say so and pass,
 //! unless `SESSIONGATE_THIRDPARTY_TEST=required` (set by `.ci/run`).
 
+#[path = "support/processes.rs"]
+mod processes;
 #[path = "support/webdriver.rs"]
 mod webdriver;
 
@@ -36,8 +38,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 use fantoccini::elements::Element;
 use fantoccini::Locator;
+use processes::{Process, STEP};
 use serde_json::Value;
-use webdriver::{Browser, Process, Sent, Session, STEP};
+use webdriver::{Browser, Sent, Session};
 
 const SESSIONGATE: &str = env!("CARGO_BIN_EXE_sessiongate");
 const REQUIRED: &str = "SESSIONGATE_THIRDPARTY_TEST";
@@ -99,7 +102,7 @@ async fn use_dokuwiki(listener: Listener, preserve_host: PreserveHost) {
     if listener == Listener::Https {
         chromium_args.push(webdriver::gen_cert(SESSIONGATE, &work.path().join("certs")));
     }
-    let proxy = start_sessiongate(work.path(), &app.address, listener, preserve_host);
+    let proxy = start_sessiongate(work.path(), app.address(), listener, preserve_host);
     let scheme = match listener {
         Listener::Http => "http",
         Listener::Https => "https",
@@ -107,8 +110,8 @@ async fn use_dokuwiki(listener: Listener, preserve_host: PreserveHost) {
     let browser = tools.browser.start(work.path(), &chromium_args).await;
     let mut visit = Visit {
         session: &browser,
-        origin: format!("{scheme}://{}", proxy.address),
-        app: app.address.clone(),
+        origin: format!("{scheme}://{}", proxy.address()),
+        app: app.address().to_owned(),
         cookie: match listener {
             Listener::Http => "sessiongate",
             Listener::Https => "__Host-sessiongate",
@@ -154,9 +157,9 @@ async fn use_dokuwiki(listener: Listener, preserve_host: PreserveHost) {
     }
     let cookie = cookie.expect("the scenario records the session cookie");
     let host = if preserve_host.0 {
-        &proxy.address
+        proxy.address()
     } else {
-        &app.address
+        app.address()
     };
     let seen = wiki.requests();
     let cookieless = match seen
@@ -570,12 +573,12 @@ struct Tools {
 impl Tools {
     fn find() -> Option<Tools> {
         let browser = Browser::find(REQUIRED)?;
-        let Some(php) = webdriver::on_path("php") else {
-            webdriver::missing(REQUIRED, "php is not on PATH: install Debian's php-cli");
+        let Some(php) = processes::on_path("php") else {
+            processes::missing(REQUIRED, "php is not on PATH: install Debian's php-cli");
             return None;
         };
         if !Path::new(DOKUWIKI).join("doku.php").is_file() {
-            webdriver::missing(
+            processes::missing(
                 REQUIRED,
                 "no DokuWiki in /usr/share/dokuwiki: install dokuwiki",
             );

@@ -16,13 +16,16 @@
 //! Without gunicorn or httpbin the test says so and passes, unless
 //! `SESSIONGATE_THIRDPARTY_TEST=required` (set by `.ci/run`), where it fails.
 
+#[path = "support/processes.rs"]
+mod processes;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
@@ -36,6 +39,7 @@ use http_body_util::{BodyExt as _, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use processes::{Process, Stop, STEP};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
@@ -43,8 +47,10 @@ use sha2::Digest as _;
 use tokio::net::TcpStream;
 
 const SESSIONGATE: &str = env!("CARGO_BIN_EXE_sessiongate");
-/// How long a process may take to start, or a helper command to finish.
-const STEP: Duration = Duration::from_secs(30);
+const REQUIRED: &str = "SESSIONGATE_THIRDPARTY_TEST";
+/// How gunicorn and sessiongate are stopped: SIGTERM first, so that gunicorn's
+/// master stops its workers and sessiongate exits cleanly, then SIGKILL.
+const STOP: Stop = Stop::Term(Duration::from_secs(10));
 /// How long one check, all its requests included, may take.
 const CHECK_LIMIT: Duration = Duration::from_secs(30);
 /// The uploads, and so the echo that comes back down.
@@ -62,7 +68,7 @@ async fn httpbin_behind_sessiongate_over_http1_h2c_and_h2() {
     // gunicorn's defaults (one sync worker, `forwarded_allow_ips` 127.0.0.1), as
     // `gunicorn httpbin:app` runs it; in an empty directory, so no gunicorn.conf.py
     // is picked up.
-    let httpbin = Process::start(
+    let httpbin = Process::try_start_each(
         "gunicorn",
         Command::new(&gunicorn)
             .current_dir(work.path())
@@ -70,9 +76,10 @@ async fn httpbin_behind_sessiongate_over_http1_h2c_and_h2() {
             .args(["--bind", "127.0.0.1:0", "--access-logfile", "-"])
             .arg("httpbin:app"),
         &["Listening at: http://"],
+        STOP,
     )
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    let upstream = httpbin.addresses[0].clone();
+    .unwrap_or_else(|e| panic!("{e}"));
+    let upstream = httpbin.address().to_owned();
     let certs = work.path().join("certs");
     let secret = make_cert_and_secret(&certs).unwrap_or_else(|e| panic!("{e:#}"));
     let tls = client_tls(&certs.join("dev-cert.pem")).unwrap_or_else(|e| panic!("{e:#}"));
@@ -104,7 +111,7 @@ async fn httpbin_behind_sessiongate_over_http1_h2c_and_h2() {
         for protocol in Protocol::ALL {
             let site = Site {
                 protocol,
-                proxy: proxy.addresses[usize::from(protocol.tls())].clone(),
+                proxy: proxy.addresses()[usize::from(protocol.tls())].clone(),
                 upstream: upstream.clone(),
                 tls: tls.clone(),
             };
@@ -1184,7 +1191,7 @@ fn gunzip(data: &[u8]) -> anyhow::Result<Vec<u8>> {
 /// gunicorn, when it is on PATH and can load `httpbin:app`; `None` (and a note)
 /// otherwise, a failure when the third-party tests are required.
 fn gunicorn_with_httpbin() -> Option<PathBuf> {
-    let missing = match on_path("gunicorn") {
+    let missing = match processes::on_path("gunicorn") {
         None => "gunicorn is not on PATH".to_owned(),
         Some(gunicorn) => {
             // gunicorn's own interpreter decides whether httpbin is importable.
@@ -1204,18 +1211,14 @@ fn gunicorn_with_httpbin() -> Option<PathBuf> {
             }
         }
     };
-    let hint = "install Debian's gunicorn and python3-httpbin packages (`.ci/run` does)";
-    if std::env::var("SESSIONGATE_THIRDPARTY_TEST").as_deref() == Ok("required") {
-        panic!("{missing}: {hint}");
-    }
-    eprintln!("SKIPPED: {missing}: {hint}");
+    processes::missing(
+        REQUIRED,
+        &format!(
+            "{missing}: install Debian's gunicorn and python3-httpbin packages \
+             (`.ci/run` does)"
+        ),
+    );
     None
-}
-
-fn on_path(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
 }
 
 /// Writes a certificate with `gen-cert` into `certs`, and returns a secret from
@@ -1265,7 +1268,7 @@ fn start_sessiongate(
         certs.join("dev-key.pem"),
     );
     std::fs::write(config, yaml).context("writing the config")?;
-    Process::start(
+    Process::try_start_each(
         "sessiongate",
         Command::new(SESSIONGATE)
             .arg("--config")
@@ -1273,7 +1276,9 @@ fn start_sessiongate(
             .env("SESSIONGATE_SECRET", secret)
             .env_remove("RUST_LOG"),
         &["listening on http://", "listening on https://"],
+        STOP,
     )
+    .map_err(anyhow::Error::msg)
 }
 
 /// Runs a command to its end, feeding it `input`; killed past `STEP`.
@@ -1289,15 +1294,7 @@ fn run_bounded(command: &mut Command, input: &[u8]) -> anyhow::Result<Output> {
     let writer = std::thread::spawn(move || {
         let _ = stdin.write_all(&input);
     });
-    let stdout = child
-        .stdout
-        .take()
-        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
-    let stderr = child
-        .stderr
-        .take()
-        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
-    let readers = [stdout, stderr].map(|stream| {
+    let readers = processes::take_output(&mut child).map(|stream| {
         std::thread::spawn(move || {
             let mut read = Vec::new();
             if let Some(mut stream) = stream {
@@ -1325,114 +1322,4 @@ fn run_bounded(command: &mut Command, input: &[u8]) -> anyhow::Result<Output> {
         stdout,
         stderr,
     })
-}
-
-/// A child process, stopped (SIGTERM, then SIGKILL) when dropped; its output is kept
-/// for failure messages.
-struct Process {
-    name: &'static str,
-    child: Child,
-    /// The address on the line of each readiness marker, in the markers' order.
-    addresses: Vec<String>,
-    output: Arc<Mutex<String>>,
-}
-
-impl Process {
-    /// Starts `command` and waits until, for each of `ready`, a line of its output
-    /// contains it; the address that follows it on that line is kept.
-    fn start(name: &'static str, command: &mut Command, ready: &[&str]) -> anyhow::Result<Process> {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
-        let output = Arc::new(Mutex::new(String::new()));
-        let (lines_tx, lines_rx) = mpsc::channel::<String>();
-        let stdout = child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
-        for stream in [stdout, stderr].into_iter().flatten() {
-            let output = output.clone();
-            let lines_tx = lines_tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    let mut kept = output.lock().unwrap();
-                    kept.push_str(&line);
-                    kept.push('\n');
-                    drop(kept);
-                    let _ = lines_tx.send(line);
-                }
-            });
-        }
-        drop(lines_tx);
-        let mut process = Process {
-            name,
-            child,
-            addresses: vec![String::new(); ready.len()],
-            output,
-        };
-        let deadline = Instant::now() + STEP;
-        while process.addresses.iter().any(String::is_empty) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match lines_rx.recv_timeout(left) {
-                Ok(line) => line,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    bail!(
-                        "{name} did not print {ready:?} within {STEP:?}\n{}",
-                        process.log_tail(40)
-                    )
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!(
-                        "{name} exited before it was ready\n{}",
-                        process.log_tail(40)
-                    )
-                }
-            };
-            for (marker, address) in ready.iter().zip(&mut process.addresses) {
-                if let Some(at) = line.find(marker) {
-                    *address = line[at + marker.len()..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c))
-                        .collect();
-                }
-            }
-        }
-        Ok(process)
-    }
-
-    /// The last `lines` lines of its output, headed by its name.
-    fn log_tail(&self, lines: usize) -> String {
-        let output = self.output.lock().unwrap();
-        let all: Vec<&str> = output.lines().collect();
-        let tail = all[all.len().saturating_sub(lines)..].join("\n");
-        format!("{} (last {lines} lines):\n{tail}", self.name)
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        // SIGTERM first: gunicorn's master then stops its workers, sessiongate exits
-        // cleanly. `sh` for `kill`, by pid, without a libc dependency.
-        let pid = self.child.id().to_string();
-        let _ = Command::new("sh")
-            .args(["-c", "kill -TERM \"$1\"", "sh", &pid])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -1,19 +1,20 @@
 //! Headless Chromium under chromedriver for tests that use a real application
-//! through the `sessiongate` binary: child processes killed on drop, the
+//! through the `sessiongate` binary: where the two are installed, the
 //! WebDriver session, every request the browser made (from chromedriver's
-//! DevTools performance log, redirect hops included), and the SPKI pin that
-//! makes Chromium trust exactly the certificate `sessiongate gen-cert` wrote.
+//! DevTools performance log, redirect hops included), the SPKI pin that makes
+//! Chromium trust exactly the certificate `sessiongate gen-cert` wrote, and a
+//! secret from `sessiongate gen-secret`.
 //!
 //! Included with `#[path = "support/webdriver.rs"] mod webdriver;`, not through
 //! `support/mod.rs`, so that a test binary that only drives a browser does not
-//! build the in-process fixtures.
+//! build the in-process fixtures; the child processes come from
+//! support/processes.rs, which must be included beside it as `mod processes;`.
 
-use std::io::{BufRead as _, BufReader};
+// Every test binary that includes this module uses a different part of it.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use anyhow::{ensure, Context as _};
 use base64::Engine as _;
@@ -25,24 +26,7 @@ use rcgen::PublicKeyData as _;
 use serde_json::{json, Value};
 use sha2::Digest as _;
 
-/// The longest any one step (a process starting, a page loading) may take.
-pub const STEP: Duration = Duration::from_secs(30);
-
-/// Whether a test that needs programs from outside the crate is skipped or
-/// fails when one is missing: `required` in `env_var` (set by `.ci/run`) fails.
-pub fn missing(env_var: &str, what: &str) {
-    if std::env::var(env_var).as_deref() == Ok("required") {
-        panic!("{what} ({env_var}=required)");
-    }
-    eprintln!("SKIPPED: {what}");
-}
-
-/// `program` from `$PATH`.
-pub fn on_path(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-}
+use crate::processes::{missing, on_path, Process, STEP};
 
 /// Where Chromium and chromedriver are installed.
 pub struct Browser {
@@ -122,7 +106,7 @@ impl Browser {
             STEP,
             ClientBuilder::new(HttpConnector::new())
                 .capabilities(capabilities)
-                .connect(&format!("http://127.0.0.1:{}", driver.address)),
+                .connect(&format!("http://127.0.0.1:{}", driver.address())),
         )
         .await
         .expect("chromedriver did not start a session in time")
@@ -135,7 +119,7 @@ impl Browser {
             .expect("a WebDriver session id");
         Session {
             client,
-            log_url: format!("http://127.0.0.1:{}/session/{id}/se/log", driver.address),
+            log_url: format!("http://127.0.0.1:{}/session/{id}/se/log", driver.address()),
             driver,
         }
     }
@@ -270,104 +254,4 @@ pub fn gen_secret(sessiongate: &str) -> String {
         .expect("secret is text")
         .trim()
         .to_owned()
-}
-
-/// A child process, killed (by its pid) when dropped; its output is kept for
-/// failure messages.
-pub struct Process {
-    name: &'static str,
-    child: Child,
-    /// What followed the readiness marker on its line: the listening address.
-    pub address: String,
-    output: Arc<Mutex<String>>,
-}
-
-impl Process {
-    /// Starts `command` and waits (at most [`STEP`]) until a line of its output
-    /// contains `ready`; the rest of that line up to a space, `/` or `)` (less
-    /// a final `.`) is the address.
-    pub fn start(name: &'static str, command: &mut Command, ready: &str) -> Process {
-        Process::try_start(name, command, ready).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// [`Process::start`], with an error when the marker does not come (the
-    /// process is then killed).
-    pub fn try_start(
-        name: &'static str,
-        command: &mut Command,
-        ready: &str,
-    ) -> Result<Process, String> {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let output = Arc::new(Mutex::new(String::new()));
-        let (lines_tx, lines_rx) = mpsc::channel::<String>();
-        let stdout = child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
-        for stream in [stdout, stderr].into_iter().flatten() {
-            let output = output.clone();
-            let lines_tx = lines_tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    let mut kept = output.lock().unwrap();
-                    kept.push_str(&line);
-                    kept.push('\n');
-                    drop(kept);
-                    let _ = lines_tx.send(line);
-                }
-            });
-        }
-        drop(lines_tx);
-        let deadline = Instant::now() + STEP;
-        let address = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines_rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(at) = line.find(ready) {
-                        let rest = &line[at + ready.len()..];
-                        let end = rest
-                            .find(|c: char| c.is_whitespace() || c == '/' || c == ')')
-                            .unwrap_or(rest.len());
-                        break rest[..end].trim_end_matches('.').to_owned();
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!(
-                        "{name} did not print {ready:?} within {STEP:?}; its output:\n{}",
-                        output.lock().unwrap()
-                    ));
-                }
-            }
-        };
-        Ok(Process {
-            name,
-            child,
-            address,
-            output,
-        })
-    }
-
-    /// Everything it printed so far, under its name.
-    pub fn log(&self) -> String {
-        format!("({}) {}", self.name, self.output.lock().unwrap())
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

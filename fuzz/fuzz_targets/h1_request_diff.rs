@@ -986,7 +986,24 @@ fn check(input: &[u8], got: &[u8], msgs: &[UpMsg], stuck: bool) {
 struct Harness {
     rt: Runtime,
     proxy: SocketAddr,
+    state: Arc<sessiongate::proxy::State>,
     upstream: &'static Upstream,
+}
+
+impl Harness {
+    /// Waits (at most 3 s) until the proxy holds no client connection: from then
+    /// on it sends the upstream nothing more for the inputs before. Without this,
+    /// a request the proxy was still forwarding when the client's connection
+    /// closed could reach the upstream after the next input began, and be
+    /// recorded as that input's.
+    async fn proxy_idle(&self) {
+        for _ in 0..3000 {
+            if self.state.metrics.open_connections.get() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
 }
 
 fn harness() -> &'static Harness {
@@ -994,15 +1011,16 @@ fn harness() -> &'static Harness {
     HARNESS.get_or_init(|| {
         h1diff::abort_on_panic();
         let rt = h1diff::runtime();
-        let (upstream, proxy) = rt.block_on(async {
+        let (upstream, proxy, state) = rt.block_on(async {
             let upstream: &'static Upstream = Box::leak(Box::new(Upstream::bind()));
             tokio::spawn(upstream.accept_loop());
-            let (proxy, _state) = h1diff::start_proxy(upstream.addr()).await;
-            (upstream, proxy)
+            let (proxy, state) = h1diff::start_proxy(upstream.addr()).await;
+            (upstream, proxy, state)
         });
         Harness {
             rt,
             proxy,
+            state,
             upstream,
         }
     })
@@ -1021,6 +1039,8 @@ fuzz_target!(|input: &[u8]| {
                 h.upstream.settle().await;
             }
         }
+        h.upstream.settle().await;
+        h.proxy_idle().await;
         h.upstream.settle().await;
         h.upstream.next_generation();
         // An HTTP/2 connection (h2c by prior knowledge) gets time to forward

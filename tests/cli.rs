@@ -497,6 +497,25 @@ fn check_prints_the_redis_url_with_only_its_password_hidden() {
     );
 }
 
+/// [`sessiongate`] off the test's runtime, so that a proxy the test started keeps
+/// serving while the command waits for it.
+async fn sessiongate_beside(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sessiongate(&args)
+    })
+    .await
+    .expect("the command's thread")
+}
+
+/// The binary running on `yaml`, and the same config in a file of its own for a
+/// second command to read.
+async fn running_with_its_config(yaml: &ConfigYaml) -> (support::ops::Binary, ConfigFile) {
+    let proxy = support::ops::Binary::start(yaml).await;
+    (proxy, config_file("running.yaml", &yaml.to_string()))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn healthcheck_probes_the_admin_listener_of_the_config_it_is_given() {
     let upstream = Upstream::ok().await;
@@ -504,22 +523,14 @@ async fn healthcheck_probes_the_admin_listener_of_the_config_it_is_given() {
     let yaml = config(&upstream.url())
         .set("admin.listen", &format!("127.0.0.1:{admin_port}"))
         .set("log.level", "info");
-    let mut proxy = support::ops::Binary::start(&yaml).await;
-    let file = config_file("running.yaml", &yaml.to_string());
-    let path = file.path.to_str().unwrap().to_owned();
+    let (mut proxy, file) = running_with_its_config(&yaml).await;
+    let path = file.path.to_str().unwrap();
 
-    let healthy = tokio::task::spawn_blocking({
-        let path = path.clone();
-        move || sessiongate(&["healthcheck", "-c", &path])
-    })
-    .await
-    .unwrap();
+    let healthy = sessiongate_beside(&["healthcheck", "-c", path]).await;
     assert_eq!(healthy.status.code(), Some(0), "{}", text(&healthy.stderr));
 
     proxy.stop().await;
-    let unhealthy = tokio::task::spawn_blocking(move || sessiongate(&["healthcheck", "-c", &path]))
-        .await
-        .unwrap();
+    let unhealthy = sessiongate_beside(&["healthcheck", "-c", path]).await;
     assert_eq!(unhealthy.status.code(), Some(1));
     assert!(
         text(&unhealthy.stderr).contains(&format!("127.0.0.1:{admin_port}")),
@@ -536,18 +547,9 @@ async fn a_second_sessiongate_on_the_same_port_exits_naming_the_address() {
         .set("listen", &format!("127.0.0.1:{port}"))
         .set("admin.listen", "null")
         .set("log.level", "info");
-    let mut first = support::ops::Binary::start(&yaml).await;
-    let file = config_file("second.yaml", &yaml.to_string());
+    let (mut first, file) = running_with_its_config(&yaml).await;
 
-    let second = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["--config", file.path.to_str().unwrap()])
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("run the second sessiongate")
-    })
-    .await
-    .unwrap();
+    let second = sessiongate_beside(&["--config", file.path.to_str().unwrap()]).await;
 
     let stderr = text(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{stderr}");

@@ -731,17 +731,7 @@ async fn store_new(
         *session = SessionState::Absent;
         return Ok(Some(flavor.removal()));
     }
-    let mut data = SessionData::default().with_changes(changes);
-    let max = settings.config.session.max_data_bytes;
-    if data.encoded_len() > max {
-        state.metrics.writes_refused.inc();
-        tracing::warn!(
-            bytes = data.encoded_len(),
-            max,
-            "session write refused: over session.max_data_bytes"
-        );
-        data = SessionData::default();
-    }
+    let data = first_data(state, settings, changes).unwrap_or_default();
     if changes.regenerate {
         // The upstream saw the first ID; the browser gets another.
         *id = SessionId::random();
@@ -759,6 +749,23 @@ async fn store_new(
     }
     state.metrics.sessions_created.inc();
     Ok(None)
+}
+
+/// The data a session created by this response starts with: its write-back applied
+/// to nothing. `None`, counted and logged, when that is over `max_data_bytes`.
+fn first_data(state: &State, settings: &Settings, changes: &Changes) -> Option<SessionData> {
+    let data = SessionData::default().with_changes(changes);
+    let max = settings.config.session.max_data_bytes;
+    if data.encoded_len() > max {
+        state.metrics.writes_refused.inc();
+        tracing::warn!(
+            bytes = data.encoded_len(),
+            max,
+            "session write refused: over session.max_data_bytes"
+        );
+        return None;
+    }
+    Some(data)
 }
 
 /// Applies a response's write-back to the session; returns the `Set-Cookie` it calls
@@ -781,17 +788,9 @@ async fn apply_write_back(
             if changes.set.is_empty() || changes.destroy || *method == Method::OPTIONS {
                 return Ok(None);
             }
-            let data = SessionData::default().with_changes(changes);
-            let max = settings.config.session.max_data_bytes;
-            if data.encoded_len() > max {
-                state.metrics.writes_refused.inc();
-                tracing::warn!(
-                    bytes = data.encoded_len(),
-                    max,
-                    "session write refused: over session.max_data_bytes"
-                );
+            let Some(data) = first_data(state, settings, changes) else {
                 return Ok(None);
-            }
+            };
             let id = state.store.create(data).await.map_err(ProxyError::Store)?;
             state.metrics.sessions_created.inc();
             *session = SessionState::Live {

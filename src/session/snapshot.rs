@@ -137,15 +137,19 @@ pub fn check_header(path: &Path) -> Result<(), SnapshotError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(SnapshotError::Io(e)),
     };
-    let mut r = BufReader::new(file);
-    let magic: [u8; 8] = array(&mut r).map_err(|e| match e.kind() {
+    read_header(&mut BufReader::new(file))
+}
+
+/// The magic bytes and the format version this build reads.
+fn read_header(r: &mut impl Read) -> Result<(), SnapshotError> {
+    let magic: [u8; 8] = array(r).map_err(|e| match e.kind() {
         io::ErrorKind::UnexpectedEof => SnapshotError::NotASnapshot,
         _ => SnapshotError::Io(e),
     })?;
     if &magic != MAGIC {
         return Err(SnapshotError::NotASnapshot);
     }
-    match u32_le(&mut r)? {
+    match u32_le(r)? {
         VERSION => Ok(()),
         other => Err(SnapshotError::Version(other)),
     }
@@ -156,17 +160,7 @@ fn read_into(store: &MemoryStore, file: File, now_ms: u64) -> Result<Loaded, Sna
         inner: BufReader::with_capacity(1 << 20, file),
         crc: crc32fast::Hasher::new(),
     };
-    let magic: [u8; 8] = array(&mut r).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => SnapshotError::NotASnapshot,
-        _ => SnapshotError::Io(e),
-    })?;
-    if &magic != MAGIC {
-        return Err(SnapshotError::NotASnapshot);
-    }
-    let version = u32_le(&mut r)?;
-    if version != VERSION {
-        return Err(SnapshotError::Version(version));
-    }
+    read_header(&mut r)?;
     let _written_at = u64_le(&mut r)?;
     let mut loaded = Loaded::default();
     let mut found = 0u64;

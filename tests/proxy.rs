@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use http_body_util::{BodyExt as _, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -255,12 +254,7 @@ async fn slow_upstream_gives_504_after_the_upstream_timeout() {
 async fn h2c_prior_knowledge_request_gets_a_session() {
     let upstream = Upstream::ok().await;
     let proxy = Proxy::start(config(&upstream.url())).await;
-    let stream = TcpStream::connect(proxy.addr()).await.unwrap();
-    let (mut h2, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(connection);
+    let mut h2 = h2c(proxy.addr()).await;
 
     let first = h2
         .send_request(
@@ -307,12 +301,7 @@ async fn h2c_cookie_split_over_several_header_fields_is_understood() {
     let upstream = Upstream::ok().await;
     let proxy = Proxy::start(config(&upstream.url())).await;
     let issued = expect_session_cookie(get_without_cookie(&proxy.url("/")).await.headers());
-    let stream = TcpStream::connect(proxy.addr()).await.unwrap();
-    let (mut h2, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(connection);
+    let mut h2 = h2c(proxy.addr()).await;
 
     // HTTP/2 clients may send each cookie in its own `cookie` field.
     let response = h2

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
 use support::ops::*;
 use support::redis::RedisServer;
@@ -127,12 +125,7 @@ async fn redirects_to_the_upstreams_own_address_stay_on_the_proxy() {
 async fn redirects_over_http2_use_the_authority_the_client_used() {
     let upstream = self_redirecting_upstream().await;
     let proxy = Proxy::start(config(&upstream.url())).await;
-    let stream = TcpStream::connect(proxy.addr()).await.unwrap();
-    let (mut h2, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(connection);
+    let mut h2 = h2c(proxy.addr()).await;
 
     let response = h2
         .send_request(

@@ -650,14 +650,7 @@ async fn a_slow_http2_upload_is_not_cut_off_by_the_upstream_timeout() {
     use http_body_util::{BodyExt as _, StreamBody};
     let upstream = echo_upstream().await;
     let proxy = Proxy::start(config(&upstream.url()).set("upstream.timeout", "1s")).await;
-    let tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2c(proxy.addr()).await;
     let (tx, rx) =
         tokio::sync::mpsc::channel::<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>(4);
     tokio::spawn(async move {

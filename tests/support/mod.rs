@@ -829,6 +829,26 @@ pub async fn get_with_cookie(url: &str, cookie: &str) -> reqwest::Response {
 }
 
 /// GET `url` with no cookie at all.
+/// An HTTP/2 connection to `addr` by prior knowledge (h2c), its driver spawned.
+pub async fn h2c<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect for h2c");
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(connection);
+    sender
+}
+
 pub async fn get_without_cookie(url: &str) -> reqwest::Response {
     plain_client().get(url).send().await.expect("GET failed")
 }

@@ -930,8 +930,13 @@ impl RawConfig {
             }
             None
         };
-        if self.upstream.timeout.0.is_zero() || self.upstream.connect_timeout.0.is_zero() {
-            return Err(at.error("upstream.timeout", "timeouts must be greater than zero"));
+        for (key, value) in [
+            ("upstream.connect_timeout", &self.upstream.connect_timeout),
+            ("upstream.timeout", &self.upstream.timeout),
+        ] {
+            if value.0.is_zero() {
+                return Err(at.error(key, "must be greater than zero"));
+            }
         }
 
         // Session.
@@ -970,13 +975,13 @@ impl RawConfig {
                 "same_site: none needs secure cookies (browsers drop SameSite=None without Secure)",
             ));
         }
-        if s.idle_timeout.0 < Duration::from_secs(1)
-            || s.absolute_timeout.0 < Duration::from_secs(1)
-        {
-            return Err(at.error(
-                "session.idle_timeout",
-                "session timeouts must be at least 1s",
-            ));
+        for (key, value) in [
+            ("session.idle_timeout", &s.idle_timeout),
+            ("session.absolute_timeout", &s.absolute_timeout),
+        ] {
+            if value.0 < Duration::from_secs(1) {
+                return Err(at.error(key, "must be at least 1s"));
+            }
         }
         if s.max_sessions == 0 {
             return Err(at.error("session.max_sessions", "must be at least 1"));
@@ -1414,6 +1419,29 @@ mod tests {
             ("unix:///run/redis.sock", "unix:///run/redis.sock"),
         ] {
             assert_eq!(redact_url_password(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn each_timeout_is_named_by_its_own_key() {
+        for (section, key, value) in [
+            ("upstream", "connect_timeout", "0s"),
+            ("upstream", "timeout", "0ms"),
+            ("session", "idle_timeout", "500ms"),
+            ("session", "absolute_timeout", "999ms"),
+        ] {
+            let src = if section == "session" {
+                format!("session:\n  secrets: [\"{SECRET}\"]\n  {key}: {value}\n")
+            } else {
+                format!("session:\n  secrets: [\"{SECRET}\"]\n{section}:\n  {key}: {value}\n")
+            };
+            let (line, _, named, msg) = invalid(&src);
+            assert_eq!(named, format!("{section}.{key}"), "{msg}");
+            assert_eq!(
+                line,
+                if section == "session" { 3 } else { 4 },
+                "{key}: {msg}"
+            );
         }
     }
 

@@ -200,23 +200,6 @@ impl Config {
         raw.validate(origin, &located, dev)
     }
 
-    /// What `check` should say about files the proxy would start with but not use
-    /// as they are: a snapshot it cannot read is moved aside at start, and the
-    /// store starts empty.
-    pub fn file_warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
-        if let Some(path) = &self.store.snapshot {
-            if let Err(e) = crate::session::snapshot::check_header(path) {
-                warnings.push(format!(
-                    "store.snapshot: {}: {}; at start it is moved aside and the store starts empty",
-                    path.display(),
-                    crate::error::chain(&e)
-                ));
-            }
-        }
-        warnings
-    }
-
     /// The effective configuration as YAML, defaults filled in, secrets redacted.
     pub fn to_redacted_yaml(&self) -> String {
         serde_saphyr::to_string(&self.raw)

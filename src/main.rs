@@ -94,7 +94,7 @@ fn main() -> ExitCode {
         Some(Command::Check) => match Config::load(&cli.config, cli.dev) {
             Ok(config) => {
                 print!("{}", config.to_redacted_yaml());
-                for warning in config.file_warnings() {
+                for warning in file_warnings(&config) {
                     eprintln!("warning: {warning}");
                 }
                 eprintln!("{}: ok", cli.config.display());
@@ -113,6 +113,23 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// What `check` says about files the proxy would start with but not use as they
+/// are: a snapshot it cannot read is moved aside at start, and the store starts
+/// empty.
+fn file_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(path) = &config.store.snapshot {
+        if let Err(e) = sessiongate::session::snapshot::check_header(path) {
+            warnings.push(format!(
+                "store.snapshot: {}: {}; at start it is moved aside and the store starts empty",
+                path.display(),
+                sessiongate::error::chain(&e)
+            ));
+        }
+    }
+    warnings
 }
 
 /// The admin listener's `/healthz` from the config file. The secret plays no part in a

@@ -559,3 +559,44 @@ async fn a_second_sessiongate_on_the_same_port_exits_naming_the_address() {
     assert_eq!(response.status(), 200);
     first.stop().await;
 }
+
+#[test]
+fn check_warns_about_a_snapshot_it_could_not_load_next_to_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sessions.snap"), "not a snapshot\n").unwrap();
+    let config = dir.path().join("sessiongate.yaml");
+    std::fs::write(
+        &config,
+        format!("{}store:\n  snapshot: sessions.snap\n", good_config()),
+    )
+    .unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+
+    let output = Command::new(BIN)
+        .current_dir(elsewhere.path())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("warning: store.snapshot"), "{stderr}");
+    assert!(
+        stderr.contains(&dir.path().join("sessions.snap").display().to_string()),
+        "the snapshot is the one beside the config file: {stderr}"
+    );
+    assert!(stderr.contains("not a sessiongate snapshot"), "{stderr}");
+
+    // A snapshot directory that does not exist is an error with its key.
+    std::fs::write(
+        &config,
+        format!(
+            "{}store:\n  snapshot: missing/sessions.snap\n",
+            good_config()
+        ),
+    )
+    .unwrap();
+    let output = sessiongate(&["check", "--config", config.to_str().unwrap()]);
+    assert_rejected(&output, &["store.snapshot", "does not exist"], &[]);
+}

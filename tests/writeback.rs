@@ -1,11 +1,15 @@
 //! The upstream writes to its session with response headers, which the
 //! proxy applies and never lets reach the client.
+//!
+//! Every test runs over HTTP/1.1, h2c and h2 over TLS (see
+//! `support::protocol`): `http1::name`, `h2c::name`, `h2_tls::name`.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use support::protocol::{over_every_protocol, Protocol, ProtocolBrowser, ProtocolProxy};
 use support::*;
 
 /// An upstream whose answer depends on the path: `/set?…` sets the query
@@ -21,17 +25,20 @@ fn app(req: &Seen) -> Reply {
     }
 }
 
-async fn site(config_change: impl FnOnce(ConfigYaml) -> ConfigYaml) -> (Upstream, Proxy) {
+async fn site(
+    p: Protocol,
+    config_change: impl FnOnce(ConfigYaml) -> ConfigYaml,
+) -> (Upstream, ProtocolProxy) {
     let upstream = Upstream::start(app).await;
-    let proxy = Proxy::start(config_change(config(&upstream.url()))).await;
+    let proxy = p.start_proxy(config_change(config(&upstream.url()))).await;
     (upstream, proxy)
 }
 
 /// The session data the upstream sees on the browser's next request.
 async fn data_seen_next(
-    browser: &Browser,
+    browser: &ProtocolBrowser,
     upstream: &Upstream,
-    proxy: &Proxy,
+    proxy: &ProtocolProxy,
 ) -> BTreeMap<String, String> {
     browser.get(&proxy.url("/")).await;
     upstream.last().data()
@@ -44,10 +51,9 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-#[tokio::test]
-async fn set_stores_keys_that_the_next_request_carries_sorted() {
-    let (upstream, proxy) = site(|c| c).await;
-    let browser = Browser::new();
+async fn set_stores_keys_that_the_next_request_carries_sorted(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c).await;
+    let browser = p.browser();
 
     let response = browser.get(&proxy.url("/set?user=alice&role=admin")).await;
     assert_eq!(response.status(), 200);
@@ -59,10 +65,9 @@ async fn set_stores_keys_that_the_next_request_carries_sorted() {
     );
 }
 
-#[tokio::test]
-async fn set_round_trips_encoded_values() {
-    let (upstream, proxy) = site(|c| c).await;
-    let browser = Browser::new();
+async fn set_round_trips_encoded_values(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c).await;
+    let browser = p.browser();
 
     browser
         .get(&proxy.url("/set?name=J%C3%BCrgen+M%C3%BCller&note=a%26b%3Dc%25"))
@@ -74,11 +79,10 @@ async fn set_round_trips_encoded_values() {
     );
 }
 
-#[tokio::test]
-async fn repeated_set_headers_are_all_applied() {
+async fn repeated_set_headers_are_all_applied(p: Protocol) {
     let upstream = Upstream::start(|_| Reply::ok().session_set("a=1").session_set("b=2&c=3")).await;
-    let proxy = Proxy::start(config(&upstream.url())).await;
-    let browser = Browser::new();
+    let proxy = p.start_proxy(config(&upstream.url())).await;
+    let browser = p.browser();
 
     browser.get(&proxy.url("/")).await;
 
@@ -88,10 +92,9 @@ async fn repeated_set_headers_are_all_applied() {
     );
 }
 
-#[tokio::test]
-async fn set_overwrites_an_existing_key() {
-    let (upstream, proxy) = site(|c| c).await;
-    let browser = Browser::new();
+async fn set_overwrites_an_existing_key(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c).await;
+    let browser = p.browser();
 
     browser.get(&proxy.url("/set?role=user&user=alice")).await;
     browser.get(&proxy.url("/set?role=admin")).await;
@@ -102,10 +105,9 @@ async fn set_overwrites_an_existing_key() {
     );
 }
 
-#[tokio::test]
-async fn remove_deletes_the_named_keys() {
-    let (upstream, proxy) = site(|c| c).await;
-    let browser = Browser::new();
+async fn remove_deletes_the_named_keys(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c).await;
+    let browser = p.browser();
     browser.get(&proxy.url("/set?a=1&b=2&c=3")).await;
 
     browser.get(&proxy.url("/remove?keys=a,%20c")).await;
@@ -116,10 +118,9 @@ async fn remove_deletes_the_named_keys() {
     );
 }
 
-#[tokio::test]
-async fn removing_every_key_leaves_no_data_header() {
-    let (upstream, proxy) = site(|c| c).await;
-    let browser = Browser::new();
+async fn removing_every_key_leaves_no_data_header(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c).await;
+    let browser = p.browser();
     browser.get(&proxy.url("/set?a=1")).await;
 
     browser.get(&proxy.url("/remove?keys=a")).await;
@@ -130,56 +131,57 @@ async fn removing_every_key_leaves_no_data_header() {
     assert!(seen.session_id().is_some(), "the session itself remains");
 }
 
-#[tokio::test]
-async fn destroy_expires_the_cookie_and_the_next_request_starts_a_new_session() {
-    let (upstream, proxy) = site(|c| c).await;
-    let first = get_without_cookie(&proxy.url("/set?user=alice")).await;
-    let issued = expect_session_cookie(first.headers());
+async fn destroy_expires_the_cookie_and_the_next_request_starts_a_new_session(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c).await;
+    let first = p.get_without_cookie(&proxy.url("/set?user=alice")).await;
+    let issued = p.expect_session_cookie(first.headers());
 
-    let destroyed = get_with_cookie(&proxy.url("/destroy"), &issued.pair()).await;
+    let destroyed = p
+        .get_with_cookie(&proxy.url("/destroy"), &issued.pair())
+        .await;
 
     assert_eq!(destroyed.status(), 200);
-    let expired = expect_session_cookie(destroyed.headers());
+    let expired = p.expect_session_cookie(destroyed.headers());
     assert_eq!(expired.name, issued.name);
     assert_eq!(expired.max_age(), Some(0), "{}", expired.raw);
     assert_eq!(expired.value, "");
     assert_eq!(expired.attr("Path"), Some("/"));
 
     // Even a client that ignores the expiry gets a fresh, empty session.
-    get_with_cookie(&proxy.url("/"), &issued.pair()).await;
+    p.get_with_cookie(&proxy.url("/"), &issued.pair()).await;
     let seen = upstream.last();
     assert!(seen.is_new_session());
     assert_ne!(seen.expect_session_id(), issued.id());
     assert_eq!(seen.session_data(), None);
 }
 
-#[tokio::test]
-async fn destroy_on_the_first_visit_sends_only_the_expired_cookie() {
-    let (upstream, proxy) = site(|c| c).await;
+async fn destroy_on_the_first_visit_sends_only_the_expired_cookie(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c).await;
 
-    let response = get_without_cookie(&proxy.url("/destroy")).await;
+    let response = p.get_without_cookie(&proxy.url("/destroy")).await;
 
     // expect_session_cookie also fails on two proxy Set-Cookie headers.
-    assert_eq!(expect_session_cookie(response.headers()).max_age(), Some(0));
+    assert_eq!(
+        p.expect_session_cookie(response.headers()).max_age(),
+        Some(0)
+    );
     assert!(upstream.last().is_new_session());
 }
 
-#[tokio::test]
-async fn regenerate_on_the_first_visit_sends_one_cookie_for_the_new_id() {
-    let (upstream, proxy) = site(|c| c).await;
+async fn regenerate_on_the_first_visit_sends_one_cookie_for_the_new_id(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c).await;
 
-    let response = get_without_cookie(&proxy.url("/regenerate")).await;
+    let response = p.get_without_cookie(&proxy.url("/regenerate")).await;
 
-    let cookie = expect_session_cookie(response.headers());
+    let cookie = p.expect_session_cookie(response.headers());
     let first_id = upstream.last().expect_session_id();
     assert_ne!(cookie.id(), first_id);
-    get_with_cookie(&proxy.url("/"), &cookie.pair()).await;
+    p.get_with_cookie(&proxy.url("/"), &cookie.pair()).await;
     assert_eq!(upstream.last().expect_session_id(), cookie.id());
     assert!(!upstream.last().is_new_session());
 }
 
-#[tokio::test]
-async fn destroy_wins_over_set_and_regenerate() {
+async fn destroy_wins_over_set_and_regenerate(p: Protocol) {
     let upstream = Upstream::start(|req| match req.uri.path() {
         "/all" => Reply::ok()
             .session_set("user=mallory")
@@ -188,28 +190,30 @@ async fn destroy_wins_over_set_and_regenerate() {
         _ => Reply::ok(),
     })
     .await;
-    let proxy = Proxy::start(config(&upstream.url())).await;
-    let issued = expect_session_cookie(get_without_cookie(&proxy.url("/")).await.headers());
+    let proxy = p.start_proxy(config(&upstream.url())).await;
+    let issued = p.expect_session_cookie(p.get_without_cookie(&proxy.url("/")).await.headers());
 
-    let response = get_with_cookie(&proxy.url("/all"), &issued.pair()).await;
+    let response = p.get_with_cookie(&proxy.url("/all"), &issued.pair()).await;
 
-    assert_eq!(expect_session_cookie(response.headers()).max_age(), Some(0));
-    get_with_cookie(&proxy.url("/"), &issued.pair()).await;
+    assert_eq!(
+        p.expect_session_cookie(response.headers()).max_age(),
+        Some(0)
+    );
+    p.get_with_cookie(&proxy.url("/"), &issued.pair()).await;
     let seen = upstream.last();
     assert!(seen.is_new_session());
     assert_eq!(seen.session_data(), None);
 }
 
-#[tokio::test]
-async fn regenerate_moves_the_data_to_a_new_id() {
-    let (upstream, proxy) = site(|c| c).await;
-    let browser = Browser::new();
+async fn regenerate_moves_the_data_to_a_new_id(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c).await;
+    let browser = p.browser();
     browser.get(&proxy.url("/set?user=alice")).await;
     let old_id = upstream.last().expect_session_id();
 
     let response = browser.get(&proxy.url("/regenerate")).await;
 
-    let renewed = expect_session_cookie(response.headers());
+    let renewed = p.expect_session_cookie(response.headers());
     assert_ne!(renewed.id(), old_id);
     assert!(renewed.max_age().unwrap_or(1) > 0);
     browser.get(&proxy.url("/")).await;
@@ -219,8 +223,7 @@ async fn regenerate_moves_the_data_to_a_new_id() {
     assert_eq!(seen.data(), map(&[("user", "alice")]));
 }
 
-#[tokio::test]
-async fn regenerate_applies_the_same_responses_writes_first() {
+async fn regenerate_applies_the_same_responses_writes_first(p: Protocol) {
     let upstream = Upstream::start(|req| match req.uri.path() {
         "/login" => Reply::ok()
             .session_set("user=alice")
@@ -230,12 +233,12 @@ async fn regenerate_applies_the_same_responses_writes_first() {
         _ => Reply::ok(),
     })
     .await;
-    let proxy = Proxy::start(config(&upstream.url())).await;
-    let browser = Browser::new();
+    let proxy = p.start_proxy(config(&upstream.url())).await;
+    let browser = p.browser();
     browser.get(&proxy.url("/cart")).await;
 
     let login = browser.get(&proxy.url("/login")).await;
-    expect_session_cookie(login.headers());
+    p.expect_session_cookie(login.headers());
 
     assert_eq!(
         data_seen_next(&browser, &upstream, &proxy).await,
@@ -243,19 +246,20 @@ async fn regenerate_applies_the_same_responses_writes_first() {
     );
 }
 
-#[tokio::test]
-async fn old_cookie_within_the_regenerate_grace_gets_no_session() {
-    let (upstream, proxy) = site(|c| c).await;
-    let first = get_without_cookie(&proxy.url("/set?user=alice")).await;
-    let old = expect_session_cookie(first.headers());
-    let regenerated = get_with_cookie(&proxy.url("/regenerate"), &old.pair()).await;
-    expect_session_cookie(regenerated.headers());
+async fn old_cookie_within_the_regenerate_grace_gets_no_session(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c).await;
+    let first = p.get_without_cookie(&proxy.url("/set?user=alice")).await;
+    let old = p.expect_session_cookie(first.headers());
+    let regenerated = p
+        .get_with_cookie(&proxy.url("/regenerate"), &old.pair())
+        .await;
+    p.expect_session_cookie(regenerated.headers());
 
-    let late = get_with_cookie(&proxy.url("/"), &old.pair()).await;
+    let late = p.get_with_cookie(&proxy.url("/"), &old.pair()).await;
 
     assert_eq!(late.status(), 200);
     assert!(
-        session_set_cookie(late.headers()).is_none(),
+        p.session_set_cookie(late.headers()).is_none(),
         "a late request must not overwrite the browser's new cookie"
     );
     let seen = upstream.last();
@@ -266,18 +270,19 @@ async fn old_cookie_within_the_regenerate_grace_gets_no_session() {
     );
 }
 
-#[tokio::test]
-async fn old_cookie_after_the_regenerate_grace_gets_a_new_session() {
-    let (upstream, proxy) = site(|c| c.set("session.regenerate_grace", "1s")).await;
-    let first = get_without_cookie(&proxy.url("/set?user=alice")).await;
-    let old = expect_session_cookie(first.headers());
-    let regenerated = get_with_cookie(&proxy.url("/regenerate"), &old.pair()).await;
-    let renewed = expect_session_cookie(regenerated.headers());
+async fn old_cookie_after_the_regenerate_grace_gets_a_new_session(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c.set("session.regenerate_grace", "1s")).await;
+    let first = p.get_without_cookie(&proxy.url("/set?user=alice")).await;
+    let old = p.expect_session_cookie(first.headers());
+    let regenerated = p
+        .get_with_cookie(&proxy.url("/regenerate"), &old.pair())
+        .await;
+    let renewed = p.expect_session_cookie(regenerated.headers());
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let late = get_with_cookie(&proxy.url("/"), &old.pair()).await;
+    let late = p.get_with_cookie(&proxy.url("/"), &old.pair()).await;
 
-    let fresh = expect_session_cookie(late.headers());
+    let fresh = p.expect_session_cookie(late.headers());
     let seen = upstream.last();
     assert!(seen.is_new_session());
     assert_ne!(seen.expect_session_id(), old.id());
@@ -286,10 +291,9 @@ async fn old_cookie_after_the_regenerate_grace_gets_a_new_session() {
     assert_eq!(seen.session_data(), None);
 }
 
-#[tokio::test]
-async fn write_over_max_data_bytes_is_refused_and_the_old_data_kept() {
-    let (upstream, proxy) = site(|c| c.set("session.max_data_bytes", "64")).await;
-    let browser = Browser::new();
+async fn write_over_max_data_bytes_is_refused_and_the_old_data_kept(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c.set("session.max_data_bytes", "64")).await;
+    let browser = p.browser();
     browser.get(&proxy.url("/set?a=1")).await;
 
     let big = "x".repeat(100);
@@ -315,10 +319,9 @@ async fn write_over_max_data_bytes_is_refused_and_the_old_data_kept() {
     );
 }
 
-#[tokio::test]
-async fn data_of_exactly_max_data_bytes_is_accepted() {
-    let (upstream, proxy) = site(|c| c.set("session.max_data_bytes", "64")).await;
-    let browser = Browser::new();
+async fn data_of_exactly_max_data_bytes_is_accepted(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c.set("session.max_data_bytes", "64")).await;
+    let browser = p.browser();
     let value = "v".repeat(62); // "k=" + 62 bytes = 64 encoded bytes
 
     browser.get(&proxy.url(&format!("/set?k={value}"))).await;
@@ -329,10 +332,9 @@ async fn data_of_exactly_max_data_bytes_is_accepted() {
     );
 }
 
-#[tokio::test]
-async fn control_characters_never_reach_a_header() {
-    let (upstream, proxy) = site(|c| c).await;
-    let browser = Browser::new();
+async fn control_characters_never_reach_a_header(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c).await;
+    let browser = p.browser();
     browser.get(&proxy.url("/set?a=1")).await;
 
     for evil in [
@@ -354,9 +356,9 @@ async fn control_characters_never_reach_a_header() {
     assert!(!raw.contains(['\r', '\n', '\0']), "{raw:?}");
 }
 
-// Several worker threads, so the proxy really handles the requests in parallel.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writes_of_one_session_all_land() {
+// Several worker threads, so the proxy really handles the requests in parallel
+// (see the `over_every_protocol!` list).
+async fn concurrent_writes_of_one_session_all_land(p: Protocol) {
     // Each request holds the session for a while, so all 40 overlap.
     let upstream = Upstream::start(|req| match req.query("key") {
         Some(key) => Reply::ok()
@@ -365,14 +367,14 @@ async fn concurrent_writes_of_one_session_all_land() {
         None => Reply::ok(),
     })
     .await;
-    let proxy = Proxy::start(config(&upstream.url())).await;
-    let browser = Browser::new();
+    let proxy = p.start_proxy(config(&upstream.url())).await;
+    let browser = p.browser();
     browser.get(&proxy.url("/")).await;
 
     let writes = (0..40).map(|i| browser.get_owned(proxy.url(&format!("/?key=k{i:02}"))));
     for response in futures_util::future::join_all(writes).await {
         assert_eq!(response.status(), 200);
-        assert!(session_set_cookie(response.headers()).is_none());
+        assert!(p.session_set_cookie(response.headers()).is_none());
     }
 
     let data = data_seen_next(&browser, &upstream, &proxy).await;
@@ -384,8 +386,7 @@ async fn concurrent_writes_of_one_session_all_land() {
     assert_eq!(data, expected);
 }
 
-#[tokio::test]
-async fn write_back_headers_never_reach_the_client() {
+async fn write_back_headers_never_reach_the_client(p: Protocol) {
     let upstream = Upstream::start(|_| {
         Reply::ok()
             .session_set("a=1")
@@ -395,9 +396,9 @@ async fn write_back_headers_never_reach_the_client() {
             .header("x-session-id", "leak")
     })
     .await;
-    let proxy = Proxy::start(config(&upstream.url())).await;
+    let proxy = p.start_proxy(config(&upstream.url())).await;
 
-    let response = get_without_cookie(&proxy.url("/")).await;
+    let response = p.get_without_cookie(&proxy.url("/")).await;
 
     assert_eq!(response.status(), 200);
     assert_eq!(
@@ -406,10 +407,9 @@ async fn write_back_headers_never_reach_the_client() {
     );
 }
 
-#[tokio::test]
-async fn destroy_header_never_reaches_the_client() {
-    let (_upstream, proxy) = site(|c| c).await;
-    let browser = Browser::new();
+async fn destroy_header_never_reaches_the_client(p: Protocol) {
+    let (_upstream, proxy) = site(p, |c| c).await;
+    let browser = p.browser();
     browser.get(&proxy.url("/")).await;
 
     let response = browser.get(&proxy.url("/destroy")).await;
@@ -417,46 +417,48 @@ async fn destroy_header_never_reaches_the_client() {
     assert!(header_names_with_prefix(response.headers(), "x-session-").is_empty());
 }
 
-#[tokio::test]
-async fn excluded_paths_get_no_session_work() {
+async fn excluded_paths_get_no_session_work(p: Protocol) {
     let upstream = Upstream::start(|_| Reply::ok().session_set("hijack=1")).await;
-    let proxy = Proxy::start(
-        config(&upstream.url()).set("session.exclude_paths", "[\"/static/\", \"/healthz\"]"),
-    )
-    .await;
-    let browser = Browser::new();
+    let proxy = p
+        .start_proxy(
+            config(&upstream.url()).set("session.exclude_paths", "[\"/static/\", \"/healthz\"]"),
+        )
+        .await;
+    let browser = p.browser();
 
     let asset = browser
-        .request(http::Method::GET, &proxy.url("/static/app.js"))
-        .header("X-Session-Id", "forged")
-        .send()
-        .await
-        .unwrap();
+        .send(
+            browser
+                .request(http::Method::GET, &proxy.url("/static/app.js"))
+                .header("X-Session-Id", "forged"),
+        )
+        .await;
 
     assert_eq!(asset.status(), 200);
-    assert!(session_set_cookie(asset.headers()).is_none());
+    assert!(p.session_set_cookie(asset.headers()).is_none());
     assert!(header_names_with_prefix(asset.headers(), "x-session-").is_empty());
     assert!(!header_tokens(asset.headers(), "vary").contains(&"cookie".to_owned()));
     assert!(upstream.last().session_header_names().is_empty());
     assert_eq!(browser.cookie_header(&proxy.url("/")), None);
 }
 
-#[tokio::test]
-async fn excluded_paths_do_not_apply_writes_and_hide_the_proxy_cookie() {
+async fn excluded_paths_do_not_apply_writes_and_hide_the_proxy_cookie(p: Protocol) {
     let upstream = Upstream::start(|req| match req.uri.path() {
         "/static/app.js" => Reply::ok().session_set("hijack=1"),
         _ => Reply::ok(),
     })
     .await;
-    let proxy =
-        Proxy::start(config(&upstream.url()).set("session.exclude_paths", "[\"/static/\"]")).await;
-    let issued = expect_session_cookie(get_without_cookie(&proxy.url("/")).await.headers());
+    let proxy = p
+        .start_proxy(config(&upstream.url()).set("session.exclude_paths", "[\"/static/\"]"))
+        .await;
+    let issued = p.expect_session_cookie(p.get_without_cookie(&proxy.url("/")).await.headers());
 
-    let asset = get_with_cookie(
-        &proxy.url("/static/app.js"),
-        &format!("{}; theme=dark", issued.pair()),
-    )
-    .await;
+    let asset = p
+        .get_with_cookie(
+            &proxy.url("/static/app.js"),
+            &format!("{}; theme=dark", issued.pair()),
+        )
+        .await;
 
     assert!(set_cookies(asset.headers()).is_empty());
     let seen = upstream.last();
@@ -465,7 +467,7 @@ async fn excluded_paths_do_not_apply_writes_and_hide_the_proxy_cookie() {
         seen.cookies(),
         vec![("theme".to_owned(), "dark".to_owned())]
     );
-    get_with_cookie(&proxy.url("/"), &issued.pair()).await;
+    p.get_with_cookie(&proxy.url("/"), &issued.pair()).await;
     assert_eq!(
         upstream.last().session_data(),
         None,
@@ -473,52 +475,52 @@ async fn excluded_paths_do_not_apply_writes_and_hide_the_proxy_cookie() {
     );
 }
 
-#[tokio::test]
-async fn options_request_creates_no_session() {
-    let (upstream, proxy) = site(|c| c).await;
+async fn options_request_creates_no_session(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c).await;
 
-    let response = plain_client()
-        .request(http::Method::OPTIONS, proxy.url("/api"))
-        .send()
-        .await
-        .unwrap();
+    let response = p
+        .send(
+            p.plain_client()
+                .request(http::Method::OPTIONS, proxy.url("/api")),
+        )
+        .await;
 
     assert_eq!(response.status(), 200);
-    assert!(session_set_cookie(response.headers()).is_none());
+    assert!(p.session_set_cookie(response.headers()).is_none());
     let seen = upstream.last();
     assert_eq!(seen.method, http::Method::OPTIONS);
     assert!(seen.session_header_names().is_empty());
 }
 
-#[tokio::test]
-async fn options_request_with_a_session_still_passes_it_on() {
-    let (upstream, proxy) = site(|c| c).await;
-    let issued = expect_session_cookie(get_without_cookie(&proxy.url("/set?a=1")).await.headers());
+async fn options_request_with_a_session_still_passes_it_on(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c).await;
+    let issued =
+        p.expect_session_cookie(p.get_without_cookie(&proxy.url("/set?a=1")).await.headers());
 
-    let response = plain_client()
-        .request(http::Method::OPTIONS, proxy.url("/api"))
-        .header("cookie", issued.pair())
-        .send()
-        .await
-        .unwrap();
+    let response = p
+        .send(
+            p.plain_client()
+                .request(http::Method::OPTIONS, proxy.url("/api"))
+                .header("cookie", issued.pair()),
+        )
+        .await;
 
-    assert!(session_set_cookie(response.headers()).is_none());
+    assert!(p.session_set_cookie(response.headers()).is_none());
     let seen = upstream.last();
     assert_eq!(seen.expect_session_id(), issued.id());
     assert_eq!(seen.data(), map(&[("a", "1")]));
 }
 
-#[tokio::test]
-async fn create_on_write_makes_a_session_only_when_the_upstream_writes() {
-    let (upstream, proxy) = site(|c| c.set("session.create", "on_write")).await;
-    let browser = Browser::new();
+async fn create_on_write_makes_a_session_only_when_the_upstream_writes(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c.set("session.create", "on_write")).await;
+    let browser = p.browser();
 
     let browsing = browser.get(&proxy.url("/")).await;
-    assert!(session_set_cookie(browsing.headers()).is_none());
+    assert!(p.session_set_cookie(browsing.headers()).is_none());
     assert!(upstream.last().session_header_names().is_empty());
 
     let login = browser.get(&proxy.url("/set?user=alice")).await;
-    let cookie = expect_session_cookie(login.headers());
+    let cookie = p.expect_session_cookie(login.headers());
     assert!(header_names_with_prefix(login.headers(), "x-session-").is_empty());
 
     browser.get(&proxy.url("/")).await;
@@ -526,3 +528,31 @@ async fn create_on_write_makes_a_session_only_when_the_upstream_writes() {
     assert_eq!(seen.expect_session_id(), cookie.id());
     assert_eq!(seen.data(), map(&[("user", "alice")]));
 }
+
+over_every_protocol!(
+    set_stores_keys_that_the_next_request_carries_sorted,
+    set_round_trips_encoded_values,
+    repeated_set_headers_are_all_applied,
+    set_overwrites_an_existing_key,
+    remove_deletes_the_named_keys,
+    removing_every_key_leaves_no_data_header,
+    destroy_expires_the_cookie_and_the_next_request_starts_a_new_session,
+    destroy_on_the_first_visit_sends_only_the_expired_cookie,
+    regenerate_on_the_first_visit_sends_one_cookie_for_the_new_id,
+    destroy_wins_over_set_and_regenerate,
+    regenerate_moves_the_data_to_a_new_id,
+    regenerate_applies_the_same_responses_writes_first,
+    old_cookie_within_the_regenerate_grace_gets_no_session,
+    old_cookie_after_the_regenerate_grace_gets_a_new_session,
+    write_over_max_data_bytes_is_refused_and_the_old_data_kept,
+    data_of_exactly_max_data_bytes_is_accepted,
+    control_characters_never_reach_a_header,
+    concurrent_writes_of_one_session_all_land { flavor = "multi_thread", worker_threads = 4 },
+    write_back_headers_never_reach_the_client,
+    destroy_header_never_reaches_the_client,
+    excluded_paths_get_no_session_work,
+    excluded_paths_do_not_apply_writes_and_hide_the_proxy_cookie,
+    options_request_creates_no_session,
+    options_request_with_a_session_still_passes_it_on,
+    create_on_write_makes_a_session_only_when_the_upstream_writes,
+);

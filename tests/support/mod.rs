@@ -15,6 +15,7 @@
 // Every test binary includes this module and uses a different part of it.
 #![allow(dead_code)]
 pub mod ops;
+pub mod protocol;
 pub mod raw;
 pub mod redis;
 pub mod tls;

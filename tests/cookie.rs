@@ -1,38 +1,53 @@
 //! The session cookie: issue, reuse, tampering, rotation, attributes.
+//!
+//! Every test runs over HTTP/1.1, h2c and h2 over TLS (see
+//! `support::protocol`): `http1::name`, `h2c::name`, `h2_tls::name`, except
+//! the few about plain HTTP, which leave out h2 over TLS (see the list at
+//! the end).
 
 mod support;
 
+use support::protocol::{over_every_protocol, Protocol, ProtocolProxy};
 use support::*;
 
 /// Starts an upstream answering `ok` and a proxy in front of it.
-async fn site(config_change: impl FnOnce(ConfigYaml) -> ConfigYaml) -> (Upstream, Proxy) {
+async fn site(
+    p: Protocol,
+    config_change: impl FnOnce(ConfigYaml) -> ConfigYaml,
+) -> (Upstream, ProtocolProxy) {
     let upstream = Upstream::ok().await;
-    let proxy = Proxy::start(config_change(config(&upstream.url()))).await;
+    let proxy = p.start_proxy(config_change(config(&upstream.url()))).await;
     (upstream, proxy)
 }
 
 /// A session the proxy issued to a cookie-less visitor: its Set-Cookie.
-async fn issued_session(proxy: &Proxy) -> SetCookie {
-    let response = get_without_cookie(&proxy.url("/")).await;
+async fn issued_session(p: Protocol, proxy: &ProtocolProxy) -> SetCookie {
+    let response = p.get_without_cookie(&proxy.url("/")).await;
     assert_eq!(response.status(), 200);
-    expect_session_cookie(response.headers())
+    p.expect_session_cookie(response.headers())
 }
 
-/// Sends `sessiongate=<value made from a genuine cookie>` and checks the
-/// visitor is treated as having no cookie: a new session, never an error.
-async fn assert_tampered_cookie_gets_a_new_session(tamper: impl Fn(&SetCookie) -> String) {
-    let (upstream, proxy) = site(|c| c).await;
-    let genuine = issued_session(&proxy).await;
+/// Sends `sessiongate=<value made from a genuine cookie>` (under the
+/// protocol's cookie name) and checks the visitor is treated as having no
+/// cookie: a new session, never an error.
+async fn assert_tampered_cookie_gets_a_new_session(
+    p: Protocol,
+    tamper: impl Fn(&SetCookie) -> String,
+) {
+    let (upstream, proxy) = site(p, |c| c).await;
+    let genuine = issued_session(p, &proxy).await;
     let tampered = tamper(&genuine);
 
-    let response = get_with_cookie(&proxy.url("/"), &format!("{COOKIE}={tampered}")).await;
+    let response = p
+        .get_with_cookie(&proxy.url("/"), &format!("{}={tampered}", p.cookie_name()))
+        .await;
 
     assert_eq!(
         response.status(),
         200,
         "a bad cookie must never be an error"
     );
-    let fresh = expect_session_cookie(response.headers());
+    let fresh = p.expect_session_cookie(response.headers());
     let seen = upstream.last();
     assert!(
         seen.is_new_session(),
@@ -44,17 +59,22 @@ async fn assert_tampered_cookie_gets_a_new_session(tamper: impl Fn(&SetCookie) -
     assert_eq!(response.text().await.unwrap(), "ok");
 }
 
-#[tokio::test]
-async fn first_visit_gets_a_session_cookie_with_every_default_attribute() {
-    let (upstream, proxy) = site(|c| c).await;
+async fn first_visit_gets_a_session_cookie_with_every_default_attribute(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c).await;
 
-    let response = Browser::new().get(&proxy.url("/")).await;
+    let response = p.browser().get(&proxy.url("/")).await;
 
     assert_eq!(response.status(), 200);
-    let cookie = expect_session_cookie(response.headers());
-    // Plain HTTP with `secure: auto`: no Secure, so no __Host- prefix either.
-    assert_eq!(cookie.name, "sessiongate");
-    assert!(!cookie.has("Secure"), "{}", cookie.raw);
+    let cookie = p.expect_session_cookie(response.headers());
+    // `secure: auto`: plain HTTP gets no Secure, so no __Host- prefix either;
+    // TLS gets both.
+    let name = if p.is_tls() {
+        "__Host-sessiongate"
+    } else {
+        "sessiongate"
+    };
+    assert_eq!(cookie.name, name);
+    assert_eq!(cookie.has("Secure"), p.is_tls(), "[{p}] {}", cookie.raw);
     assert!(cookie.has("HttpOnly"), "{}", cookie.raw);
     assert_eq!(
         cookie.attr("SameSite").map(str::to_ascii_lowercase),
@@ -86,37 +106,34 @@ async fn first_visit_gets_a_session_cookie_with_every_default_attribute() {
     assert_eq!(seen.session_data(), None);
 }
 
-#[tokio::test]
-async fn cookie_tag_is_the_hmac_of_the_id_under_the_first_secret() {
-    let (_upstream, proxy) = site(|c| c).await;
+async fn cookie_tag_is_the_hmac_of_the_id_under_the_first_secret(p: Protocol) {
+    let (_upstream, proxy) = site(p, |c| c).await;
 
-    let cookie = issued_session(&proxy).await;
+    let cookie = issued_session(p, &proxy).await;
 
     assert_eq!(cookie.value, signed_cookie_value(cookie.id(), SECRET_A));
 }
 
-#[tokio::test]
-async fn every_visitor_gets_a_different_session_id() {
-    let (_upstream, proxy) = site(|c| c).await;
+async fn every_visitor_gets_a_different_session_id(p: Protocol) {
+    let (_upstream, proxy) = site(p, |c| c).await;
 
-    let first = issued_session(&proxy).await;
-    let second = issued_session(&proxy).await;
+    let first = issued_session(p, &proxy).await;
+    let second = issued_session(p, &proxy).await;
 
     assert_ne!(first.id(), second.id());
 }
 
-#[tokio::test]
-async fn returning_visitor_keeps_the_session_without_a_new_set_cookie() {
-    let (upstream, proxy) = site(|c| c).await;
-    let browser = Browser::new();
+async fn returning_visitor_keeps_the_session_without_a_new_set_cookie(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c).await;
+    let browser = p.browser();
     let first = browser.get(&proxy.url("/")).await;
-    let issued = expect_session_cookie(first.headers());
+    let issued = p.expect_session_cookie(first.headers());
 
     let again = browser.get(&proxy.url("/again")).await;
 
     assert_eq!(again.status(), 200);
     assert!(
-        session_set_cookie(again.headers()).is_none(),
+        p.session_set_cookie(again.headers()).is_none(),
         "a returning visitor got a new Set-Cookie"
     );
     let seen = upstream.last();
@@ -124,9 +141,8 @@ async fn returning_visitor_keeps_the_session_without_a_new_set_cookie() {
     assert!(!seen.is_new_session());
 }
 
-#[tokio::test]
-async fn cookie_with_a_bad_tag_gets_a_new_session() {
-    assert_tampered_cookie_gets_a_new_session(|genuine| {
+async fn cookie_with_a_bad_tag_gets_a_new_session(p: Protocol) {
+    assert_tampered_cookie_gets_a_new_session(p, |genuine| {
         let (id, tag) = genuine.value.split_once('.').unwrap();
         // Change the tag's first character, which carries 6 full bits.
         let flipped = if tag.starts_with('A') { 'B' } else { 'A' };
@@ -135,81 +151,77 @@ async fn cookie_with_a_bad_tag_gets_a_new_session() {
     .await;
 }
 
-#[tokio::test]
-async fn truncated_cookie_gets_a_new_session() {
-    assert_tampered_cookie_gets_a_new_session(|genuine| {
+async fn truncated_cookie_gets_a_new_session(p: Protocol) {
+    assert_tampered_cookie_gets_a_new_session(p, |genuine| {
         genuine.value[..genuine.value.len() - 5].to_owned()
     })
     .await;
 }
 
-#[tokio::test]
-async fn cookie_with_the_id_alone_gets_a_new_session() {
-    assert_tampered_cookie_gets_a_new_session(|genuine| genuine.id().to_owned()).await;
+async fn cookie_with_the_id_alone_gets_a_new_session(p: Protocol) {
+    assert_tampered_cookie_gets_a_new_session(p, |genuine| genuine.id().to_owned()).await;
 }
 
-#[tokio::test]
-async fn cookie_signed_with_an_unknown_secret_gets_a_new_session() {
-    assert_tampered_cookie_gets_a_new_session(|genuine| {
+async fn cookie_signed_with_an_unknown_secret_gets_a_new_session(p: Protocol) {
+    assert_tampered_cookie_gets_a_new_session(p, |genuine| {
         signed_cookie_value(genuine.id(), "a-secret-this-proxy-has-never-known-42")
     })
     .await;
 }
 
-#[tokio::test]
-async fn garbage_cookie_gets_a_new_session() {
-    assert_tampered_cookie_gets_a_new_session(|_| "!!not-a-session*cookie!!".to_owned()).await;
+async fn garbage_cookie_gets_a_new_session(p: Protocol) {
+    assert_tampered_cookie_gets_a_new_session(p, |_| "!!not-a-session*cookie!!".to_owned()).await;
 }
 
-#[tokio::test]
-async fn empty_cookie_gets_a_new_session() {
-    assert_tampered_cookie_gets_a_new_session(|_| String::new()).await;
+async fn empty_cookie_gets_a_new_session(p: Protocol) {
+    assert_tampered_cookie_gets_a_new_session(p, |_| String::new()).await;
 }
 
-#[tokio::test]
-async fn cookie_with_extra_dots_gets_a_new_session() {
-    assert_tampered_cookie_gets_a_new_session(|genuine| {
+async fn cookie_with_extra_dots_gets_a_new_session(p: Protocol) {
+    assert_tampered_cookie_gets_a_new_session(p, |genuine| {
         let (id, tag) = genuine.value.split_once('.').unwrap();
         format!("{id}.{tag}.{tag}")
     })
     .await;
-    assert_tampered_cookie_gets_a_new_session(|genuine| {
+    assert_tampered_cookie_gets_a_new_session(p, |genuine| {
         let (id, tag) = genuine.value.split_once('.').unwrap();
         format!("{id}..{tag}")
     })
     .await;
 }
 
-#[tokio::test]
-async fn five_kib_cookie_gets_a_new_session() {
-    assert_tampered_cookie_gets_a_new_session(|genuine| {
+async fn five_kib_cookie_gets_a_new_session(p: Protocol) {
+    assert_tampered_cookie_gets_a_new_session(p, |genuine| {
         format!("{}{}", genuine.value, "A".repeat(5 * 1024))
     })
     .await;
 }
 
-#[tokio::test]
-async fn correctly_signed_cookie_of_an_unknown_session_gets_a_new_session() {
-    assert_tampered_cookie_gets_a_new_session(|_| {
+async fn correctly_signed_cookie_of_an_unknown_session_gets_a_new_session(p: Protocol) {
+    assert_tampered_cookie_gets_a_new_session(p, |_| {
         signed_cookie_value(&unknown_session_id(), SECRET_A)
     })
     .await;
 }
 
-#[tokio::test]
-async fn cookie_signed_by_an_older_secret_is_accepted_and_re_signed_with_the_first() {
-    let (upstream, proxy) = site(|c| {
+async fn cookie_signed_by_an_older_secret_is_accepted_and_re_signed_with_the_first(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| {
         c.set(
             "session.secrets",
             &format!("[\"{SECRET_A}\", \"{SECRET_B}\"]"),
         )
     })
     .await;
-    let issued = issued_session(&proxy).await;
+    let issued = issued_session(p, &proxy).await;
     let id = issued.id().to_owned();
     let under_old_secret = signed_cookie_value(&id, SECRET_B);
 
-    let response = get_with_cookie(&proxy.url("/"), &format!("{COOKIE}={under_old_secret}")).await;
+    let response = p
+        .get_with_cookie(
+            &proxy.url("/"),
+            &format!("{}={under_old_secret}", p.cookie_name()),
+        )
+        .await;
 
     assert_eq!(response.status(), 200);
     let seen = upstream.last();
@@ -219,7 +231,7 @@ async fn cookie_signed_by_an_older_secret_is_accepted_and_re_signed_with_the_fir
         "the session was lost in rotation"
     );
     assert!(!seen.is_new_session());
-    let resigned = expect_session_cookie(response.headers());
+    let resigned = p.expect_session_cookie(response.headers());
     assert_eq!(resigned.value, signed_cookie_value(&id, SECRET_A));
     let max_age = resigned
         .max_age()
@@ -230,69 +242,80 @@ async fn cookie_signed_by_an_older_secret_is_accepted_and_re_signed_with_the_fir
     );
 
     // The re-signed cookie is a plain returning visitor from now on.
-    let next = get_with_cookie(&proxy.url("/"), &resigned.pair()).await;
-    assert!(session_set_cookie(next.headers()).is_none());
+    let next = p.get_with_cookie(&proxy.url("/"), &resigned.pair()).await;
+    assert!(p.session_set_cookie(next.headers()).is_none());
     assert_eq!(upstream.last().expect_session_id(), id);
 }
 
-#[tokio::test]
-async fn first_duplicate_cookie_that_names_a_live_session_wins() {
-    let (upstream, proxy) = site(|c| c).await;
-    let live = issued_session(&proxy).await;
-    let other = issued_session(&proxy).await;
+async fn first_duplicate_cookie_that_names_a_live_session_wins(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c).await;
+    let live = issued_session(p, &proxy).await;
+    let other = issued_session(p, &proxy).await;
     let unknown = signed_cookie_value(&unknown_session_id(), SECRET_A);
     let url = proxy.url("/");
+    let cookie = p.cookie_name();
 
     // Invalid and unknown values before the live one are skipped.
-    let header = format!("{COOKIE}=garbage; {COOKIE}={unknown}; {}", live.pair());
-    let response = get_with_cookie(&url, &header).await;
+    let header = format!("{cookie}=garbage; {cookie}={unknown}; {}", live.pair());
+    let response = p.get_with_cookie(&url, &header).await;
     assert_eq!(response.status(), 200);
-    assert!(session_set_cookie(response.headers()).is_none());
+    assert!(p.session_set_cookie(response.headers()).is_none());
     let seen = upstream.last();
     assert_eq!(seen.expect_session_id(), live.id());
     assert!(!seen.is_new_session());
     assert!(
-        seen.cookies().iter().all(|(name, _)| name != COOKIE),
+        seen.cookies().iter().all(|(name, _)| *name != cookie),
         "a duplicate proxy cookie reached the upstream: {:?}",
         seen.cookies()
     );
 
     // Of two live ones, the first wins, whichever it is.
-    get_with_cookie(&url, &format!("{}; {}", live.pair(), other.pair())).await;
+    p.get_with_cookie(&url, &format!("{}; {}", live.pair(), other.pair()))
+        .await;
     assert_eq!(upstream.last().expect_session_id(), live.id());
-    get_with_cookie(&url, &format!("{}; {}", other.pair(), live.pair())).await;
+    p.get_with_cookie(&url, &format!("{}; {}", other.pair(), live.pair()))
+        .await;
     assert_eq!(upstream.last().expect_session_id(), other.id());
 }
 
 /// A site whose requests come through a trusted TLS-terminating proxy on loopback:
-/// requests saying `X-Forwarded-Proto: https` count as HTTPS.
+/// requests saying `X-Forwarded-Proto: https` count as HTTPS (as requests
+/// over TLS do anyway).
 async fn site_behind_tls(
+    p: Protocol,
     config_change: impl FnOnce(ConfigYaml) -> ConfigYaml,
-) -> (Upstream, Proxy) {
-    site(|c| config_change(c.set("trusted_proxies", "[\"127.0.0.0/8\"]"))).await
+) -> (Upstream, ProtocolProxy) {
+    site(p, |c| {
+        config_change(c.set("trusted_proxies", "[\"127.0.0.0/8\"]"))
+    })
+    .await
 }
 
 /// GET `url` as the trusted TLS terminator forwards it, with this Cookie header.
-async fn get_forwarded_https(url: &str, cookie: Option<&str>) -> reqwest::Response {
-    let mut request = plain_client().get(url).header("x-forwarded-proto", "https");
+async fn get_forwarded_https(p: Protocol, url: &str, cookie: Option<&str>) -> reqwest::Response {
+    let mut request = p
+        .plain_client()
+        .get(url)
+        .header("x-forwarded-proto", "https");
     if let Some(cookie) = cookie {
         request = request.header("cookie", cookie);
     }
-    request.send().await.expect("GET failed")
+    p.send(request).await
 }
 
-/// A session issued over (forwarded) HTTPS to a cookie-less visitor.
-async fn issued_secure_session(proxy: &Proxy) -> SetCookie {
-    let response = get_forwarded_https(&proxy.url("/"), None).await;
+/// A session issued over (forwarded) HTTPS to a cookie-less visitor. Its
+/// name is the test's to check: with `secure: true` it need not be the
+/// protocol's default one.
+async fn issued_secure_session(p: Protocol, proxy: &ProtocolProxy) -> SetCookie {
+    let response = get_forwarded_https(p, &proxy.url("/"), None).await;
     assert_eq!(response.status(), 200);
     expect_session_cookie(response.headers())
 }
 
-#[tokio::test]
-async fn secure_cookie_gets_the_host_prefix() {
-    let (_upstream, proxy) = site_behind_tls(|c| c.set("session.secure", "true")).await;
+async fn secure_cookie_gets_the_host_prefix(p: Protocol) {
+    let (_upstream, proxy) = site_behind_tls(p, |c| c.set("session.secure", "true")).await;
 
-    let cookie = issued_secure_session(&proxy).await;
+    let cookie = issued_secure_session(p, &proxy).await;
 
     assert_eq!(cookie.name, "__Host-sessiongate");
     assert!(cookie.has("Secure"));
@@ -300,12 +323,11 @@ async fn secure_cookie_gets_the_host_prefix() {
     assert!(!cookie.has("Domain"));
 }
 
-#[tokio::test]
-async fn host_prefixed_cookie_is_accepted_back() {
-    let (upstream, proxy) = site_behind_tls(|c| c.set("session.secure", "true")).await;
-    let cookie = issued_secure_session(&proxy).await;
+async fn host_prefixed_cookie_is_accepted_back(p: Protocol) {
+    let (upstream, proxy) = site_behind_tls(p, |c| c.set("session.secure", "true")).await;
+    let cookie = issued_secure_session(p, &proxy).await;
 
-    let response = get_forwarded_https(&proxy.url("/"), Some(&cookie.pair())).await;
+    let response = get_forwarded_https(p, &proxy.url("/"), Some(&cookie.pair())).await;
 
     assert!(session_set_cookie(response.headers()).is_none());
     let seen = upstream.last();
@@ -314,29 +336,27 @@ async fn host_prefixed_cookie_is_accepted_back() {
     assert!(seen.cookies().is_empty(), "{:?}", seen.cookies());
 }
 
-#[tokio::test]
-async fn host_prefix_false_keeps_the_plain_name_on_a_secure_cookie() {
-    let (_upstream, proxy) = site_behind_tls(|c| {
+async fn host_prefix_false_keeps_the_plain_name_on_a_secure_cookie(p: Protocol) {
+    let (_upstream, proxy) = site_behind_tls(p, |c| {
         c.set("session.secure", "true")
             .set("session.host_prefix", "false")
     })
     .await;
 
-    let cookie = issued_secure_session(&proxy).await;
+    let cookie = issued_secure_session(p, &proxy).await;
 
     assert_eq!(cookie.name, "sessiongate");
     assert!(cookie.has("Secure"));
 }
 
-#[tokio::test]
-async fn a_domain_rules_out_the_host_prefix() {
-    let (_upstream, proxy) = site_behind_tls(|c| {
+async fn a_domain_rules_out_the_host_prefix(p: Protocol) {
+    let (_upstream, proxy) = site_behind_tls(p, |c| {
         c.set("session.secure", "true")
             .set("session.domain", "example.test")
     })
     .await;
 
-    let cookie = issued_secure_session(&proxy).await;
+    let cookie = issued_secure_session(p, &proxy).await;
 
     assert_eq!(cookie.name, "sessiongate");
     assert!(cookie.has("Secure"));
@@ -346,15 +366,15 @@ async fn a_domain_rules_out_the_host_prefix() {
     );
 }
 
-#[tokio::test]
-async fn secure_true_over_plain_http_gets_no_session_and_no_cookie() {
-    let (upstream, proxy) = site_behind_tls(|c| c.set("session.secure", "true")).await;
-    let genuine = issued_secure_session(&proxy).await;
+async fn secure_true_over_plain_http_gets_no_session_and_no_cookie(p: Protocol) {
+    let (upstream, proxy) = site_behind_tls(p, |c| c.set("session.secure", "true")).await;
+    let genuine = issued_secure_session(p, &proxy).await;
 
     // Plain HTTP: no X-Forwarded-Proto, or one from nobody trusted.
     for response in [
-        get_without_cookie(&proxy.url("/")).await,
-        get_with_cookie(&proxy.url("/"), &format!("{}; theme=dark", genuine.pair())).await,
+        p.get_without_cookie(&proxy.url("/")).await,
+        p.get_with_cookie(&proxy.url("/"), &format!("{}; theme=dark", genuine.pair()))
+            .await,
     ] {
         assert_eq!(response.status(), 200);
         assert!(
@@ -382,18 +402,18 @@ async fn secure_true_over_plain_http_gets_no_session_and_no_cookie() {
     );
 }
 
-#[tokio::test]
-async fn secure_true_over_plain_http_ignores_session_writes() {
+async fn secure_true_over_plain_http_ignores_session_writes(p: Protocol) {
     for create in ["always", "on_write"] {
         let upstream = Upstream::start(|_| Reply::ok().session_set("user=alice")).await;
-        let proxy = Proxy::start(
-            config(&upstream.url())
-                .set("session.secure", "true")
-                .set("session.create", create),
-        )
-        .await;
+        let proxy = p
+            .start_proxy(
+                config(&upstream.url())
+                    .set("session.secure", "true")
+                    .set("session.create", create),
+            )
+            .await;
 
-        let response = get_without_cookie(&proxy.url("/")).await;
+        let response = p.get_without_cookie(&proxy.url("/")).await;
 
         assert_eq!(response.status(), 200);
         assert!(
@@ -409,52 +429,51 @@ async fn secure_true_over_plain_http_ignores_session_writes() {
     }
 }
 
-#[tokio::test]
-async fn secure_true_ignores_a_forwarded_proto_from_an_untrusted_peer() {
-    let (upstream, proxy) = site(|c| c.set("session.secure", "true")).await;
+async fn secure_true_ignores_a_forwarded_proto_from_an_untrusted_peer(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c.set("session.secure", "true")).await;
 
-    let response = get_forwarded_https(&proxy.url("/"), None).await;
+    let response = get_forwarded_https(p, &proxy.url("/"), None).await;
 
     assert_eq!(response.status(), 200);
     assert!(set_cookies(response.headers()).is_empty());
     assert!(upstream.last().session_header_names().is_empty());
 }
 
-#[tokio::test]
-async fn auto_secure_follows_a_trusted_forwarded_proto() {
-    let (_upstream, proxy) = site(|c| c.set("trusted_proxies", "[\"127.0.0.1/32\"]")).await;
+async fn auto_secure_follows_a_trusted_forwarded_proto(p: Protocol) {
+    let (_upstream, proxy) = site(p, |c| c.set("trusted_proxies", "[\"127.0.0.1/32\"]")).await;
 
-    let response = plain_client()
-        .get(proxy.url("/"))
-        .header("x-forwarded-proto", "https")
-        .send()
-        .await
-        .unwrap();
+    let response = p
+        .send(
+            p.plain_client()
+                .get(proxy.url("/"))
+                .header("x-forwarded-proto", "https"),
+        )
+        .await;
 
     let cookie = expect_session_cookie(response.headers());
     assert!(cookie.has("Secure"), "{}", cookie.raw);
     assert_eq!(cookie.name, "__Host-sessiongate");
 }
 
-#[tokio::test]
-async fn auto_secure_ignores_an_untrusted_forwarded_proto() {
-    let (_upstream, proxy) = site(|c| c).await;
+async fn auto_secure_ignores_an_untrusted_forwarded_proto(p: Protocol) {
+    let (_upstream, proxy) = site(p, |c| c).await;
 
-    let response = plain_client()
-        .get(proxy.url("/"))
-        .header("x-forwarded-proto", "https")
-        .send()
-        .await
-        .unwrap();
+    let response = p
+        .send(
+            p.plain_client()
+                .get(proxy.url("/"))
+                .header("x-forwarded-proto", "https"),
+        )
+        .await;
 
-    let cookie = expect_session_cookie(response.headers());
+    let cookie = p.expect_session_cookie(response.headers());
     assert!(!cookie.has("Secure"), "{}", cookie.raw);
     assert_eq!(cookie.name, "sessiongate");
 }
 
-#[tokio::test]
-async fn configured_cookie_attributes_are_used() {
-    let (upstream, proxy) = site(|c| {
+async fn configured_cookie_attributes_are_used(p: Protocol) {
+    // A Path other than `/` rules out the __Host- prefix, over TLS too.
+    let (upstream, proxy) = site(p, |c| {
         c.set("session.cookie_name", "sid")
             .set("session.http_only", "false")
             .set("session.same_site", "strict")
@@ -463,7 +482,7 @@ async fn configured_cookie_attributes_are_used() {
     })
     .await;
 
-    let response = get_without_cookie(&proxy.url("/app/")).await;
+    let response = p.get_without_cookie(&proxy.url("/app/")).await;
 
     let cookie = set_cookies(response.headers())
         .into_iter()
@@ -477,17 +496,50 @@ async fn configured_cookie_attributes_are_used() {
     assert_eq!(cookie.attr("Path"), Some("/app"));
     assert_eq!(cookie.max_age(), Some(2 * 3600));
 
-    let back = get_with_cookie(&proxy.url("/app/"), &cookie.pair()).await;
+    let back = p.get_with_cookie(&proxy.url("/app/"), &cookie.pair()).await;
     assert!(set_cookies(back.headers()).is_empty());
     assert_eq!(upstream.last().expect_session_id(), cookie.id());
 }
 
-#[tokio::test]
-async fn session_cookie_without_persistence_has_no_lifetime() {
-    let (_upstream, proxy) = site(|c| c.set("session.persistent", "false")).await;
+async fn session_cookie_without_persistence_has_no_lifetime(p: Protocol) {
+    let (_upstream, proxy) = site(p, |c| c.set("session.persistent", "false")).await;
 
-    let cookie = issued_session(&proxy).await;
+    let cookie = issued_session(p, &proxy).await;
 
     assert!(!cookie.has("Max-Age"), "{}", cookie.raw);
     assert!(!cookie.has("Expires"), "{}", cookie.raw);
+}
+
+over_every_protocol! {
+        first_visit_gets_a_session_cookie_with_every_default_attribute,
+        cookie_tag_is_the_hmac_of_the_id_under_the_first_secret,
+        every_visitor_gets_a_different_session_id,
+        returning_visitor_keeps_the_session_without_a_new_set_cookie,
+        cookie_with_a_bad_tag_gets_a_new_session,
+        truncated_cookie_gets_a_new_session,
+        cookie_with_the_id_alone_gets_a_new_session,
+        cookie_signed_with_an_unknown_secret_gets_a_new_session,
+        garbage_cookie_gets_a_new_session,
+        empty_cookie_gets_a_new_session,
+        cookie_with_extra_dots_gets_a_new_session,
+        five_kib_cookie_gets_a_new_session,
+        correctly_signed_cookie_of_an_unknown_session_gets_a_new_session,
+        cookie_signed_by_an_older_secret_is_accepted_and_re_signed_with_the_first,
+        first_duplicate_cookie_that_names_a_live_session_wins,
+        // Over TLS the request is HTTPS itself; elsewhere the trusted
+        // terminator's X-Forwarded-Proto makes it so.
+        secure_cookie_gets_the_host_prefix,
+        host_prefixed_cookie_is_accepted_back,
+        host_prefix_false_keeps_the_plain_name_on_a_secure_cookie,
+        a_domain_rules_out_the_host_prefix,
+        configured_cookie_attributes_are_used,
+        session_cookie_without_persistence_has_no_lifetime,
+    // Plain-HTTP behaviour (`secure: true` refusing it, X-Forwarded-Proto
+    // deciding `secure: auto`): a request over TLS is HTTPS whatever it says.
+    ; plain:
+        secure_true_over_plain_http_gets_no_session_and_no_cookie,
+        secure_true_over_plain_http_ignores_session_writes,
+        secure_true_ignores_a_forwarded_proto_from_an_untrusted_peer,
+        auto_secure_follows_a_trusted_forwarded_proto,
+        auto_secure_ignores_an_untrusted_forwarded_proto,
 }

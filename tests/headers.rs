@@ -1,11 +1,27 @@
 //! What the upstream receives and what the client gets back: session
 //! headers, stripping, cookies, hop-by-hop, X-Forwarded-*, Host, caching.
+//!
+//! Every test runs over HTTP/1.1, h2c and h2 over TLS (see
+//! `support::protocol`): `http1::name`, `h2c::name`, `h2_tls::name`. The few
+//! that only HTTP/1 can express are plain `#[tokio::test]`s and say why.
 
 mod support;
 
+use support::protocol::{over_every_protocol, Protocol, ProtocolProxy};
 use support::*;
 
 async fn site(
+    p: Protocol,
+    responder: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    config_change: impl FnOnce(ConfigYaml) -> ConfigYaml,
+) -> (Upstream, ProtocolProxy) {
+    let upstream = Upstream::start(responder).await;
+    let proxy = p.start_proxy(config_change(config(&upstream.url()))).await;
+    (upstream, proxy)
+}
+
+/// The plain HTTP/1.1 listener, for the tests only HTTP/1 can express.
+async fn http1_site(
     responder: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
     config_change: impl FnOnce(ConfigYaml) -> ConfigYaml,
 ) -> (Upstream, Proxy) {
@@ -14,10 +30,9 @@ async fn site(
     (upstream, proxy)
 }
 
-#[tokio::test]
-async fn upstream_learns_the_session_from_the_session_headers() {
-    let (upstream, proxy) = site(|_| Reply::ok(), |c| c).await;
-    let browser = Browser::new();
+async fn upstream_learns_the_session_from_the_session_headers(p: Protocol) {
+    let (upstream, proxy) = site(p, |_| Reply::ok(), |c| c).await;
+    let browser = p.browser();
 
     browser.get(&proxy.url("/")).await;
     let created = upstream.last();
@@ -39,34 +54,33 @@ async fn upstream_learns_the_session_from_the_session_headers() {
     assert_eq!(returning.header("x-session-new"), None);
 }
 
-#[tokio::test]
-async fn session_id_header_is_not_the_cookie() {
-    let (upstream, proxy) = site(|_| Reply::ok(), |c| c).await;
+async fn session_id_header_is_not_the_cookie(p: Protocol) {
+    let (upstream, proxy) = site(p, |_| Reply::ok(), |c| c).await;
 
-    let response = get_without_cookie(&proxy.url("/")).await;
+    let response = p.get_without_cookie(&proxy.url("/")).await;
 
-    let cookie = expect_session_cookie(response.headers());
+    let cookie = p.expect_session_cookie(response.headers());
     let id = upstream.last().expect_session_id();
     assert_eq!(id, cookie.id());
     assert!(!id.contains(cookie.value.split_once('.').unwrap().1));
 }
 
-#[tokio::test]
-async fn client_sent_session_headers_never_reach_the_upstream() {
-    let (upstream, proxy) = site(|_| Reply::ok(), |c| c).await;
-    let browser = Browser::new();
+async fn client_sent_session_headers_never_reach_the_upstream(p: Protocol) {
+    let (upstream, proxy) = site(p, |_| Reply::ok(), |c| c).await;
+    let browser = p.browser();
     browser.get(&proxy.url("/")).await;
     let id = upstream.last().expect_session_id();
 
     browser
-        .request(http::Method::GET, &proxy.url("/"))
-        .header("X-Session-Id", "forged-id")
-        .header("x-session-new", "true")
-        .header("X-SESSION-DATA", "role=admin")
-        .header("X-Session-Anything", "1")
-        .send()
-        .await
-        .unwrap();
+        .send(
+            browser
+                .request(http::Method::GET, &proxy.url("/"))
+                .header("X-Session-Id", "forged-id")
+                .header("x-session-new", "true")
+                .header("X-SESSION-DATA", "role=admin")
+                .header("X-Session-Anything", "1"),
+        )
+        .await;
 
     let seen = upstream.last();
     assert_eq!(seen.expect_session_id(), id);
@@ -80,25 +94,25 @@ async fn client_sent_session_headers_never_reach_the_upstream() {
     );
 }
 
-#[tokio::test]
-async fn client_cannot_forge_a_session_id_on_its_first_request() {
-    let (upstream, proxy) = site(|_| Reply::ok(), |c| c).await;
+async fn client_cannot_forge_a_session_id_on_its_first_request(p: Protocol) {
+    let (upstream, proxy) = site(p, |_| Reply::ok(), |c| c).await;
 
-    plain_client()
-        .get(proxy.url("/"))
-        .header("X-Session-Id", "attacker-chosen")
-        .send()
-        .await
-        .unwrap();
+    p.send(
+        p.plain_client()
+            .get(proxy.url("/"))
+            .header("X-Session-Id", "attacker-chosen"),
+    )
+    .await;
 
     let seen = upstream.last();
     assert_ne!(seen.expect_session_id(), "attacker-chosen");
     assert!(seen.is_new_session());
 }
 
+// HTTP/1 only: HTTP/2 forbids `Connection` (RFC 9113 §8.2.2), so nothing can be named in it.
 #[tokio::test]
 async fn naming_session_headers_in_connection_cannot_hide_them() {
-    let (upstream, proxy) = site(|_| Reply::ok(), |c| c).await;
+    let (upstream, proxy) = http1_site(|_| Reply::ok(), |c| c).await;
 
     plain_client()
         .get(proxy.url("/"))
@@ -124,9 +138,9 @@ async fn naming_session_headers_in_connection_cannot_hide_them() {
     }
 }
 
-#[tokio::test]
-async fn custom_header_prefix_names_every_session_header() {
+async fn custom_header_prefix_names_every_session_header(p: Protocol) {
     let (upstream, proxy) = site(
+        p,
         |req| match req.uri.path() {
             "/login" => Reply::ok().header("X-Auth-Set", "user=alice"),
             _ => Reply::ok(),
@@ -134,16 +148,17 @@ async fn custom_header_prefix_names_every_session_header() {
         |c| c.set("session.header_prefix", "X-Auth-"),
     )
     .await;
-    let browser = Browser::new();
+    let browser = p.browser();
 
     let login = browser.get(&proxy.url("/login")).await;
     let created = upstream.last();
     browser
-        .request(http::Method::GET, &proxy.url("/"))
-        .header("X-Auth-Data", "user=mallory")
-        .send()
-        .await
-        .unwrap();
+        .send(
+            browser
+                .request(http::Method::GET, &proxy.url("/"))
+                .header("X-Auth-Data", "user=mallory"),
+        )
+        .await;
     let returning = upstream.last();
 
     assert!(header_names_with_prefix(login.headers(), "x-auth-").is_empty());
@@ -158,12 +173,11 @@ async fn custom_header_prefix_names_every_session_header() {
     assert_eq!(returning.header("x-auth-data"), Some("user=alice"));
 }
 
-#[tokio::test]
-async fn proxy_cookie_is_removed_and_other_cookies_pass_untouched() {
-    let (upstream, proxy) = site(|_| Reply::ok(), |c| c).await;
-    let issued = expect_session_cookie(get_without_cookie(&proxy.url("/")).await.headers());
+async fn proxy_cookie_is_removed_and_other_cookies_pass_untouched(p: Protocol) {
+    let (upstream, proxy) = site(p, |_| Reply::ok(), |c| c).await;
+    let issued = p.expect_session_cookie(p.get_without_cookie(&proxy.url("/")).await.headers());
 
-    get_with_cookie(
+    p.get_with_cookie(
         &proxy.url("/"),
         &format!(
             "theme=dark; {}; lang=en-GB; sessiongate_other=1",
@@ -184,12 +198,11 @@ async fn proxy_cookie_is_removed_and_other_cookies_pass_untouched() {
     );
 }
 
-#[tokio::test]
-async fn cookie_header_holding_only_the_proxy_cookie_is_dropped() {
-    let (upstream, proxy) = site(|_| Reply::ok(), |c| c).await;
-    let issued = expect_session_cookie(get_without_cookie(&proxy.url("/")).await.headers());
+async fn cookie_header_holding_only_the_proxy_cookie_is_dropped(p: Protocol) {
+    let (upstream, proxy) = site(p, |_| Reply::ok(), |c| c).await;
+    let issued = p.expect_session_cookie(p.get_without_cookie(&proxy.url("/")).await.headers());
 
-    get_with_cookie(&proxy.url("/"), &issued.pair()).await;
+    p.get_with_cookie(&proxy.url("/"), &issued.pair()).await;
 
     let seen = upstream.last();
     assert_eq!(seen.expect_session_id(), issued.id());
@@ -200,11 +213,10 @@ async fn cookie_header_holding_only_the_proxy_cookie_is_dropped() {
     );
 }
 
-#[tokio::test]
-async fn host_prefixed_proxy_cookie_is_removed_too() {
-    let (upstream, proxy) = site(|_| Reply::ok(), |c| c).await;
+async fn host_prefixed_proxy_cookie_is_removed_too(p: Protocol) {
+    let (upstream, proxy) = site(p, |_| Reply::ok(), |c| c).await;
 
-    get_with_cookie(
+    p.get_with_cookie(
         &proxy.url("/"),
         "a=1; __Host-sessiongate=whatever.value; sessiongate=x.y",
     )
@@ -216,9 +228,10 @@ async fn host_prefixed_proxy_cookie_is_removed_too() {
     );
 }
 
+// HTTP/1 only: `Connection`, `Keep-Alive` and `TE: gzip` are malformed in HTTP/2 (RFC 9113 §8.2.2).
 #[tokio::test]
 async fn hop_by_hop_request_headers_are_not_forwarded() {
-    let (upstream, proxy) = site(|_| Reply::ok(), |c| c).await;
+    let (upstream, proxy) = http1_site(|_| Reply::ok(), |c| c).await;
 
     plain_client()
         .get(proxy.url("/"))
@@ -250,9 +263,9 @@ async fn hop_by_hop_request_headers_are_not_forwarded() {
     assert_eq!(seen.header("x-end-to-end"), Some("kept"));
 }
 
-#[tokio::test]
-async fn hop_by_hop_response_headers_are_not_returned() {
+async fn hop_by_hop_response_headers_are_not_returned(p: Protocol) {
     let (_upstream, proxy) = site(
+        p,
         |_| {
             Reply::ok()
                 .header("Connection", "X-Upstream-Hop")
@@ -264,7 +277,7 @@ async fn hop_by_hop_response_headers_are_not_returned() {
     )
     .await;
 
-    let response = get_without_cookie(&proxy.url("/")).await;
+    let response = p.get_without_cookie(&proxy.url("/")).await;
 
     assert_eq!(response.status(), 200);
     assert!(response.headers().get("x-upstream-hop").is_none());
@@ -272,44 +285,43 @@ async fn hop_by_hop_response_headers_are_not_returned() {
     assert_eq!(response.headers()["x-app"], "kept");
 }
 
-#[tokio::test]
-async fn forwarded_headers_from_an_untrusted_peer_are_replaced() {
-    let (upstream, proxy) = site(|_| Reply::ok(), |c| c).await;
+async fn forwarded_headers_from_an_untrusted_peer_are_replaced(p: Protocol) {
+    let (upstream, proxy) = site(p, |_| Reply::ok(), |c| c).await;
 
-    plain_client()
-        .get(proxy.url("/"))
-        .header("X-Forwarded-For", "203.0.113.9")
-        .header("X-Forwarded-Proto", "https")
-        .header("X-Forwarded-Host", "evil.example")
-        .send()
-        .await
-        .unwrap();
+    p.send(
+        p.plain_client()
+            .get(proxy.url("/"))
+            .header("X-Forwarded-For", "203.0.113.9")
+            .header("X-Forwarded-Proto", "https")
+            .header("X-Forwarded-Host", "evil.example"),
+    )
+    .await;
 
     let seen = upstream.last();
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
-    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some(p.scheme()));
     assert_eq!(
         seen.header("x-forwarded-host"),
         Some(proxy.addr().to_string().as_str())
     );
 }
 
-#[tokio::test]
-async fn forwarded_headers_from_a_trusted_proxy_are_extended() {
+async fn forwarded_headers_from_a_trusted_proxy_are_extended(p: Protocol) {
     let (upstream, proxy) = site(
+        p,
         |_| Reply::ok(),
         |c| c.set("trusted_proxies", "[\"127.0.0.0/8\"]"),
     )
     .await;
 
-    plain_client()
-        .get(proxy.url("/"))
-        .header("X-Forwarded-For", "203.0.113.9")
-        .header("X-Forwarded-Proto", "https")
-        .header("X-Forwarded-Host", "www.example.com")
-        .send()
-        .await
-        .unwrap();
+    p.send(
+        p.plain_client()
+            .get(proxy.url("/"))
+            .header("X-Forwarded-For", "203.0.113.9")
+            .header("X-Forwarded-Proto", "https")
+            .header("X-Forwarded-Host", "www.example.com"),
+    )
+    .await;
 
     let seen = upstream.last();
     assert_eq!(
@@ -320,35 +332,30 @@ async fn forwarded_headers_from_a_trusted_proxy_are_extended() {
     assert_eq!(seen.header("x-forwarded-host"), Some("www.example.com"));
 }
 
-#[tokio::test]
-async fn forwarded_headers_are_set_when_the_client_sent_none() {
+async fn forwarded_headers_are_set_when_the_client_sent_none(p: Protocol) {
     let (upstream, proxy) = site(
+        p,
         |_| Reply::ok(),
         |c| c.set("trusted_proxies", "[\"127.0.0.0/8\"]"),
     )
     .await;
 
-    get_without_cookie(&proxy.url("/")).await;
+    p.get_without_cookie(&proxy.url("/")).await;
 
     let seen = upstream.last();
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
-    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some(p.scheme()));
     assert_eq!(
         seen.header("x-forwarded-host"),
         Some(proxy.addr().to_string().as_str())
     );
 }
 
-#[tokio::test]
-async fn host_is_rewritten_to_the_upstream_by_default() {
-    let (upstream, proxy) = site(|_| Reply::ok(), |c| c).await;
+async fn host_is_rewritten_to_the_upstream_by_default(p: Protocol) {
+    let (upstream, proxy) = site(p, |_| Reply::ok(), |c| c).await;
 
-    plain_client()
-        .get(proxy.url("/"))
-        .header("Host", "app.example.com")
-        .send()
-        .await
-        .unwrap();
+    // `Host` over HTTP/1.1, `:authority` over HTTP/2.
+    proxy.get_as_host("app.example.com", "/").await;
 
     let seen = upstream.last();
     assert_eq!(
@@ -358,32 +365,31 @@ async fn host_is_rewritten_to_the_upstream_by_default() {
     assert_eq!(seen.header("x-forwarded-host"), Some("app.example.com"));
 }
 
-#[tokio::test]
-async fn preserve_host_passes_the_client_host() {
-    let (upstream, proxy) =
-        site(|_| Reply::ok(), |c| c.set("upstream.preserve_host", "true")).await;
+async fn preserve_host_passes_the_client_host(p: Protocol) {
+    let (upstream, proxy) = site(
+        p,
+        |_| Reply::ok(),
+        |c| c.set("upstream.preserve_host", "true"),
+    )
+    .await;
 
-    plain_client()
-        .get(proxy.url("/"))
-        .header("Host", "app.example.com")
-        .send()
-        .await
-        .unwrap();
+    // `Host` over HTTP/1.1, `:authority` over HTTP/2.
+    proxy.get_as_host("app.example.com", "/").await;
 
     assert_eq!(upstream.last().header("host"), Some("app.example.com"));
 }
 
-#[tokio::test]
-async fn response_with_the_session_cookie_is_made_private() {
+async fn response_with_the_session_cookie_is_made_private(p: Protocol) {
     let (_upstream, proxy) = site(
+        p,
         |_| Reply::ok().header("Cache-Control", "public, max-age=60, s-maxage=600"),
         |c| c,
     )
     .await;
 
-    let response = get_without_cookie(&proxy.url("/")).await;
+    let response = p.get_without_cookie(&proxy.url("/")).await;
 
-    expect_session_cookie(response.headers());
+    p.expect_session_cookie(response.headers());
     let directives = header_tokens(response.headers(), "cache-control");
     assert!(directives.contains(&"private".to_owned()), "{directives:?}");
     assert!(!directives.contains(&"public".to_owned()), "{directives:?}");
@@ -397,26 +403,29 @@ async fn response_with_the_session_cookie_is_made_private() {
     );
 }
 
-#[tokio::test]
-async fn response_with_the_session_cookie_and_no_cache_control_gets_private() {
-    let (_upstream, proxy) = site(|_| Reply::ok(), |c| c).await;
+async fn response_with_the_session_cookie_and_no_cache_control_gets_private(p: Protocol) {
+    let (_upstream, proxy) = site(p, |_| Reply::ok(), |c| c).await;
 
-    let response = get_without_cookie(&proxy.url("/")).await;
+    let response = p.get_without_cookie(&proxy.url("/")).await;
 
-    expect_session_cookie(response.headers());
+    p.expect_session_cookie(response.headers());
     assert_eq!(
         header_tokens(response.headers(), "cache-control"),
         vec!["private".to_owned()]
     );
 }
 
-#[tokio::test]
-async fn no_store_is_kept_on_a_response_with_the_session_cookie() {
-    let (_upstream, proxy) = site(|_| Reply::ok().header("Cache-Control", "no-store"), |c| c).await;
+async fn no_store_is_kept_on_a_response_with_the_session_cookie(p: Protocol) {
+    let (_upstream, proxy) = site(
+        p,
+        |_| Reply::ok().header("Cache-Control", "no-store"),
+        |c| c,
+    )
+    .await;
 
-    let response = get_without_cookie(&proxy.url("/")).await;
+    let response = p.get_without_cookie(&proxy.url("/")).await;
 
-    expect_session_cookie(response.headers());
+    p.expect_session_cookie(response.headers());
     let directives = header_tokens(response.headers(), "cache-control");
     assert!(
         directives.contains(&"no-store".to_owned()),
@@ -425,29 +434,29 @@ async fn no_store_is_kept_on_a_response_with_the_session_cookie() {
     assert!(!directives.contains(&"public".to_owned()), "{directives:?}");
 }
 
-#[tokio::test]
-async fn response_without_the_session_cookie_keeps_its_cache_control() {
+async fn response_without_the_session_cookie_keeps_its_cache_control(p: Protocol) {
     let (_upstream, proxy) = site(
+        p,
         |_| Reply::ok().header("Cache-Control", "public, max-age=60"),
         |c| c,
     )
     .await;
-    let browser = Browser::new();
+    let browser = p.browser();
     browser.get(&proxy.url("/")).await;
 
     let returning = browser.get(&proxy.url("/")).await;
 
-    assert!(session_set_cookie(returning.headers()).is_none());
+    assert!(p.session_set_cookie(returning.headers()).is_none());
     assert_eq!(
         header_tokens(returning.headers(), "cache-control"),
         vec!["public".to_owned(), "max-age=60".to_owned()]
     );
 }
 
-#[tokio::test]
-async fn response_to_a_session_request_varies_on_cookie() {
-    let (_upstream, proxy) = site(|_| Reply::ok().header("Vary", "Accept-Encoding"), |c| c).await;
-    let browser = Browser::new();
+async fn response_to_a_session_request_varies_on_cookie(p: Protocol) {
+    let (_upstream, proxy) =
+        site(p, |_| Reply::ok().header("Vary", "Accept-Encoding"), |c| c).await;
+    let browser = p.browser();
     browser.get(&proxy.url("/")).await;
 
     let returning = browser.get(&proxy.url("/")).await;
@@ -457,11 +466,10 @@ async fn response_to_a_session_request_varies_on_cookie() {
     assert!(vary.contains(&"cookie".to_owned()), "{vary:?}");
 }
 
-#[tokio::test]
-async fn vary_cookie_is_not_duplicated() {
-    let (_upstream, proxy) = site(|_| Reply::ok().header("Vary", "Cookie"), |c| c).await;
+async fn vary_cookie_is_not_duplicated(p: Protocol) {
+    let (_upstream, proxy) = site(p, |_| Reply::ok().header("Vary", "Cookie"), |c| c).await;
 
-    let response = get_without_cookie(&proxy.url("/")).await;
+    let response = p.get_without_cookie(&proxy.url("/")).await;
 
     let vary = header_tokens(response.headers(), "vary");
     assert_eq!(
@@ -471,9 +479,9 @@ async fn vary_cookie_is_not_duplicated() {
     );
 }
 
-#[tokio::test]
-async fn upstream_cookies_are_kept_beside_the_session_cookie() {
+async fn upstream_cookies_are_kept_beside_the_session_cookie(p: Protocol) {
     let (_upstream, proxy) = site(
+        p,
         |_| {
             Reply::ok()
                 .header("Set-Cookie", "app=1; Path=/")
@@ -483,7 +491,7 @@ async fn upstream_cookies_are_kept_beside_the_session_cookie() {
     )
     .await;
 
-    let response = get_without_cookie(&proxy.url("/")).await;
+    let response = p.get_without_cookie(&proxy.url("/")).await;
 
     let names: Vec<String> = set_cookies(response.headers())
         .into_iter()
@@ -491,5 +499,29 @@ async fn upstream_cookies_are_kept_beside_the_session_cookie() {
         .collect();
     assert!(names.contains(&"app".to_owned()), "{names:?}");
     assert!(names.contains(&"csrf".to_owned()), "{names:?}");
-    expect_session_cookie(response.headers());
+    p.expect_session_cookie(response.headers());
 }
+
+over_every_protocol!(
+    upstream_learns_the_session_from_the_session_headers,
+    session_id_header_is_not_the_cookie,
+    client_sent_session_headers_never_reach_the_upstream,
+    client_cannot_forge_a_session_id_on_its_first_request,
+    custom_header_prefix_names_every_session_header,
+    proxy_cookie_is_removed_and_other_cookies_pass_untouched,
+    cookie_header_holding_only_the_proxy_cookie_is_dropped,
+    host_prefixed_proxy_cookie_is_removed_too,
+    hop_by_hop_response_headers_are_not_returned,
+    forwarded_headers_from_an_untrusted_peer_are_replaced,
+    forwarded_headers_from_a_trusted_proxy_are_extended,
+    forwarded_headers_are_set_when_the_client_sent_none,
+    host_is_rewritten_to_the_upstream_by_default,
+    preserve_host_passes_the_client_host,
+    response_with_the_session_cookie_is_made_private,
+    response_with_the_session_cookie_and_no_cache_control_gets_private,
+    no_store_is_kept_on_a_response_with_the_session_cookie,
+    response_without_the_session_cookie_keeps_its_cache_control,
+    response_to_a_session_request_varies_on_cookie,
+    vary_cookie_is_not_duplicated,
+    upstream_cookies_are_kept_beside_the_session_cookie,
+);

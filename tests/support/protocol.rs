@@ -23,10 +23,14 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
-use http::{HeaderMap, Method, Version};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Version};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
 
-use super::tls::{yaml_path, Leaf, TestCa, TlsFiles, TlsProxy};
-use super::{ConfigYaml, Proxy, SetCookie, COOKIE};
+use super::tls::{client_config, yaml_path, Alpn, Answer, Leaf, TestCa, TlsFiles, TlsProxy, HOST};
+use super::{ConfigYaml, Proxy, SetCookie, COOKIE, PATIENCE};
 
 /// How a client talks to the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +56,16 @@ impl Protocol {
 
     pub fn is_tls(self) -> bool {
         self == Protocol::H2Tls
+    }
+
+    /// `http` or `https`: the scheme of the proxy's URLs, and what
+    /// `X-Forwarded-Proto` says when the proxy sets it itself.
+    pub fn scheme(self) -> &'static str {
+        if self.is_tls() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The session cookie's name: with `session.secure: auto` and the default
@@ -191,6 +205,8 @@ impl fmt::Display for Protocol {
 struct Pki {
     ca_pem: String,
     leaf: Leaf,
+    /// For clients below reqwest: trusts the CA alone, offers `h2` and `http/1.1`.
+    client_tls: Arc<rustls::ClientConfig>,
 }
 
 fn pki() -> &'static Pki {
@@ -200,6 +216,7 @@ fn pki() -> &'static Pki {
         Pki {
             ca_pem: ca.pem(),
             leaf: ca.issue("sessiongate protocol test"),
+            client_tls: Arc::new(client_config(&ca, Alpn::H2, None)),
         }
     })
 }
@@ -241,6 +258,86 @@ impl ProtocolProxy {
             "http"
         };
         format!("{scheme}://{}{path}", self.addr())
+    }
+
+    /// GET `path` on a fresh connection, naming `host` as the host the client
+    /// asked for: the `Host` header over HTTP/1.1, `:authority` over HTTP/2
+    /// (where a `Host` that differs from `:authority` makes the request
+    /// malformed, RFC 9113 §8.3.1). The answer is version-checked.
+    pub async fn get_as_host(&self, host: &str, path: &str) -> Answer {
+        let p = self.protocol;
+        let answer = match p {
+            Protocol::Http1 => {
+                let request = p.plain_client().get(self.url(path)).header("host", host);
+                let response = p.send(request).await;
+                let (status, version) = (response.status(), response.version());
+                let headers = response.headers().clone();
+                let body = response.bytes().await.expect("body");
+                Answer {
+                    status,
+                    version,
+                    headers,
+                    body,
+                }
+            }
+            Protocol::H2c | Protocol::H2Tls => {
+                let request = Request::get(format!("{}://{host}{path}", p.scheme()))
+                    .version(Version::HTTP_2)
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                let mut sender = if p.is_tls() {
+                    self.h2_over_tls().await
+                } else {
+                    super::h2c(self.addr()).await
+                };
+                let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
+                    .await
+                    .unwrap_or_else(|_| panic!("[{p}] no answer in time"))
+                    .unwrap_or_else(|e| panic!("[{p}] request failed: {e:?}"));
+                let (parts, body) = response.into_parts();
+                let body = tokio::time::timeout(PATIENCE, body.collect())
+                    .await
+                    .expect("body did not finish in time")
+                    .expect("body failed")
+                    .to_bytes();
+                Answer {
+                    status: parts.status,
+                    version: parts.version,
+                    headers: parts.headers,
+                    body,
+                }
+            }
+        };
+        assert_eq!(
+            answer.version,
+            p.version(),
+            "[{p}] {path} as {host} came back over the wrong HTTP version"
+        );
+        answer
+    }
+
+    /// An HTTP/2 connection to the HTTPS listener, `h2` chosen by ALPN.
+    async fn h2_over_tls(&self) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+        let tcp = tokio::net::TcpStream::connect(self.addr())
+            .await
+            .expect("connect for h2 over TLS");
+        let connector = tokio_rustls::TlsConnector::from(pki().client_tls.clone());
+        let name = ServerName::try_from(HOST).expect("server name");
+        let tls = tokio::time::timeout(PATIENCE, connector.connect(name, tcp))
+            .await
+            .expect("TLS handshake timed out")
+            .expect("TLS handshake failed");
+        assert_eq!(
+            tls.get_ref().1.alpn_protocol(),
+            Some(&b"h2"[..]),
+            "ALPN did not choose h2"
+        );
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(connection);
+        sender
     }
 }
 
@@ -284,16 +381,23 @@ impl ProtocolBrowser {
 /// One `#[tokio::test]` per listed test per protocol, in modules `http1`, `h2c`
 /// and `h2_tls`; each calls `name(Protocol::…)` of the invoking module.
 /// `name { flavor = "multi_thread", worker_threads = 4 }` passes arguments on
-/// to `#[tokio::test]`.
+/// to `#[tokio::test]`. Tests listed after `; plain:` are about plain HTTP (a
+/// request over TLS is HTTPS whatever it says) and run over HTTP/1.1 and h2c only.
 // Every test binary includes `support`; only some use the macro.
 #[allow(unused_macros)]
 macro_rules! over_every_protocol {
-    ($($name:ident $({ $($args:tt)* })?),* $(,)?) => {
-        $crate::support::protocol::over_every_protocol!(@in http1, Http1; $($name $({ $($args)* })?),*);
-        $crate::support::protocol::over_every_protocol!(@in h2c, H2c; $($name $({ $($args)* })?),*);
-        $crate::support::protocol::over_every_protocol!(@in h2_tls, H2Tls; $($name $({ $($args)* })?),*);
+    (
+        $($name:ident $({ $($args:tt)* })?),* $(,)?
+        $(; plain: $($plain:ident $({ $($pargs:tt)* })?),* $(,)?)?
+    ) => {
+        $crate::support::protocol::over_every_protocol!(@in http1, Http1;
+            $($name $({ $($args)* })?,)* $($($plain $({ $($pargs)* })?,)*)?);
+        $crate::support::protocol::over_every_protocol!(@in h2c, H2c;
+            $($name $({ $($args)* })?,)* $($($plain $({ $($pargs)* })?,)*)?);
+        $crate::support::protocol::over_every_protocol!(@in h2_tls, H2Tls;
+            $($name $({ $($args)* })?,)*);
     };
-    (@in $module:ident, $protocol:ident; $($name:ident $({ $($args:tt)* })?),*) => {
+    (@in $module:ident, $protocol:ident; $($name:ident $({ $($args:tt)* })?,)*) => {
         mod $module {
             $(
                 #[tokio::test $(($($args)*))?]

@@ -43,7 +43,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Re
                     continue;
                 }
             },
-            _ = crate::server::stopped(&mut stop) => break,
+            _ = crate::shutdown::stopped(&mut stop) => break,
         };
         let state = state.clone();
         let service = service_fn(move |req| {

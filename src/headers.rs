@@ -12,9 +12,9 @@ use smallvec::SmallVec;
 use crate::cookie::{cookie_pairs, CookieJar, Refused, Verified};
 use crate::error::ProxyError;
 use crate::metrics::{CookieRejection, Metrics};
-use crate::proxy::{ConnInfo, Settings};
 use crate::redirect::{ClientOrigin, UpstreamOrigin};
 use crate::session::{is_true, Changes, ChangesError, SessionId};
+use crate::settings::{ConnInfo, Settings};
 
 /// One header line: name and value as they arrived.
 pub type Line<'a> = (&'a [u8], &'a [u8]);

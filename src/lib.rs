@@ -12,6 +12,8 @@
 //! - [`redirect`]: the upstream's own URLs in `Location` and its kin, moved to the client's origin.
 //! - [`upstream`]: the request body limit, hop-by-hop and `X-Forwarded-*` rules.
 //! - [`proxy`]: the request path, read top to bottom.
+//! - [`settings`]: what a request is served under: its connection and the settings from the config.
+//! - [`shutdown`]: the stop signal listeners and connections wait on.
 //! - [`server`]: listeners (plain, TLS), workers, reload, graceful shutdown.
 //! - [`tls`]: certificates for the HTTPS listener and `https://` upstreams.
 //! - [`admin`]: health, readiness (and, later, metrics and the session API).
@@ -35,5 +37,7 @@ pub mod proxy;
 pub mod redirect;
 pub mod server;
 pub mod session;
+pub mod settings;
+pub mod shutdown;
 pub mod tls;
 pub mod upstream;

@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, watch, Semaphore};
 use crate::config::{Config, ConfigError, LimitsConfig};
 use crate::proxy::{self, ConnInfo, Settings, State, Worker};
 use crate::session::{self, StoreError, StoreTasks};
+use crate::shutdown::stopped;
 use crate::tls::{ServerCert, TlsError};
 
 /// A TLS handshake must finish within this, or the connection is dropped.
@@ -415,11 +416,6 @@ async fn worker(
             tracing::warn!("shutdown timeout reached; closing remaining connections");
         }
     }
-}
-
-/// Completes once the stop flag turns true.
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {

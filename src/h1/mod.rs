@@ -78,7 +78,7 @@ where
     // requests: it joins the signal's waiters once, not once per request.
     let mut stop_signal = stop.clone();
     let mut stopping =
-        std::pin::pin!(async move { crate::server::stopped(&mut stop_signal).await });
+        std::pin::pin!(async move { crate::shutdown::stopped(&mut stop_signal).await });
     loop {
         let head = read_head(
             &mut io,

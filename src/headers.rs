@@ -651,13 +651,16 @@ pub fn rewrite_redirects<'a>(
     client: ClientOrigin<'_>,
 ) {
     for (((_, value), &kind), k) in lines.iter().zip(names).zip(keep.iter_mut()) {
+        if !*k {
+            continue;
+        }
         let (name, rewritten) = match kind {
             Name::Location => (&LOCATION, upstream.rewrite(value, client)),
             Name::ContentLocation => (&CONTENT_LOCATION, upstream.rewrite(value, client)),
             Name::Refresh => (&REFRESH, upstream.rewrite_refresh(value, client)),
             _ => continue,
         };
-        if let Some(url) = rewritten.filter(|_| *k) {
+        if let Some(url) = rewritten {
             *k = false;
             extras.add(name, url);
         }

@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Version};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 
@@ -294,18 +294,7 @@ impl ProtocolProxy {
                     .await
                     .unwrap_or_else(|_| panic!("[{p}] no answer in time"))
                     .unwrap_or_else(|e| panic!("[{p}] request failed: {e:?}"));
-                let (parts, body) = response.into_parts();
-                let body = tokio::time::timeout(PATIENCE, body.collect())
-                    .await
-                    .expect("body did not finish in time")
-                    .expect("body failed")
-                    .to_bytes();
-                Answer {
-                    status: parts.status,
-                    version: parts.version,
-                    headers: parts.headers,
-                    body,
-                }
+                Answer::read(response).await
             }
         };
         assert_eq!(

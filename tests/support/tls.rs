@@ -266,6 +266,22 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Reads `response` whole, within [`PATIENCE`].
+    pub async fn read(response: http::Response<hyper::body::Incoming>) -> Answer {
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout(PATIENCE, body.collect())
+            .await
+            .expect("body did not finish in time")
+            .expect("body failed")
+            .to_bytes();
+        Answer {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        }
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -375,19 +391,7 @@ impl TlsConn {
                 tokio::time::timeout(PATIENCE, sender.send_request(req)).await
             }
         };
-        let response = sent.expect("no answer in time").expect("request failed");
-        let (parts, body) = response.into_parts();
-        let body = tokio::time::timeout(PATIENCE, body.collect())
-            .await
-            .expect("body did not finish in time")
-            .expect("body failed")
-            .to_bytes();
-        Answer {
-            status: parts.status,
-            version: parts.version,
-            headers: parts.headers,
-            body,
-        }
+        Answer::read(sent.expect("no answer in time").expect("request failed")).await
     }
 }
 

@@ -413,6 +413,17 @@ fn check_accepts_dev_after_the_subcommand_as_the_error_suggests() {
     }
 }
 
+/// `sessiongate check --config CONFIG` run from the directory `cwd`.
+fn check_from(cwd: &std::path::Path, config: &std::path::Path) -> Output {
+    Command::new(BIN)
+        .current_dir(cwd)
+        .env_remove("SESSIONGATE_SECRET")
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("run sessiongate check")
+}
+
 #[test]
 fn relative_certificate_paths_are_read_from_the_config_files_directory() {
     let dir = tempfile::tempdir().unwrap();
@@ -434,23 +445,13 @@ fn relative_certificate_paths_are_read_from_the_config_files_directory() {
     let elsewhere = tempfile::tempdir().unwrap();
 
     // Run from another directory: the paths are the config file's, not the caller's.
-    let output = Command::new(BIN)
-        .current_dir(elsewhere.path())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let output = check_from(elsewhere.path(), &config);
 
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
 
     // A file that is not there is named, with the key and its line.
     std::fs::remove_file(dir.path().join("certs/dev-key.pem")).unwrap();
-    let output = Command::new(BIN)
-        .current_dir(elsewhere.path())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let output = check_from(elsewhere.path(), &config);
     assert_rejected(
         &output,
         &["sessiongate.yaml:11:", "tls.key", "dev-key.pem"],
@@ -572,12 +573,7 @@ fn check_warns_about_a_snapshot_it_could_not_load_next_to_the_config() {
     .unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
 
-    let output = Command::new(BIN)
-        .current_dir(elsewhere.path())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let output = check_from(elsewhere.path(), &config);
 
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");

@@ -711,12 +711,18 @@ pub fn put_lines(out: &mut Vec<u8>, lines: &[Line<'_>], keep: &[bool], extras: &
     }
 }
 
-/// The same lines as a `HeaderMap`, for hyper (the HTTP/2 path). `map` is the map
-/// `lines` were taken from, in its iteration order.
-pub fn to_header_map(map: &http::HeaderMap, keep: &[bool], extras: &Extras<'_>) -> http::HeaderMap {
-    let mut out = http::HeaderMap::with_capacity(map.len() + extras.0.len());
-    for ((name, value), _) in map.iter().zip(keep).filter(|(_, &k)| k) {
-        out.append(name.clone(), value.clone());
+/// The kept lines and the added ones as a `HeaderMap` (for an HTTP/2 client).
+/// The lines come from the strict parser, so every name is a token; a value
+/// `http` refuses is left out.
+pub fn header_map(lines: &[Line<'_>], keep: &[bool], extras: &Extras<'_>) -> http::HeaderMap {
+    let mut out = http::HeaderMap::with_capacity(lines.len() + extras.0.len());
+    for ((name, value), _) in lines.iter().zip(keep).filter(|(_, &k)| k) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name),
+            HeaderValue::from_bytes(value),
+        ) {
+            out.append(name, value);
+        }
     }
     for (name, value) in &extras.0 {
         let value = match value {

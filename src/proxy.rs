@@ -1,4 +1,7 @@
-//! The request path, top to bottom: one request in, one response out.
+//! The request path, top to bottom: one request in, one response out, the same
+//! for HTTP/1 and HTTP/2. [`forward`] runs the steps; the protocol's adapter
+//! (`crate::downstream`) reads the request and sends what it returns, and the
+//! one upstream client ([`crate::h1::client`]) carries it to the upstream.
 //!
 //! 1. strip hop-by-hop and session-prefixed client headers, take the proxy's cookie
 //!    out of `Cookie`;
@@ -13,29 +16,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use bytes::Buf;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode};
 
-use crate::config::{Config, CreateMode};
+use crate::config::{Config, CreateMode, LimitsConfig};
 use crate::cookie::{CookieFlavor, Verified};
 use crate::error::ProxyError;
+use crate::h1::client::{Conn, Pool, ResponseBody};
+use crate::h1::codec::{self, Framing, ResponseHead};
 use crate::headers::{self, Candidate, Extras, Keep, Line, RequestView, UpstreamSession};
+use crate::io;
 use crate::metrics::{CookieRejection, Metrics};
-use crate::pool::{HyperPool, Pool, PooledBody, Reusable, SendError};
 use crate::redirect::ClientOrigin;
 use crate::session::{
     now_ms, Applied, Changes, Lookup, SessionData, SessionId, SessionStore, Store, StoreError,
 };
-use crate::upstream::{self, RequestBody};
+use crate::upstream::{self, UpstreamFailure};
 use smallvec::SmallVec;
 
 pub use crate::settings::{ConnInfo, Settings};
-
-/// The body of every response the proxy sends: the upstream's, streamed, or its own.
-pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
 /// State shared by every worker thread.
 pub struct State {
@@ -67,50 +67,34 @@ pub struct Worker {
     pub state: Arc<State>,
     /// This worker's connections to the upstream; replaced when a reload changes
     /// the upstream.
-    pool: ArcSwap<HyperPool>,
-    /// The same for the HTTP/1 path, which speaks to the upstream as bytes.
-    h1_pool: ArcSwap<crate::h1::client::Pool>,
+    pool: ArcSwap<Pool>,
     request_prefix: u32,
     request_counter: AtomicU64,
 }
 
-/// The pool in `slot` if it still serves the configured upstream, else a new
-/// one put in its place (after a reload changed the upstream).
-fn current_pool<C: Reusable>(slot: &ArcSwap<Pool<C>>, settings: &Settings) -> Arc<Pool<C>> {
-    let upstream = &settings.config.upstream;
-    let pool = slot.load_full();
-    if pool.serves(upstream) {
-        return pool;
-    }
-    let fresh = Arc::new(Pool::new(upstream));
-    slot.store(fresh.clone());
-    fresh
-}
-
 impl Worker {
     pub fn new(state: Arc<State>) -> Worker {
-        let upstream = &state.settings.load().config.upstream;
-        let pool = ArcSwap::from_pointee(Pool::new(upstream));
-        let h1_pool = ArcSwap::from_pointee(Pool::new(upstream));
+        let endpoint = state.settings.load().endpoint.clone();
         let mut prefix = [0u8; 4];
         getrandom::fill(&mut prefix).expect("the operating system's random source failed");
         Worker {
             state,
-            pool,
-            h1_pool,
+            pool: ArcSwap::from_pointee(Pool::new(endpoint)),
             request_prefix: u32::from_le_bytes(prefix),
             request_counter: AtomicU64::new(0),
         }
     }
 
-    /// The HTTP/2 path's pool for the current upstream.
-    fn pool(&self, settings: &Settings) -> Arc<HyperPool> {
-        current_pool(&self.pool, settings)
-    }
-
-    /// The HTTP/1 path's pool for the current upstream.
-    pub(crate) fn h1_pool(&self, settings: &Settings) -> Arc<crate::h1::client::Pool> {
-        current_pool(&self.h1_pool, settings)
+    /// The pool for the upstream `settings` name: the current one, or a new one
+    /// put in its place after a reload changed the upstream.
+    fn pool(&self, settings: &Settings) -> Arc<Pool> {
+        let pool = self.pool.load_full();
+        if pool.serves(&settings.endpoint.identity) {
+            return pool;
+        }
+        let fresh = Arc::new(Pool::new(settings.endpoint.clone()));
+        self.pool.store(fresh.clone());
+        fresh
     }
 
     /// A request id: 8 hex digits of per-worker random prefix, 12 of counter.
@@ -146,8 +130,6 @@ enum SessionState {
         created_ms: u64,
     },
 }
-
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The bookkeeping one request carries from its head to its last byte: when it
 /// started, the settings it was served under, its id, and what the access log needs.
@@ -269,37 +251,447 @@ fn millis(d: Duration) -> f64 {
     d.as_micros() as f64 / 1000.0
 }
 
-/// Serves one request over hyper (HTTP/2, and HTTP/1 on the redirecting
-/// listener); never fails (errors become responses).
-pub async fn handle(
-    worker: Arc<Worker>,
-    conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
-) -> Response<ProxyBody> {
-    let (parts, body) = req.into_parts();
-    let client_request_id = parts.headers.get(&X_REQUEST_ID).map(|v| v.as_bytes());
-    let mut begun = worker.begin(
-        &conn,
-        &parts.method,
-        parts.uri.path().as_bytes(),
-        client_request_id,
-    );
-    let outcome = proxy(&worker, &conn, &mut begun, &parts, body).await;
-    let mut response = match outcome {
-        Ok(resp) => resp,
-        Err(err) => {
+/// A request as its protocol delivered it, ready for steps 1 to 6.
+pub(crate) struct Incoming<'a> {
+    pub method: &'a Method,
+    pub view: RequestView<'a>,
+    /// How its body travels to the upstream.
+    pub framing: Framing,
+    /// The client waits for `100 Continue` before it sends its body.
+    pub expect_continue: bool,
+    /// The client's `X-Request-Id`, kept when a trusted proxy sent it.
+    pub request_id: Option<&'a [u8]>,
+    /// Why the adapter found the request unfit to forward, if it did: answered
+    /// 400, counted and logged like any failed request.
+    pub malformed: Option<&'static str>,
+}
+
+/// The client's side of one request: an HTTP/1 connection or an HTTP/2 stream.
+/// [`forward`] reads the request body through it and gets back the response
+/// head in the client's protocol; the adapter sends what [`forward`] returns.
+#[allow(async_fn_in_trait)]
+pub(crate) trait Downstream {
+    /// A response head as this protocol sends it.
+    type Head;
+    /// Moves what has already arrived of the request body into `out`, framed
+    /// for the upstream. Never waits.
+    fn body_ready(&mut self, out: &mut Vec<u8>, limits: &LimitsConfig) -> Result<(), ProxyError>;
+    /// The whole request body has been moved.
+    fn body_done(&self) -> bool;
+    /// Waits for more of the request body, each wait at most
+    /// `limits.client_body_timeout`, and moves it into `out`.
+    async fn body_wait(
+        &mut self,
+        out: &mut Vec<u8>,
+        limits: &LimitsConfig,
+    ) -> Result<(), ProxyError>;
+    /// Tells a client that waits for it to send its body (`100 Continue`).
+    async fn go_on(&mut self) -> std::io::Result<()>;
+    /// The upstream's final response head with the kept lines and the added
+    /// ones, for this client; and whether its body is re-chunked on the way
+    /// (else copied as framed, or decoded to data).
+    fn head(
+        &mut self,
+        response: &ResponseHead<'_>,
+        keep: &Keep,
+        extras: &Extras<'_>,
+    ) -> (Self::Head, bool);
+    /// A response the proxy makes itself, with `body`. `clean`: the request
+    /// was read whole, so its connection can carry another.
+    fn own(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &'static str,
+        clean: bool,
+    ) -> Self::Head;
+}
+
+/// What [`forward`] came to, for the adapter to send.
+pub(crate) enum Reply<H> {
+    /// The upstream's response: its head, the first bytes of its body (framed
+    /// for the client), and the rest still to read.
+    Upstream {
+        head: H,
+        first: Vec<u8>,
+        body: ResponseBody,
+    },
+    /// `101 Switching Protocols`: the upstream connection for a tunnel, and
+    /// the upstream's bytes that came with the head.
+    Switched { head: H, first: Vec<u8>, up: Conn },
+    /// The proxy's own answer.
+    Own(H),
+    /// The client went away before anything could be answered.
+    Gone,
+}
+
+/// Why a request failed before its response head was ready.
+enum Failed {
+    /// The client gets the error's answer. `clean`: the request was read whole.
+    Proxy { err: ProxyError, clean: bool },
+    /// The client is gone.
+    Gone,
+}
+
+impl Failed {
+    fn upstream(kind: UpstreamFailure, clean: bool) -> Failed {
+        Failed::Proxy {
+            err: ProxyError::Upstream(kind),
+            clean,
+        }
+    }
+}
+
+/// One try at the upstream round trip.
+enum Attempt {
+    /// A reused connection broke before answering; try a new one.
+    Retry,
+    Failed(Failed),
+}
+
+/// The most a response head from the upstream may take: large enough for a
+/// write-back the store will refuse by size rather than a 502.
+const MAX_RESPONSE_HEAD: usize = 512 * 1024;
+
+/// Steps 1 to 6 of one request, whichever protocol carried it: the bookkeeping,
+/// the session, the upstream round trip with its retry policy and timeouts, the
+/// write-back, and the answer. Never fails: an error becomes the proxy's own
+/// answer, counted and logged here.
+pub(crate) async fn forward<D: Downstream>(
+    worker: &Worker,
+    conn: &ConnInfo,
+    down: &mut D,
+    request: Incoming<'_>,
+) -> Reply<D::Head> {
+    let mut begun = worker.begin(conn, request.method, request.view.path, request.request_id);
+    match exchange(worker, conn, &mut begun, down, &request).await {
+        Ok(reply) => reply,
+        Err(Failed::Gone) => {
+            worker.finish(&mut begun, conn, StatusCode::BAD_REQUEST, None);
+            Reply::Gone
+        }
+        Err(Failed::Proxy { err, clean }) => {
             worker.failed(&begun, &err);
-            err.into_response().map(Either::Right)
+            let (status, body) = (err.status(), err.body());
+            let (mut parts, _) = err.into_response().into_parts();
+            parts.headers.remove(header::CONNECTION);
+            worker.finish_headers(&begun, conn, &mut parts.headers);
+            worker.finish(&mut begun, conn, status, Some(body.len() as u64));
+            Reply::Own(down.own(status, &parts.headers, body, clean))
+        }
+    }
+}
+
+async fn exchange<D: Downstream>(
+    worker: &Worker,
+    conn: &ConnInfo,
+    begun: &mut Begun,
+    down: &mut D,
+    request: &Incoming<'_>,
+) -> Result<Reply<D::Head>, Failed> {
+    let state = &*worker.state;
+    let settings: &Settings = &begun.settings;
+    let method = request.method;
+    if let Some(why) = request.malformed {
+        return Err(Failed::Proxy {
+            err: ProxyError::BadRequest(why),
+            clean: true,
+        });
+    }
+    let limits = &settings.config.limits;
+    // Steps 1 to 3: the session, and the request head for the upstream.
+    let (mut exchange, mut out) = {
+        let prepared = prepare(
+            state,
+            settings,
+            conn,
+            begun.trusted,
+            &begun.request_id,
+            method,
+            &request.view,
+            &mut begun.trace,
+        )
+        .await
+        .map_err(|err| Failed::Proxy {
+            err,
+            clean: matches!(request.framing, Framing::Empty | Framing::Length(0)),
+        })?;
+        let mut keep = prepared.keep;
+        if request.expect_continue {
+            // The proxy answers `100 Continue` itself when it wants the body.
+            for (k, (name, _)) in keep.iter_mut().zip(request.view.lines.iter()) {
+                *k &= !name.eq_ignore_ascii_case(b"expect");
+            }
+        }
+        let mut out = Vec::with_capacity(1024);
+        codec::write_request(
+            &mut out,
+            method,
+            &prepared.target,
+            request.view.lines,
+            &keep,
+            &prepared.extras,
+            request.framing,
+        );
+        (prepared.exchange, out)
+    };
+    // The head goes with as much of the body as already arrived with it.
+    down.body_ready(&mut out, limits)
+        .map_err(|err| Failed::Proxy { err, clean: false })?;
+
+    // The upstream round trip.
+    let pool = worker.pool(settings);
+    let timeout = settings.config.upstream.timeout;
+    let asked = Instant::now();
+    let (mut up, deadline) = round_trip(&pool, limits, timeout, down, out, request).await?;
+
+    // Steps 4 and 5 on the response head, then its body for the adapter.
+    let answer = read_answer(
+        state,
+        settings,
+        conn,
+        &mut exchange,
+        &mut up,
+        deadline,
+        method,
+        down,
+        asked,
+    )
+    .await?;
+    let Answer {
+        head,
+        status,
+        framing,
+        keep_alive,
+        rechunk,
+        bytes,
+        took,
+    } = answer;
+    begun.trace.upstream = Some(took);
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        let first = up.buf.split().to_vec();
+        worker.finish(begun, conn, status, None);
+        return Ok(Reply::Switched { head, first, up });
+    }
+    let mut body = ResponseBody::new(up, pool, framing, keep_alive, rechunk, timeout);
+    // A chunked body broken in what arrived with the head is found before
+    // anything is sent: the client gets a 502, not half a response.
+    let mut first = Vec::new();
+    if body.take(&mut first).is_err() {
+        tracing::warn!("malformed chunked body from the upstream");
+        return Err(Failed::upstream(UpstreamFailure::Protocol, true));
+    }
+    worker.finish(begun, conn, status, bytes);
+    Ok(Reply::Upstream { head, first, body })
+}
+
+/// Sends the request upstream and waits for the first byte of its answer; the
+/// deadline for the rest of the head is returned with the connection.
+///
+/// A reused connection the upstream closed while idle fails on the write or
+/// before any response byte: an idempotent request whose body was sent whole
+/// with its head is tried again, once, on a new connection. Others are never
+/// sent twice.
+async fn round_trip<D: Downstream>(
+    pool: &Pool,
+    limits: &LimitsConfig,
+    timeout: Duration,
+    down: &mut D,
+    mut out: Vec<u8>,
+    request: &Incoming<'_>,
+) -> Result<(Conn, tokio::time::Instant), Failed> {
+    let idempotent = matches!(
+        *request.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    let replayable = idempotent && down.body_done();
+    let mut fresh_only = false;
+    loop {
+        let up = if fresh_only { None } else { pool.checkout() };
+        let up = match up {
+            Some(up) => up,
+            None => pool
+                .connect()
+                .await
+                .map_err(|kind| Failed::upstream(kind, down.body_done()))?,
+        };
+        let retry = up.reused && replayable;
+        let sent = attempt(up, limits, timeout, down, &mut out, request, retry);
+        match sent.await {
+            Ok(answered) => return Ok(answered),
+            Err(Attempt::Retry) => fresh_only = true,
+            Err(Attempt::Failed(failed)) => return Err(failed),
+        }
+    }
+}
+
+/// One try: the head (with what came of the body), the rest of the body as the
+/// client sends it, then the wait for the first byte of the answer.
+async fn attempt<D: Downstream>(
+    mut up: Conn,
+    limits: &LimitsConfig,
+    timeout: Duration,
+    down: &mut D,
+    out: &mut Vec<u8>,
+    request: &Incoming<'_>,
+    retry: bool,
+) -> Result<(Conn, tokio::time::Instant), Attempt> {
+    // Writes to the upstream that make no progress for `upstream.timeout` are
+    // its fault: 504.
+    let stalled = |e: std::io::Error, clean: bool| {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            Attempt::Failed(Failed::Proxy {
+                err: ProxyError::UpstreamTimeout,
+                clean,
+            })
+        } else {
+            tracing::debug!(error = %e, "upstream write failed");
+            Attempt::Failed(Failed::upstream(UpstreamFailure::Reset, clean))
         }
     };
-    worker.finish_headers(&begun, &conn, response.headers_mut());
-    let bytes = response
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    worker.finish(&mut begun, &conn, response.status(), bytes);
-    response
+    if let Err(e) = io::send(&mut up.io, out, timeout).await {
+        if retry && e.kind() != std::io::ErrorKind::TimedOut {
+            return Err(Attempt::Retry);
+        }
+        return Err(stalled(e, false));
+    }
+    if !down.body_done() {
+        out.clear();
+        if request.expect_continue {
+            down.go_on()
+                .await
+                .map_err(|_| Attempt::Failed(Failed::Gone))?;
+        }
+        // The upload is bounded by `limits.client_body_timeout` between reads,
+        // not by `upstream.timeout`: a slow but live client is not the
+        // upstream's fault.
+        while !down.body_done() {
+            down.body_wait(out, limits)
+                .await
+                .map_err(|err| Attempt::Failed(Failed::Proxy { err, clean: false }))?;
+            if !out.is_empty() {
+                io::send(&mut up.io, out, timeout)
+                    .await
+                    .map_err(|e| stalled(e, down.body_done()))?;
+                out.clear();
+            }
+        }
+    }
+    // `upstream.timeout` counts from here: the whole request is sent. A reused
+    // connection that ends before its first byte is retried.
+    let deadline = tokio::time::Instant::now() + timeout;
+    while up.buf.is_empty() {
+        match up.fill_until(deadline).await {
+            Ok(n) if n > 0 => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(Attempt::Failed(Failed::Proxy {
+                    err: ProxyError::UpstreamTimeout,
+                    clean: true,
+                }))
+            }
+            Ok(_) | Err(_) if retry => return Err(Attempt::Retry),
+            Ok(_) | Err(_) => {
+                return Err(Attempt::Failed(Failed::upstream(
+                    UpstreamFailure::Reset,
+                    true,
+                )))
+            }
+        }
+    }
+    Ok((up, deadline))
+}
+
+/// The final response head, rewritten for the client, and what its body
+/// needs.
+struct Answer<H> {
+    head: H,
+    status: StatusCode,
+    framing: Framing,
+    /// The upstream keeps its connection open after this response.
+    keep_alive: bool,
+    rechunk: bool,
+    /// The body's length, for the access log, when known.
+    bytes: Option<u64>,
+    /// From the request's first byte upstream to its answer's head.
+    took: Duration,
+}
+
+/// Reads the response head as the one response parser does: interim (1xx but
+/// 101) heads are skipped, and the final one goes through steps 4 and 5 to
+/// the adapter. Its bytes are taken off the connection's buffer.
+#[allow(clippy::too_many_arguments)]
+async fn read_answer<D: Downstream>(
+    state: &State,
+    settings: &Settings,
+    conn: &ConnInfo,
+    exchange: &mut Exchange,
+    up: &mut Conn,
+    deadline: tokio::time::Instant,
+    method: &Method,
+    down: &mut D,
+    asked: Instant,
+) -> Result<Answer<D::Head>, Failed> {
+    loop {
+        // `Ok(len)`: a whole head of `len` bytes was used; `Err(len)`: an
+        // interim head of `len` bytes; `None`: not all here yet. The parse
+        // (borrowing the buffer) ends with this block.
+        let used = 'head: {
+            let rh = match codec::parse_response(&up.buf, MAX_RESPONSE_HEAD, method) {
+                Ok(Some(rh)) => rh,
+                Ok(None) => break 'head None,
+                Err(why) => {
+                    tracing::warn!(why = why.0, "malformed response head from the upstream");
+                    return Err(Failed::upstream(UpstreamFailure::Protocol, true));
+                }
+            };
+            if rh.status.is_informational() && rh.status != StatusCode::SWITCHING_PROTOCOLS {
+                break 'head Some(Err(rh.len));
+            }
+            let took = asked.elapsed();
+            let (keep, extras) = respond(
+                state,
+                settings,
+                exchange,
+                rh.status,
+                &rh.lines,
+                settings.hsts_for(conn),
+            )
+            .await
+            .map_err(|err| Failed::Proxy { err, clean: true })?;
+            let (head, rechunk) = down.head(&rh, &keep, &extras);
+            let answer = Answer {
+                head,
+                status: rh.status,
+                framing: rh.framing,
+                keep_alive: rh.keep_alive,
+                rechunk,
+                bytes: rh.declared_length,
+                took,
+            };
+            Some(Ok((answer, rh.len)))
+        };
+        match used {
+            Some(Ok((answer, len))) => {
+                up.buf.advance(len);
+                return Ok(answer);
+            }
+            Some(Err(len)) => {
+                up.buf.advance(len);
+                continue;
+            }
+            None => {}
+        }
+        match up.fill_until(deadline).await {
+            Ok(n) if n > 0 => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(Failed::Proxy {
+                    err: ProxyError::UpstreamTimeout,
+                    clean: true,
+                })
+            }
+            Ok(_) | Err(_) => return Err(Failed::upstream(UpstreamFailure::Reset, true)),
+        }
+    }
 }
 
 /// A short, one-way tag of a session ID for logs: the first 8 bytes of its SHA-256,
@@ -309,134 +701,6 @@ fn session_tag(id: &SessionId) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(id.as_bytes());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-async fn proxy(
-    worker: &Worker,
-    conn: &ConnInfo,
-    begun: &mut Begun,
-    parts: &http::request::Parts,
-    body: Incoming,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let Begun {
-        settings,
-        trusted,
-        request_id,
-        trace,
-        ..
-    } = begun;
-    let settings: &Settings = settings;
-    let cfg = &settings.config;
-    // HTTP/2 carries header names as bytes; forwarded over HTTP/1 each must be
-    // a token, or the upstream would read a line the proxy did not mean.
-    if parts
-        .headers
-        .keys()
-        .any(|name| !name.as_str().bytes().all(headers::is_tchar))
-    {
-        return Err(ProxyError::BadRequest("header name is not a token"));
-    }
-    // One host per request (RFC 9112 §3.2, RFC 9113 §8.3.1): a `host` beside a
-    // different `:authority` names two sites to two readers.
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
-    if let (Some(host), more) = (hosts.next(), hosts.next()) {
-        let differs = parts
-            .uri
-            .authority()
-            .is_some_and(|a| !a.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()));
-        if more.is_some() || differs {
-            return Err(ProxyError::BadRequest("host disagrees with :authority"));
-        }
-    }
-    let lines = headers::lines_of(&parts.headers);
-    let view = RequestView {
-        path: parts.uri.path().as_bytes(),
-        target: parts
-            .uri
-            .path_and_query()
-            .map_or(b"/", |pq| pq.as_str().as_bytes()),
-        authority: parts.uri.authority().map(|a| a.as_str().as_bytes()),
-        lines: &lines,
-    };
-    let state = &*worker.state;
-    let prepared = prepare(
-        state,
-        settings,
-        conn,
-        *trusted,
-        request_id,
-        &parts.method,
-        &view,
-        trace,
-    )
-    .await?;
-    let mut exchange = prepared.exchange;
-    let uri = Uri::try_from(&*prepared.target)
-        .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
-    let mut request_body = RequestBody::new(
-        body,
-        cfg.limits.max_body_bytes,
-        cfg.limits.client_body_timeout,
-    );
-    let body_sent = request_body.watch_sent();
-    let mut out = Request::new(request_body);
-    *out.method_mut() = parts.method.clone();
-    *out.uri_mut() = uri;
-    *out.version_mut() = Version::HTTP_11;
-    *out.headers_mut() = headers::to_header_map(&parts.headers, &prepared.keep, &prepared.extras);
-
-    let asked = Instant::now();
-    let pool = worker.pool(settings);
-    // `upstream.timeout` counts from the moment the whole body has been sent.
-    let timeout = cfg.upstream.timeout;
-    let sent = match body_sent {
-        None => tokio::time::timeout(timeout, pool.send(out))
-            .await
-            .map_err(|_| ()),
-        Some(mut body_sent) => tokio::select! {
-            sent = pool.send(out) => Ok(sent),
-            _ = async {
-                let _ = body_sent.wait_for(|sent| *sent).await;
-                tokio::time::sleep(timeout).await;
-            } => Err(()),
-        },
-    };
-    trace.upstream = Some(asked.elapsed());
-    let mut resp = match sent {
-        Err(()) => return Err(ProxyError::UpstreamTimeout),
-        Ok(Err(SendError::Upstream(kind))) => return Err(ProxyError::Upstream(kind)),
-        Ok(Err(SendError::BodyTooLarge)) => return Err(ProxyError::BodyTooLarge),
-        Ok(Err(SendError::ClientBody)) => {
-            return Err(ProxyError::BadRequest("malformed request body"))
-        }
-        Ok(Err(SendError::BodyStalled)) => return Err(ProxyError::BodyTimeout),
-        Ok(Ok(resp)) => resp,
-    };
-    let status = resp.status();
-    let rewritten = {
-        let lines = headers::lines_of(resp.headers());
-        let (keep, extras) = respond(
-            state,
-            settings,
-            &mut exchange,
-            status,
-            &lines,
-            settings.hsts_for(conn),
-        )
-        .await?;
-        let mut map = headers::to_header_map(resp.headers(), &keep, &extras);
-        // The framing of the response to the client is hyper's to compute from
-        // the body; a response without one (to HEAD, a 304) still tells the
-        // size the upstream declared.
-        if parts.method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
-            if let Some(length) = resp.headers().get(header::CONTENT_LENGTH) {
-                map.insert(header::CONTENT_LENGTH, length.clone());
-            }
-        }
-        map
-    };
-    *resp.headers_mut() = rewritten;
-    Ok(resp.map(Either::Left))
 }
 
 /// A request's session state between its two halves: what [`prepare`] found and
@@ -809,50 +1073,4 @@ fn cookie_for(
         })
     };
     Some(flavor.set_cookie(&keys.sign(id), max_age))
-}
-
-/// The plain listener's answer under `tls.redirect_http`: `308` to the same host,
-/// path and query on the HTTPS port.
-pub fn redirect_to_https<B>(req: &Request<B>, https_port: u16) -> Response<ProxyBody> {
-    let host = req
-        .uri()
-        .host()
-        .map(str::to_owned)
-        .or_else(|| {
-            let h = req.headers().get(header::HOST)?.to_str().ok()?;
-            // Strip a port, keeping bracketed IPv6 literals whole.
-            let host = match h.rfind(':') {
-                Some(i) if !h[i..].contains(']') => &h[..i],
-                _ => h,
-            };
-            Some(host.to_owned())
-        })
-        .filter(|h| {
-            !h.is_empty()
-                && h.bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'@')
-        });
-    let Some(host) = host else {
-        return ProxyError::BadRequest("no host to redirect to")
-            .into_response()
-            .map(Either::Right);
-    };
-    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let location = if https_port == 443 {
-        format!("https://{host}{pq}")
-    } else {
-        format!("https://{host}:{https_port}{pq}")
-    };
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
-        b"308 Permanent Redirect: use HTTPS\n",
-    ))));
-    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }

@@ -11,6 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -21,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::config::{Config, ConfigError, LimitsConfig};
-use crate::proxy::{self, ConnInfo, Settings, State, Worker};
+use crate::proxy::{ConnInfo, Settings, State, Worker};
 use crate::session::{self, StoreError, StoreTasks};
 use crate::shutdown::stopped;
 use crate::tls::{ServerCert, TlsError};
@@ -520,9 +522,9 @@ async fn serve_h1<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    match crate::h1::serve(io, &info, &worker, stop, detect_h2).await {
-        crate::h1::Served::Closed => drop(graceful),
-        crate::h1::Served::H2 { io, read } => {
+    match crate::downstream::h1::serve(io, &info, &worker, stop, detect_h2).await {
+        crate::downstream::h1::Served::Closed => drop(graceful),
+        crate::downstream::h1::Served::H2 { io, read } => {
             serve(Prefixed::new(read, io), info, worker, builder, graceful).await
         }
     }
@@ -603,7 +605,7 @@ async fn serve<IO>(
         let worker = worker.clone();
         let info = info.clone();
         seen_by_service.store(true, std::sync::atomic::Ordering::Relaxed);
-        async move { Ok::<_, Infallible>(proxy::handle(worker, info, req).await) }
+        async move { Ok::<_, Infallible>(crate::downstream::h2::handle(worker, info, req).await) }
     });
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
@@ -638,13 +640,58 @@ async fn redirect<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| async move {
-        Ok::<_, Infallible>(proxy::redirect_to_https(&req, https_port))
-    });
+    let service =
+        service_fn(
+            move |req| async move { Ok::<_, Infallible>(redirect_to_https(&req, https_port)) },
+        );
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
     if let Err(e) = graceful.watch(conn).await {
         tracing::debug!(error = %e, "connection ended with an error");
     }
+}
+
+/// The plain listener's answer under `tls.redirect_http`: `308` to the same host,
+/// path and query on the HTTPS port.
+fn redirect_to_https<B>(req: &http::Request<B>, https_port: u16) -> http::Response<Full<Bytes>> {
+    let host = req
+        .uri()
+        .host()
+        .map(str::to_owned)
+        .or_else(|| {
+            let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
+            // Strip a port, keeping bracketed IPv6 literals whole.
+            let host = match h.rfind(':') {
+                Some(i) if !h[i..].contains(']') => &h[..i],
+                _ => h,
+            };
+            Some(host.to_owned())
+        })
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'@')
+        });
+    let Some(host) = host else {
+        return crate::error::ProxyError::BadRequest("no host to redirect to").into_response();
+    };
+    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if https_port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{https_port}{pq}")
+    };
+    let mut resp = http::Response::new(Full::new(Bytes::from_static(
+        b"308 Permanent Redirect: use HTTPS\n",
+    )));
+    *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = http::HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }

@@ -8,6 +8,7 @@ use http::HeaderValue;
 
 use crate::config::Config;
 use crate::cookie::CookieJar;
+use crate::pool::Endpoint;
 use crate::redirect::UpstreamOrigin;
 
 /// What a connection knows about its peer, worked out once per connection.
@@ -42,6 +43,8 @@ pub struct Settings {
     hsts: Option<HeaderValue>,
     /// The upstream's origin, when `upstream.rewrite_redirects` is on.
     pub(crate) redirects: Option<UpstreamOrigin>,
+    /// Where requests go and how connections there are made.
+    pub(crate) endpoint: Endpoint,
 }
 
 impl Settings {
@@ -67,12 +70,23 @@ impl Settings {
             .rewrite_redirects
             .then(|| UpstreamOrigin::new(&config.upstream.uri, &config.upstream.base_path))
             .flatten();
+        let upstream = &config.upstream;
+        let endpoint = Endpoint {
+            authority: upstream.connect_to.clone(),
+            connect_timeout: upstream.connect_timeout,
+            tls: upstream.tls.clone(),
+            identity: format!(
+                "{} {:?} {:?}",
+                upstream.uri, upstream.ca_file, upstream.connect_timeout
+            ),
+        };
         Settings {
             config,
             jar,
             upstream_host,
             hsts,
             redirects,
+            endpoint,
         }
     }
 }

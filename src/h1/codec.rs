@@ -452,6 +452,28 @@ pub enum Outgoing {
     UntilClose,
 }
 
+/// The framing line of a response head written to the client: computed from
+/// how the body travels and what the parser found, never copied.
+pub fn client_framing(
+    status: StatusCode,
+    framing: Framing,
+    declared: Option<u64>,
+    outgoing: Outgoing,
+) -> BodyHead {
+    match (outgoing, framing) {
+        (Outgoing::Chunked, _) => BodyHead::Chunked,
+        (Outgoing::UntilClose, _) => BodyHead::None,
+        (Outgoing::AsIs, Framing::Length(n)) => BodyHead::Length(n),
+        // 1xx and 204 carry no Content-Length (RFC 9110 §8.6); a response to
+        // HEAD or a 304 tells the size the upstream declared, and an empty body
+        // declared as one is `Content-Length: 0`.
+        (Outgoing::AsIs, _) if status.is_informational() || status == StatusCode::NO_CONTENT => {
+            BodyHead::None
+        }
+        (Outgoing::AsIs, _) => declared.map_or(BodyHead::None, BodyHead::Length),
+    }
+}
+
 /// Writes a response head for the client with the framing line `body`. `close`
 /// adds `Connection: close`.
 pub fn write_response(

@@ -306,6 +306,70 @@ pub struct RequestScan<'a> {
     set_host: bool,
 }
 
+/// Refuses a request whose framing lines are ambiguous (more than one
+/// `Transfer-Encoding`, or a list) or declare a body over `limit`.
+fn check_framing(lines: &[Line<'_>], names: &[Name], limit: Option<u64>) -> Result<(), ProxyError> {
+    let mut encodings = 0;
+    for ((_, value), &kind) in lines.iter().zip(names) {
+        if kind == Name::ContentLength {
+            if limit.is_some_and(|limit| content_length(value).is_some_and(|n| n > limit)) {
+                return Err(ProxyError::BodyTooLarge);
+            }
+        } else if kind == Name::TransferEncoding {
+            encodings += 1;
+            if encodings > 1 || value.contains(&b',') {
+                return Err(ProxyError::BadRequest("ambiguous Transfer-Encoding"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Takes the proxy's cookies, under either flavor's name, out of one `Cookie`
+/// line: those of this request's flavor that verify become candidates, and
+/// none reaches the upstream. The other pairs are appended to `kept`. Whether
+/// the line held one of the proxy's cookies.
+fn take_session_cookies(
+    settings: &Settings,
+    https: bool,
+    value: &[u8],
+    metrics: Option<&Metrics>,
+    (candidates, kept): (&mut SmallVec<[Candidate; 1]>, &mut Vec<u8>),
+) -> bool {
+    let keys = &settings.config.session.keys;
+    let plain = settings.jar.plain.name.as_bytes();
+    let secure = settings.jar.secure.name.as_bytes();
+    let ours = settings.jar.flavor(https).name.as_bytes();
+    let mut touched = false;
+    for (n, v) in cookie_pairs(value) {
+        if n == plain || n == secure {
+            touched = true;
+            if n == ours {
+                match keys.check(v) {
+                    Ok((id, verified)) => candidates.push(Candidate { id, verified }),
+                    Err(why) => {
+                        tracing::debug!(?why, "session cookie rejected");
+                        if let Some(m) = metrics {
+                            m.cookie_rejected(match why {
+                                Refused::Malformed => CookieRejection::Malformed,
+                                Refused::BadSignature => CookieRejection::BadSignature,
+                            });
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(n);
+        kept.push(b'=');
+        kept.extend_from_slice(v);
+    }
+    touched
+}
+
 /// Step 1: refuses what can never be forwarded, marks hop-by-hop and
 /// session-prefixed headers for removal, and takes the proxy's cookie out of
 /// `Cookie`. `trusted`: the peer is in `trusted_proxies`.
@@ -319,21 +383,7 @@ pub fn scan_request<'a>(
     let cfg = &settings.config;
     let lines = view.lines;
     let names = classify_all(lines);
-    let mut encodings = 0;
-    for ((_, value), &kind) in lines.iter().zip(&names) {
-        if kind == Name::ContentLength {
-            if let Some(limit) = cfg.limits.max_body_bytes {
-                if content_length(value).is_some_and(|n| n > limit) {
-                    return Err(ProxyError::BodyTooLarge);
-                }
-            }
-        } else if kind == Name::TransferEncoding {
-            encodings += 1;
-            if encodings > 1 || value.contains(&b',') {
-                return Err(ProxyError::BadRequest("ambiguous Transfer-Encoding"));
-            }
-        }
-    }
+    check_framing(lines, &names, cfg.limits.max_body_bytes)?;
     let forwarded_https = lines
         .iter()
         .zip(&names)
@@ -343,12 +393,6 @@ pub fn scan_request<'a>(
     let upgrade = wants_upgrade(lines, &names);
     let mut keep = hop_filter(lines, &names, &cfg.session.headers.prefix, upgrade);
 
-    // The proxy's cookies, under either flavor's name, never reach the upstream.
-    let flavor = settings.jar.flavor(https);
-    let keys = &cfg.session.keys;
-    let plain = settings.jar.plain.name.as_bytes();
-    let secure = settings.jar.secure.name.as_bytes();
-    let ours = flavor.name.as_bytes();
     let mut candidates = SmallVec::new();
     let mut kept_cookies: Vec<u8> = Vec::new();
     let mut touched = false;
@@ -360,32 +404,8 @@ pub fn scan_request<'a>(
             continue;
         }
         if kind == Name::Cookie {
-            for (n, v) in cookie_pairs(value) {
-                if n == plain || n == secure {
-                    touched = true;
-                    if n == ours {
-                        match keys.check(v) {
-                            Ok((id, verified)) => candidates.push(Candidate { id, verified }),
-                            Err(why) => {
-                                tracing::debug!(?why, "session cookie rejected");
-                                if let Some(m) = metrics {
-                                    m.cookie_rejected(match why {
-                                        Refused::Malformed => CookieRejection::Malformed,
-                                        Refused::BadSignature => CookieRejection::BadSignature,
-                                    });
-                                }
-                            }
-                        }
-                    }
-                    continue;
-                }
-                if !kept_cookies.is_empty() {
-                    kept_cookies.extend_from_slice(b"; ");
-                }
-                kept_cookies.extend_from_slice(n);
-                kept_cookies.push(b'=');
-                kept_cookies.extend_from_slice(v);
-            }
+            let cookies = (&mut candidates, &mut kept_cookies);
+            touched |= take_session_cookies(settings, https, value, metrics, cookies);
         } else if kind == Name::Host {
             if host.is_none() {
                 host = Some(value);

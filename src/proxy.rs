@@ -390,51 +390,15 @@ async fn exchange<D: Downstream>(
     request: &Incoming<'_>,
 ) -> Result<Reply<D::Head>, Failed> {
     let state = &*worker.state;
-    let settings: &Settings = &begun.settings;
-    let method = request.method;
-    if let Some(why) = request.malformed {
-        return Err(Failed::Proxy {
-            err: ProxyError::BadRequest(why),
-            clean: true,
-        });
-    }
-    let limits = &settings.config.limits;
-    // Steps 1 to 3: the session, and the request head for the upstream.
-    let (mut exchange, mut out) = {
-        let prepared = prepare(
-            state,
-            settings,
-            conn,
-            begun.trusted,
-            &begun.request_id,
-            method,
-            &request.view,
-            &mut begun.trace,
-        )
+    let (mut exchange, mut out) = upstream_request(state, conn, begun, request)
         .await
         .map_err(|err| Failed::Proxy {
             err,
             clean: matches!(request.framing, Framing::Empty | Framing::Length(0)),
         })?;
-        let mut keep = prepared.keep;
-        if request.expect_continue {
-            // The proxy answers `100 Continue` itself when it wants the body.
-            for (k, (name, _)) in keep.iter_mut().zip(request.view.lines.iter()) {
-                *k &= !name.eq_ignore_ascii_case(b"expect");
-            }
-        }
-        let mut out = Vec::with_capacity(1024);
-        codec::write_request(
-            &mut out,
-            method,
-            &prepared.target,
-            request.view.lines,
-            &keep,
-            &prepared.extras,
-            request.framing,
-        );
-        (prepared.exchange, out)
-    };
+    let settings: &Settings = &begun.settings;
+    let method = request.method;
+    let limits = &settings.config.limits;
     // The head goes with as much of the body as already arrived with it.
     down.body_ready(&mut out, limits)
         .map_err(|err| Failed::Proxy { err, clean: false })?;
@@ -483,6 +447,47 @@ async fn exchange<D: Downstream>(
     }
     worker.finish(begun, conn, status, bytes);
     Ok(Reply::Upstream { head, first, body })
+}
+
+/// Steps 1 to 3: the session, and the request head for the upstream, as bytes.
+async fn upstream_request(
+    state: &State,
+    conn: &ConnInfo,
+    begun: &mut Begun,
+    request: &Incoming<'_>,
+) -> Result<(Exchange, Vec<u8>), ProxyError> {
+    if let Some(why) = request.malformed {
+        return Err(ProxyError::BadRequest(why));
+    }
+    let prepared = prepare(
+        state,
+        &begun.settings,
+        conn,
+        begun.trusted,
+        &begun.request_id,
+        request.method,
+        &request.view,
+        &mut begun.trace,
+    )
+    .await?;
+    let mut keep = prepared.keep;
+    if request.expect_continue {
+        // The proxy answers `100 Continue` itself when it wants the body.
+        for (k, (name, _)) in keep.iter_mut().zip(request.view.lines.iter()) {
+            *k &= !name.eq_ignore_ascii_case(b"expect");
+        }
+    }
+    let mut out = Vec::with_capacity(1024);
+    codec::write_request(
+        &mut out,
+        request.method,
+        &prepared.target,
+        request.view.lines,
+        &keep,
+        &prepared.extras,
+        request.framing,
+    );
+    Ok((prepared.exchange, out))
 }
 
 /// Sends the request upstream and waits for the first byte of its answer; the

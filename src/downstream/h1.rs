@@ -112,11 +112,6 @@ where
                 .next()
                 .unwrap_or_default(),
         };
-        let client_request_id = parsed
-            .lines
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(b"x-request-id"))
-            .map(|(_, v)| *v);
         let closing = !parsed.keep_alive || *stop.borrow();
         let mut origin = Vec::new();
         let mut client = Client {
@@ -132,32 +127,47 @@ where
             view: request_view(&parsed, absolute.as_ref(), path, &mut origin),
             framing: parsed.framing,
             expect_continue: parsed.expect_continue,
-            request_id: client_request_id,
+            request_id: parsed
+                .lines
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(b"x-request-id"))
+                .map(|(_, v)| *v),
             malformed: None,
         };
         let reply = proxy::forward(worker, conn, &mut client, incoming).await;
-        let keep_open = match reply {
-            Reply::Upstream { head, first, body } => {
-                relay(&mut io, head, first, body, send_timeout).await
-            }
-            Reply::Switched { head, first, up } => {
-                let mut out = head.bytes;
-                out.extend_from_slice(&first);
-                if send(&mut io, &out, send_timeout).await.is_ok() {
-                    tunnel(&mut io, buf, up, tunnel_idle, send_timeout).await;
-                }
-                return Served::Closed;
-            }
-            Reply::Own(head) => {
-                send(&mut io, &head.bytes, send_timeout).await.is_ok() && !head.close
-            }
-            Reply::Gone => false,
-        };
-        if !keep_open {
+        if !answer(&mut io, &mut buf, reply, send_timeout, tunnel_idle).await {
             close(&mut io).await;
             return Served::Closed;
         }
         shrink(&mut buf);
+    }
+}
+
+/// Sends what the request path returned. Whether the connection can carry
+/// another request.
+async fn answer<IO>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    reply: Reply<Head>,
+    send_timeout: Duration,
+    tunnel_idle: Duration,
+) -> bool
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    match reply {
+        Reply::Upstream { head, first, body } => relay(io, head, first, body, send_timeout).await,
+        Reply::Switched { head, first, up } => {
+            let mut out = head.bytes;
+            out.extend_from_slice(&first);
+            if send(io, &out, send_timeout).await.is_ok() {
+                let leftover = std::mem::take(buf);
+                tunnel(io, leftover, up, tunnel_idle, send_timeout).await;
+            }
+            false
+        }
+        Reply::Own(head) => send(io, &head.bytes, send_timeout).await.is_ok() && !head.close,
+        Reply::Gone => false,
     }
 }
 

@@ -899,21 +899,21 @@ impl H2Conn {
         conn
     }
 
+    /// Reads frames until one received (now or before) satisfies `done`, the
+    /// connection closes, or `limit` passes.
+    async fn read_until(&mut self, limit: Duration, done: impl Fn(&H2Frame) -> bool) {
+        if !self.closed && !self.frames.iter().any(&done) {
+            let deadline = Instant::now() + limit;
+            let (io, buf, frames) = (&mut self.io, &mut self.buf, &mut self.frames);
+            self.closed = read_frames(io, buf, frames, deadline, done).await;
+        }
+    }
+
     /// The value the server's SETTINGS give `id`, waiting up to [`PATIENCE`]
     /// for them.
     pub async fn server_setting(&mut self, id: u16) -> Option<u32> {
         let settings = |f: &H2Frame| f.kind == FRAME_SETTINGS && f.flags & FLAG_ACK == 0;
-        if !self.closed && !self.frames.iter().any(settings) {
-            let deadline = Instant::now() + PATIENCE;
-            self.closed = read_frames(
-                &mut self.io,
-                &mut self.buf,
-                &mut self.frames,
-                deadline,
-                settings,
-            )
-            .await;
-        }
+        self.read_until(PATIENCE, settings).await;
         let frame = self.frames.iter().find(|f| settings(f))?;
         frame
             .payload
@@ -1008,18 +1008,8 @@ impl H2Conn {
     /// Waits up to `limit` for `stream` to end (or a GOAWAY, or the connection's
     /// end) and tells what happened to it.
     pub async fn outcome_within(&mut self, stream: u32, limit: Duration) -> H2Outcome {
-        let ended = |f: &H2Frame| f.ends(stream) || f.kind == FRAME_GOAWAY;
-        if !self.closed && !self.frames.iter().any(ended) {
-            let deadline = Instant::now() + limit;
-            self.closed = read_frames(
-                &mut self.io,
-                &mut self.buf,
-                &mut self.frames,
-                deadline,
-                ended,
-            )
+        self.read_until(limit, |f| f.ends(stream) || f.kind == FRAME_GOAWAY)
             .await;
-        }
         H2Outcome {
             stream,
             frames: self.frames.clone(),

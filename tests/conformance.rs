@@ -42,9 +42,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 
 use corpus::*;
-use support::raw::{
-    h2_exchange, h2_get_fields, h2_request, H2Outcome, FRAME_GOAWAY, FRAME_RST_STREAM,
-};
+use support::raw::{h2_exchange, h2_get_fields, h2_request, FRAME_GOAWAY, FRAME_RST_STREAM};
 use support::{config, is_base64url_32, Proxy, COOKIE};
 
 /// How long a client waits for the responses it expects.
@@ -2561,33 +2559,12 @@ fn h2_post<'a>(extra: &[(&'a [u8], &'a [u8])]) -> Vec<(&'a [u8], &'a [u8])> {
     fields
 }
 
-fn describe_frames(outcome: &H2Outcome) -> String {
-    let frames: Vec<String> = outcome
-        .frames
-        .iter()
-        .map(|f| {
-            let mut s = format!(
-                "kind={} flags={:#x} stream={} len={}",
-                f.kind,
-                f.flags,
-                f.stream,
-                f.payload.len()
-            );
-            if let Some(code) = f.error_code() {
-                let _ = write!(s, " error={code}");
-            }
-            s
-        })
-        .collect();
-    format!("[{}] (closed: {})", frames.join("; "), outcome.closed)
-}
-
 async fn run_h2_case(case: H2Case) -> Result<(), String> {
     let upstream = WireUpstream::echo().await;
     let proxy = Proxy::start(config(&upstream.url())).await;
     let outcome = h2_exchange(proxy.addr(), &case.opening).await;
     tokio::time::sleep(SETTLE + Duration::from_millis(200)).await;
-    let status = h2_status(&outcome);
+    let status = outcome.status();
     let reset = outcome
         .frames
         .iter()
@@ -2656,7 +2633,7 @@ async fn run_h2_case(case: H2Case) -> Result<(), String> {
         out,
         "\n  client sent: {}\n  client got frames: {}\n  upstream: {}",
         show(&case.opening, 400),
-        describe_frames(&outcome),
+        outcome.describe(),
         upstream.describe()
     );
     Err(out)

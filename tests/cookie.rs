@@ -7,18 +7,8 @@
 
 mod support;
 
-use support::protocol::{over_every_protocol, Protocol, ProtocolProxy};
+use support::protocol::{over_every_protocol, site, Protocol, ProtocolProxy};
 use support::*;
-
-/// Starts an upstream answering `ok` and a proxy in front of it.
-async fn site(
-    p: Protocol,
-    config_change: impl FnOnce(ConfigYaml) -> ConfigYaml,
-) -> (Upstream, ProtocolProxy) {
-    let upstream = Upstream::ok().await;
-    let proxy = p.start_proxy(config_change(config(&upstream.url()))).await;
-    (upstream, proxy)
-}
 
 /// A session the proxy issued to a cookie-less visitor: its Set-Cookie.
 async fn issued_session(p: Protocol, proxy: &ProtocolProxy) -> SetCookie {

@@ -7,8 +7,8 @@
 //! - [`Conn`]: a raw client connection, and [`parse_client`], which splits what the
 //!   proxy sent back into responses knowing the method each one answers (so a
 //!   response to `HEAD` has no body) and counts each response's framing lines.
-//! - A strict chunked decoder both sides share, an HTTP/2 request with a body, and
-//!   the `:status` of an HTTP/2 response (indexed, literal or Huffman-coded).
+//! - A strict chunked decoder both sides share, and an HTTP/2 request with a body
+//!   (the `:status` of an HTTP/2 response is `support::raw::H2Outcome::status`).
 //!
 //! Everything here is deliberately simple and strict: it exists to show what went
 //! over each socket, not to be a general HTTP implementation.
@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::support::raw::{
-    H2Frame, H2Outcome, RawClient, FLAG_END_HEADERS, FLAG_END_STREAM, FRAME_DATA, FRAME_HEADERS,
+    H2Frame, RawClient, FLAG_END_HEADERS, FLAG_END_STREAM, FRAME_DATA, FRAME_HEADERS,
     FRAME_SETTINGS, H2_PREFACE,
 };
 
@@ -700,78 +700,4 @@ pub fn h2_request_with_body(fields: &[(&[u8], &[u8])], data: &[u8]) -> Vec<u8> {
         .encode(),
     );
     out
-}
-
-/// Huffman-coded decimal digits (RFC 7541 Appendix B: `0`-`2` are 5 bits,
-/// `3`-`9` are 6 bits), padded with ones.
-fn huffman_digits(bytes: &[u8]) -> Option<String> {
-    let bits: Vec<u8> = bytes
-        .iter()
-        .flat_map(|b| (0..8).rev().map(move |i| (b >> i) & 1))
-        .collect();
-    let value = |from: usize, n: usize| -> Option<u8> {
-        bits.get(from..from + n)
-            .map(|s| s.iter().fold(0u8, |acc, &b| (acc << 1) | b))
-    };
-    let mut out = String::new();
-    let mut at = 0;
-    while at < bits.len() {
-        if bits[at..].iter().all(|&b| b == 1) && bits.len() - at < 8 {
-            break;
-        }
-        match value(at, 5)? {
-            v @ 0..=2 => {
-                out.push((b'0' + v) as char);
-                at += 5;
-            }
-            _ => {
-                let v = value(at, 6)?;
-                if !(0b011001..=0b011111).contains(&v) {
-                    return None;
-                }
-                out.push((b'0' + 3 + (v - 0b011001)) as char);
-                at += 6;
-            }
-        }
-    }
-    Some(out)
-}
-
-/// The `:status` of stream 1's response, when the server put it first in the
-/// header block (as h2 does): indexed, or a literal with an indexed `:status`
-/// name and a plain or Huffman-coded value.
-pub fn h2_status(outcome: &H2Outcome) -> Option<u16> {
-    let headers = outcome
-        .frames
-        .iter()
-        .find(|f| f.kind == FRAME_HEADERS && f.stream == 1)?;
-    let p = &headers.payload;
-    let first = *p.first()?;
-    if (0x88..=0x8e).contains(&first) {
-        return [200, 204, 206, 304, 400, 404, 500]
-            .get(usize::from(first - 0x88))
-            .copied();
-    }
-    // Literal with incremental indexing (01xxxxxx), without indexing (0000xxxx)
-    // or never indexed (0001xxxx), name from the static table (:status is 8-14).
-    let index = if first & 0xc0 == 0x40 {
-        first & 0x3f
-    } else if first & 0xe0 == 0x00 {
-        first & 0x0f
-    } else {
-        return None;
-    };
-    if !(8..=14).contains(&index) {
-        return None;
-    }
-    let len_byte = *p.get(1)?;
-    let huffman = len_byte & 0x80 != 0;
-    let len = usize::from(len_byte & 0x7f);
-    let value = p.get(2..2 + len)?;
-    let text = if huffman {
-        huffman_digits(value)?
-    } else {
-        String::from_utf8(value.to_vec()).ok()?
-    };
-    text.parse().ok()
 }

@@ -18,6 +18,10 @@
 //!
 //! Every response a client here returns has already been checked to be of the
 //! protocol's HTTP version, so a silent fallback to HTTP/1.1 fails the test.
+//!
+//! For requests no client library would send, [`ProtocolProxy::raw`] gives a
+//! connection that writes them by hand: bytes over HTTP/1.1, frames over
+//! HTTP/2 (h2c, or h2 over TLS).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -28,9 +32,11 @@ use http::{HeaderMap, Method, Request, Version};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
 
+use super::raw::{H2Conn, RawClient};
 use super::tls::{client_config, yaml_path, Alpn, Answer, Leaf, TestCa, TlsFiles, TlsProxy, HOST};
-use super::{ConfigYaml, Proxy, SetCookie, COOKIE, PATIENCE};
+use super::{config, ConfigYaml, Proxy, SetCookie, Upstream, COOKIE, PATIENCE};
 
 /// How a client talks to the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +82,17 @@ impl Protocol {
         } else {
             COOKIE.to_owned()
         }
+    }
+
+    /// The pseudo-header fields of an HTTP/2 request for `example.test` in
+    /// this protocol's scheme.
+    pub fn h2_fields<'a>(self, method: &'a str, path: &'a str) -> Vec<(&'a [u8], &'a [u8])> {
+        vec![
+            (b":method", method.as_bytes()),
+            (b":scheme", self.scheme().as_bytes()),
+            (b":authority", b"example.test"),
+            (b":path", path.as_bytes()),
+        ]
     }
 
     /// Starts the proxy with `yaml`, plus an HTTPS listener for [`Protocol::H2Tls`].
@@ -221,6 +238,17 @@ fn pki() -> &'static Pki {
     })
 }
 
+/// An upstream answering `200 ok`, and the proxy in front of it over `p`
+/// with the test config as `config_change` leaves it.
+pub async fn site(
+    p: Protocol,
+    config_change: impl FnOnce(ConfigYaml) -> ConfigYaml,
+) -> (Upstream, ProtocolProxy) {
+    let upstream = Upstream::ok().await;
+    let proxy = p.start_proxy(config_change(config(&upstream.url()))).await;
+    (upstream, proxy)
+}
+
 /// The proxy, reachable over one [`Protocol`].
 pub struct ProtocolProxy {
     protocol: Protocol,
@@ -307,7 +335,18 @@ impl ProtocolProxy {
 
     /// An HTTP/2 connection to the HTTPS listener, `h2` chosen by ALPN.
     async fn h2_over_tls(&self) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
-        let tcp = tokio::net::TcpStream::connect(self.addr())
+        let tls = self.tls_h2().await;
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(connection);
+        sender
+    }
+
+    /// A TLS connection to the HTTPS listener on which ALPN chose `h2`.
+    async fn tls_h2(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(self.addr())
             .await
             .expect("connect for h2 over TLS");
         let connector = tokio_rustls::TlsConnector::from(pki().client_tls.clone());
@@ -321,12 +360,276 @@ impl ProtocolProxy {
             Some(&b"h2"[..]),
             "ALPN did not choose h2"
         );
-        let (sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        tls
+    }
+
+    /// A hand-driven HTTP/2 connection (h2c, or h2 over TLS), for frames no
+    /// HTTP/2 library would send. Not for [`Protocol::Http1`].
+    pub async fn raw_h2(&self) -> H2Conn {
+        match self.protocol {
+            Protocol::Http1 => panic!("raw_h2 needs an HTTP/2 protocol"),
+            Protocol::H2c => {
+                H2Conn::open(
+                    TcpStream::connect(self.addr())
+                        .await
+                        .expect("connect for h2c"),
+                )
                 .await
-                .expect("h2 handshake");
-        tokio::spawn(connection);
-        sender
+            }
+            Protocol::H2Tls => H2Conn::open(self.tls_h2().await).await,
+        }
+    }
+
+    /// A connection that writes exactly what a test gives it, in this
+    /// protocol's framing: bytes over HTTP/1.1, frames over HTTP/2.
+    pub async fn raw(&self) -> RawConn {
+        let wire = match self.protocol {
+            Protocol::Http1 => RawWire::Http1(RawClient::connect(self.addr()).await),
+            Protocol::H2c | Protocol::H2Tls => RawWire::Http2 {
+                conn: self.raw_h2().await,
+                stream: 0,
+            },
+        };
+        RawConn {
+            protocol: self.protocol,
+            wire,
+            chunked: false,
+        }
+    }
+}
+
+/// How a request made by hand carries its body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawBody {
+    /// No body: the head ends the request.
+    None,
+    /// A body of this many bytes, declared with `Content-Length`.
+    Declared(usize),
+    /// A body of unknown length: chunked over HTTP/1.1, DATA frames without a
+    /// `content-length` over HTTP/2.
+    Streamed,
+}
+
+/// A connection to the proxy on which a test writes requests by hand, in one
+/// protocol's framing (see [`ProtocolProxy::raw`]): what a client library
+/// refuses to send, such as a header name that is no token, a CR or NUL in a
+/// value, or a body that stops half-way.
+pub struct RawConn {
+    protocol: Protocol,
+    wire: RawWire,
+    /// HTTP/1.1: the body in flight is chunked.
+    chunked: bool,
+}
+
+enum RawWire {
+    Http1(RawClient),
+    /// `stream`: the request in flight.
+    Http2 {
+        conn: H2Conn,
+        stream: u32,
+    },
+}
+
+/// What came back for one request made by hand.
+#[derive(Debug)]
+pub struct RawAnswer {
+    /// The status of every response: over HTTP/1.1 each complete one on the
+    /// connection (0 for one that is no HTTP); over HTTP/2 the stream's (0
+    /// when its `:status` could not be read). Empty when nothing was answered.
+    pub statuses: Vec<u16>,
+    /// HTTP/2: the error code of the stream's RST_STREAM.
+    pub reset: Option<u32>,
+    /// HTTP/2: the error code of a GOAWAY (the whole connection refused).
+    pub goaway: Option<u32>,
+    /// The connection was closed.
+    pub closed: bool,
+    /// What came back, for failure messages.
+    pub trace: String,
+}
+
+impl RawAnswer {
+    /// The first response's status.
+    pub fn status(&self) -> Option<u16> {
+        self.statuses.first().copied()
+    }
+
+    pub fn answered(&self) -> bool {
+        !self.statuses.is_empty()
+    }
+}
+
+impl RawConn {
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    fn h2(&mut self) -> (&mut H2Conn, &mut u32) {
+        match &mut self.wire {
+            RawWire::Http1(_) => panic!("an HTTP/2 frame on an HTTP/1.1 connection"),
+            RawWire::Http2 { conn, stream } => (conn, stream),
+        }
+    }
+
+    /// HTTP/2 only: starts a request whose header block is exactly `fields`
+    /// (pseudo-header fields included, in the order given) on a new stream.
+    pub async fn h2_head(&mut self, fields: &[(&[u8], &[u8])], body: RawBody) -> bool {
+        self.chunked = false;
+        let (conn, stream) = self.h2();
+        *stream = conn.new_stream();
+        conn.headers(*stream, fields, body == RawBody::None).await
+    }
+
+    /// HTTP/2 only: resets the request in flight with RST_STREAM `code`.
+    pub async fn reset_stream(&mut self, code: u32) -> bool {
+        let (conn, stream) = self.h2();
+        conn.reset(*stream, code).await
+    }
+
+    /// Starts a request for `example.test`: the request line and `Host` over
+    /// HTTP/1.1, the pseudo-header fields over HTTP/2 (on a new stream), then
+    /// `headers` as they are, then what `body` needs to frame the body.
+    pub async fn head(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&[u8], &[u8])],
+        body: RawBody,
+    ) -> bool {
+        self.chunked = body == RawBody::Streamed;
+        let length = match body {
+            RawBody::Declared(n) => Some(n.to_string()),
+            _ => None,
+        };
+        match &mut self.wire {
+            RawWire::Http1(client) => {
+                let mut bytes =
+                    format!("{method} {path} HTTP/1.1\r\nHost: example.test\r\n").into_bytes();
+                push_lines(&mut bytes, headers);
+                match (&length, body) {
+                    (Some(n), _) => bytes.extend(format!("Content-Length: {n}\r\n").bytes()),
+                    (None, RawBody::Streamed) => {
+                        bytes.extend_from_slice(b"Transfer-Encoding: chunked\r\n")
+                    }
+                    _ => {}
+                }
+                bytes.extend_from_slice(b"\r\n");
+                client.send(&bytes).await
+            }
+            RawWire::Http2 { conn, stream } => {
+                let mut fields = self.protocol.h2_fields(method, path);
+                fields.extend_from_slice(headers);
+                if let Some(n) = &length {
+                    fields.push((b"content-length", n.as_bytes()));
+                }
+                *stream = conn.new_stream();
+                conn.headers(*stream, &fields, body == RawBody::None).await
+            }
+        }
+    }
+
+    /// A piece of the body; `last` ends it (a last chunk over HTTP/1.1 when
+    /// chunked, END_STREAM over HTTP/2).
+    pub async fn body(&mut self, data: &[u8], last: bool) -> bool {
+        match &mut self.wire {
+            RawWire::Http1(client) => {
+                let mut bytes = Vec::new();
+                if self.chunked {
+                    if !data.is_empty() {
+                        bytes.extend(format!("{:x}\r\n", data.len()).bytes());
+                        bytes.extend_from_slice(data);
+                        bytes.extend_from_slice(b"\r\n");
+                    }
+                    if last {
+                        bytes.extend_from_slice(b"0\r\n\r\n");
+                    }
+                } else {
+                    bytes.extend_from_slice(data);
+                }
+                client.send(&bytes).await
+            }
+            RawWire::Http2 { conn, stream } => conn.data(*stream, data, last).await,
+        }
+    }
+
+    /// Ends a streamed body with trailer fields: the last chunk's trailer
+    /// section over HTTP/1.1, a HEADERS frame over HTTP/2.
+    pub async fn trailers(&mut self, fields: &[(&[u8], &[u8])]) -> bool {
+        match &mut self.wire {
+            RawWire::Http1(client) => {
+                let mut bytes = b"0\r\n".to_vec();
+                push_lines(&mut bytes, fields);
+                bytes.extend_from_slice(b"\r\n");
+                client.send(&bytes).await
+            }
+            RawWire::Http2 { conn, stream } => conn.headers(*stream, fields, true).await,
+        }
+    }
+
+    /// Waits up to [`PATIENCE`] for the answer to the request in flight.
+    pub async fn answer(&mut self) -> RawAnswer {
+        self.answer_within(PATIENCE).await
+    }
+
+    /// Waits up to `limit` for the answer to the request in flight; over
+    /// HTTP/1.1, then up to [`LINGER`](super::raw::LINGER) for the connection to close.
+    pub async fn answer_within(&mut self, limit: std::time::Duration) -> RawAnswer {
+        match &mut self.wire {
+            RawWire::Http1(client) => {
+                let got = client.responses_within(1, limit).await;
+                RawAnswer {
+                    statuses: got.responses.iter().map(|r| r.status).collect(),
+                    reset: None,
+                    goaway: None,
+                    closed: got.closed,
+                    trace: got.text(),
+                }
+            }
+            RawWire::Http2 { conn, stream } => {
+                let got = conn.outcome_within(*stream, limit).await;
+                let status = got.answered().then(|| got.status().unwrap_or(0));
+                RawAnswer {
+                    statuses: status.into_iter().collect(),
+                    reset: got.reset_code(),
+                    goaway: got.goaway(),
+                    closed: got.closed,
+                    trace: got.describe(),
+                }
+            }
+        }
+    }
+
+    /// Sends a whole request, its body (when there is one) declared with
+    /// `Content-Length`, and waits for its answer.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&[u8], &[u8])],
+        body: Option<&[u8]>,
+    ) -> RawAnswer {
+        match body {
+            None => self.head(method, path, headers, RawBody::None).await,
+            Some(body) => {
+                let declared = RawBody::Declared(body.len());
+                self.head(method, path, headers, declared).await && self.body(body, true).await
+            }
+        };
+        self.answer().await
+    }
+
+    /// Sends a plain `GET {path}` and waits for its answer.
+    pub async fn get(&mut self, path: &str) -> RawAnswer {
+        self.request("GET", path, &[], None).await
+    }
+}
+
+/// Appends `name: value` lines, each byte as given.
+fn push_lines(bytes: &mut Vec<u8>, fields: &[(&[u8], &[u8])]) {
+    for (name, value) in fields {
+        bytes.extend_from_slice(name);
+        bytes.extend_from_slice(b": ");
+        bytes.extend_from_slice(value);
+        bytes.extend_from_slice(b"\r\n");
     }
 }
 
@@ -372,29 +675,39 @@ impl ProtocolBrowser {
 /// `name { flavor = "multi_thread", worker_threads = 4 }` passes arguments on
 /// to `#[tokio::test]`. Tests listed after `; plain:` are about plain HTTP (a
 /// request over TLS is HTTPS whatever it says) and run over HTTP/1.1 and h2c only.
+/// Tests listed after `; http2:` are about HTTP/2 itself and run over h2c and
+/// h2 over TLS only. Attributes before a name (`#[ignore = "why"] name`) go on
+/// each of its tests.
 // Every test binary includes `support`; only some use the macro.
 #[allow(unused_macros)]
 macro_rules! over_every_protocol {
-    (
-        $($name:ident $({ $($args:tt)* })?),* $(,)?
-        $(; plain: $($plain:ident $({ $($pargs:tt)* })?),* $(,)?)?
-    ) => {
-        $crate::support::protocol::over_every_protocol!(@in http1, Http1;
-            $($name $({ $($args)* })?,)* $($($plain $({ $($pargs)* })?,)*)?);
-        $crate::support::protocol::over_every_protocol!(@in h2c, H2c;
-            $($name $({ $($args)* })?,)* $($($plain $({ $($pargs)* })?,)*)?);
-        $crate::support::protocol::over_every_protocol!(@in h2_tls, H2Tls;
-            $($name $({ $($args)* })?,)*);
-    };
-    (@in $module:ident, $protocol:ident; $($name:ident $({ $($args:tt)* })?,)*) => {
+    (@in $module:ident, $protocol:ident;
+        $($(#[$meta:meta])* $name:ident $({ $($args:tt)* })?,)*) => {
         mod $module {
             $(
+                $(#[$meta])*
                 #[tokio::test $(($($args)*))?]
                 async fn $name() {
                     super::$name($crate::support::protocol::Protocol::$protocol).await
                 }
             )*
         }
+    };
+    (
+        $($(#[$m:meta])* $name:ident $({ $($args:tt)* })?),* $(,)?
+        $(; plain: $($(#[$pm:meta])* $plain:ident $({ $($pargs:tt)* })?),* $(,)?)?
+        $(; http2: $($(#[$hm:meta])* $h2:ident $({ $($hargs:tt)* })?),* $(,)?)?
+    ) => {
+        $crate::support::protocol::over_every_protocol!(@in http1, Http1;
+            $($(#[$m])* $name $({ $($args)* })?,)*
+            $($($(#[$pm])* $plain $({ $($pargs)* })?,)*)?);
+        $crate::support::protocol::over_every_protocol!(@in h2c, H2c;
+            $($(#[$m])* $name $({ $($args)* })?,)*
+            $($($(#[$pm])* $plain $({ $($pargs)* })?,)*)?
+            $($($(#[$hm])* $h2 $({ $($hargs)* })?,)*)?);
+        $crate::support::protocol::over_every_protocol!(@in h2_tls, H2Tls;
+            $($(#[$m])* $name $({ $($args)* })?,)*
+            $($($(#[$hm])* $h2 $({ $($hargs)* })?,)*)?);
     };
 }
 #[allow(unused_imports)]

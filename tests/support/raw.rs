@@ -252,7 +252,12 @@ impl RawClient {
     /// Waits for `n` complete responses (or the connection's end, or
     /// [`PATIENCE`]), then up to [`LINGER`] for the connection to close.
     pub async fn responses(&mut self, n: usize) -> Exchange {
-        let deadline = Instant::now() + PATIENCE;
+        self.responses_within(n, PATIENCE).await
+    }
+
+    /// Like [`RawClient::responses`], waiting up to `limit` for the responses.
+    pub async fn responses_within(&mut self, n: usize, limit: Duration) -> Exchange {
+        let deadline = Instant::now() + limit;
         self.read_until(deadline, |b| parse_responses(b, false).len() >= n)
             .await;
         self.linger().await;
@@ -452,9 +457,23 @@ pub const FRAME_RST_STREAM: u8 = 3;
 pub const FRAME_SETTINGS: u8 = 4;
 pub const FRAME_PING: u8 = 6;
 pub const FRAME_GOAWAY: u8 = 7;
+pub const FRAME_CONTINUATION: u8 = 9;
 pub const FLAG_END_STREAM: u8 = 0x1;
 pub const FLAG_ACK: u8 = 0x1;
 pub const FLAG_END_HEADERS: u8 = 0x4;
+/// Error codes of RST_STREAM and GOAWAY (RFC 9113 §7).
+pub const PROTOCOL_ERROR: u32 = 0x1;
+pub const REFUSED_STREAM: u32 = 0x7;
+pub const CANCEL: u32 = 0x8;
+/// The largest frame payload a peer accepts before its SETTINGS say otherwise.
+const MAX_FRAME_PAYLOAD: usize = 16_384;
+/// SETTINGS_HEADER_TABLE_SIZE and SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 §6.5.2).
+const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
+pub const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+
+/// Anything a raw client can speak over: TCP, or TLS over TCP.
+pub trait Wire: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Wire for T {}
 
 /// One HTTP/2 frame.
 #[derive(Clone, Debug)]
@@ -487,6 +506,14 @@ impl H2Frame {
         let bytes = self.payload.get(at..at + 4)?;
         Some(u32::from_be_bytes(bytes.try_into().ok()?))
     }
+
+    /// True when this frame ends `stream`: a reset, or HEADERS or DATA with END_STREAM.
+    fn ends(&self, stream: u32) -> bool {
+        self.stream == stream
+            && (self.kind == FRAME_RST_STREAM
+                || (matches!(self.kind, FRAME_HEADERS | FRAME_DATA)
+                    && self.flags & FLAG_END_STREAM != 0))
+    }
 }
 
 /// HPACK integer with an `n`-bit prefix whose high bits are `first`.
@@ -505,6 +532,23 @@ fn hpack_int(out: &mut Vec<u8>, first: u8, n: u32, mut value: usize) {
     out.push(value as u8);
 }
 
+/// The HPACK integer with an `n`-bit prefix at the start of `p`, and how many
+/// bytes it took.
+fn hpack_int_at(p: &[u8], n: u32) -> Option<(usize, usize)> {
+    let max = (1usize << n) - 1;
+    let mut value = usize::from(*p.first()?) & max;
+    if value < max {
+        return Some((value, 1));
+    }
+    for (i, &b) in p.iter().enumerate().skip(1).take(4) {
+        value += usize::from(b & 0x7f) << (7 * (i - 1));
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
 /// An HPACK block of literal fields, never indexed, no Huffman: every byte of
 /// every name and value goes on the wire as given.
 pub fn hpack(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
@@ -519,8 +563,82 @@ pub fn hpack(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
     out
 }
 
-/// The client's opening: preface, empty SETTINGS, then one HEADERS frame on
-/// stream 1 that ends the stream.
+/// Huffman-coded decimal digits (RFC 7541 Appendix B: `0`-`2` are 5 bits,
+/// `3`-`9` are 6 bits), padded with ones.
+fn huffman_digits(bytes: &[u8]) -> Option<String> {
+    let bits: Vec<u8> = bytes
+        .iter()
+        .flat_map(|b| (0..8).rev().map(move |i| (b >> i) & 1))
+        .collect();
+    let value = |from: usize, n: usize| -> Option<u8> {
+        bits.get(from..from + n)
+            .map(|s| s.iter().fold(0u8, |acc, &b| (acc << 1) | b))
+    };
+    let mut out = String::new();
+    let mut at = 0;
+    while at < bits.len() {
+        if bits[at..].iter().all(|&b| b == 1) && bits.len() - at < 8 {
+            break;
+        }
+        match value(at, 5)? {
+            v @ 0..=2 => {
+                out.push((b'0' + v) as char);
+                at += 5;
+            }
+            _ => {
+                let v = value(at, 6)?;
+                if !(0b011001..=0b011111).contains(&v) {
+                    return None;
+                }
+                out.push((b'0' + 3 + (v - 0b011001)) as char);
+                at += 6;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The `:status` at the head of a response's header block (where h2 puts it):
+/// indexed, or a literal with an indexed `:status` name and a plain or
+/// Huffman-coded value, after any dynamic table size updates. A status kept in
+/// the dynamic table is not read: [`H2Conn`] sets the table size to 0.
+fn status_of(block: &[u8]) -> Option<u16> {
+    let mut p = block;
+    while p.first().is_some_and(|b| b & 0xe0 == 0x20) {
+        let (_, used) = hpack_int_at(p, 5)?;
+        p = &p[used..];
+    }
+    let first = *p.first()?;
+    if first & 0x80 != 0 {
+        let (index, _) = hpack_int_at(p, 7)?;
+        return [200, 204, 206, 304, 400, 404, 500]
+            .get(index.checked_sub(8)?)
+            .copied();
+    }
+    // Literal with incremental indexing (01xxxxxx), without indexing (0000xxxx)
+    // or never indexed (0001xxxx), name from the static table (:status is 8-14).
+    let (index, used) = if first & 0xc0 == 0x40 {
+        hpack_int_at(p, 6)?
+    } else if first & 0xe0 == 0x00 {
+        hpack_int_at(p, 4)?
+    } else {
+        return None;
+    };
+    if !(8..=14).contains(&index) {
+        return None;
+    }
+    let p = &p[used..];
+    let huffman = *p.first()? & 0x80 != 0;
+    let (len, used) = hpack_int_at(p, 7)?;
+    let value = p.get(used..used + len)?;
+    let text = if huffman {
+        huffman_digits(value)?
+    } else {
+        String::from_utf8(value.to_vec()).ok()?
+    };
+    text.parse().ok()
+}
+
 /// A `GET /h2` for `example.test` over plain HTTP/2: the pseudo-headers, then
 /// `extra`.
 pub fn h2_get_fields<'a>(extra: &[(&'a [u8], &'a [u8])]) -> Vec<(&'a [u8], &'a [u8])> {
@@ -534,6 +652,8 @@ pub fn h2_get_fields<'a>(extra: &[(&'a [u8], &'a [u8])]) -> Vec<(&'a [u8], &'a [
     fields
 }
 
+/// The client's opening: preface, empty SETTINGS, then one HEADERS frame on
+/// stream 1 that ends the stream.
 pub fn h2_request(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
     let mut out = H2_PREFACE.to_vec();
     out.extend(
@@ -557,37 +677,53 @@ pub fn h2_request(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
     out
 }
 
-/// What the proxy did with stream 1.
+/// What the proxy did with one stream (stream 1 unless said otherwise).
 #[derive(Debug)]
 pub struct H2Outcome {
-    /// Every frame received, in order.
+    /// The stream the methods below look at.
+    pub stream: u32,
+    /// Every frame received on the connection, in order.
     pub frames: Vec<H2Frame>,
     /// The proxy closed the TCP connection.
     pub closed: bool,
 }
 
 impl H2Outcome {
-    /// True when the proxy answered stream 1 with response headers.
+    /// True when the proxy answered the stream with response headers.
     pub fn answered(&self) -> bool {
         self.frames
             .iter()
-            .any(|f| f.kind == FRAME_HEADERS && f.stream == 1)
+            .any(|f| f.kind == FRAME_HEADERS && f.stream == self.stream)
     }
 
-    /// True when stream 1 was reset, or the whole connection refused.
+    /// True when the stream was reset, or the whole connection refused.
     pub fn refused(&self) -> bool {
+        self.reset_code().is_some() || self.goaway().is_some()
+    }
+
+    /// The error code of the stream's RST_STREAM, if it was reset.
+    pub fn reset_code(&self) -> Option<u32> {
         self.frames
             .iter()
-            .any(|f| (f.kind == FRAME_RST_STREAM && f.stream == 1) || f.kind == FRAME_GOAWAY)
+            .find(|f| f.kind == FRAME_RST_STREAM && f.stream == self.stream)
+            .and_then(H2Frame::error_code)
     }
 
-    /// The `:status` of stream 1's response, when the server sent it as an
-    /// indexed static-table field (200, 204, 206, 304, 400, 404, 500).
+    /// The error code of a GOAWAY, if the proxy sent one.
+    pub fn goaway(&self) -> Option<u32> {
+        self.frames
+            .iter()
+            .find(|f| f.kind == FRAME_GOAWAY)
+            .and_then(H2Frame::error_code)
+    }
+
+    /// The stream's `:status`, when the server sent it as an indexed
+    /// static-table field (200, 204, 206, 304, 400, 404, 500).
     pub fn indexed_status(&self) -> Option<u16> {
         let headers = self
             .frames
             .iter()
-            .find(|f| f.kind == FRAME_HEADERS && f.stream == 1)?;
+            .find(|f| f.kind == FRAME_HEADERS && f.stream == self.stream)?;
         headers.payload.iter().find_map(|&b| match b {
             0x88 => Some(200),
             0x89 => Some(204),
@@ -598,6 +734,50 @@ impl H2Outcome {
             0x8e => Some(500),
             _ => None,
         })
+    }
+
+    /// The stream's `:status`: indexed, or a literal with a plain or
+    /// Huffman-coded value (see [`status_of`]).
+    pub fn status(&self) -> Option<u16> {
+        let headers = self
+            .frames
+            .iter()
+            .find(|f| f.kind == FRAME_HEADERS && f.stream == self.stream)?;
+        status_of(&headers.payload)
+    }
+
+    /// Every frame received, one line each, for failure messages.
+    pub fn describe(&self) -> String {
+        let frames: Vec<String> = self
+            .frames
+            .iter()
+            .map(|f| {
+                let mut s = format!(
+                    "kind={} flags={:#x} stream={} len={}",
+                    f.kind,
+                    f.flags,
+                    f.stream,
+                    f.payload.len()
+                );
+                if let Some(code) = f.error_code() {
+                    s.push_str(&format!(" error={code}"));
+                }
+                if f.kind == FRAME_HEADERS {
+                    s.push_str(&format!(" status={:?}", status_of(&f.payload)));
+                }
+                s
+            })
+            .collect();
+        format!("[{}] (closed: {})", frames.join("; "), self.closed)
+    }
+
+    /// The stream's DATA, concatenated.
+    pub fn body(&self) -> Vec<u8> {
+        self.frames
+            .iter()
+            .filter(|f| f.kind == FRAME_DATA && f.stream == self.stream)
+            .flat_map(|f| f.payload.iter().copied())
+            .collect()
     }
 }
 
@@ -610,6 +790,7 @@ pub async fn h2_exchange(addr: SocketAddr, opening: &[u8]) -> H2Outcome {
         .expect("connect to the proxy");
     if stream.write_all(opening).await.is_err() {
         return H2Outcome {
+            stream: 1,
             frames: Vec::new(),
             closed: true,
         };
@@ -621,16 +802,30 @@ pub async fn h2_exchange(addr: SocketAddr, opening: &[u8]) -> H2Outcome {
 /// stream 1 ends, the connection is refused or closed, or [`PATIENCE`] runs out.
 pub async fn h2_read(stream: &mut TcpStream) -> H2Outcome {
     let mut frames = Vec::new();
-    let mut closed = false;
-    let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
     let deadline = Instant::now() + PATIENCE;
-    'read: while !closed {
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => break,
-            Ok(Ok(0)) | Ok(Err(_)) => closed = true,
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-        }
+    let closed = read_frames(stream, &mut Vec::new(), &mut frames, deadline, |f| {
+        f.ends(1) || f.kind == FRAME_GOAWAY
+    })
+    .await;
+    H2Outcome {
+        stream: 1,
+        frames,
+        closed,
+    }
+}
+
+/// Reads frames from `io` into `frames`, acknowledging the server's SETTINGS,
+/// until `done` holds for a frame, the connection closes, or `deadline`.
+/// `buf` keeps the bytes of a frame not yet complete. True when closed.
+async fn read_frames<S: Wire + ?Sized>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    frames: &mut Vec<H2Frame>,
+    deadline: Instant,
+    done: impl Fn(&H2Frame) -> bool,
+) -> bool {
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
         while buf.len() >= 9 {
             let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
             if buf.len() < 9 + len {
@@ -650,18 +845,188 @@ pub async fn h2_read(stream: &mut TcpStream) -> H2Outcome {
                     stream: 0,
                     payload: Vec::new(),
                 };
-                let _ = stream.write_all(&ack.encode()).await;
+                let _ = io.write_all(&ack.encode()).await;
             }
-            let ends_stream_1 = frame.stream == 1
-                && (frame.kind == FRAME_RST_STREAM
-                    || (matches!(frame.kind, FRAME_HEADERS | FRAME_DATA)
-                        && frame.flags & FLAG_END_STREAM != 0));
-            let goaway = frame.kind == FRAME_GOAWAY;
+            let enough = done(&frame);
             frames.push(frame);
-            if ends_stream_1 || goaway {
-                break 'read;
+            if enough {
+                return false;
             }
         }
+        match tokio::time::timeout_at(deadline, io.read(&mut chunk)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
     }
-    H2Outcome { frames, closed }
+}
+
+/// A hand-driven HTTP/2 client connection over TCP or TLS: the test chooses
+/// every frame, so it can send what an HTTP/2 library refuses to, on as many
+/// streams as it likes. It asks for an HPACK table of size 0, so that every
+/// response's `:status` can be read (see [`H2Outcome::status`]).
+pub struct H2Conn {
+    io: Box<dyn Wire>,
+    buf: Vec<u8>,
+    frames: Vec<H2Frame>,
+    closed: bool,
+    last_stream: u32,
+}
+
+impl H2Conn {
+    /// Sends the preface and the client's SETTINGS on `io`.
+    pub async fn open(io: impl Wire + 'static) -> H2Conn {
+        let mut settings = SETTINGS_HEADER_TABLE_SIZE.to_be_bytes().to_vec();
+        settings.extend_from_slice(&0u32.to_be_bytes());
+        let mut conn = H2Conn {
+            io: Box::new(io),
+            buf: Vec::new(),
+            frames: Vec::new(),
+            closed: false,
+            last_stream: 0,
+        };
+        let mut opening = H2_PREFACE.to_vec();
+        opening.extend(
+            H2Frame {
+                kind: FRAME_SETTINGS,
+                flags: 0,
+                stream: 0,
+                payload: settings,
+            }
+            .encode(),
+        );
+        assert!(conn.write(&opening).await, "the proxy refused the preface");
+        conn
+    }
+
+    /// Reads frames until one received (now or before) satisfies `done`, the
+    /// connection closes, or `limit` passes.
+    async fn read_until(&mut self, limit: Duration, done: impl Fn(&H2Frame) -> bool) {
+        if !self.closed && !self.frames.iter().any(&done) {
+            let deadline = Instant::now() + limit;
+            let (io, buf, frames) = (&mut self.io, &mut self.buf, &mut self.frames);
+            self.closed = read_frames(io, buf, frames, deadline, done).await;
+        }
+    }
+
+    /// The value the server's SETTINGS give `id`, waiting up to [`PATIENCE`]
+    /// for them.
+    pub async fn server_setting(&mut self, id: u16) -> Option<u32> {
+        let settings = |f: &H2Frame| f.kind == FRAME_SETTINGS && f.flags & FLAG_ACK == 0;
+        self.read_until(PATIENCE, settings).await;
+        let frame = self.frames.iter().find(|f| settings(f))?;
+        frame
+            .payload
+            .chunks_exact(6)
+            .find(|s| u16::from_be_bytes([s[0], s[1]]) == id)
+            .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]))
+    }
+
+    /// The next client stream id: 1, 3, 5...
+    pub fn new_stream(&mut self) -> u32 {
+        self.last_stream = if self.last_stream == 0 {
+            1
+        } else {
+            self.last_stream + 2
+        };
+        self.last_stream
+    }
+
+    /// Writes `bytes`; false when the proxy has closed the connection.
+    pub async fn write(&mut self, bytes: &[u8]) -> bool {
+        self.io.write_all(bytes).await.is_ok() && self.io.flush().await.is_ok()
+    }
+
+    /// A header block on `stream`: one HEADERS frame, then CONTINUATION frames
+    /// when the block is larger than a frame may be.
+    pub async fn headers(
+        &mut self,
+        stream: u32,
+        fields: &[(&[u8], &[u8])],
+        end_stream: bool,
+    ) -> bool {
+        let block = hpack(fields);
+        let pieces: Vec<&[u8]> = block.chunks(MAX_FRAME_PAYLOAD).collect();
+        let mut bytes = Vec::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            let last = i + 1 == pieces.len();
+            let (kind, mut flags) = if i == 0 {
+                (FRAME_HEADERS, if end_stream { FLAG_END_STREAM } else { 0 })
+            } else {
+                (FRAME_CONTINUATION, 0)
+            };
+            if last {
+                flags |= FLAG_END_HEADERS;
+            }
+            bytes.extend(
+                H2Frame {
+                    kind,
+                    flags,
+                    stream,
+                    payload: piece.to_vec(),
+                }
+                .encode(),
+            );
+        }
+        self.write(&bytes).await
+    }
+
+    /// `data` on `stream`, in frames no larger than a frame may be.
+    pub async fn data(&mut self, stream: u32, data: &[u8], end_stream: bool) -> bool {
+        let pieces: Vec<&[u8]> = data.chunks(MAX_FRAME_PAYLOAD).collect();
+        let mut bytes = Vec::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            let last = i + 1 == pieces.len();
+            bytes.extend(
+                H2Frame {
+                    kind: FRAME_DATA,
+                    flags: if last && end_stream {
+                        FLAG_END_STREAM
+                    } else {
+                        0
+                    },
+                    stream,
+                    payload: piece.to_vec(),
+                }
+                .encode(),
+            );
+        }
+        self.write(&bytes).await
+    }
+
+    /// Cancels `stream` with RST_STREAM carrying `code`.
+    pub async fn reset(&mut self, stream: u32, code: u32) -> bool {
+        let frame = H2Frame {
+            kind: FRAME_RST_STREAM,
+            flags: 0,
+            stream,
+            payload: code.to_be_bytes().to_vec(),
+        };
+        self.write(&frame.encode()).await
+    }
+
+    /// Waits up to `limit` for `stream` to end (or a GOAWAY, or the connection's
+    /// end) and tells what happened to it.
+    pub async fn outcome_within(&mut self, stream: u32, limit: Duration) -> H2Outcome {
+        self.read_until(limit, |f| f.ends(stream) || f.kind == FRAME_GOAWAY)
+            .await;
+        H2Outcome {
+            stream,
+            frames: self.frames.clone(),
+            closed: self.closed,
+        }
+    }
+
+    /// [`H2Conn::outcome_within`] [`PATIENCE`].
+    pub async fn outcome(&mut self, stream: u32) -> H2Outcome {
+        self.outcome_within(stream, PATIENCE).await
+    }
+
+    /// Sends `fields` as a request without a body on a new stream and waits for
+    /// its outcome.
+    pub async fn request(&mut self, fields: &[(&[u8], &[u8])]) -> H2Outcome {
+        let stream = self.new_stream();
+        self.headers(stream, fields, true).await;
+        self.outcome(stream).await
+    }
 }

@@ -9,19 +9,6 @@ use http_body_util::Full;
 
 use crate::upstream::UpstreamFailure;
 
-/// An error and its causes on one line (`outer: inner: innermost`), for messages
-/// that must stand alone, such as a log field or a config error.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("upstream failed: {0:?}")]

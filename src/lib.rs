@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod chain;
 pub mod config;
 pub mod cookie;
 pub mod devcert;
@@ -39,5 +40,6 @@ pub mod server;
 pub mod session;
 pub mod settings;
 pub mod shutdown;
+pub mod store;
 pub mod tls;
 pub mod upstream;

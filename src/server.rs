@@ -22,8 +22,9 @@ use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::config::{Config, ConfigError, LimitsConfig};
 use crate::proxy::{self, ConnInfo, Settings, State, Worker};
-use crate::session::{self, StoreError, StoreTasks};
+use crate::session::StoreError;
 use crate::shutdown::stopped;
+use crate::store::{self, StoreTasks};
 use crate::tls::{ServerCert, TlsError};
 
 /// A TLS handshake must finish within this, or the connection is dropped.
@@ -191,7 +192,7 @@ impl Server {
             }
             None => None,
         };
-        let (store, store_tasks) = session::open(&config).await.map_err(ServerError::Store)?;
+        let (store, store_tasks) = store::open(&config).await.map_err(ServerError::Store)?;
         let state = Arc::new(State::new(config, store));
         Ok(Server {
             bound,
@@ -368,7 +369,7 @@ impl Reloader {
         }
         // Session timeouts and bounds live in the store: it takes them first, so
         // no request sees new settings with old timeouts.
-        self.state.store.reconfigure(&next);
+        store::reconfigure(&self.state.store, &next);
         let settings = Arc::new(Settings::new(next));
         self.state.settings.store(settings.clone());
         Ok(settings)

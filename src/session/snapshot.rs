@@ -338,7 +338,7 @@ pub fn restore(store: &MemoryStore, path: &Path) -> Result<(), StoreError> {
                     tracing::error!(
                         %file,
                         moved_to = %aside.display(),
-                        reason = %crate::error::chain(&reason),
+                        reason = %crate::chain::Chain(&reason),
                         "cannot read the session snapshot: moved it aside, starting with no sessions"
                     );
                     Ok(())
@@ -346,7 +346,7 @@ pub fn restore(store: &MemoryStore, path: &Path) -> Result<(), StoreError> {
                 Err(source) => {
                     tracing::error!(
                         %file,
-                        reason = %crate::error::chain(&reason),
+                        reason = %crate::chain::Chain(&reason),
                         "cannot read the session snapshot, nor move it aside"
                     );
                     Err(StoreError::Snapshot {

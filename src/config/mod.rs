@@ -16,6 +16,7 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::cookie::{CookieSettings, SameSite, SecureMode, SigningKeys};
+pub use crate::session::redis::RedisConfig;
 
 /// A configuration that failed to load.
 #[derive(Debug, thiserror::Error)]
@@ -136,15 +137,6 @@ pub struct StoreConfig {
     pub snapshot: Option<PathBuf>,
     pub snapshot_interval: Duration,
     pub redis: RedisConfig,
-}
-
-#[derive(Clone, Debug)]
-pub struct RedisConfig {
-    pub url: String,
-    pub key_prefix: String,
-    pub timeout: Duration,
-    pub cluster: bool,
-    pub nodes: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -894,7 +886,7 @@ impl RawConfig {
                 } else {
                     "upstream.url"
                 };
-                at.error(key, crate::error::chain(&e))
+                at.error(key, crate::chain::Chain(&e).to_string())
             })?;
             let host = upstream_uri
                 .host()
@@ -1082,7 +1074,7 @@ impl RawConfig {
                     crate::tls::TlsError::Key { .. } => "tls.key",
                     _ => "tls.cert",
                 };
-                return Err(at.error(field, crate::error::chain(&e)));
+                return Err(at.error(field, crate::chain::Chain(&e).to_string()));
             }
         }
         if self.store.snapshot_interval.0.is_zero() {

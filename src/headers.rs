@@ -9,12 +9,71 @@
 use http::header::{self, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
-use crate::cookie::{cookie_pairs, CookieJar, Refused, Verified};
+use crate::conn::ConnInfo;
+use crate::cookie::{cookie_pairs, CookieJar, Refused, SigningKeys, Verified};
 use crate::error::ProxyError;
 use crate::metrics::{CookieRejection, Metrics};
 use crate::redirect::{ClientOrigin, UpstreamOrigin};
 use crate::session::{is_true, Changes, ChangesError, SessionId};
-use crate::settings::{ConnInfo, Settings};
+
+/// Session headers, named from the configured prefix once at load time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderNames {
+    /// The prefix in lower case with `_` written `-`, the form header names
+    /// are compared in.
+    pub prefix: String,
+    pub id: HeaderName,
+    pub new: HeaderName,
+    pub data: HeaderName,
+    pub set: HeaderName,
+    pub remove: HeaderName,
+    pub destroy: HeaderName,
+    pub regenerate: HeaderName,
+}
+
+impl HeaderNames {
+    /// The names under `prefix` (e.g. `X-Session-`); `None` when it cannot begin
+    /// a header name.
+    pub fn new(prefix: &str) -> Option<HeaderNames> {
+        if prefix.is_empty() {
+            return None;
+        }
+        let lower = prefix.to_ascii_lowercase();
+        let make =
+            |suffix: &str| HeaderName::from_bytes(format!("{lower}{suffix}").as_bytes()).ok();
+        Some(HeaderNames {
+            // Compared with `_` read as `-` (DESIGN.md §9), so kept in that form.
+            prefix: lower.replace('_', "-"),
+            id: make("id")?,
+            new: make("new")?,
+            data: make("data")?,
+            set: make("set")?,
+            remove: make("remove")?,
+            destroy: make("destroy")?,
+            regenerate: make("regenerate")?,
+        })
+    }
+}
+
+/// What the request rules need from the configuration, borrowed for one request.
+/// A few plain values, so the rules run (and are fuzzed) without a configuration.
+#[derive(Clone, Copy)]
+pub struct Rules<'a> {
+    /// The session headers, and the prefix no client header may carry.
+    pub names: &'a HeaderNames,
+    /// Verify the session cookie.
+    pub keys: &'a SigningKeys,
+    /// The proxy's own cookie, under its plain and its secure name.
+    pub jar: &'a CookieJar,
+    /// `session.exclude_paths`: path prefixes proxied with no session work.
+    pub exclude_paths: &'a [String],
+    /// `limits.max_body_bytes`: a larger `Content-Length` is refused at once.
+    pub max_body_bytes: Option<u64>,
+    /// `upstream.preserve_host`: the client's `Host` goes upstream.
+    pub preserve_host: bool,
+    /// The `Host` sent upstream otherwise.
+    pub upstream_host: Option<&'a HeaderValue>,
+}
 
 /// One header line: name and value as they arrived.
 pub type Line<'a> = (&'a [u8], &'a [u8]);
@@ -310,19 +369,18 @@ pub struct RequestScan<'a> {
 /// session-prefixed headers for removal, and takes the proxy's cookie out of
 /// `Cookie`. `trusted`: the peer is in `trusted_proxies`.
 pub fn scan_request<'a>(
-    settings: &Settings,
+    rules: Rules<'_>,
     conn: &ConnInfo,
     trusted: bool,
     view: &RequestView<'a>,
     metrics: Option<&Metrics>,
 ) -> Result<RequestScan<'a>, ProxyError> {
-    let cfg = &settings.config;
     let lines = view.lines;
     let names = classify_all(lines);
     let mut encodings = 0;
     for ((_, value), &kind) in lines.iter().zip(&names) {
         if kind == Name::ContentLength {
-            if let Some(limit) = cfg.limits.max_body_bytes {
+            if let Some(limit) = rules.max_body_bytes {
                 if content_length(value).is_some_and(|n| n > limit) {
                     return Err(ProxyError::BodyTooLarge);
                 }
@@ -341,13 +399,13 @@ pub fn scan_request<'a>(
         .is_some_and(|((_, v), _)| v.eq_ignore_ascii_case(b"https"));
     let https = conn.tls || (trusted && forwarded_https);
     let upgrade = wants_upgrade(lines, &names);
-    let mut keep = hop_filter(lines, &names, &cfg.session.headers.prefix, upgrade);
+    let mut keep = hop_filter(lines, &names, &rules.names.prefix, upgrade);
 
     // The proxy's cookies, under either flavor's name, never reach the upstream.
-    let flavor = settings.jar.flavor(https);
-    let keys = &cfg.session.keys;
-    let plain = settings.jar.plain.name.as_bytes();
-    let secure = settings.jar.secure.name.as_bytes();
+    let flavor = rules.jar.flavor(https);
+    let keys = rules.keys;
+    let plain = rules.jar.plain.name.as_bytes();
+    let secure = rules.jar.secure.name.as_bytes();
     let ours = flavor.name.as_bytes();
     let mut candidates = SmallVec::new();
     let mut kept_cookies: Vec<u8> = Vec::new();
@@ -414,8 +472,7 @@ pub fn scan_request<'a>(
             *k = false;
         }
     }
-    let excluded = cfg
-        .session
+    let excluded = rules
         .exclude_paths
         .iter()
         .any(|p| view.path.starts_with(p.as_bytes()));
@@ -473,17 +530,16 @@ impl<'a> RequestScan<'a> {
     /// `X-Forwarded-*` and `X-Request-Id`.
     pub fn extras(
         &self,
-        settings: &'a Settings,
+        rules: Rules<'a>,
         conn: &'a ConnInfo,
         session: Option<UpstreamSession<'_>>,
         request_id: &'a HeaderValue,
     ) -> Extras<'a> {
-        let cfg = &settings.config;
-        let names = &cfg.session.headers;
+        let names = rules.names;
         let mut extras = Extras::default();
         let host: Option<&'a [u8]> = match self.host {
-            Some(h) if cfg.upstream.preserve_host => Some(h),
-            _ => settings.upstream_host.as_ref().map(|h| h.as_bytes()),
+            Some(h) if rules.preserve_host => Some(h),
+            _ => rules.upstream_host.map(|h| h.as_bytes()),
         };
         if let Some(h) = host {
             extras.add(&HOST, h);
@@ -547,7 +603,7 @@ pub struct ResponseScan {
 /// `101` to an upgrade request.
 pub fn scan_response(
     lines: &[Line<'_>],
-    names: &crate::config::HeaderNames,
+    names: &HeaderNames,
     jar: &CookieJar,
     switching: bool,
 ) -> ResponseScan {

@@ -26,6 +26,7 @@
 pub mod admin;
 pub mod chain;
 pub mod config;
+pub mod conn;
 pub mod cookie;
 pub mod devcert;
 pub mod error;

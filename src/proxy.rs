@@ -32,7 +32,8 @@ use crate::session::{
 use crate::upstream::{self, RequestBody};
 use smallvec::SmallVec;
 
-pub use crate::settings::{ConnInfo, Settings};
+pub use crate::conn::ConnInfo;
+pub use crate::settings::Settings;
 
 /// The body of every response the proxy sends: the upstream's, streamed, or its own.
 pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
@@ -478,7 +479,7 @@ pub(crate) async fn prepare<'a>(
     let cfg = &settings.config;
 
     // 1. Strip what the client may not send upstream, before adding anything.
-    let scan = headers::scan_request(settings, conn, trusted, view, Some(&state.metrics))?;
+    let scan = headers::scan_request(settings.rules(), conn, trusted, view, Some(&state.metrics))?;
     let flavor = settings.jar.flavor(scan.https);
 
     // 2. Find or make the session.
@@ -504,7 +505,7 @@ pub(crate) async fn prepare<'a>(
         }),
         _ => None,
     };
-    let extras = scan.extras(settings, conn, upstream_session, request_id);
+    let extras = scan.extras(settings.rules(), conn, upstream_session, request_id);
     let target = if view.target.is_empty() {
         &b"/"[..]
     } else {

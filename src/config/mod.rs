@@ -9,13 +9,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::header::HeaderName;
 use http::Uri;
 use ipnet::IpNet;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::cookie::{CookieSettings, SameSite, SecureMode, SigningKeys};
+pub use crate::headers::HeaderNames;
 pub use crate::session::redis::RedisConfig;
 
 /// A configuration that failed to load.
@@ -86,21 +86,6 @@ pub struct UpstreamConfig {
     /// `upstream.rewrite_redirects`: the upstream's own absolute URLs in `Location`,
     /// `Content-Location` and `Refresh` go to the client under its origin.
     pub rewrite_redirects: bool,
-}
-
-/// Session headers, named from the configured prefix once at load time.
-#[derive(Clone, Debug)]
-pub struct HeaderNames {
-    /// The prefix in lower case with `_` written `-`, the form header names
-    /// are compared in.
-    pub prefix: String,
-    pub id: HeaderName,
-    pub new: HeaderName,
-    pub data: HeaderName,
-    pub set: HeaderName,
-    pub remove: HeaderName,
-    pub destroy: HeaderName,
-    pub regenerate: HeaderName,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -964,7 +949,7 @@ impl RawConfig {
         if s.max_data_bytes == 0 {
             return Err(at.error("session.max_data_bytes", "must be at least 1"));
         }
-        let headers = header_names(&s.header_prefix.0)
+        let headers = HeaderNames::new(&s.header_prefix.0)
             .ok_or_else(|| at.error("session.header_prefix", "not a valid header name prefix"))?;
         for (i, p) in s.exclude_paths.iter().enumerate() {
             if !p.0.starts_with('/') {
@@ -1228,25 +1213,6 @@ impl RawConfig {
         };
         Ok(config)
     }
-}
-
-fn header_names(prefix: &str) -> Option<HeaderNames> {
-    if prefix.is_empty() {
-        return None;
-    }
-    let lower = prefix.to_ascii_lowercase();
-    let make = |suffix: &str| HeaderName::from_bytes(format!("{lower}{suffix}").as_bytes()).ok();
-    Some(HeaderNames {
-        // Compared with `_` read as `-` (DESIGN.md §9), so kept in that form.
-        prefix: lower.replace('_', "-"),
-        id: make("id")?,
-        new: make("new")?,
-        data: make("data")?,
-        set: make("set")?,
-        remove: make("remove")?,
-        destroy: make("destroy")?,
-        regenerate: make("regenerate")?,
-    })
 }
 
 /// A path from the config file: a relative one is taken from the file's directory,

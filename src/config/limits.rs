@@ -1,0 +1,67 @@
+//! `limits`: connections, sizes and the timeouts that bound a client.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::values::{AtLeast, Dur, Timeout};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitsConfig {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: Option<u64>,
+    pub shutdown_timeout: Duration,
+    /// The longest pause between two reads of a request body (then `408`).
+    pub client_body_timeout: Duration,
+    /// The longest a write to the client may make no progress (then the
+    /// connection is closed).
+    pub send_timeout: Duration,
+    /// An upgraded connection with no bytes either way this long is closed.
+    pub tunnel_idle_timeout: Duration,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLimits {
+    max_connections: AtLeast<1>,
+    header_read_timeout: Dur,
+    max_header_bytes: AtLeast<8192>,
+    max_body_bytes: Option<u64>,
+    shutdown_timeout: Dur,
+    client_body_timeout: Timeout,
+    send_timeout: Timeout,
+    tunnel_idle_timeout: Timeout,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_connections: AtLeast(10_000),
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            max_header_bytes: AtLeast(65_536),
+            max_body_bytes: None,
+            shutdown_timeout: Dur(Duration::from_secs(30)),
+            client_body_timeout: Dur(Duration::from_secs(60)),
+            send_timeout: Dur(Duration::from_secs(60)),
+            tunnel_idle_timeout: Dur(Duration::from_secs(3600)),
+        }
+    }
+}
+
+impl RawLimits {
+    /// Every check of this section is in its values' types.
+    pub(super) fn validate(&self) -> LimitsConfig {
+        LimitsConfig {
+            max_connections: self.max_connections.0,
+            header_read_timeout: self.header_read_timeout.0,
+            max_header_bytes: self.max_header_bytes.0,
+            max_body_bytes: self.max_body_bytes,
+            shutdown_timeout: self.shutdown_timeout.0,
+            client_body_timeout: self.client_body_timeout.0,
+            send_timeout: self.send_timeout.0,
+            tunnel_idle_timeout: self.tunnel_idle_timeout.0,
+        }
+    }
+}

@@ -13,6 +13,18 @@ pub struct AdminConfig {
     pub token: Option<String>,
 }
 
+impl AdminConfig {
+    /// This section without the keys a reload applies (`token`): what is left is
+    /// set up when the listener is bound. A key added to the section counts here
+    /// until it is listed as reloadable.
+    pub(super) fn fixed_at_start(&self) -> AdminConfig {
+        AdminConfig {
+            token: None,
+            ..self.clone()
+        }
+    }
+}
+
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawAdmin {

@@ -22,6 +22,24 @@ pub struct LimitsConfig {
     pub tunnel_idle_timeout: Duration,
 }
 
+impl LimitsConfig {
+    /// This section without the keys a reload applies (each connection or
+    /// request reads them when it starts): what is left, the connection cap and
+    /// the shutdown grace, is set up once. A key added to the section counts here
+    /// until it is listed as reloadable.
+    pub(super) fn fixed_at_start(&self) -> LimitsConfig {
+        LimitsConfig {
+            header_read_timeout: Duration::ZERO,
+            max_header_bytes: 0,
+            max_body_bytes: None,
+            client_body_timeout: Duration::ZERO,
+            send_timeout: Duration::ZERO,
+            tunnel_idle_timeout: Duration::ZERO,
+            ..self.clone()
+        }
+    }
+}
+
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawLimits {

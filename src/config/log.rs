@@ -18,6 +18,20 @@ pub struct LogConfig {
     pub access: bool,
 }
 
+impl LogConfig {
+    /// This section without the keys a reload applies (`level` through the
+    /// filter's handle, `access` per request): what is left, the format, is set
+    /// up once. A key added to the section counts here until it is listed as
+    /// reloadable.
+    pub(super) fn fixed_at_start(&self) -> LogConfig {
+        LogConfig {
+            level: String::new(),
+            access: false,
+            ..self.clone()
+        }
+    }
+}
+
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawLog {

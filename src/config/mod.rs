@@ -85,6 +85,60 @@ impl Config {
         serde_saphyr::to_string(&self.raw)
             .unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
     }
+
+    /// What `next` changes that a running proxy takes only at start, as the
+    /// section's key and what it sets up: a reload applies the rest and says
+    /// these need a restart.
+    ///
+    /// Sections are compared whole. A section a reload applies in part compares
+    /// what is left once the keys it applies are set aside, so a key added to any
+    /// section needs a restart until it is made reloadable; a section added to
+    /// `Config` does not compile here until it is sorted.
+    pub fn restart_needed(&self, next: &Config) -> Vec<(&'static str, &'static str)> {
+        let Config {
+            origin: _,
+            listen,
+            tls,
+            upstream: _,
+            session: _,
+            trusted_proxies: _,
+            store,
+            admin,
+            limits,
+            log,
+            dev_secret: _,
+            raw: _,
+        } = next;
+        let tls_fixed = |t: &Option<TlsConfig>| t.as_ref().map(TlsConfig::fixed_at_start);
+        [
+            ("listen", "the listener address", *listen == self.listen),
+            (
+                "tls",
+                "the HTTPS listener",
+                tls_fixed(tls) == tls_fixed(&self.tls),
+            ),
+            ("store", "the session store", *store == self.store),
+            (
+                "admin",
+                "the admin listener",
+                admin.fixed_at_start() == self.admin.fixed_at_start(),
+            ),
+            (
+                "limits",
+                "the connection cap and shutdown grace",
+                limits.fixed_at_start() == self.limits.fixed_at_start(),
+            ),
+            (
+                "log",
+                "the log format",
+                log.fixed_at_start() == self.log.fixed_at_start(),
+            ),
+        ]
+        .into_iter()
+        .filter(|&(_, _, same)| !same)
+        .map(|(key, what, _)| (key, what))
+        .collect()
+    }
 }
 
 impl fmt::Debug for Config {
@@ -394,6 +448,52 @@ mod tests {
             let (_, _, named, msg) = invalid(&yaml.replace("{S}", SECRET));
             assert_eq!(named, key, "{msg}");
         }
+    }
+
+    #[test]
+    fn a_reload_names_each_section_it_cannot_apply() {
+        let running = parse(&format!("session:\n  secrets: [\"{SECRET}\"]\n")).unwrap();
+        for (change, needs) in [
+            ("listen: 127.0.0.1:8081", Some("listen")),
+            ("admin:\n  listen: 127.0.0.1:9092", Some("admin")),
+            ("admin:\n  token: t", None),
+            ("store:\n  snapshot_interval: 5s", Some("store")),
+            ("store:\n  redis:\n    key_prefix: other", Some("store")),
+            ("limits:\n  max_connections: 5", Some("limits")),
+            ("limits:\n  shutdown_timeout: 1s", Some("limits")),
+            ("limits:\n  max_body_bytes: 100", None),
+            ("log:\n  format: json", Some("log")),
+            ("log:\n  level: debug", None),
+            ("upstream:\n  url: http://elsewhere:3000", None),
+            ("trusted_proxies: [10.0.0.0/8]", None),
+        ] {
+            let next = parse(&format!("session:\n  secrets: [\"{SECRET}\"]\n{change}\n")).unwrap();
+            let keys: Vec<&str> = running
+                .restart_needed(&next)
+                .iter()
+                .map(|(k, _)| *k)
+                .collect();
+            assert_eq!(keys, Vec::from_iter(needs), "{change}");
+        }
+        let tls = TlsConfig {
+            listen: "127.0.0.1:8443".parse().unwrap(),
+            cert: "a.pem".into(),
+            key: "a-key.pem".into(),
+            redirect_http: false,
+            hsts: None,
+        };
+        let renewed = TlsConfig {
+            cert: "b.pem".into(),
+            key: "b-key.pem".into(),
+            hsts: Some("max-age=60".into()),
+            ..tls.clone()
+        };
+        assert_eq!(tls.fixed_at_start(), renewed.fixed_at_start());
+        let redirecting = TlsConfig {
+            redirect_http: true,
+            ..tls.clone()
+        };
+        assert_ne!(tls.fixed_at_start(), redirecting.fixed_at_start());
     }
 
     #[test]

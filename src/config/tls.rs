@@ -19,6 +19,21 @@ pub struct TlsConfig {
     pub hsts: Option<String>,
 }
 
+impl TlsConfig {
+    /// This section without the keys a reload applies (the certificate pair is
+    /// reloaded, `hsts` goes with the settings): what is left is set up when the
+    /// listeners are bound. A key added to the section counts here until it is
+    /// listed as reloadable.
+    pub(super) fn fixed_at_start(&self) -> TlsConfig {
+        TlsConfig {
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            hsts: None,
+            ..self.clone()
+        }
+    }
+}
+
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTls {

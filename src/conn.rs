@@ -8,9 +8,9 @@ use http::HeaderValue;
 /// What a connection knows about its peer, worked out once per connection.
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
-    pub peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
     /// The request arrived over TLS.
-    pub tls: bool,
+    pub(crate) tls: bool,
     /// The peer's IP as a header value, for `X-Forwarded-For`.
     pub(crate) peer_header: HeaderValue,
 }

@@ -21,14 +21,14 @@ use crate::session::{is_true, Changes, ChangesError, SessionId};
 pub struct HeaderNames {
     /// The prefix in lower case with `_` written `-`, the form header names
     /// are compared in.
-    pub prefix: String,
-    pub id: HeaderName,
-    pub new: HeaderName,
-    pub data: HeaderName,
-    pub set: HeaderName,
-    pub remove: HeaderName,
-    pub destroy: HeaderName,
-    pub regenerate: HeaderName,
+    pub(crate) prefix: String,
+    pub(crate) id: HeaderName,
+    pub(crate) new: HeaderName,
+    pub(crate) data: HeaderName,
+    pub(crate) set: HeaderName,
+    pub(crate) remove: HeaderName,
+    pub(crate) destroy: HeaderName,
+    pub(crate) regenerate: HeaderName,
 }
 
 impl HeaderNames {
@@ -76,10 +76,10 @@ pub struct Rules<'a> {
 }
 
 /// One header line: name and value as they arrived.
-pub type Line<'a> = (&'a [u8], &'a [u8]);
+pub(crate) type Line<'a> = (&'a [u8], &'a [u8]);
 
 /// Which lines go on unchanged, by position.
-pub type Keep = SmallVec<[bool; 16]>;
+pub(crate) type Keep = SmallVec<[bool; 16]>;
 
 /// The value of a line the proxy adds: borrowed, its own bytes, or a header
 /// value it already holds (never copied).
@@ -123,7 +123,7 @@ impl From<HeaderValue> for Value<'_> {
 pub struct Extras<'a>(pub SmallVec<[(&'a HeaderName, Value<'a>); 10]>);
 
 impl<'a> Extras<'a> {
-    pub fn add(&mut self, name: &'a HeaderName, value: impl Into<Value<'a>>) {
+    pub(crate) fn add(&mut self, name: &'a HeaderName, value: impl Into<Value<'a>>) {
         self.0.push((name, value.into()));
     }
 }
@@ -139,13 +139,13 @@ fn fold(b: u8) -> u8 {
 }
 
 /// A `tchar` (RFC 9110 §5.6.2): the bytes a header name is made of.
-pub fn is_tchar(b: u8) -> bool {
+pub(crate) fn is_tchar(b: u8) -> bool {
     matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'!' | b'#' | b'$' | b'%' | b'&'
         | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
 }
 
 /// Whether `a` and `b` name the same header: case-insensitive, `_` read as `-`.
-pub fn same_name(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_name(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == fold(y))
 }
 
@@ -165,7 +165,7 @@ fn is(name: &[u8], lower: &str) -> bool {
 
 /// Whether `name` starts with `prefix` (lower case), compared as [`same_name`]
 /// does.
-pub fn has_prefix(name: &[u8], prefix: &str) -> bool {
+pub(crate) fn has_prefix(name: &[u8], prefix: &str) -> bool {
     if name.len() < prefix.len() {
         return false;
     }
@@ -223,7 +223,7 @@ impl Name {
 /// Which [`Name`] a header name is, by its length first; `_` reads as `-`, so
 /// `X_Forwarded_For` is `X-Forwarded-For` (see [`same_name`]). The HTTP/1 codec
 /// refuses framing names spelled with `_` before this is asked.
-pub fn classify(name: &[u8]) -> Name {
+pub(crate) fn classify(name: &[u8]) -> Name {
     let is = |s: &str| is(name, s);
     match name.len() {
         2 if is("te") => Name::OtherHopByHop,
@@ -259,7 +259,7 @@ pub fn classify(name: &[u8]) -> Name {
 
 /// A `Content-Length` value: `1*DIGIT`, nothing else (no sign, no spaces
 /// inside, no list); `None` for anything else.
-pub fn content_length(value: &[u8]) -> Option<u64> {
+pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
     let v = value.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
@@ -268,9 +268,9 @@ pub fn content_length(value: &[u8]) -> Option<u64> {
 }
 
 /// Each line's [`Name`], in order.
-pub type Names = SmallVec<[Name; 16]>;
+pub(crate) type Names = SmallVec<[Name; 16]>;
 
-pub fn classify_all(lines: &[Line<'_>]) -> Names {
+pub(crate) fn classify_all(lines: &[Line<'_>]) -> Names {
     lines.iter().map(|(name, _)| classify(name)).collect()
 }
 
@@ -284,7 +284,7 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// Marks for removal the hop-by-hop headers, the headers named in `Connection`,
 /// and every header whose name starts with `prefix` (lower case). With `upgrade`,
 /// `Upgrade` stays (the caller adds `Connection: upgrade`).
-pub fn hop_filter(lines: &[Line<'_>], names: &[Name], prefix: &str, upgrade: bool) -> Keep {
+pub(crate) fn hop_filter(lines: &[Line<'_>], names: &[Name], prefix: &str, upgrade: bool) -> Keep {
     let mut named: SmallVec<[&[u8]; 8]> = SmallVec::new();
     for ((_, value), &kind) in lines.iter().zip(names) {
         if kind == Name::Connection {
@@ -339,19 +339,18 @@ pub struct RequestView<'a> {
 }
 
 /// A verified session cookie from the request.
-pub struct Candidate {
-    pub id: SessionId,
-    pub verified: Verified,
+pub(crate) struct Candidate {
+    pub(crate) id: SessionId,
+    pub(crate) verified: Verified,
 }
 
 /// What step 1 learned about a request, and what it decided about its lines.
 pub struct RequestScan<'a> {
     /// Arrived over TLS, or via a trusted proxy that says so.
-    pub https: bool,
+    pub(crate) https: bool,
     pub upgrade: bool,
-    pub excluded: bool,
-    pub candidates: SmallVec<[Candidate; 1]>,
-    trusted: bool,
+    pub(crate) excluded: bool,
+    pub(crate) candidates: SmallVec<[Candidate; 1]>,
     pub keep: Keep,
     /// Each line's [`Name`].
     pub names: Names,
@@ -481,7 +480,6 @@ pub fn scan_request<'a>(
         upgrade,
         excluded,
         candidates,
-        trusted,
         keep,
         names,
         cookie: touched.then_some(kept_cookies),
@@ -494,7 +492,7 @@ pub fn scan_request<'a>(
 
 impl<'a> RequestScan<'a> {
     /// The host the client asked for (`Host`, or the authority of an absolute target).
-    pub fn host(&self) -> Option<&'a [u8]> {
+    pub(crate) fn host(&self) -> Option<&'a [u8]> {
         self.host
     }
 }
@@ -522,8 +520,6 @@ static STRICT_TRANSPORT_SECURITY: HeaderName = header::STRICT_TRANSPORT_SECURITY
 static LOCATION: HeaderName = header::LOCATION;
 static CONTENT_LOCATION: HeaderName = header::CONTENT_LOCATION;
 static REFRESH: HeaderName = header::REFRESH;
-/// `Content-Length`, for responses the proxy writes itself.
-pub static CONTENT_LENGTH: HeaderName = header::CONTENT_LENGTH;
 
 impl<'a> RequestScan<'a> {
     /// Step 3's lines: `Host`, the session headers, `Cookie` without the proxy's,
@@ -581,11 +577,6 @@ impl<'a> RequestScan<'a> {
         }
         extras
     }
-
-    /// Whether the peer is a trusted proxy (decided once per request).
-    pub fn trusted(&self) -> bool {
-        self.trusted
-    }
 }
 
 /// What step 4 read from the upstream's response head.
@@ -593,7 +584,7 @@ pub struct ResponseScan {
     pub keep: Keep,
     pub names: Names,
     /// The write-back, or why it is refused.
-    pub changes: Result<Changes, ChangesError>,
+    pub(crate) changes: Result<Changes, ChangesError>,
 }
 
 /// Step 4: reads the write-back headers and marks them, every hop-by-hop
@@ -698,7 +689,7 @@ pub fn response_extras<'a>(
 
 /// `upstream.rewrite_redirects`: each `Location`, `Content-Location` and `Refresh`
 /// whose URL names the upstream's origin is replaced by one naming the client's.
-pub fn rewrite_redirects<'a>(
+pub(crate) fn rewrite_redirects<'a>(
     lines: &[Line<'_>],
     names: &[Name],
     keep: &mut Keep,
@@ -752,7 +743,7 @@ fn private_cache_control(directives: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Writes `name: value` lines: the kept ones as they arrived, then the extras.
-pub fn put_lines(out: &mut Vec<u8>, lines: &[Line<'_>], keep: &[bool], extras: &Extras<'_>) {
+pub(crate) fn put_lines(out: &mut Vec<u8>, lines: &[Line<'_>], keep: &[bool], extras: &Extras<'_>) {
     for ((name, value), _) in lines.iter().zip(keep).filter(|(_, &k)| k) {
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
@@ -769,7 +760,11 @@ pub fn put_lines(out: &mut Vec<u8>, lines: &[Line<'_>], keep: &[bool], extras: &
 
 /// The same lines as a `HeaderMap`, for hyper (the HTTP/2 path). `map` is the map
 /// `lines` were taken from, in its iteration order.
-pub fn to_header_map(map: &http::HeaderMap, keep: &[bool], extras: &Extras<'_>) -> http::HeaderMap {
+pub(crate) fn to_header_map(
+    map: &http::HeaderMap,
+    keep: &[bool],
+    extras: &Extras<'_>,
+) -> http::HeaderMap {
     let mut out = http::HeaderMap::with_capacity(map.len() + extras.0.len());
     for ((name, value), _) in map.iter().zip(keep).filter(|(_, &k)| k) {
         out.append(name.clone(), value.clone());
@@ -787,7 +782,7 @@ pub fn to_header_map(map: &http::HeaderMap, keep: &[bool], extras: &Extras<'_>) 
 }
 
 /// A `HeaderMap`'s lines as byte pairs, in its iteration order.
-pub fn lines_of(map: &http::HeaderMap) -> SmallVec<[Line<'_>; 16]> {
+pub(crate) fn lines_of(map: &http::HeaderMap) -> SmallVec<[Line<'_>; 16]> {
     map.iter()
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
         .collect()

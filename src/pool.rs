@@ -27,7 +27,7 @@ const MAX_IDLE: usize = 1024;
 
 /// Why a request to the upstream failed.
 #[derive(Debug)]
-pub enum SendError {
+pub(crate) enum SendError {
     Upstream(UpstreamFailure),
     BodyTooLarge,
     /// The client's own body was malformed or broke off.
@@ -38,9 +38,9 @@ pub enum SendError {
 
 /// TLS to an `https://` upstream: the verifying connector and the SNI name.
 #[derive(Clone)]
-pub struct UpstreamTls {
-    pub connector: tokio_rustls::TlsConnector,
-    pub server_name: rustls::pki_types::ServerName<'static>,
+pub(crate) struct UpstreamTls {
+    pub(crate) connector: tokio_rustls::TlsConnector,
+    pub(crate) server_name: rustls::pki_types::ServerName<'static>,
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -52,7 +52,7 @@ impl std::fmt::Debug for UpstreamTls {
 }
 
 /// A connection that can wait in a [`Pool`].
-pub trait Reusable {
+pub(crate) trait Reusable {
     /// Still usable: the upstream has not closed it. Never waits.
     fn is_open(&mut self) -> bool;
     /// Called as it goes back into the pool.
@@ -73,7 +73,7 @@ struct Idle<C> {
 /// A worker's idle keep-alive connections to one upstream (`C`: hyper's client
 /// connection on the HTTP/2 path, a raw connection on the HTTP/1 path), and how
 /// to reach it.
-pub struct Pool<C> {
+pub(crate) struct Pool<C> {
     /// `host:port` to connect to.
     pub(crate) authority: String,
     pub(crate) connect_timeout: Duration,
@@ -85,7 +85,7 @@ pub struct Pool<C> {
 
 impl<C: Reusable> Pool<C> {
     /// An empty pool for `upstream`.
-    pub fn new(upstream: &UpstreamConfig) -> Pool<C> {
+    pub(crate) fn new(upstream: &UpstreamConfig) -> Pool<C> {
         Pool {
             authority: upstream.connect_to.clone(),
             connect_timeout: upstream.connect_timeout,
@@ -96,12 +96,12 @@ impl<C: Reusable> Pool<C> {
     }
 
     /// Whether this pool still matches the configured upstream.
-    pub fn serves(&self, upstream: &UpstreamConfig) -> bool {
+    pub(crate) fn serves(&self, upstream: &UpstreamConfig) -> bool {
         self.made_for.0 == upstream.uri && self.made_for.1 == upstream.ca_file
     }
 
     /// An idle connection that still looks open, most recently used first.
-    pub fn checkout(&self) -> Option<C> {
+    pub(crate) fn checkout(&self) -> Option<C> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(mut entry) = idle.pop() {
             if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.is_open() {
@@ -112,7 +112,7 @@ impl<C: Reusable> Pool<C> {
     }
 
     /// Gives back a connection whose last response was read to its end.
-    pub fn checkin(&self, mut conn: C) {
+    pub(crate) fn checkin(&self, mut conn: C) {
         if !conn.is_open() {
             return;
         }
@@ -135,7 +135,7 @@ impl<C: Reusable> Pool<C> {
 }
 
 /// The HTTP/2 path's pool: hyper's HTTP/1 client connections.
-pub type HyperPool = Pool<SendRequest<RequestBody>>;
+pub(crate) type HyperPool = Pool<SendRequest<RequestBody>>;
 
 impl HyperPool {
     async fn connect(&self) -> Result<SendRequest<RequestBody>, UpstreamFailure> {
@@ -148,7 +148,7 @@ impl HyperPool {
     /// Sends `req` on a pooled connection (or a new one). A request that a stale
     /// keep-alive connection refused before any byte was sent is retried once on a
     /// fresh connection.
-    pub async fn send(
+    pub(crate) async fn send(
         self: &Arc<Self>,
         req: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, SendError> {
@@ -235,7 +235,7 @@ fn classify(err: &hyper::Error) -> SendError {
 
 /// The upstream's response body, streamed; gives its connection back to the pool
 /// once read to the end.
-pub struct PooledBody {
+pub(crate) struct PooledBody {
     inner: Incoming,
     ret: Option<(SendRequest<RequestBody>, Arc<HyperPool>)>,
 }

@@ -36,17 +36,17 @@ pub use crate::conn::ConnInfo;
 pub use crate::settings::Settings;
 
 /// The body of every response the proxy sends: the upstream's, streamed, or its own.
-pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
+pub(crate) type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
 /// State shared by every worker thread.
 pub struct State {
-    pub settings: ArcSwap<Settings>,
+    pub(crate) settings: ArcSwap<Settings>,
     pub store: Store,
     pub metrics: Metrics,
 }
 
 impl State {
-    pub fn new(config: Config, store: Store) -> State {
+    pub(crate) fn new(config: Config, store: Store) -> State {
         State {
             settings: ArcSwap::from_pointee(Settings::new(config)),
             store,
@@ -58,14 +58,14 @@ impl State {
 /// What the access log says about a request beyond its method, path and status.
 #[derive(Default)]
 pub(crate) struct Trace {
-    pub upstream: Option<std::time::Duration>,
+    pub(crate) upstream: Option<std::time::Duration>,
     session: Option<SessionId>,
 }
 
 /// What one worker thread owns: its upstream connection pool and its request-id
 /// counter, so that requests on different cores share no hot cache line.
-pub struct Worker {
-    pub state: Arc<State>,
+pub(crate) struct Worker {
+    pub(crate) state: Arc<State>,
     /// This worker's connections to the upstream; replaced when a reload changes
     /// the upstream.
     pool: ArcSwap<HyperPool>,
@@ -89,7 +89,7 @@ fn current_pool<C: Reusable>(slot: &ArcSwap<Pool<C>>, settings: &Settings) -> Ar
 }
 
 impl Worker {
-    pub fn new(state: Arc<State>) -> Worker {
+    pub(crate) fn new(state: Arc<State>) -> Worker {
         let upstream = &state.settings.load().config.upstream;
         let pool = ArcSwap::from_pointee(Pool::new(upstream));
         let h1_pool = ArcSwap::from_pointee(Pool::new(upstream));
@@ -154,12 +154,12 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// started, the settings it was served under, its id, and what the access log needs.
 pub(crate) struct Begun {
     started: Instant,
-    pub settings: arc_swap::Guard<Arc<Settings>>,
-    pub method: Method,
-    pub trusted: bool,
-    pub request_id: HeaderValue,
+    pub(crate) settings: arc_swap::Guard<Arc<Settings>>,
+    pub(crate) method: Method,
+    pub(crate) trusted: bool,
+    pub(crate) request_id: HeaderValue,
     path: Option<String>,
-    pub trace: Trace,
+    pub(crate) trace: Trace,
     /// Counted and logged already.
     finished: bool,
 }
@@ -272,7 +272,7 @@ fn millis(d: Duration) -> f64 {
 
 /// Serves one request over hyper (HTTP/2, and HTTP/1 on the redirecting
 /// listener); never fails (errors become responses).
-pub async fn handle(
+pub(crate) async fn handle(
     worker: Arc<Worker>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
@@ -449,18 +449,18 @@ pub(crate) struct Exchange {
     client_host: Option<SmallVec<[u8; 48]>>,
     carried_session: bool,
     /// The client asked for an upgrade (WebSocket).
-    pub upgrade: bool,
+    pub(crate) upgrade: bool,
     method: Method,
 }
 
 /// What steps 1 to 3 decided: the request to send upstream is the kept lines,
 /// the proxy's extra lines, and `target`.
 pub(crate) struct Prepared<'a> {
-    pub exchange: Exchange,
-    pub keep: Keep,
-    pub extras: Extras<'a>,
+    pub(crate) exchange: Exchange,
+    pub(crate) keep: Keep,
+    pub(crate) extras: Extras<'a>,
     /// The target for the upstream, in origin form under `upstream.base_path`.
-    pub target: Cow<'a, [u8]>,
+    pub(crate) target: Cow<'a, [u8]>,
 }
 
 /// Steps 1 to 3: strips what the client may not send upstream, finds or makes the
@@ -814,7 +814,7 @@ fn cookie_for(
 
 /// The plain listener's answer under `tls.redirect_http`: `308` to the same host,
 /// path and query on the HTTPS port.
-pub fn redirect_to_https<B>(req: &Request<B>, https_port: u16) -> Response<ProxyBody> {
+pub(crate) fn redirect_to_https<B>(req: &Request<B>, https_port: u16) -> Response<ProxyBody> {
     let host = req
         .uri()
         .host()

@@ -31,17 +31,17 @@ pub enum UpstreamFailure {
 /// A body error from the client's side: the upload broke the size limit.
 #[derive(Debug, thiserror::Error)]
 #[error("request body larger than limits.max_body_bytes")]
-pub struct BodyTooLarge;
+pub(crate) struct BodyTooLarge;
 
 /// The client's body broke off or was malformed (bad chunk framing): the client's
 /// fault, answered 400.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed or interrupted request body")]
-pub struct ClientBodyError(#[source] pub hyper::Error);
+pub(crate) struct ClientBodyError(#[source] pub(crate) hyper::Error);
 
 /// The client's body on its way upstream: streamed, and cut off with
 /// [`BodyTooLarge`] once it passes the configured limit.
-pub struct RequestBody {
+pub(crate) struct RequestBody {
     inner: Option<Incoming>,
     remaining: Option<u64>,
     /// The longest a client may pause between body bytes (slow POST).
@@ -57,10 +57,10 @@ pub struct RequestBody {
 /// The client stopped sending its body for longer than the idle limit.
 #[derive(Debug, thiserror::Error)]
 #[error("request body stalled past limits.client_body_timeout")]
-pub struct BodyStalled;
+pub(crate) struct BodyStalled;
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: Option<u64>, idle: Duration) -> RequestBody {
+    pub(crate) fn new(inner: Incoming, limit: Option<u64>, idle: Duration) -> RequestBody {
         RequestBody {
             inner: Some(inner),
             remaining: limit,
@@ -73,7 +73,7 @@ impl RequestBody {
     /// A receiver that turns true once the whole body has been sent; `None`
     /// when it has already ended (a request without a body), which costs no
     /// channel.
-    pub fn watch_sent(&mut self) -> Option<tokio::sync::watch::Receiver<bool>> {
+    pub(crate) fn watch_sent(&mut self) -> Option<tokio::sync::watch::Receiver<bool>> {
         if self.is_end_stream() {
             return None;
         }
@@ -85,16 +85,6 @@ impl RequestBody {
     fn mark_sent(&mut self) {
         if let Some(tx) = self.sent.take() {
             let _ = tx.send(true);
-        }
-    }
-
-    pub fn empty() -> RequestBody {
-        RequestBody {
-            inner: None,
-            remaining: None,
-            idle: Duration::MAX,
-            stall: None,
-            sent: None,
         }
     }
 }
@@ -169,7 +159,7 @@ impl Body for RequestBody {
     }
 }
 
-pub fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
+pub(crate) fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
     let peer = match peer {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()

@@ -10,7 +10,7 @@ use super::values::{Addr, Secret};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
-    pub token: Option<String>,
+    pub(crate) token: Option<String>,
 }
 
 impl AdminConfig {

@@ -7,19 +7,19 @@ use serde::{Deserialize, Serialize};
 use super::values::{AtLeast, Dur, Timeout};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LimitsConfig {
-    pub max_connections: usize,
-    pub header_read_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub max_body_bytes: Option<u64>,
-    pub shutdown_timeout: Duration,
+pub(crate) struct LimitsConfig {
+    pub(crate) max_connections: usize,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) max_body_bytes: Option<u64>,
+    pub(crate) shutdown_timeout: Duration,
     /// The longest pause between two reads of a request body (then `408`).
-    pub client_body_timeout: Duration,
+    pub(crate) client_body_timeout: Duration,
     /// The longest a write to the client may make no progress (then the
     /// connection is closed).
-    pub send_timeout: Duration,
+    pub(crate) send_timeout: Duration,
     /// An upgraded connection with no bytes either way this long is closed.
-    pub tunnel_idle_timeout: Duration,
+    pub(crate) tunnel_idle_timeout: Duration,
 }
 
 impl LimitsConfig {

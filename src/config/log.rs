@@ -13,9 +13,9 @@ pub enum LogFormat {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogConfig {
-    pub format: LogFormat,
+    pub(crate) format: LogFormat,
     pub level: String,
-    pub access: bool,
+    pub(crate) access: bool,
 }
 
 impl LogConfig {

@@ -32,13 +32,13 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use self::admin::AdminConfig;
-pub use self::limits::LimitsConfig;
+pub(crate) use self::limits::LimitsConfig;
 pub use self::log::{LogConfig, LogFormat};
 pub use self::session::{CreateMode, SessionConfig};
 pub use self::source::ConfigError;
 pub use self::store::{RedisConfig, StoreConfig, StoreType};
-pub use self::tls::TlsConfig;
-pub use self::upstream::UpstreamConfig;
+pub(crate) use self::tls::TlsConfig;
+pub(crate) use self::upstream::UpstreamConfig;
 pub use crate::headers::HeaderNames;
 use source::Source;
 use values::{Addr, Cidr};
@@ -47,15 +47,15 @@ use values::{Addr, Cidr};
 #[derive(Clone)]
 pub struct Config {
     /// The file this configuration came from (for messages and reloads).
-    pub origin: PathBuf,
-    pub listen: Option<SocketAddr>,
-    pub tls: Option<TlsConfig>,
-    pub upstream: UpstreamConfig,
+    pub(crate) origin: PathBuf,
+    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) tls: Option<TlsConfig>,
+    pub(crate) upstream: UpstreamConfig,
     pub session: SessionConfig,
-    pub trusted_proxies: Vec<IpNet>,
+    pub(crate) trusted_proxies: Vec<IpNet>,
     pub store: StoreConfig,
     pub admin: AdminConfig,
-    pub limits: LimitsConfig,
+    pub(crate) limits: LimitsConfig,
     pub log: LogConfig,
     /// True when `--dev` replaced missing secrets with an ephemeral one.
     pub dev_secret: bool,
@@ -94,7 +94,7 @@ impl Config {
     /// what is left once the keys it applies are set aside, so a key added to any
     /// section needs a restart until it is made reloadable; a section added to
     /// `Config` does not compile here until it is sorted.
-    pub fn restart_needed(&self, next: &Config) -> Vec<(&'static str, &'static str)> {
+    pub(crate) fn restart_needed(&self, next: &Config) -> Vec<(&'static str, &'static str)> {
         let Config {
             origin: _,
             listen,

@@ -24,16 +24,16 @@ pub enum CreateMode {
 
 #[derive(Clone)]
 pub struct SessionConfig {
-    pub cookie: CookieSettings,
-    pub keys: SigningKeys,
-    pub idle_timeout: Duration,
-    pub absolute_timeout: Duration,
-    pub create: CreateMode,
-    pub max_sessions: usize,
-    pub max_data_bytes: usize,
+    pub(crate) cookie: CookieSettings,
+    pub(crate) keys: SigningKeys,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) absolute_timeout: Duration,
+    pub(crate) create: CreateMode,
+    pub(crate) max_sessions: usize,
+    pub(crate) max_data_bytes: usize,
     pub headers: HeaderNames,
-    pub exclude_paths: Vec<String>,
-    pub regenerate_grace: Duration,
+    pub(crate) exclude_paths: Vec<String>,
+    pub(crate) regenerate_grace: Duration,
 }
 
 #[derive(Clone, Serialize, Deserialize)]

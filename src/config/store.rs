@@ -20,10 +20,10 @@ pub enum StoreType {
 /// The whole section is read once, when the store opens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreConfig {
-    pub kind: StoreType,
+    pub(crate) kind: StoreType,
     pub snapshot: Option<PathBuf>,
-    pub snapshot_interval: Duration,
-    pub redis: RedisConfig,
+    pub(crate) snapshot_interval: Duration,
+    pub(crate) redis: RedisConfig,
 }
 
 #[derive(Clone, Serialize, Deserialize)]

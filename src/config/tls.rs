@@ -11,12 +11,12 @@ use crate::chain::Chain;
 use crate::tls::TlsError;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsConfig {
-    pub listen: SocketAddr,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub redirect_http: bool,
-    pub hsts: Option<String>,
+pub(crate) struct TlsConfig {
+    pub(crate) listen: SocketAddr,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) redirect_http: bool,
+    pub(crate) hsts: Option<String>,
 }
 
 impl TlsConfig {

@@ -14,23 +14,23 @@ use crate::chain::Chain;
 use crate::pool::UpstreamTls;
 
 #[derive(Clone, Debug)]
-pub struct UpstreamConfig {
+pub(crate) struct UpstreamConfig {
     /// Scheme and authority of the upstream, e.g. `http://127.0.0.1:3000`.
-    pub uri: Uri,
+    pub(crate) uri: Uri,
     /// `host:port` to connect to (the scheme's default port filled in).
-    pub connect_to: String,
+    pub(crate) connect_to: String,
     /// For `https://` upstreams: the verifying connector and the SNI name.
-    pub tls: Option<UpstreamTls>,
+    pub(crate) tls: Option<UpstreamTls>,
     /// `upstream.ca_file`, for `check` and reloads.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// A path prefix from the URL (empty when the URL has none).
-    pub base_path: String,
-    pub connect_timeout: Duration,
-    pub timeout: Duration,
-    pub preserve_host: bool,
+    pub(crate) base_path: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) preserve_host: bool,
     /// `upstream.rewrite_redirects`: the upstream's own absolute URLs in `Location`,
     /// `Content-Location` and `Refresh` go to the client under its origin.
-    pub rewrite_redirects: bool,
+    pub(crate) rewrite_redirects: bool,
 }
 
 #[derive(Clone, Serialize, Deserialize)]

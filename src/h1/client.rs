@@ -14,7 +14,7 @@ use crate::pool::{Reusable, UpstreamTls};
 use crate::upstream::UpstreamFailure;
 
 /// A connected byte stream to the upstream, plain or TLS.
-pub enum UpstreamIo {
+pub(crate) enum UpstreamIo {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
@@ -70,7 +70,7 @@ impl AsyncWrite for UpstreamIo {
 
 /// Connects to `authority`, then speaks TLS when `tls` is set; both steps are
 /// bounded by `timeout`.
-pub async fn connect(
+pub(crate) async fn connect(
     authority: &str,
     timeout: Duration,
     tls: Option<&UpstreamTls>,
@@ -102,12 +102,12 @@ pub async fn connect(
 }
 
 /// One connection to the upstream and the bytes read from it but not yet used.
-pub struct Conn {
-    pub io: UpstreamIo,
-    pub buf: BytesMut,
+pub(crate) struct Conn {
+    pub(crate) io: UpstreamIo,
+    pub(crate) buf: BytesMut,
     /// It served a request before: a failure before any response byte may just
     /// mean the upstream closed it while idle.
-    pub reused: bool,
+    pub(crate) reused: bool,
 }
 
 impl Reusable for Conn {
@@ -140,11 +140,11 @@ impl Reusable for Conn {
 }
 
 /// A worker's idle connections for the HTTP/1 path.
-pub type Pool = crate::pool::Pool<Conn>;
+pub(crate) type Pool = crate::pool::Pool<Conn>;
 
 impl Pool {
     /// A new connection.
-    pub async fn connect(&self) -> Result<Conn, UpstreamFailure> {
+    pub(crate) async fn connect(&self) -> Result<Conn, UpstreamFailure> {
         let io = connect(&self.authority, self.connect_timeout, self.tls.as_ref()).await?;
         Ok(Conn {
             io,

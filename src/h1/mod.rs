@@ -6,7 +6,7 @@
 //!
 //! HTTP/2 (by prior knowledge on a plain listener) is handed to hyper's server.
 
-pub mod client;
+pub(crate) mod client;
 pub mod codec;
 
 use std::future::Future as _;
@@ -35,7 +35,7 @@ const MAX_RESPONSE_HEAD: usize = 512 * 1024;
 const BODY_CHUNK: usize = 65_536;
 
 /// How a connection's HTTP/1 service ended.
-pub enum Served<IO> {
+pub(crate) enum Served<IO> {
     /// Closed (by either side, a timeout, or an error).
     Closed,
     /// The client speaks HTTP/2: the connection and what was read of it so far.
@@ -53,7 +53,7 @@ enum Head {
 
 /// Serves HTTP/1 requests on `io` until either side closes it or `stop` turns
 /// true. `detect_h2`: a client opening with the HTTP/2 preface is handed back.
-pub async fn serve<IO>(
+pub(crate) async fn serve<IO>(
     mut io: IO,
     conn: &ConnInfo,
     worker: &Worker,

@@ -5,7 +5,7 @@
 
 mod data;
 pub mod memory;
-pub mod redis;
+pub(crate) mod redis;
 pub mod snapshot;
 
 use std::future::Future;
@@ -17,7 +17,7 @@ use http::HeaderValue;
 
 pub use self::redis::{RedisSettings, RedisStore};
 pub use data::{decode_component, is_true, Changes, ChangesError, SessionData};
-pub use memory::MemoryStore;
+pub(crate) use memory::MemoryStore;
 
 /// A session ID: 32 bytes from the OS CSPRNG. Shown as 43 base64url characters.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,11 +52,11 @@ impl SessionId {
         })
     }
 
-    pub fn from_bytes(bytes: [u8; 32]) -> SessionId {
+    pub(crate) fn from_bytes(bytes: [u8; 32]) -> SessionId {
         SessionId(bytes)
     }
 
-    pub fn as_bytes(&self) -> &[u8; 32] {
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
 
@@ -77,11 +77,11 @@ impl SessionId {
         (again.as_bytes() == text).then_some(canonical)
     }
 
-    pub fn encode_into(&self, out: &mut String) {
+    pub(crate) fn encode_into(&self, out: &mut String) {
         URL_SAFE_NO_PAD.encode_string(self.0, out);
     }
 
-    pub fn to_header_value(&self) -> HeaderValue {
+    pub(crate) fn to_header_value(self) -> HeaderValue {
         let mut s = String::with_capacity(43);
         self.encode_into(&mut s);
         // One allocation: the header value takes the string's buffer.
@@ -106,7 +106,7 @@ impl std::fmt::Debug for SessionId {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

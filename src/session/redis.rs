@@ -288,7 +288,7 @@ fn is_dropped(e: &RedisError) -> bool {
 impl RedisStore {
     /// Applies new timeouts and bounds (a reload); sessions already in Redis keep
     /// their TTL until their next use.
-    pub fn reconfigure(&self, settings: &RedisSettings) {
+    pub(crate) fn reconfigure(&self, settings: &RedisSettings) {
         let i = &self.inner;
         i.idle_ms
             .store(settings.idle_timeout.as_millis() as u64, Ordering::Relaxed);

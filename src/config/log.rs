@@ -67,15 +67,14 @@ impl RawLog {
 enum LogLevel {}
 
 impl Rule for LogLevel {
-    fn check(value: &str) -> Result<(), String> {
-        if is_log_level(value) {
-            Ok(())
-        } else {
-            Err(format!(
-                "`{value}` is not a level: expected error, warn, info, debug, trace, \
-                 or a filter with `=` such as `info,sessiongate=debug`"
-            ))
-        }
+    fn accepts(value: &str) -> bool {
+        is_log_level(value)
+    }
+    fn refusal(value: &str) -> String {
+        format!(
+            "`{value}` is not a level: expected error, warn, info, debug, trace, \
+             or a filter with `=` such as `info,sessiongate=debug`"
+        )
     }
 }
 

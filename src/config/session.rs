@@ -180,16 +180,11 @@ fn too_short(len: usize) -> String {
 enum CookieName {}
 
 impl Rule for CookieName {
-    fn check(name: &str) -> Result<(), String> {
-        let valid = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if valid {
-            Ok(())
-        } else {
-            Err("a cookie name is letters, digits, '-', '_' or '.'".into())
-        }
+    fn accepts(name: &str) -> bool {
+        made_of(name, b"-_.")
+    }
+    fn refusal(_: &str) -> String {
+        "a cookie name is letters, digits, '-', '_' or '.'".into()
     }
 }
 
@@ -197,12 +192,11 @@ impl Rule for CookieName {
 enum CookiePath {}
 
 impl Rule for CookiePath {
-    fn check(path: &str) -> Result<(), String> {
-        if path.starts_with('/') && !path.bytes().any(|b| b.is_ascii_control() || b == b';') {
-            Ok(())
-        } else {
-            Err("the path must start with '/' and hold no ';'".into())
-        }
+    fn accepts(path: &str) -> bool {
+        path.starts_with('/') && !path.bytes().any(|b| b.is_ascii_control() || b == b';')
+    }
+    fn refusal(_: &str) -> String {
+        "the path must start with '/' and hold no ';'".into()
     }
 }
 
@@ -210,29 +204,31 @@ impl Rule for CookiePath {
 enum CookieDomain {}
 
 impl Rule for CookieDomain {
-    fn check(domain: &str) -> Result<(), String> {
-        let valid = !domain.is_empty()
-            && domain
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b));
-        if valid {
-            Ok(())
-        } else {
-            Err("invalid domain".into())
-        }
+    fn accepts(domain: &str) -> bool {
+        made_of(domain, b"-.")
     }
+    fn refusal(_: &str) -> String {
+        "invalid domain".into()
+    }
+}
+
+/// Not empty, and only letters, digits and the bytes of `extra`.
+fn made_of(value: &str, extra: &[u8]) -> bool {
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
 }
 
 /// An entry of `session.exclude_paths`.
 enum PathPrefix {}
 
 impl Rule for PathPrefix {
-    fn check(prefix: &str) -> Result<(), String> {
-        if prefix.starts_with('/') {
-            Ok(())
-        } else {
-            Err("a path prefix must start with '/'".into())
-        }
+    fn accepts(prefix: &str) -> bool {
+        prefix.starts_with('/')
+    }
+    fn refusal(_: &str) -> String {
+        "a path prefix must start with '/'".into()
     }
 }
 

@@ -71,8 +71,9 @@ impl Serialize for Text {
 
 /// What a [`Checked`] string must be.
 pub(super) trait Rule {
-    /// `Err` says what is wrong, in words for the operator.
-    fn check(value: &str) -> Result<(), String>;
+    fn accepts(value: &str) -> bool;
+    /// What is wrong with a value it refuses, in words for the operator.
+    fn refusal(value: &str) -> String;
 }
 
 /// A string with `${VAR}` expanded that `R` accepts.
@@ -99,7 +100,9 @@ impl<R> Clone for Checked<R> {
 impl<'de, R: Rule> Deserialize<'de> for Checked<R> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = expanded(d)?;
-        R::check(&text).map_err(de::Error::custom)?;
+        if !R::accepts(&text) {
+            return Err(de::Error::custom(R::refusal(&text)));
+        }
         Ok(Checked {
             text,
             rule: PhantomData,

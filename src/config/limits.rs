@@ -23,14 +23,13 @@ pub(crate) struct LimitsConfig {
 }
 
 impl LimitsConfig {
-    /// This section without the keys a reload applies (each connection or
-    /// request reads them when it starts): what is left, the connection cap and
-    /// the shutdown grace, is set up once. A key added to the section counts here
-    /// until it is listed as reloadable.
+    /// This section without the keys a reload applies (each request, or each
+    /// new connection, reads them): what is left is set up once, when the
+    /// listeners start (the connection cap, the shutdown grace, and the header
+    /// limits the HTTP/2 server is built with). A key added to the section
+    /// counts here until it is listed as reloadable.
     pub(super) fn fixed_at_start(&self) -> LimitsConfig {
         LimitsConfig {
-            header_read_timeout: Duration::ZERO,
-            max_header_bytes: 0,
             max_body_bytes: None,
             client_body_timeout: Duration::ZERO,
             send_timeout: Duration::ZERO,

@@ -125,7 +125,7 @@ impl Config {
             ),
             (
                 "limits",
-                "the connection cap and shutdown grace",
+                "limits set up when the listeners start",
                 limits.fixed_at_start() == self.limits.fixed_at_start(),
             ),
             (
@@ -461,7 +461,9 @@ mod tests {
             ("store:\n  redis:\n    key_prefix: other", Some("store")),
             ("limits:\n  max_connections: 5", Some("limits")),
             ("limits:\n  shutdown_timeout: 1s", Some("limits")),
+            ("limits:\n  header_read_timeout: 5s", Some("limits")),
             ("limits:\n  max_body_bytes: 100", None),
+            ("limits:\n  send_timeout: 5s", None),
             ("log:\n  format: json", Some("log")),
             ("log:\n  level: debug", None),
             ("upstream:\n  url: http://elsewhere:3000", None),

@@ -39,7 +39,6 @@ pub use self::source::ConfigError;
 pub use self::store::{RedisConfig, StoreConfig, StoreType};
 pub(crate) use self::tls::TlsConfig;
 pub(crate) use self::upstream::UpstreamConfig;
-pub use crate::headers::HeaderNames;
 use source::Source;
 use values::{Addr, Cidr};
 

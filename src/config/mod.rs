@@ -124,7 +124,7 @@ impl Config {
             ),
             (
                 "limits",
-                "limits set up when the listeners start",
+                "limits read once, at start",
                 limits.fixed_at_start() == self.limits.fixed_at_start(),
             ),
             (

@@ -80,8 +80,8 @@ fn upstream_head(
         authority: None,
         lines: &head.lines,
     };
-    let scan = headers::scan_request(settings, conn, false, &view, None).expect("scan");
-    let extras = scan.extras(settings, conn, session, request_id);
+    let scan = headers::scan_request(settings.rules(), conn, false, &view, None).expect("scan");
+    let extras = scan.extras(settings.rules(), conn, session, request_id);
     let mut out = Vec::with_capacity(1024);
     codec::write_request(
         &mut out,

@@ -31,7 +31,11 @@ use crate::proxy::State;
 use crate::session::{SessionId, SessionStore};
 
 /// Serves the admin API until `stop` turns true.
-pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let stream = tokio::select! {
@@ -72,7 +76,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 }
 
 /// Constant-time comparison of the bearer token.
-pub fn token_matches(req_header: Option<&HeaderValue>, token: &str) -> bool {
+pub(crate) fn token_matches(req_header: Option<&HeaderValue>, token: &str) -> bool {
     let Some(given) = req_header.and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")) else {
         return false;
     };

@@ -152,9 +152,9 @@ pub struct CookieSettings {
 /// The cookie's name and attributes for one kind of request (plain or secure),
 /// with the `Set-Cookie` suffix built once.
 #[derive(Clone, Debug)]
-pub struct CookieFlavor {
-    pub name: String,
-    pub secure: bool,
+pub(crate) struct CookieFlavor {
+    pub(crate) name: String,
+    pub(crate) secure: bool,
     /// `; Path=/; HttpOnly; SameSite=Lax` and friends, without Max-Age.
     attributes: String,
 }
@@ -162,9 +162,9 @@ pub struct CookieFlavor {
 /// The two flavors the proxy may need, chosen per request by how it arrived.
 #[derive(Clone, Debug)]
 pub struct CookieJar {
-    pub plain: CookieFlavor,
-    pub secure: CookieFlavor,
-    pub max_age: Option<Duration>,
+    pub(crate) plain: CookieFlavor,
+    pub(crate) secure: CookieFlavor,
+    pub(crate) max_age: Option<Duration>,
 }
 
 impl CookieSettings {
@@ -212,7 +212,7 @@ impl CookieSettings {
 
 impl CookieJar {
     /// The flavor for a request that arrived over TLS (`https`) or not.
-    pub fn flavor(&self, https: bool) -> &CookieFlavor {
+    pub(crate) fn flavor(&self, https: bool) -> &CookieFlavor {
         if https {
             &self.secure
         } else {
@@ -224,7 +224,7 @@ impl CookieJar {
 impl CookieFlavor {
     /// `Set-Cookie` for a session: `max_age` overrides the configured lifetime (used
     /// when re-signing, so the cookie keeps its original expiry).
-    pub fn set_cookie(&self, value: &str, max_age: Option<Duration>) -> HeaderValue {
+    pub(crate) fn set_cookie(&self, value: &str, max_age: Option<Duration>) -> HeaderValue {
         let mut s =
             String::with_capacity(self.name.len() + value.len() + self.attributes.len() + 24);
         s.push_str(&self.name);
@@ -239,7 +239,7 @@ impl CookieFlavor {
     }
 
     /// `Set-Cookie` that expires the cookie now.
-    pub fn removal(&self) -> HeaderValue {
+    pub(crate) fn removal(&self) -> HeaderValue {
         let mut s = String::with_capacity(self.name.len() + self.attributes.len() + 64);
         s.push_str(&self.name);
         s.push('=');

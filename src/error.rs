@@ -9,19 +9,6 @@ use http_body_util::Full;
 
 use crate::upstream::UpstreamFailure;
 
-/// An error and its causes on one line (`outer: inner: innermost`), for messages
-/// that must stand alone, such as a log field or a config error.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("upstream failed: {0:?}")]
@@ -39,7 +26,7 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::Upstream(UpstreamFailure::ConnectTimeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(
@@ -57,7 +44,7 @@ impl ProxyError {
     }
 
     /// A short name of the kind, for logs and metrics.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             ProxyError::Upstream(UpstreamFailure::Refused) => "upstream_refused",
             ProxyError::Upstream(UpstreamFailure::ConnectTimeout) => "upstream_connect_timeout",
@@ -99,7 +86,7 @@ impl ProxyError {
         }
     }
 
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
         let mut resp = Response::new(Full::new(Bytes::from_static(self.body().as_bytes())));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();

@@ -9,18 +9,77 @@
 use http::header::{self, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
-use crate::cookie::{cookie_pairs, CookieJar, Refused, Verified};
+use crate::conn::ConnInfo;
+use crate::cookie::{cookie_pairs, CookieJar, Refused, SigningKeys, Verified};
 use crate::error::ProxyError;
 use crate::metrics::{CookieRejection, Metrics};
 use crate::redirect::{ClientOrigin, UpstreamOrigin};
 use crate::session::{is_true, Changes, ChangesError, SessionId};
-use crate::settings::{ConnInfo, Settings};
+
+/// Session headers, named from the configured prefix once at load time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderNames {
+    /// The prefix in lower case with `_` written `-`, the form header names
+    /// are compared in.
+    pub(crate) prefix: String,
+    pub(crate) id: HeaderName,
+    pub(crate) new: HeaderName,
+    pub(crate) data: HeaderName,
+    pub(crate) set: HeaderName,
+    pub(crate) remove: HeaderName,
+    pub(crate) destroy: HeaderName,
+    pub(crate) regenerate: HeaderName,
+}
+
+impl HeaderNames {
+    /// The names under `prefix` (e.g. `X-Session-`); `None` when it cannot begin
+    /// a header name.
+    pub fn new(prefix: &str) -> Option<HeaderNames> {
+        if prefix.is_empty() {
+            return None;
+        }
+        let lower = prefix.to_ascii_lowercase();
+        let make =
+            |suffix: &str| HeaderName::from_bytes(format!("{lower}{suffix}").as_bytes()).ok();
+        Some(HeaderNames {
+            // Compared with `_` read as `-` (DESIGN.md §9), so kept in that form.
+            prefix: lower.replace('_', "-"),
+            id: make("id")?,
+            new: make("new")?,
+            data: make("data")?,
+            set: make("set")?,
+            remove: make("remove")?,
+            destroy: make("destroy")?,
+            regenerate: make("regenerate")?,
+        })
+    }
+}
+
+/// What the request rules need from the configuration, borrowed for one request.
+/// A few plain values, so the rules run (and are fuzzed) without a configuration.
+#[derive(Clone, Copy)]
+pub struct Rules<'a> {
+    /// The session headers, and the prefix no client header may carry.
+    pub names: &'a HeaderNames,
+    /// Verify the session cookie.
+    pub keys: &'a SigningKeys,
+    /// The proxy's own cookie, under its plain and its secure name.
+    pub jar: &'a CookieJar,
+    /// `session.exclude_paths`: path prefixes proxied with no session work.
+    pub exclude_paths: &'a [String],
+    /// `limits.max_body_bytes`: a larger `Content-Length` is refused at once.
+    pub max_body_bytes: Option<u64>,
+    /// `upstream.preserve_host`: the client's `Host` goes upstream.
+    pub preserve_host: bool,
+    /// The `Host` sent upstream otherwise.
+    pub upstream_host: Option<&'a HeaderValue>,
+}
 
 /// One header line: name and value as they arrived.
-pub type Line<'a> = (&'a [u8], &'a [u8]);
+pub(crate) type Line<'a> = (&'a [u8], &'a [u8]);
 
 /// Which lines go on unchanged, by position.
-pub type Keep = SmallVec<[bool; 16]>;
+pub(crate) type Keep = SmallVec<[bool; 16]>;
 
 /// The value of a line the proxy adds: borrowed, its own bytes, or a header
 /// value it already holds (never copied).
@@ -64,7 +123,7 @@ impl From<HeaderValue> for Value<'_> {
 pub struct Extras<'a>(pub SmallVec<[(&'a HeaderName, Value<'a>); 10]>);
 
 impl<'a> Extras<'a> {
-    pub fn add(&mut self, name: &'a HeaderName, value: impl Into<Value<'a>>) {
+    pub(crate) fn add(&mut self, name: &'a HeaderName, value: impl Into<Value<'a>>) {
         self.0.push((name, value.into()));
     }
 }
@@ -80,13 +139,13 @@ fn fold(b: u8) -> u8 {
 }
 
 /// A `tchar` (RFC 9110 §5.6.2): the bytes a header name is made of.
-pub fn is_tchar(b: u8) -> bool {
+pub(crate) fn is_tchar(b: u8) -> bool {
     matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'!' | b'#' | b'$' | b'%' | b'&'
         | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
 }
 
 /// Whether `a` and `b` name the same header: case-insensitive, `_` read as `-`.
-pub fn same_name(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_name(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == fold(y))
 }
 
@@ -106,7 +165,7 @@ fn is(name: &[u8], lower: &str) -> bool {
 
 /// Whether `name` starts with `prefix` (lower case), compared as [`same_name`]
 /// does.
-pub fn has_prefix(name: &[u8], prefix: &str) -> bool {
+pub(crate) fn has_prefix(name: &[u8], prefix: &str) -> bool {
     if name.len() < prefix.len() {
         return false;
     }
@@ -164,7 +223,7 @@ impl Name {
 /// Which [`Name`] a header name is, by its length first; `_` reads as `-`, so
 /// `X_Forwarded_For` is `X-Forwarded-For` (see [`same_name`]). The HTTP/1 codec
 /// refuses framing names spelled with `_` before this is asked.
-pub fn classify(name: &[u8]) -> Name {
+pub(crate) fn classify(name: &[u8]) -> Name {
     let is = |s: &str| is(name, s);
     match name.len() {
         2 if is("te") => Name::OtherHopByHop,
@@ -200,7 +259,7 @@ pub fn classify(name: &[u8]) -> Name {
 
 /// A `Content-Length` value: `1*DIGIT`, nothing else (no sign, no spaces
 /// inside, no list); `None` for anything else.
-pub fn content_length(value: &[u8]) -> Option<u64> {
+pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
     let v = value.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
@@ -209,9 +268,9 @@ pub fn content_length(value: &[u8]) -> Option<u64> {
 }
 
 /// Each line's [`Name`], in order.
-pub type Names = SmallVec<[Name; 16]>;
+pub(crate) type Names = SmallVec<[Name; 16]>;
 
-pub fn classify_all(lines: &[Line<'_>]) -> Names {
+pub(crate) fn classify_all(lines: &[Line<'_>]) -> Names {
     lines.iter().map(|(name, _)| classify(name)).collect()
 }
 
@@ -225,7 +284,7 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// Marks for removal the hop-by-hop headers, the headers named in `Connection`,
 /// and every header whose name starts with `prefix` (lower case). With `upgrade`,
 /// `Upgrade` stays (the caller adds `Connection: upgrade`).
-pub fn hop_filter(lines: &[Line<'_>], names: &[Name], prefix: &str, upgrade: bool) -> Keep {
+pub(crate) fn hop_filter(lines: &[Line<'_>], names: &[Name], prefix: &str, upgrade: bool) -> Keep {
     let mut named: SmallVec<[&[u8]; 8]> = SmallVec::new();
     for ((_, value), &kind) in lines.iter().zip(names) {
         if kind == Name::Connection {
@@ -280,19 +339,18 @@ pub struct RequestView<'a> {
 }
 
 /// A verified session cookie from the request.
-pub struct Candidate {
-    pub id: SessionId,
-    pub verified: Verified,
+pub(crate) struct Candidate {
+    pub(crate) id: SessionId,
+    pub(crate) verified: Verified,
 }
 
 /// What step 1 learned about a request, and what it decided about its lines.
 pub struct RequestScan<'a> {
     /// Arrived over TLS, or via a trusted proxy that says so.
-    pub https: bool,
+    pub(crate) https: bool,
     pub upgrade: bool,
-    pub excluded: bool,
-    pub candidates: SmallVec<[Candidate; 1]>,
-    trusted: bool,
+    pub(crate) excluded: bool,
+    pub(crate) candidates: SmallVec<[Candidate; 1]>,
     pub keep: Keep,
     /// Each line's [`Name`].
     pub names: Names,
@@ -330,16 +388,16 @@ fn check_framing(lines: &[Line<'_>], names: &[Name], limit: Option<u64>) -> Resu
 /// none reaches the upstream. The other pairs are appended to `kept`. Whether
 /// the line held one of the proxy's cookies.
 fn take_session_cookies(
-    settings: &Settings,
+    rules: &Rules<'_>,
     https: bool,
     value: &[u8],
     metrics: Option<&Metrics>,
     (candidates, kept): (&mut SmallVec<[Candidate; 1]>, &mut Vec<u8>),
 ) -> bool {
-    let keys = &settings.config.session.keys;
-    let plain = settings.jar.plain.name.as_bytes();
-    let secure = settings.jar.secure.name.as_bytes();
-    let ours = settings.jar.flavor(https).name.as_bytes();
+    let keys = rules.keys;
+    let plain = rules.jar.plain.name.as_bytes();
+    let secure = rules.jar.secure.name.as_bytes();
+    let ours = rules.jar.flavor(https).name.as_bytes();
     let mut touched = false;
     for (n, v) in cookie_pairs(value) {
         if n == plain || n == secure {
@@ -374,16 +432,15 @@ fn take_session_cookies(
 /// session-prefixed headers for removal, and takes the proxy's cookie out of
 /// `Cookie`. `trusted`: the peer is in `trusted_proxies`.
 pub fn scan_request<'a>(
-    settings: &Settings,
+    rules: Rules<'_>,
     conn: &ConnInfo,
     trusted: bool,
     view: &RequestView<'a>,
     metrics: Option<&Metrics>,
 ) -> Result<RequestScan<'a>, ProxyError> {
-    let cfg = &settings.config;
     let lines = view.lines;
     let names = classify_all(lines);
-    check_framing(lines, &names, cfg.limits.max_body_bytes)?;
+    check_framing(lines, &names, rules.max_body_bytes)?;
     let forwarded_https = lines
         .iter()
         .zip(&names)
@@ -391,7 +448,7 @@ pub fn scan_request<'a>(
         .is_some_and(|((_, v), _)| v.eq_ignore_ascii_case(b"https"));
     let https = conn.tls || (trusted && forwarded_https);
     let upgrade = wants_upgrade(lines, &names);
-    let mut keep = hop_filter(lines, &names, &cfg.session.headers.prefix, upgrade);
+    let mut keep = hop_filter(lines, &names, &rules.names.prefix, upgrade);
 
     let mut candidates = SmallVec::new();
     let mut kept_cookies: Vec<u8> = Vec::new();
@@ -405,7 +462,7 @@ pub fn scan_request<'a>(
         }
         if kind == Name::Cookie {
             let cookies = (&mut candidates, &mut kept_cookies);
-            touched |= take_session_cookies(settings, https, value, metrics, cookies);
+            touched |= take_session_cookies(&rules, https, value, metrics, cookies);
         } else if kind == Name::Host {
             if host.is_none() {
                 host = Some(value);
@@ -434,8 +491,7 @@ pub fn scan_request<'a>(
             *k = false;
         }
     }
-    let excluded = cfg
-        .session
+    let excluded = rules
         .exclude_paths
         .iter()
         .any(|p| view.path.starts_with(p.as_bytes()));
@@ -444,7 +500,6 @@ pub fn scan_request<'a>(
         upgrade,
         excluded,
         candidates,
-        trusted,
         keep,
         names,
         cookie: touched.then_some(kept_cookies),
@@ -457,7 +512,7 @@ pub fn scan_request<'a>(
 
 impl<'a> RequestScan<'a> {
     /// The host the client asked for (`Host`, or the authority of an absolute target).
-    pub fn host(&self) -> Option<&'a [u8]> {
+    pub(crate) fn host(&self) -> Option<&'a [u8]> {
         self.host
     }
 }
@@ -485,25 +540,22 @@ static STRICT_TRANSPORT_SECURITY: HeaderName = header::STRICT_TRANSPORT_SECURITY
 static LOCATION: HeaderName = header::LOCATION;
 static CONTENT_LOCATION: HeaderName = header::CONTENT_LOCATION;
 static REFRESH: HeaderName = header::REFRESH;
-/// `Content-Length`, for responses the proxy writes itself.
-pub static CONTENT_LENGTH: HeaderName = header::CONTENT_LENGTH;
 
 impl<'a> RequestScan<'a> {
     /// Step 3's lines: `Host`, the session headers, `Cookie` without the proxy's,
     /// `X-Forwarded-*` and `X-Request-Id`.
     pub fn extras(
         &self,
-        settings: &'a Settings,
+        rules: Rules<'a>,
         conn: &'a ConnInfo,
         session: Option<UpstreamSession<'_>>,
         request_id: &'a HeaderValue,
     ) -> Extras<'a> {
-        let cfg = &settings.config;
-        let names = &cfg.session.headers;
+        let names = rules.names;
         let mut extras = Extras::default();
         let host: Option<&'a [u8]> = match self.host {
-            Some(h) if cfg.upstream.preserve_host => Some(h),
-            _ => settings.upstream_host.as_ref().map(|h| h.as_bytes()),
+            Some(h) if rules.preserve_host => Some(h),
+            _ => rules.upstream_host.map(|h| h.as_bytes()),
         };
         if let Some(h) = host {
             extras.add(&HOST, h);
@@ -545,11 +597,6 @@ impl<'a> RequestScan<'a> {
         }
         extras
     }
-
-    /// Whether the peer is a trusted proxy (decided once per request).
-    pub fn trusted(&self) -> bool {
-        self.trusted
-    }
 }
 
 /// What step 4 read from the upstream's response head.
@@ -557,7 +604,7 @@ pub struct ResponseScan {
     pub keep: Keep,
     pub names: Names,
     /// The write-back, or why it is refused.
-    pub changes: Result<Changes, ChangesError>,
+    pub(crate) changes: Result<Changes, ChangesError>,
 }
 
 /// Step 4: reads the write-back headers and marks them, every hop-by-hop
@@ -567,7 +614,7 @@ pub struct ResponseScan {
 /// `101` to an upgrade request.
 pub fn scan_response(
     lines: &[Line<'_>],
-    names: &crate::config::HeaderNames,
+    names: &HeaderNames,
     jar: &CookieJar,
     switching: bool,
 ) -> ResponseScan {
@@ -662,7 +709,7 @@ pub fn response_extras<'a>(
 
 /// `upstream.rewrite_redirects`: each `Location`, `Content-Location` and `Refresh`
 /// whose URL names the upstream's origin is replaced by one naming the client's.
-pub fn rewrite_redirects<'a>(
+pub(crate) fn rewrite_redirects<'a>(
     lines: &[Line<'_>],
     names: &[Name],
     keep: &mut Keep,
@@ -716,7 +763,7 @@ fn private_cache_control(directives: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Writes `name: value` lines: the kept ones as they arrived, then the extras.
-pub fn put_lines(out: &mut Vec<u8>, lines: &[Line<'_>], keep: &[bool], extras: &Extras<'_>) {
+pub(crate) fn put_lines(out: &mut Vec<u8>, lines: &[Line<'_>], keep: &[bool], extras: &Extras<'_>) {
     for ((name, value), _) in lines.iter().zip(keep).filter(|(_, &k)| k) {
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
@@ -734,7 +781,11 @@ pub fn put_lines(out: &mut Vec<u8>, lines: &[Line<'_>], keep: &[bool], extras: &
 /// The kept lines and the added ones as a `HeaderMap` (for an HTTP/2 client).
 /// The lines come from the strict parser, so every name is a token; a value
 /// `http` refuses is left out.
-pub fn header_map(lines: &[Line<'_>], keep: &[bool], extras: &Extras<'_>) -> http::HeaderMap {
+pub(crate) fn header_map(
+    lines: &[Line<'_>],
+    keep: &[bool],
+    extras: &Extras<'_>,
+) -> http::HeaderMap {
     let mut out = http::HeaderMap::with_capacity(lines.len() + extras.0.len());
     for ((name, value), _) in lines.iter().zip(keep).filter(|(_, &k)| k) {
         if let (Ok(name), Ok(value)) = (
@@ -757,7 +808,7 @@ pub fn header_map(lines: &[Line<'_>], keep: &[bool], extras: &Extras<'_>) -> htt
 }
 
 /// A `HeaderMap`'s lines as byte pairs, in its iteration order.
-pub fn lines_of(map: &http::HeaderMap) -> SmallVec<[Line<'_>; 16]> {
+pub(crate) fn lines_of(map: &http::HeaderMap) -> SmallVec<[Line<'_>; 16]> {
     map.iter()
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
         .collect()

@@ -1,45 +1,65 @@
 //! sessiongate: a reverse proxy that gives an unchanged web application secure,
 //! server-side sessions.
 //!
-//! - [`config`]: YAML → validated [`config::Config`]; errors name file, line, key.
-//! - [`cookie`]: signing keys, `<id>.<tag>` sign/verify, `Set-Cookie` building.
-//! - [`session`]: session IDs, data and its form encoding, the store trait.
-//! - [`session::memory`]: the embedded store: timeouts, sweep, capped eviction.
-//! - [`session::snapshot`]: the memory store's snapshot file: format, atomic save, load at start.
-//! - [`session::redis`]: the Redis store (one server or a Cluster): Lua scripts, TTLs, SCAN-based revoke.
-//! - [`h1`]: the HTTP/1 path: request and response heads as bytes, parsed strictly.
-//! - [`pool`]: each worker's keep-alive connections to the upstream (HTTP/2 path).
-//! - [`redirect`]: the upstream's own URLs in `Location` and its kin, moved to the client's origin.
-//! - [`upstream`]: the request body limit, hop-by-hop and `X-Forwarded-*` rules.
-//! - [`proxy`]: the request path, read top to bottom.
-//! - [`settings`]: what a request is served under: its connection and the settings from the config.
-//! - [`shutdown`]: the stop signal listeners and connections wait on.
-//! - [`server`]: listeners (plain, TLS), workers, reload, graceful shutdown.
-//! - [`tls`]: certificates for the HTTPS listener and `https://` upstreams.
-//! - [`admin`]: health, readiness (and, later, metrics and the session API).
-//! - [`devcert`]: `gen-cert` and `healthcheck`, small operator tools.
-//! - [`error`]: what the proxy answers itself, mapped in one place.
-//! - [`metrics`]: Prometheus metrics, updated without locks.
-//! - [`logging`]: pretty or JSON logs and the access log.
+//! The modules stand in layers; each imports only from its own layer and those
+//! below it (`.ci/layers` holds the table and checks every import):
+//!
+//! 1. Foundation, importing nothing of the crate:
+//!    - [`chain`]: an error and its causes on one line, for logs and config errors.
+//!    - `shutdown`: the stop signal listeners and connections wait on.
+//!    - [`tls`]: certificates for the HTTPS listener and `https://` upstreams.
+//!    - [`devcert`]: `gen-cert` and `healthcheck`, small operator tools.
+//! 2. Domain: sessions, cookies and the rules for headers, knowing nothing of the
+//!    configuration file or of connections:
+//!    - [`session`]: session IDs, data and its form encoding, the store trait;
+//!      [`session::memory`] (timeouts, sweep, capped eviction) with its
+//!      [`session::snapshot`] file, and [`session::redis`] (one server or a Cluster).
+//!    - [`cookie`]: signing keys, `<id>.<tag>` sign/verify, `Set-Cookie` building.
+//!    - [`headers`]: the header rules of the request path, over lines as bytes.
+//!    - [`h1::codec`]: HTTP/1 request and response heads as bytes, parsed strictly.
+//!    - `redirect`: the upstream's own URLs in `Location` and its kin, moved to the
+//!      client's origin.
+//!    - `upstream`: the request body limit, hop-by-hop and `X-Forwarded-*` rules.
+//!    - [`conn`]: what a connection knows about its peer.
+//!    - `error`: what the proxy answers itself, mapped in one place.
+//!    - `metrics`: Prometheus metrics, updated without locks.
+//! 3. [`config`]: YAML → a validated [`config::Config`], one module per section;
+//!    builds the values the domain defines. Errors name file, line and key.
+//! 4. Drivers, which run the domain over sockets with a configuration:
+//!    - `settings`: what requests are served under, swapped whole on reload.
+//!    - `store`: opens the store `store.type` names.
+//!    - [`logging`]: pretty or JSON logs and the access log.
+//!    - `pool`: each worker's keep-alive connections to the upstream.
+//!    - [`h1`]: the HTTP/1 path over the codec; [`proxy`]: the request path, read
+//!      top to bottom.
+//!    - `admin`: health, readiness, metrics and the session API.
+//!    - [`server`]: listeners (plain, TLS), workers, reload, graceful shutdown.
+//! 5. `main.rs`: the command line.
+//!
+//! Items are `pub(crate)` unless the binary, the tests, the benchmarks or the
+//! fuzz targets use them.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+mod admin;
+pub mod chain;
 pub mod config;
+pub mod conn;
 pub mod cookie;
 pub mod devcert;
-pub mod downstream;
-pub mod error;
+pub(crate) mod downstream;
+mod error;
 pub mod h1;
 pub mod headers;
 pub(crate) mod io;
 pub mod logging;
-pub mod metrics;
-pub mod pool;
+mod metrics;
+mod pool;
 pub mod proxy;
-pub mod redirect;
+mod redirect;
 pub mod server;
 pub mod session;
-pub mod settings;
-pub mod shutdown;
+mod settings;
+mod shutdown;
+mod store;
 pub mod tls;
-pub mod upstream;
+mod upstream;

@@ -125,7 +125,7 @@ fn file_warnings(config: &Config) -> Vec<String> {
             warnings.push(format!(
                 "store.snapshot: {}: {}; at start it is moved aside and the store starts empty",
                 path.display(),
-                sessiongate::error::chain(&e)
+                sessiongate::chain::Chain(&e)
             ));
         }
     }

@@ -69,16 +69,16 @@ fn shard() -> usize {
 /// A counter split into per-thread cells: `inc` is one relaxed add on a line
 /// only this thread writes.
 #[derive(Clone, Debug, Default)]
-pub struct ShardedCounter {
+pub(crate) struct ShardedCounter {
     cells: std::sync::Arc<[Padded<AtomicU64>; SHARDS]>,
 }
 
 impl ShardedCounter {
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         self.cells[shard()].0.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.cells.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
     }
 }
@@ -100,7 +100,7 @@ impl EncodeMetric for ShardedCounter {
 /// A histogram whose `observe` is two relaxed atomic adds on this thread's cells
 /// (a cheap-to-clone handle).
 #[derive(Clone, Debug, Default)]
-pub struct AtomicHistogram {
+pub(crate) struct AtomicHistogram {
     inner: std::sync::Arc<[Padded<HistogramCells>; SHARDS]>,
 }
 
@@ -112,7 +112,7 @@ struct HistogramCells {
 }
 
 impl AtomicHistogram {
-    pub fn observe(&self, d: Duration) {
+    pub(crate) fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
         let i = BUCKETS
             .iter()
@@ -158,7 +158,7 @@ impl EncodeMetric for AtomicHistogram {
 
 /// Why a session cookie was not accepted.
 #[derive(Clone, Copy, Debug)]
-pub enum CookieRejection {
+pub(crate) enum CookieRejection {
     /// Not `<id>.<tag>` in base64url.
     Malformed,
     /// Well formed, but no secret verifies its tag.
@@ -171,17 +171,17 @@ pub enum CookieRejection {
 pub struct Metrics {
     registry: Registry,
     requests: Vec<ShardedCounter>,
-    pub request_duration: AtomicHistogram,
-    pub upstream_duration: AtomicHistogram,
+    pub(crate) request_duration: AtomicHistogram,
+    pub(crate) upstream_duration: AtomicHistogram,
     upstream_errors: [Counter; 7],
-    pub sessions_active: Gauge,
-    pub sessions_created: Counter,
-    pub sessions_destroyed: Counter,
-    pub sessions_regenerated: Counter,
-    pub sessions_expired: Counter,
-    pub sessions_evicted: Counter,
+    pub(crate) sessions_active: Gauge,
+    pub(crate) sessions_created: Counter,
+    pub(crate) sessions_destroyed: Counter,
+    pub(crate) sessions_regenerated: Counter,
+    pub(crate) sessions_expired: Counter,
+    pub(crate) sessions_evicted: Counter,
     cookies_rejected: [Counter; 3],
-    pub writes_refused: Counter,
+    pub(crate) writes_refused: Counter,
     pub open_connections: Gauge,
     reloads: [Counter; 2],
 }
@@ -193,7 +193,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut registry = Registry::with_prefix("sessiongate");
         let requests_family = Family::<RequestLabels, ShardedCounter>::default();
         let mut requests = Vec::with_capacity(METHODS.len() * CLASSES.len());
@@ -328,7 +328,7 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, method: &Method, status: StatusCode, took: Duration) {
+    pub(crate) fn request(&self, method: &Method, status: StatusCode, took: Duration) {
         let m = match *method {
             Method::GET => 0,
             Method::HEAD => 1,
@@ -345,7 +345,7 @@ impl Metrics {
         self.request_duration.observe(took);
     }
 
-    pub fn upstream_error(&self, failure: Option<UpstreamFailure>) {
+    pub(crate) fn upstream_error(&self, failure: Option<UpstreamFailure>) {
         let i = match failure {
             Some(UpstreamFailure::Refused) => 0,
             Some(UpstreamFailure::ConnectTimeout) => 1,
@@ -357,20 +357,20 @@ impl Metrics {
         self.upstream_errors[i].inc();
     }
 
-    pub fn store_error(&self) {
+    pub(crate) fn store_error(&self) {
         self.upstream_errors[6].inc();
     }
 
-    pub fn cookie_rejected(&self, why: CookieRejection) {
+    pub(crate) fn cookie_rejected(&self, why: CookieRejection) {
         self.cookies_rejected[why as usize].inc();
     }
 
-    pub fn reload(&self, ok: bool) {
+    pub(crate) fn reload(&self, ok: bool) {
         self.reloads[usize::from(!ok)].inc();
     }
 
     /// The text exposition.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -8,28 +8,15 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::tls::UpstreamTls;
+
 /// Idle connections older than this are closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per worker.
 const MAX_IDLE: usize = 1024;
 
-/// TLS to an `https://` upstream: the verifying connector and the SNI name.
-#[derive(Clone)]
-pub struct UpstreamTls {
-    pub connector: tokio_rustls::TlsConnector,
-    pub server_name: rustls::pki_types::ServerName<'static>,
-}
-
-impl std::fmt::Debug for UpstreamTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamTls")
-            .field("server_name", &self.server_name)
-            .finish_non_exhaustive()
-    }
-}
-
 /// A connection that can wait in a [`Pool`].
-pub trait Reusable {
+pub(crate) trait Reusable {
     /// Still usable: the upstream has not closed it. Never waits.
     fn is_open(&mut self) -> bool;
     /// Called as it goes back into the pool.
@@ -43,25 +30,25 @@ struct Idle<C> {
 
 /// Where a pool's connections go, and how they are made.
 #[derive(Clone, Debug)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// `host:port` to connect to.
-    pub authority: String,
-    pub connect_timeout: Duration,
-    pub tls: Option<UpstreamTls>,
+    pub(crate) authority: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) tls: Option<UpstreamTls>,
     /// What names this endpoint in the configuration (its URL and CA file): a
     /// pool serves a reloaded configuration while that stays the same.
-    pub identity: String,
+    pub(crate) identity: String,
 }
 
 /// A worker's idle keep-alive connections to one upstream, and how to reach it.
-pub struct Pool<C> {
+pub(crate) struct Pool<C> {
     pub(crate) endpoint: Endpoint,
     idle: Mutex<Vec<Idle<C>>>,
 }
 
 impl<C: Reusable> Pool<C> {
     /// An empty pool for `endpoint`.
-    pub fn new(endpoint: Endpoint) -> Pool<C> {
+    pub(crate) fn new(endpoint: Endpoint) -> Pool<C> {
         Pool {
             endpoint,
             idle: Mutex::new(Vec::new()),
@@ -69,12 +56,12 @@ impl<C: Reusable> Pool<C> {
     }
 
     /// Whether this pool is the one for the endpoint named `identity`.
-    pub fn serves(&self, identity: &str) -> bool {
+    pub(crate) fn serves(&self, identity: &str) -> bool {
         self.endpoint.identity == identity
     }
 
     /// An idle connection that still looks open, most recently used first.
-    pub fn checkout(&self) -> Option<C> {
+    pub(crate) fn checkout(&self) -> Option<C> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(mut entry) = idle.pop() {
             if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.is_open() {
@@ -85,7 +72,7 @@ impl<C: Reusable> Pool<C> {
     }
 
     /// Gives back a connection whose last response was read to its end.
-    pub fn checkin(&self, mut conn: C) {
+    pub(crate) fn checkin(&self, mut conn: C) {
         if !conn.is_open() {
             return;
         }

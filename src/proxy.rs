@@ -35,17 +35,18 @@ use crate::session::{
 use crate::upstream::{self, UpstreamFailure};
 use smallvec::SmallVec;
 
-pub use crate::settings::{ConnInfo, Settings};
+pub use crate::conn::ConnInfo;
+pub use crate::settings::Settings;
 
 /// State shared by every worker thread.
 pub struct State {
-    pub settings: ArcSwap<Settings>,
+    pub(crate) settings: ArcSwap<Settings>,
     pub store: Store,
     pub metrics: Metrics,
 }
 
 impl State {
-    pub fn new(config: Config, store: Store) -> State {
+    pub(crate) fn new(config: Config, store: Store) -> State {
         State {
             settings: ArcSwap::from_pointee(Settings::new(config)),
             store,
@@ -57,14 +58,14 @@ impl State {
 /// What the access log says about a request beyond its method, path and status.
 #[derive(Default)]
 pub(crate) struct Trace {
-    pub upstream: Option<std::time::Duration>,
+    pub(crate) upstream: Option<std::time::Duration>,
     session: Option<SessionId>,
 }
 
 /// What one worker thread owns: its upstream connection pool and its request-id
 /// counter, so that requests on different cores share no hot cache line.
-pub struct Worker {
-    pub state: Arc<State>,
+pub(crate) struct Worker {
+    pub(crate) state: Arc<State>,
     /// This worker's connections to the upstream; replaced when a reload changes
     /// the upstream.
     pool: ArcSwap<Pool>,
@@ -135,12 +136,12 @@ enum SessionState {
 /// started, the settings it was served under, its id, and what the access log needs.
 pub(crate) struct Begun {
     started: Instant,
-    pub settings: arc_swap::Guard<Arc<Settings>>,
-    pub method: Method,
-    pub trusted: bool,
-    pub request_id: HeaderValue,
+    pub(crate) settings: arc_swap::Guard<Arc<Settings>>,
+    pub(crate) method: Method,
+    pub(crate) trusted: bool,
+    pub(crate) request_id: HeaderValue,
     path: Option<String>,
-    pub trace: Trace,
+    pub(crate) trace: Trace,
     /// Counted and logged already.
     finished: bool,
 }
@@ -717,18 +718,18 @@ pub(crate) struct Exchange {
     client_host: Option<SmallVec<[u8; 48]>>,
     carried_session: bool,
     /// The client asked for an upgrade (WebSocket).
-    pub upgrade: bool,
+    pub(crate) upgrade: bool,
     method: Method,
 }
 
 /// What steps 1 to 3 decided: the request to send upstream is the kept lines,
 /// the proxy's extra lines, and `target`.
 pub(crate) struct Prepared<'a> {
-    pub exchange: Exchange,
-    pub keep: Keep,
-    pub extras: Extras<'a>,
+    pub(crate) exchange: Exchange,
+    pub(crate) keep: Keep,
+    pub(crate) extras: Extras<'a>,
     /// The target for the upstream, in origin form under `upstream.base_path`.
-    pub target: Cow<'a, [u8]>,
+    pub(crate) target: Cow<'a, [u8]>,
 }
 
 /// Steps 1 to 3: strips what the client may not send upstream, finds or makes the
@@ -747,7 +748,7 @@ pub(crate) async fn prepare<'a>(
     let cfg = &settings.config;
 
     // 1. Strip what the client may not send upstream, before adding anything.
-    let scan = headers::scan_request(settings, conn, trusted, view, Some(&state.metrics))?;
+    let scan = headers::scan_request(settings.rules(), conn, trusted, view, Some(&state.metrics))?;
     let flavor = settings.jar.flavor(scan.https);
 
     // 2. Find or make the session.
@@ -773,7 +774,7 @@ pub(crate) async fn prepare<'a>(
         }),
         _ => None,
     };
-    let extras = scan.extras(settings, conn, upstream_session, request_id);
+    let extras = scan.extras(settings.rules(), conn, upstream_session, request_id);
     let target = if view.target.is_empty() {
         &b"/"[..]
     } else {

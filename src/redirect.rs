@@ -14,7 +14,7 @@ use http::Uri;
 
 /// The upstream's origin as its own absolute URLs spell it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UpstreamOrigin {
+pub(crate) struct UpstreamOrigin {
     https: bool,
     /// The authority as the proxy sends it in `Host`, lower case.
     authority: String,
@@ -27,14 +27,14 @@ pub struct UpstreamOrigin {
 
 /// The origin the client used: `https` or not, and its `Host`.
 #[derive(Clone, Copy, Debug)]
-pub struct ClientOrigin<'a> {
-    pub https: bool,
-    pub host: &'a [u8],
+pub(crate) struct ClientOrigin<'a> {
+    pub(crate) https: bool,
+    pub(crate) host: &'a [u8],
 }
 
 impl UpstreamOrigin {
     /// From `upstream.url` (scheme and authority) and its path prefix.
-    pub fn new(uri: &Uri, base_path: &str) -> Option<UpstreamOrigin> {
+    pub(crate) fn new(uri: &Uri, base_path: &str) -> Option<UpstreamOrigin> {
         let https = uri.scheme_str()? == "https";
         let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
         Some(UpstreamOrigin {
@@ -50,7 +50,7 @@ impl UpstreamOrigin {
     /// scheme-relative) and names this origin; `None` leaves it as it is. The
     /// path prefix of `upstream.url` is taken off the path, since the proxy puts it
     /// back on every request.
-    pub fn rewrite(&self, url: &[u8], client: ClientOrigin<'_>) -> Option<Vec<u8>> {
+    pub(crate) fn rewrite(&self, url: &[u8], client: ClientOrigin<'_>) -> Option<Vec<u8>> {
         let (scheme, rest) = if let Some(rest) = strip_prefix_ci(url, b"http://") {
             (Some(false), rest)
         } else if let Some(rest) = strip_prefix_ci(url, b"https://") {
@@ -88,7 +88,11 @@ impl UpstreamOrigin {
 
     /// A `Refresh` value (`5; url=http://...`) with its URL rewritten, when the URL
     /// names this origin.
-    pub fn rewrite_refresh(&self, value: &[u8], client: ClientOrigin<'_>) -> Option<Vec<u8>> {
+    pub(crate) fn rewrite_refresh(
+        &self,
+        value: &[u8],
+        client: ClientOrigin<'_>,
+    ) -> Option<Vec<u8>> {
         let semi = value.iter().position(|&b| b == b';' || b == b',')?;
         let mut at = semi + 1;
         let skip_space = |at: &mut usize| {

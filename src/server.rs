@@ -24,8 +24,9 @@ use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::config::{Config, ConfigError, LimitsConfig};
 use crate::proxy::{ConnInfo, Settings, State, Worker};
-use crate::session::{self, StoreError, StoreTasks};
+use crate::session::StoreError;
 use crate::shutdown::stopped;
+use crate::store::{self, StoreTasks};
 use crate::tls::{ServerCert, TlsError};
 
 /// A TLS handshake must finish within this, or the connection is dropped.
@@ -193,7 +194,7 @@ impl Server {
             }
             None => None,
         };
-        let (store, store_tasks) = session::open(&config).await.map_err(ServerError::Store)?;
+        let (store, store_tasks) = store::open(&config).await.map_err(ServerError::Store)?;
         let state = Arc::new(State::new(config, store));
         Ok(Server {
             bound,
@@ -325,7 +326,8 @@ pub enum ReloadError {
 impl Reloader {
     /// Parses and validates the file whole, loads the certificate it names, then
     /// swaps both in. On any error nothing changes. Settings that need a restart
-    /// (listener addresses, store type) are reported and otherwise ignored.
+    /// (listeners, the store, see [`Config::restart_needed`]) are reported and
+    /// otherwise ignored.
     pub fn reload(&self, path: &Path, dev: bool) -> Result<Arc<Settings>, ReloadError> {
         let outcome = self.try_reload(path, dev);
         self.state.metrics.reload(outcome.is_ok());
@@ -339,38 +341,17 @@ impl Reloader {
             // An ephemeral secret must survive a reload, or everybody is logged out.
             next.session.keys = current.config.session.keys.clone();
         }
-        let restart = |what: &str| {
-            tracing::warn!("reload: a change of {what} needs a restart; keeping the old one")
-        };
-        if next.listen != current.config.listen
-            || next.tls.as_ref().map(|t| t.listen) != current.config.tls.as_ref().map(|t| t.listen)
-        {
-            restart("listener address");
-        }
-        if next.store.kind != current.config.store.kind {
-            restart("store type");
-        }
-        if next.admin.listen != current.config.admin.listen {
-            restart("admin.listen");
-        }
-        let (a, b) = (&next.store, &current.config.store);
-        let (r, q) = (&a.redis, &b.redis);
-        if a.snapshot != b.snapshot
-            || a.snapshot_interval != b.snapshot_interval
-            || r.url != q.url
-            || r.key_prefix != q.key_prefix
-            || r.timeout != q.timeout
-            || r.cluster != q.cluster
-            || r.nodes != q.nodes
-        {
-            restart("store settings");
+        for (key, what) in current.config.restart_needed(&next) {
+            tracing::warn!(
+                "reload: a change of {key} ({what}) needs a restart; keeping the old one"
+            );
         }
         if let (Some(cert), Some(tls)) = (&self.cert, &next.tls) {
             cert.reload(&tls.cert, &tls.key)?;
         }
         // Session timeouts and bounds live in the store: it takes them first, so
         // no request sees new settings with old timeouts.
-        self.state.store.reconfigure(&next);
+        store::reconfigure(&self.state.store, &next);
         let settings = Arc::new(Settings::new(next));
         self.state.settings.store(settings.clone());
         Ok(settings)

@@ -1,37 +1,15 @@
-//! What one request is served under: the connection it came on, and the settings
-//! derived from the configuration (swapped whole on reload). Below both the header
-//! rules and the request path, which each read them.
-
-use std::net::SocketAddr;
+//! What requests are served under: the settings derived from the configuration,
+//! swapped whole on reload. Read by the request path; the header rules get the
+//! few values they need as [`Rules`].
 
 use http::HeaderValue;
 
 use crate::config::Config;
+use crate::conn::ConnInfo;
 use crate::cookie::CookieJar;
+use crate::headers::Rules;
 use crate::pool::Endpoint;
 use crate::redirect::UpstreamOrigin;
-
-/// What a connection knows about its peer, worked out once per connection.
-#[derive(Clone, Debug)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    /// The request arrived over TLS.
-    pub tls: bool,
-    /// The peer's IP as a header value, for `X-Forwarded-For`.
-    pub(crate) peer_header: HeaderValue,
-}
-
-impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
-        let peer_header = HeaderValue::from_str(&peer.ip().to_string())
-            .expect("an IP address is a valid header value");
-        ConnInfo {
-            peer,
-            tls,
-            peer_header,
-        }
-    }
-}
 
 /// Per-request settings derived from the configuration, swapped whole on reload.
 pub struct Settings {
@@ -48,6 +26,20 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// What the header rules need, borrowed from these settings.
+    pub fn rules(&self) -> Rules<'_> {
+        let c = &self.config;
+        Rules {
+            names: &c.session.headers,
+            keys: &c.session.keys,
+            jar: &self.jar,
+            exclude_paths: &c.session.exclude_paths,
+            max_body_bytes: c.limits.max_body_bytes,
+            preserve_host: c.upstream.preserve_host,
+            upstream_host: self.upstream_host.as_ref(),
+        }
+    }
+
     /// `Strict-Transport-Security` for a response on `conn`, if any.
     pub(crate) fn hsts_for(&self, conn: &ConnInfo) -> Option<&HeaderValue> {
         self.hsts.as_ref().filter(|_| conn.tls)

@@ -56,7 +56,7 @@ pub fn install_provider() {
 
 /// Builds the HTTPS listener's configuration: TLS 1.2 and 1.3, ALPN `h2` then
 /// `http/1.1`.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     install_provider();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|source| TlsError::Cert {
@@ -94,23 +94,23 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
 
 /// The listener's certificate, swapped whole on reload: new handshakes use the new
 /// one, open connections keep theirs.
-pub struct ServerCert {
+pub(crate) struct ServerCert {
     current: ArcSwap<ServerConfig>,
 }
 
 impl ServerCert {
-    pub fn new(config: Arc<ServerConfig>) -> ServerCert {
+    pub(crate) fn new(config: Arc<ServerConfig>) -> ServerCert {
         ServerCert {
             current: ArcSwap::new(config),
         }
     }
 
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.current.load_full())
     }
 
     /// Loads the files again; on error the old certificate stays in use.
-    pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), TlsError> {
+    pub(crate) fn reload(&self, cert: &Path, key: &Path) -> Result<(), TlsError> {
         let config = server_config(cert, key)?;
         self.current.store(config);
         Ok(())
@@ -119,7 +119,7 @@ impl ServerCert {
 
 /// The client configuration for `https://` upstreams: verified against
 /// `ca_file` when given, else against the system's roots; ALPN `http/1.1`.
-pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
     install_provider();
     let mut roots = RootCertStore::empty();
     match ca_file {
@@ -154,4 +154,19 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// TLS to an `https://` upstream: the verifying connector and the SNI name.
+#[derive(Clone)]
+pub(crate) struct UpstreamTls {
+    pub(crate) connector: tokio_rustls::TlsConnector,
+    pub(crate) server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }

@@ -22,7 +22,7 @@ pub enum UpstreamFailure {
 }
 
 /// Whether `peer` is one of `trusted_proxies`.
-pub fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
+pub(crate) fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
     let peer = match peer {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()

@@ -232,6 +232,34 @@ async fn a_new_listener_address_is_reported_as_needing_a_restart() {
     assert!(upstream.last().session_id().is_none());
 }
 
+/// The connection cap is set up once, at start: a reload that changes it says so.
+/// (The field-by-field list this replaced had no entry for it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_connection_cap_is_reported_as_needing_a_restart() {
+    let upstream = Upstream::ok().await;
+    let mut proxy = Binary::start(base(&upstream)).await;
+
+    proxy.rewrite(base(&upstream).set("limits.max_connections", "5"));
+    let mark = proxy.output.len();
+    let outcome = proxy.reload().await;
+
+    assert!(outcome.contains("configuration reloaded"), "{outcome}");
+    let said = &proxy.output[mark..];
+    assert!(
+        said.iter()
+            .any(|l| l.contains("restart") && l.contains("limits")),
+        "no word that limits needs a restart:\n{}",
+        said.join("\n")
+    );
+    assert!(
+        !said
+            .iter()
+            .any(|l| l.contains("restart") && l.contains("listen")),
+        "a listener reported as changed:\n{}",
+        said.join("\n")
+    );
+}
+
 /// Eight browsers request without pause while the config is reloaded ten times:
 /// every response is a 2xx, and no browser loses its session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

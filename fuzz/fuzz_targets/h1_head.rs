@@ -9,24 +9,51 @@
 //!   gives the same bytes.
 #![no_main]
 
-use std::path::Path;
 use std::sync::OnceLock;
 
 use bytes::BytesMut;
 use http::{HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
-use sessiongate::config::Config;
+use sessiongate::conn::ConnInfo;
+use sessiongate::cookie::{CookieJar, CookieSettings, SameSite, SecureMode, SigningKeys};
 use sessiongate::h1::codec::{self, ChunkedDecoder};
-use sessiongate::headers::{self, Name, RequestView};
-use sessiongate::proxy::{ConnInfo, Settings};
+use sessiongate::headers::{self, HeaderNames, Name, RequestView, Rules};
 
-fn settings() -> &'static Settings {
-    static SETTINGS: OnceLock<Settings> = OnceLock::new();
-    SETTINGS.get_or_init(|| {
-        let yaml = "listen: 127.0.0.1:0\nupstream: { url: \"http://127.0.0.1:3000\" }\n\
-                    session: { secrets: [\"fuzz-secret-0123456789abcdef0123456789\"] }\n";
-        Settings::new(Config::parse(yaml, Path::new("fuzz.yaml"), false).expect("config"))
-    })
+/// What the rules read, as the default configuration has it.
+struct Owned {
+    names: HeaderNames,
+    keys: SigningKeys,
+    jar: CookieJar,
+    upstream_host: HeaderValue,
+}
+
+fn rules() -> Rules<'static> {
+    static OWNED: OnceLock<Owned> = OnceLock::new();
+    let owned = OWNED.get_or_init(|| Owned {
+        names: HeaderNames::new("X-Session-").expect("a valid prefix"),
+        keys: SigningKeys::new(&[b"fuzz-secret-0123456789abcdef0123456789"]),
+        jar: CookieSettings {
+            name: "sessiongate".into(),
+            host_prefix: true,
+            secure: SecureMode::Auto,
+            http_only: true,
+            same_site: SameSite::Lax,
+            path: "/".into(),
+            domain: None,
+            max_age: None,
+        }
+        .jar(),
+        upstream_host: HeaderValue::from_static("127.0.0.1:3000"),
+    });
+    Rules {
+        names: &owned.names,
+        keys: &owned.keys,
+        jar: &owned.jar,
+        exclude_paths: &[],
+        max_body_bytes: None,
+        preserve_host: false,
+        upstream_host: Some(&owned.upstream_host),
+    }
 }
 
 fn decode_all(body: &[u8]) -> Option<Vec<u8>> {
@@ -49,8 +76,7 @@ fuzz_target!(|input: &[u8]| {
                 authority: None,
                 lines: &head.lines,
             };
-            let settings = settings();
-            if let Ok(scan) = headers::scan_request(settings, &conn, false, &view, None) {
+            if let Ok(scan) = headers::scan_request(rules(), &conn, false, &view, None) {
                 for (((name, _), &kind), &kept) in
                     head.lines.iter().zip(&scan.names).zip(&scan.keep)
                 {
@@ -69,7 +95,7 @@ fuzz_target!(|input: &[u8]| {
                         "a hop-by-hop header went through"
                     );
                 }
-                let extras = scan.extras(settings, &conn, None, &request_id);
+                let extras = scan.extras(rules(), &conn, None, &request_id);
                 for (_, value) in &extras.0 {
                     let value = value.as_bytes();
                     assert!(HeaderValue::from_bytes(value).is_ok(), "{value:?}");

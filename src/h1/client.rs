@@ -14,14 +14,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::codec::{self, BadChunk, ChunkedDecoder, Framing};
-use crate::pool::{Reusable, UpstreamTls};
+use crate::pool::Reusable;
+use crate::tls::UpstreamTls;
 use crate::upstream::UpstreamFailure;
 
 /// How much room is made in a connection's buffer for one read.
 const READ_CHUNK: usize = 65_536;
 
 /// A connected byte stream to the upstream, plain or TLS.
-pub enum UpstreamIo {
+pub(crate) enum UpstreamIo {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
@@ -77,7 +78,7 @@ impl AsyncWrite for UpstreamIo {
 
 /// Connects to `authority`, then speaks TLS when `tls` is set; both steps are
 /// bounded by `timeout`.
-pub async fn connect(
+pub(crate) async fn connect(
     authority: &str,
     timeout: Duration,
     tls: Option<&UpstreamTls>,
@@ -109,12 +110,12 @@ pub async fn connect(
 }
 
 /// One connection to the upstream and the bytes read from it but not yet used.
-pub struct Conn {
-    pub io: UpstreamIo,
-    pub buf: BytesMut,
+pub(crate) struct Conn {
+    pub(crate) io: UpstreamIo,
+    pub(crate) buf: BytesMut,
     /// It served a request before: a failure before any response byte may just
     /// mean the upstream closed it while idle.
-    pub reused: bool,
+    pub(crate) reused: bool,
 }
 
 impl Reusable for Conn {
@@ -338,11 +339,11 @@ impl ResponseBody {
 }
 
 /// A worker's idle connections to the upstream.
-pub type Pool = crate::pool::Pool<Conn>;
+pub(crate) type Pool = crate::pool::Pool<Conn>;
 
 impl Pool {
     /// A new connection.
-    pub async fn connect(&self) -> Result<Conn, UpstreamFailure> {
+    pub(crate) async fn connect(&self) -> Result<Conn, UpstreamFailure> {
         let endpoint = &self.endpoint;
         let io = connect(
             &endpoint.authority,

@@ -22,7 +22,7 @@ use smallvec::SmallVec;
 use crate::headers::{classify, content_length, put_lines, Extras, Line, Name};
 
 /// Headers a head may carry.
-pub const MAX_HEADERS: usize = 128;
+pub(crate) const MAX_HEADERS: usize = 128;
 /// The longest chunk-size line (with extensions) or trailer line accepted.
 const MAX_CHUNK_LINE: usize = 4096;
 /// The most a chunked body's trailer section may take.
@@ -59,27 +59,27 @@ pub struct RequestHead<'a> {
     pub method: Method,
     /// The request target as sent.
     pub target: &'a [u8],
-    pub version: Version,
+    pub(crate) version: Version,
     pub lines: SmallVec<[Line<'a>; 16]>,
-    pub framing: Framing,
+    pub(crate) framing: Framing,
     /// The connection may carry another request after this one.
-    pub keep_alive: bool,
+    pub(crate) keep_alive: bool,
     /// `Expect: 100-continue`.
-    pub expect_continue: bool,
+    pub(crate) expect_continue: bool,
 }
 
 /// A parsed response head; its lines borrow the bytes it was parsed from.
 pub struct ResponseHead<'a> {
-    pub status: StatusCode,
+    pub(crate) status: StatusCode,
     pub lines: SmallVec<[Line<'a>; 16]>,
-    pub framing: Framing,
+    pub(crate) framing: Framing,
     /// The `Content-Length` the upstream declared, also where it frames no body
     /// (a response to `HEAD`, a `304`): the client is told the same size.
-    pub declared_length: Option<u64>,
+    pub(crate) declared_length: Option<u64>,
     /// The upstream will keep the connection open after this response.
-    pub keep_alive: bool,
+    pub(crate) keep_alive: bool,
     /// Bytes of the head.
-    pub len: usize,
+    pub(crate) len: usize,
 }
 
 /// Where the head at the start of `buf` ends (past its empty line), if it is all
@@ -96,7 +96,7 @@ pub fn head_end(buf: &[u8]) -> Option<usize> {
 /// Where the request head at the start of `buf` ends, if it is all here and
 /// within `max_bytes`. A head that can never end here (past `max_bytes`, or with
 /// a CR followed by anything but LF) is refused now rather than waited for.
-pub fn request_head_end(buf: &[u8], max_bytes: usize) -> Result<Option<usize>, HeadError> {
+pub(crate) fn request_head_end(buf: &[u8], max_bytes: usize) -> Result<Option<usize>, HeadError> {
     match head_end(buf) {
         Some(len) if len > max_bytes => Err(HeadError::TooLarge),
         Some(len) => Ok(Some(len)),
@@ -442,7 +442,7 @@ fn put_framing(out: &mut Vec<u8>, body: BodyHead) {
 
 /// How a response body travels to the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outgoing {
+pub(crate) enum Outgoing {
     /// As the upstream framed it by length (or no body).
     AsIs,
     /// Re-framed in chunks.
@@ -454,7 +454,7 @@ pub enum Outgoing {
 
 /// The framing line of a response head written to the client: computed from
 /// how the body travels and what the parser found, never copied.
-pub fn client_framing(
+pub(crate) fn client_framing(
     status: StatusCode,
     framing: Framing,
     declared: Option<u64>,
@@ -499,7 +499,7 @@ pub fn write_response(
 }
 
 /// Writes a response the proxy makes itself (an error), with its body.
-pub fn write_own_response(
+pub(crate) fn write_own_response(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &http::HeaderMap,
@@ -545,7 +545,7 @@ pub struct ChunkedDecoder {
 
 /// Decodes what `buf` holds of a chunked body into `out`: re-chunked with
 /// `rechunk`, raw otherwise.
-pub fn relay_chunks(
+pub(crate) fn relay_chunks(
     decoder: &mut ChunkedDecoder,
     buf: &mut BytesMut,
     out: &mut Vec<u8>,

@@ -118,7 +118,7 @@ impl SessionData {
 }
 
 /// Percent-encodes like `application/x-www-form-urlencoded` (space as `+`).
-pub fn encode_component(s: &str, out: &mut String) {
+pub(crate) fn encode_component(s: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in s.as_bytes() {
         match b {
@@ -155,19 +155,19 @@ pub enum ChangesError {
 pub struct Changes {
     pub set: Vec<(String, String)>,
     pub remove: Vec<String>,
-    pub destroy: bool,
+    pub(crate) destroy: bool,
     pub regenerate: bool,
 }
 
 /// A bound on the number of keys one response may touch, against header floods.
-pub const MAX_CHANGED_KEYS: usize = 256;
+pub(crate) const MAX_CHANGED_KEYS: usize = 256;
 
 impl Changes {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.set.is_empty() && self.remove.is_empty() && !self.destroy && !self.regenerate
     }
 
-    pub fn writes_data(&self) -> bool {
+    pub(crate) fn writes_data(&self) -> bool {
         !self.set.is_empty() || !self.remove.is_empty()
     }
 

@@ -23,7 +23,7 @@ use super::{
 /// Session IDs are uniformly random and only ever looked up after their HMAC
 /// verified, so their first 8 bytes are already a good hash: no need to SipHash them.
 #[derive(Clone, Copy, Default)]
-pub struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -40,7 +40,7 @@ impl Hasher for IdHasher {
 }
 
 #[derive(Clone, Copy, Default)]
-pub struct IdHash;
+pub(crate) struct IdHash;
 
 impl BuildHasher for IdHash {
     type Hasher = IdHasher;
@@ -61,13 +61,13 @@ pub struct MemorySettings {
 
 /// Counters the store keeps (read by metrics and tests).
 #[derive(Default, Debug)]
-pub struct MemoryStats {
-    pub created: AtomicU64,
-    pub expired: AtomicU64,
-    pub evicted: AtomicU64,
-    pub destroyed: AtomicU64,
-    pub regenerated: AtomicU64,
-    pub refused_writes: AtomicU64,
+pub(crate) struct MemoryStats {
+    pub(crate) created: AtomicU64,
+    pub(crate) expired: AtomicU64,
+    pub(crate) evicted: AtomicU64,
+    pub(crate) destroyed: AtomicU64,
+    pub(crate) regenerated: AtomicU64,
+    pub(crate) refused_writes: AtomicU64,
 }
 
 /// Kept small on purpose: a million of these must fit in a few hundred MiB. Times
@@ -104,7 +104,7 @@ pub struct MemoryStore {
 }
 
 /// Stops the background sweep when dropped.
-pub struct SweepGuard(tokio::task::JoinHandle<()>);
+pub(crate) struct SweepGuard(tokio::task::JoinHandle<()>);
 
 impl Drop for SweepGuard {
     fn drop(&mut self) {
@@ -120,7 +120,7 @@ const SHARDS: usize = 256;
 impl MemoryStore {
     /// Applies new timeouts and bounds (a reload); a lower `max_sessions` evicts
     /// down to it on the next insert.
-    pub fn reconfigure(&self, settings: MemorySettings) {
+    pub(crate) fn reconfigure(&self, settings: MemorySettings) {
         self.inner.settings.store(Arc::new(settings));
     }
 
@@ -138,7 +138,7 @@ impl MemoryStore {
     }
 
     /// Starts the background sweep of expired sessions (every `period`).
-    pub fn spawn_sweeper(&self, period: Duration) -> SweepGuard {
+    pub(crate) fn spawn_sweeper(&self, period: Duration) -> SweepGuard {
         let store = self.clone();
         SweepGuard(tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
@@ -158,7 +158,7 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    pub fn stats(&self) -> &MemoryStats {
+    pub(crate) fn stats(&self) -> &MemoryStats {
         &self.inner.stats
     }
 
@@ -176,7 +176,7 @@ impl MemoryStore {
     }
 
     /// Removes expired sessions and stale bookkeeping; returns how many expired.
-    pub fn sweep(&self, now: u64) -> usize {
+    pub(crate) fn sweep(&self, now: u64) -> usize {
         let inner = &self.inner;
         let mut expired = 0;
         inner.sessions.retain(|_, e| {
@@ -415,16 +415,16 @@ impl MemoryStore {
 
 /// A live session as a snapshot records it (borrowed from the store).
 #[derive(Clone, Copy, Debug)]
-pub struct SessionRecord<'a> {
-    pub id: &'a SessionId,
+pub(crate) struct SessionRecord<'a> {
+    pub(crate) id: &'a SessionId,
     /// The encoded data; `None` when the session holds none.
-    pub data: Option<&'a [u8]>,
+    pub(crate) data: Option<&'a [u8]>,
     /// Unix seconds.
-    pub created_s: u32,
+    pub(crate) created_s: u32,
     /// Unix seconds.
-    pub last_seen_s: u32,
+    pub(crate) last_seen_s: u32,
     /// The cookie came back at least once (such sessions are evicted last).
-    pub returned: bool,
+    pub(crate) returned: bool,
 }
 
 /// A session read back from a snapshot.
@@ -441,7 +441,7 @@ pub struct RestoredSession {
 impl MemoryStore {
     /// The IDs of the sessions alive at `now_ms`. Collected first so that a
     /// snapshot never holds a map lock while it writes to disk.
-    pub fn live_ids(&self, now_ms: u64) -> Vec<SessionId> {
+    pub(crate) fn live_ids(&self, now_ms: u64) -> Vec<SessionId> {
         let mut ids = Vec::with_capacity(self.len());
         ids.extend(
             self.inner
@@ -455,7 +455,7 @@ impl MemoryStore {
 
     /// Calls `f` with the session's record, unless it is gone or expired. The
     /// map's shard stays read-locked while `f` runs: copy, do not block.
-    pub fn read_record<R>(
+    pub(crate) fn read_record<R>(
         &self,
         id: &SessionId,
         now_ms: u64,
@@ -495,7 +495,7 @@ impl MemoryStore {
     /// After the last [`MemoryStore::restore`]: queues the never-returned sessions
     /// for eviction, oldest first, and evicts down to `max_sessions` (the cap may
     /// have been lowered since the snapshot). Returns how many were evicted.
-    pub fn finish_restore(&self) -> usize {
+    pub(crate) fn finish_restore(&self) -> usize {
         let inner = &self.inner;
         let mut fresh: Vec<(u32, SessionId)> = inner
             .sessions
@@ -514,7 +514,7 @@ impl MemoryStore {
     }
 
     /// Forgets every session (a snapshot that failed half-way through loading).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         let inner = &self.inner;
         inner.sessions.clear();
         inner.count.store(0, Ordering::Release);

@@ -1,11 +1,11 @@
 //! Sessions: the ID, the data and its form encoding, write-back changes, the
-//! store interface every store implements, and [`open`], which picks the store
-//! `store.type` names: [`memory`] (with [`snapshot`]s when `store.snapshot` is set)
-//! or [`redis`].
+//! store interface every store implements, and [`Store`], the one the request path
+//! talks to: [`memory`] (with [`snapshot`]s) or [`redis`]. Which one runs is the
+//! configuration's choice, made above this layer (`crate::store`).
 
 mod data;
 pub mod memory;
-pub mod redis;
+pub(crate) mod redis;
 pub mod snapshot;
 
 use std::future::Future;
@@ -17,7 +17,7 @@ use http::HeaderValue;
 
 pub use self::redis::{RedisSettings, RedisStore};
 pub use data::{decode_component, is_true, Changes, ChangesError, SessionData};
-pub use memory::MemoryStore;
+pub(crate) use memory::MemoryStore;
 
 /// A session ID: 32 bytes from the OS CSPRNG. Shown as 43 base64url characters.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,11 +52,11 @@ impl SessionId {
         })
     }
 
-    pub fn from_bytes(bytes: [u8; 32]) -> SessionId {
+    pub(crate) fn from_bytes(bytes: [u8; 32]) -> SessionId {
         SessionId(bytes)
     }
 
-    pub fn as_bytes(&self) -> &[u8; 32] {
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
 
@@ -77,11 +77,11 @@ impl SessionId {
         (again.as_bytes() == text).then_some(canonical)
     }
 
-    pub fn encode_into(&self, out: &mut String) {
+    pub(crate) fn encode_into(&self, out: &mut String) {
         URL_SAFE_NO_PAD.encode_string(self.0, out);
     }
 
-    pub fn to_header_value(&self) -> HeaderValue {
+    pub(crate) fn to_header_value(self) -> HeaderValue {
         let mut s = String::with_capacity(43);
         self.encode_into(&mut s);
         // One allocation: the header value takes the string's buffer.
@@ -106,7 +106,7 @@ impl std::fmt::Debug for SessionId {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -294,111 +294,5 @@ impl SessionStore for Store {
     }
     async fn ensure_reachable(&self) -> Result<(), StoreError> {
         each_store!(self, s => s.ensure_reachable())
-    }
-}
-
-/// Background work a store needs while the proxy runs (the memory store's sweep
-/// and snapshots). Stopped, and a final snapshot written, by
-/// [`StoreTasks::shutdown`].
-pub struct StoreTasks {
-    /// The memory store's expiry sweep; stops when dropped.
-    sweeper: Option<memory::SweepGuard>,
-    /// The memory store's periodic snapshots, when `store.snapshot` is set.
-    snapshots: Option<snapshot::Snapshots>,
-}
-
-impl StoreTasks {
-    /// Stops the background work and saves what must survive a restart. Called
-    /// after the last request finished, so the final snapshot misses nothing.
-    pub async fn shutdown(self) {
-        drop(self.sweeper);
-        if let Some(snapshots) = self.snapshots {
-            snapshots.shutdown().await;
-        }
-    }
-}
-
-impl Store {
-    /// Applies a reloaded configuration's session timeouts and bounds.
-    pub fn reconfigure(&self, config: &crate::config::Config) {
-        let s = &config.session;
-        match self {
-            Store::Memory(m) => m.reconfigure(memory::MemorySettings {
-                idle_timeout: s.idle_timeout,
-                absolute_timeout: s.absolute_timeout,
-                max_sessions: s.max_sessions,
-                max_data_bytes: s.max_data_bytes,
-                regenerate_grace: s.regenerate_grace,
-            }),
-            Store::Redis(r) => r.reconfigure(&RedisSettings {
-                redis: config.store.redis.clone(),
-                idle_timeout: s.idle_timeout,
-                absolute_timeout: s.absolute_timeout,
-                max_data_bytes: s.max_data_bytes,
-                regenerate_grace: s.regenerate_grace,
-            }),
-        }
-    }
-}
-
-/// Opens the configured store and starts its background work: for the memory
-/// store, restores the snapshot first.
-pub async fn open(config: &crate::config::Config) -> Result<(Store, StoreTasks), StoreError> {
-    use crate::config::StoreType;
-    let s = &config.session;
-    match config.store.kind {
-        StoreType::Memory => {
-            let store = MemoryStore::new(memory::MemorySettings {
-                idle_timeout: s.idle_timeout,
-                absolute_timeout: s.absolute_timeout,
-                max_sessions: s.max_sessions,
-                max_data_bytes: s.max_data_bytes,
-                regenerate_grace: s.regenerate_grace,
-            });
-            let snapshots = match &config.store.snapshot {
-                Some(path) => {
-                    let (restoring, file) = (store.clone(), path.clone());
-                    tokio::task::spawn_blocking(move || snapshot::restore(&restoring, &file))
-                        .await
-                        .map_err(|e| StoreError::Unavailable(Box::new(e)))??;
-                    Some(snapshot::Snapshots::spawn(
-                        store.clone(),
-                        path.clone(),
-                        config.store.snapshot_interval,
-                    ))
-                }
-                None => None,
-            };
-            let sweeper = store.spawn_sweeper(std::time::Duration::from_secs(1));
-            Ok((
-                Store::Memory(store),
-                StoreTasks {
-                    sweeper: Some(sweeper),
-                    snapshots,
-                },
-            ))
-        }
-        StoreType::Redis => {
-            if config.store.snapshot.is_some() {
-                tracing::warn!(
-                    "store.snapshot is for the memory store; ignored with store.type: redis"
-                );
-            }
-            let store = RedisStore::open(&RedisSettings {
-                redis: config.store.redis.clone(),
-                idle_timeout: s.idle_timeout,
-                absolute_timeout: s.absolute_timeout,
-                max_data_bytes: s.max_data_bytes,
-                regenerate_grace: s.regenerate_grace,
-            })
-            .await?;
-            Ok((
-                Store::Redis(store),
-                StoreTasks {
-                    sweeper: None,
-                    snapshots: None,
-                },
-            ))
-        }
     }
 }

@@ -43,7 +43,6 @@ use super::{
     Applied, Changes, Lookup, SessionData, SessionId, SessionInfo, SessionStore, SessionView,
     StoreError,
 };
-use crate::config::RedisConfig;
 
 /// Reads a session and refreshes its TTL, at most once a second.
 /// KEYS: session, tombstone. ARGV: idle ms, absolute ms.
@@ -177,6 +176,21 @@ return 0
 /// Keys asked for per `SCAN` call in the admin path.
 const SCAN_BATCH: usize = 1000;
 
+/// Where Redis is and how to reach it: the `store.redis` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://`, `rediss://` or `unix://`; with `cluster`, a seed node.
+    pub url: String,
+    /// Put in front of every key, so proxies of different sites can share a Redis.
+    pub key_prefix: String,
+    /// The longest a round trip may take; past it the request gets `503`.
+    pub timeout: Duration,
+    /// `url` (or `nodes`) names a Redis Cluster.
+    pub cluster: bool,
+    /// Cluster seed nodes; when set, the store is a Cluster.
+    pub nodes: Vec<String>,
+}
+
 /// What the Redis store needs: where Redis is, and the session rules it enforces.
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
@@ -274,7 +288,7 @@ fn is_dropped(e: &RedisError) -> bool {
 impl RedisStore {
     /// Applies new timeouts and bounds (a reload); sessions already in Redis keep
     /// their TTL until their next use.
-    pub fn reconfigure(&self, settings: &RedisSettings) {
+    pub(crate) fn reconfigure(&self, settings: &RedisSettings) {
         let i = &self.inner;
         i.idle_ms
             .store(settings.idle_timeout.as_millis() as u64, Ordering::Relaxed);
@@ -348,7 +362,7 @@ impl RedisStore {
             Ok(()) => tracing::info!(cluster, "connected to the Redis session store"),
             Err(e) => tracing::warn!(
                 cluster,
-                error = %crate::error::chain(&e),
+                error = %crate::chain::Chain(&e),
                 "the Redis session store does not answer yet: requests that need a session \
                  get 503 until it does"
             ),

@@ -77,9 +77,9 @@ pub struct Loaded {
     /// Sessions put back in the store.
     pub restored: u64,
     /// Sessions in the file that had expired meanwhile.
-    pub expired: u64,
+    pub(crate) expired: u64,
     /// Sessions evicted because `max_sessions` is now lower.
-    pub evicted: u64,
+    pub(crate) evicted: u64,
 }
 
 /// A reader that checksums every byte it hands out.
@@ -310,7 +310,7 @@ fn write_file(store: &MemoryStore, tmp: &Path, now_ms: u64) -> io::Result<u64> {
 /// Loads the snapshot into `store` at start. An unreadable file is moved aside
 /// and logged, and the store starts empty; only when it cannot be moved aside is
 /// that an error (carrying on would overwrite it at the next save).
-pub fn restore(store: &MemoryStore, path: &Path) -> Result<(), StoreError> {
+pub(crate) fn restore(store: &MemoryStore, path: &Path) -> Result<(), StoreError> {
     let started = Instant::now();
     let file = path.display();
     match load(store, path, now_ms()) {
@@ -338,7 +338,7 @@ pub fn restore(store: &MemoryStore, path: &Path) -> Result<(), StoreError> {
                     tracing::error!(
                         %file,
                         moved_to = %aside.display(),
-                        reason = %crate::error::chain(&reason),
+                        reason = %crate::chain::Chain(&reason),
                         "cannot read the session snapshot: moved it aside, starting with no sessions"
                     );
                     Ok(())
@@ -346,7 +346,7 @@ pub fn restore(store: &MemoryStore, path: &Path) -> Result<(), StoreError> {
                 Err(source) => {
                     tracing::error!(
                         %file,
-                        reason = %crate::error::chain(&reason),
+                        reason = %crate::chain::Chain(&reason),
                         "cannot read the session snapshot, nor move it aside"
                     );
                     Err(StoreError::Snapshot {
@@ -361,7 +361,7 @@ pub fn restore(store: &MemoryStore, path: &Path) -> Result<(), StoreError> {
 
 /// Writes the snapshot every interval while the proxy runs, and once more at
 /// shutdown.
-pub struct Snapshots {
+pub(crate) struct Snapshots {
     store: MemoryStore,
     path: PathBuf,
     /// One save at a time: the periodic one and the final one share the temp file.
@@ -370,7 +370,7 @@ pub struct Snapshots {
 }
 
 impl Snapshots {
-    pub fn spawn(store: MemoryStore, path: PathBuf, interval: Duration) -> Snapshots {
+    pub(crate) fn spawn(store: MemoryStore, path: PathBuf, interval: Duration) -> Snapshots {
         let lock = Arc::new(Mutex::new(()));
         let periodic = {
             let (store, path, lock) = (store.clone(), path.clone(), lock.clone());
@@ -393,7 +393,7 @@ impl Snapshots {
     }
 
     /// Stops the periodic saves and writes the final snapshot.
-    pub async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         self.periodic.abort();
         save_logged(&self.store, &self.path, &self.lock, true).await;
     }

@@ -4,7 +4,7 @@
 //!     cargo bench --bench hot_path
 use std::hint::black_box;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderValue, Method, StatusCode};
@@ -36,13 +36,41 @@ fn settings() -> Settings {
 }
 
 fn store() -> MemoryStore {
+    capped_store(1_000_000)
+}
+
+fn capped_store(max_sessions: usize) -> MemoryStore {
     MemoryStore::new(MemorySettings {
         idle_timeout: Duration::from_secs(3600),
         absolute_timeout: Duration::from_secs(86400),
-        max_sessions: 1_000_000,
+        max_sessions,
         max_data_bytes: 4096,
         regenerate_grace: Duration::from_secs(10),
     })
+}
+
+/// Threads creating sessions at once, as a cookie-less flood makes them.
+const CREATORS: u64 = 4;
+
+/// `iters` sessions created by [`CREATORS`] threads at once in a store made by
+/// `fresh` (not timed): the wall time, so the figure is the time per session of
+/// the whole store's throughput.
+fn create_concurrently(iters: u64, fresh: impl Fn() -> MemoryStore) -> Duration {
+    let s = fresh();
+    let per_thread = iters.div_ceil(CREATORS);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..CREATORS {
+            scope.spawn(|| {
+                for _ in 0..per_thread {
+                    black_box(ready(s.create(SessionData::default())).expect("create"));
+                }
+            });
+        }
+    });
+    let took = started.elapsed();
+    drop(s);
+    took
 }
 
 /// A browser's request head, as bytes on the wire.
@@ -163,6 +191,20 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("store create", |b| {
         b.iter(|| ready(s.create(SessionData::default())))
+    });
+    c.bench_function("store create, 4 threads at once", |b| {
+        b.iter_custom(|iters| create_concurrently(iters, store))
+    });
+    c.bench_function("store create, 4 threads at once, full (each evicts)", |b| {
+        b.iter_custom(|iters| {
+            create_concurrently(iters, || {
+                let full = capped_store(10_000);
+                for _ in 0..10_000 {
+                    ready(full.create(SessionData::default())).expect("create");
+                }
+                full
+            })
+        })
     });
 
     let data = SessionData::default().with_changes(&changes);

@@ -5,13 +5,17 @@
 //! cookie never presented again) first, so a flood of cookie-less requests only
 //! evicts its own kind. Only when no such session remains does the least recently
 //! seen of a sample of returning sessions go.
+//!
+//! Creating a session takes no lock beyond its own shard of the map: the creation
+//! order that eviction follows is a lock-free queue, so a flood of new visitors
+//! on every core never waits on one mutex.
 
-use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam_queue::SegQueue;
 use dashmap::DashMap;
 use http::HeaderValue;
 
@@ -87,9 +91,10 @@ struct Inner {
     sessions: DashMap<SessionId, Entry, IdHash>,
     /// Number of sessions, kept beside the map so the cap check is one atomic.
     count: AtomicUsize,
-    /// Creation order of sessions that had not come back when created; entries that
-    /// came back or died since are skipped when popped and dropped by the sweep.
-    fresh: Mutex<VecDeque<SessionId>>,
+    /// Creation order of sessions that had not come back when created, oldest
+    /// first; entries that came back or died since are skipped when popped and
+    /// dropped by the sweep. Lock-free: every session creation pushes here.
+    fresh: SegQueue<SessionId>,
     /// Old IDs of regenerated sessions, with the end of their grace (ms).
     regenerated: DashMap<SessionId, u64, IdHash>,
     /// Swapped whole by a reload.
@@ -129,7 +134,7 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 sessions: DashMap::with_hasher_and_shard_amount(IdHash, SHARDS),
                 count: AtomicUsize::new(0),
-                fresh: Mutex::new(VecDeque::new()),
+                fresh: SegQueue::new(),
                 regenerated: DashMap::with_hasher(IdHash),
                 settings: arc_swap::ArcSwap::from_pointee(settings),
                 stats: MemoryStats::default(),
@@ -191,14 +196,17 @@ impl MemoryStore {
             .fetch_add(expired as u64, Ordering::Relaxed);
         inner.regenerated.retain(|_, until| *until > now);
         let live = inner.count.load(Ordering::Relaxed);
-        let mut fresh = inner.fresh.lock().unwrap_or_else(|p| p.into_inner());
-        if fresh.len() > 2 * live.max(1024) {
-            fresh.retain(|id| {
-                inner
-                    .sessions
-                    .get(id)
-                    .is_some_and(|e| !e.returned.load(Ordering::Relaxed))
-            });
+        let queued = inner.fresh.len();
+        if queued > 2 * live.max(1024) {
+            // One pass round the queue, putting back the sessions still waiting for
+            // their first return. Sessions created meanwhile queue up among them:
+            // at worst they are evicted a little before a few older ones.
+            for _ in 0..queued {
+                let Some(id) = inner.fresh.pop() else { break };
+                if self.never_returned(&id) {
+                    inner.fresh.push(id);
+                }
+            }
         }
         expired
     }
@@ -239,6 +247,14 @@ impl MemoryStore {
         }
     }
 
+    /// The session is live and its cookie never came back.
+    fn never_returned(&self, id: &SessionId) -> bool {
+        self.inner
+            .sessions
+            .get(id)
+            .is_some_and(|e| !e.returned.load(Ordering::Relaxed))
+    }
+
     /// Reserves room for one session, evicting if the store is full.
     fn reserve_slot(&self) {
         let inner = &self.inner;
@@ -268,12 +284,7 @@ impl MemoryStore {
     /// seen of a sample. Returns false when the store was empty.
     fn evict_one(&self) -> bool {
         let inner = &self.inner;
-        loop {
-            let next = {
-                let mut fresh = inner.fresh.lock().unwrap_or_else(|p| p.into_inner());
-                fresh.pop_front()
-            };
-            let Some(id) = next else { break };
+        while let Some(id) = inner.fresh.pop() {
             if inner
                 .sessions
                 .remove_if(&id, |_, e| !e.returned.load(Ordering::Relaxed))
@@ -321,11 +332,7 @@ impl MemoryStore {
                 return false;
             }
         }
-        inner
-            .fresh
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(id);
+        inner.fresh.push(id);
         inner.stats.created.fetch_add(1, Ordering::Relaxed);
         true
     }
@@ -504,8 +511,10 @@ impl MemoryStore {
             .map(|e| (e.created_s, *e.key()))
             .collect();
         fresh.sort_unstable();
-        *inner.fresh.lock().unwrap_or_else(|p| p.into_inner()) =
-            fresh.into_iter().map(|(_, id)| id).collect();
+        while inner.fresh.pop().is_some() {}
+        for (_, id) in fresh {
+            inner.fresh.push(id);
+        }
         let mut evicted = 0;
         while self.len() > inner.settings.load().max_sessions && self.evict_one() {
             evicted += 1;
@@ -518,11 +527,7 @@ impl MemoryStore {
         let inner = &self.inner;
         inner.sessions.clear();
         inner.count.store(0, Ordering::Release);
-        inner
-            .fresh
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        while inner.fresh.pop().is_some() {}
         inner.regenerated.clear();
     }
 }
@@ -682,6 +687,23 @@ mod tests {
         for id in &kept {
             assert!(matches!(s.load_now(id, 3), Lookup::Found(_)));
         }
+    }
+
+    #[test]
+    fn the_sweep_drops_stale_queue_entries_and_keeps_the_order() {
+        let s = store(10_000);
+        let ids: Vec<_> = (0..3000).map(|_| insert(&s, 0)).collect();
+        for id in &ids[..2000] {
+            s.destroy_now(id);
+        }
+        s.load_now(&ids[2000], 1);
+        s.sweep(1);
+        assert_eq!(s.inner.fresh.len(), 999);
+        // The oldest session still waiting for its first return goes first.
+        assert!(s.evict_one());
+        assert!(matches!(s.load_now(&ids[2001], 2), Lookup::Missing));
+        assert!(matches!(s.load_now(&ids[2000], 2), Lookup::Found(_)));
+        assert!(matches!(s.load_now(&ids[2002], 2), Lookup::Found(_)));
     }
 
     #[test]

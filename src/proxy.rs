@@ -27,7 +27,8 @@ use crate::metrics::{CookieRejection, Metrics};
 use crate::pool::{HyperPool, Pool, PooledBody, Reusable, SendError};
 use crate::redirect::ClientOrigin;
 use crate::session::{
-    now_ms, Applied, Changes, Lookup, SessionData, SessionId, SessionStore, Store, StoreError,
+    now_ms, Applied, Changes, Created, Inserted, Lookup, SessionData, SessionId, SessionStore,
+    Store, StoreError,
 };
 use crate::upstream::{self, RequestBody};
 use smallvec::SmallVec;
@@ -488,7 +489,7 @@ pub(crate) async fn prepare<'a>(
     let (session, data) = if no_session {
         (SessionState::Excluded, None)
     } else {
-        resolve_session(state, cfg, method, &scan.candidates).await?
+        resolve_session(state, settings, method, &scan.candidates).await?
     };
 
     // 3. Tell the upstream.
@@ -604,13 +605,14 @@ pub(crate) async fn respond<'a>(
 /// it. With none, a new session is created unless the request must not create one.
 async fn resolve_session(
     state: &State,
-    cfg: &Config,
+    settings: &Settings,
     method: &Method,
     candidates: &[Candidate],
 ) -> Result<(SessionState, Option<HeaderValue>), ProxyError> {
     let mut grace = false;
     for c in candidates {
-        match state.store.load(&c.id).await.map_err(ProxyError::Store)? {
+        let lookup = state.store.load(&c.id, &settings.policy).await;
+        match lookup.map_err(ProxyError::Store)? {
             Lookup::Found(view) => {
                 let live = SessionState::Live {
                     id: c.id,
@@ -627,7 +629,7 @@ async fn resolve_session(
     if grace {
         return Ok((SessionState::Grace, None));
     }
-    if *method == Method::OPTIONS || cfg.session.create == CreateMode::OnWrite {
+    if *method == Method::OPTIONS || settings.config.session.create == CreateMode::OnWrite {
         return Ok((SessionState::Absent, None));
     }
     // Stored by `store_new` once the response carrying its cookie is ready.
@@ -665,18 +667,20 @@ async fn store_new(
         *session = SessionState::Absent;
         return Ok(Some(flavor.removal()));
     }
-    let data = first_data(state, settings, changes).unwrap_or_default();
     if changes.regenerate {
         // The upstream saw the first ID; the browser gets another.
         *id = SessionId::random();
         state.metrics.sessions_regenerated.inc();
     }
-    if !state
-        .store
-        .insert(id, data)
-        .await
-        .map_err(ProxyError::Store)?
-    {
+    let (store, policy) = (&state.store, &settings.policy);
+    let data = SessionData::default().with_changes(changes);
+    let mut stored = store.insert(id, data, policy).await;
+    if let Ok(Inserted::TooLarge { bytes }) = stored {
+        refused(state, settings, bytes);
+        // The session starts empty, as a refused write leaves a session's data.
+        stored = store.insert(id, SessionData::default(), policy).await;
+    }
+    if stored.map_err(ProxyError::Store)? != Inserted::Stored {
         return Err(ProxyError::Store(StoreError::Unavailable(
             "a new session ID was taken".into(),
         )));
@@ -685,21 +689,15 @@ async fn store_new(
     Ok(None)
 }
 
-/// The data a session created by this response starts with: its write-back applied
-/// to nothing. `None`, counted and logged, when that is over `max_data_bytes`.
-fn first_data(state: &State, settings: &Settings, changes: &Changes) -> Option<SessionData> {
-    let data = SessionData::default().with_changes(changes);
-    let max = settings.config.session.max_data_bytes;
-    if data.encoded_len() > max {
-        state.metrics.writes_refused.inc();
-        tracing::warn!(
-            bytes = data.encoded_len(),
-            max,
-            "session write refused: over session.max_data_bytes"
-        );
-        return None;
-    }
-    Some(data)
+/// Logs a write refused as over `session.max_data_bytes`.
+fn refused(state: &State, settings: &Settings, bytes: usize) {
+    state.metrics.writes_refused.inc();
+    let max = settings.policy.max_data_bytes;
+    tracing::warn!(
+        bytes,
+        max,
+        "session write refused: over session.max_data_bytes"
+    );
 }
 
 /// Applies a response's write-back to the session; returns the `Set-Cookie` it calls
@@ -722,10 +720,15 @@ async fn apply_write_back(
             if changes.set.is_empty() || changes.destroy || *method == Method::OPTIONS {
                 return Ok(None);
             }
-            let Some(data) = first_data(state, settings, changes) else {
-                return Ok(None);
+            let data = SessionData::default().with_changes(changes);
+            let created = state.store.create(data, &settings.policy).await;
+            let id = match created.map_err(ProxyError::Store)? {
+                Created::Stored(id) => id,
+                Created::TooLarge { bytes } => {
+                    refused(state, settings, bytes);
+                    return Ok(None);
+                }
             };
-            let id = state.store.create(data).await.map_err(ProxyError::Store)?;
             state.metrics.sessions_created.inc();
             *session = SessionState::Live {
                 id,
@@ -747,7 +750,7 @@ async fn apply_write_back(
             }
             match state
                 .store
-                .apply(id, changes)
+                .apply(id, changes, &settings.policy)
                 .await
                 .map_err(ProxyError::Store)?
             {
@@ -765,13 +768,7 @@ async fn apply_write_back(
                     ))
                 }
                 Applied::TooLarge { bytes } => {
-                    state.metrics.writes_refused.inc();
-                    let max = settings.config.session.max_data_bytes;
-                    tracing::warn!(
-                        bytes,
-                        max,
-                        "session write refused: over session.max_data_bytes"
-                    );
+                    refused(state, settings, bytes);
                     Ok(None)
                 }
                 Applied::Missing => Ok(None),

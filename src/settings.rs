@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 
 use http::HeaderValue;
 
-use crate::config::Config;
+use crate::config::{Config, SessionConfig};
 use crate::cookie::CookieJar;
 use crate::redirect::UpstreamOrigin;
+use crate::session::Policy;
 
 /// What a connection knows about its peer, worked out once per connection.
 #[derive(Clone, Debug)]
@@ -36,6 +37,8 @@ impl ConnInfo {
 pub struct Settings {
     pub config: Config,
     pub jar: CookieJar,
+    /// The session rules every store call of the request is made under.
+    pub policy: Policy,
     /// `Host` for the upstream when `preserve_host` is off.
     pub(crate) upstream_host: Option<HeaderValue>,
     /// `Strict-Transport-Security` for responses over TLS.
@@ -52,6 +55,7 @@ impl Settings {
 
     pub fn new(config: Config) -> Settings {
         let jar = config.session.cookie.jar();
+        let policy = Policy::from(&config.session);
         let upstream_host = config
             .upstream
             .uri
@@ -70,9 +74,22 @@ impl Settings {
         Settings {
             config,
             jar,
+            policy,
             upstream_host,
             hsts,
             redirects,
+        }
+    }
+}
+
+impl From<&SessionConfig> for Policy {
+    fn from(s: &SessionConfig) -> Policy {
+        Policy {
+            idle_timeout: s.idle_timeout,
+            absolute_timeout: s.absolute_timeout,
+            max_sessions: s.max_sessions,
+            max_data_bytes: s.max_data_bytes,
+            regenerate_grace: s.regenerate_grace,
         }
     }
 }

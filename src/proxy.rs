@@ -49,8 +49,8 @@ impl State {
     pub fn new(config: Config, store: Store) -> State {
         State {
             settings: ArcSwap::from_pointee(Settings::new(config)),
+            metrics: Metrics::new(store.counters().clone()),
             store,
-            metrics: Metrics::new(),
         }
     }
 }
@@ -204,7 +204,7 @@ impl Worker {
         match err {
             ProxyError::Upstream(kind) => metrics.upstream_error(Some(*kind)),
             ProxyError::UpstreamTimeout => metrics.upstream_error(None),
-            ProxyError::Store(_) => metrics.store_error(),
+            ProxyError::Store(e) => metrics.store_error(e),
             ProxyError::BodyTooLarge | ProxyError::BodyTimeout | ProxyError::BadRequest(_) => {}
         }
         // Which upstream, for the failures that are its (never a URL with a path or
@@ -558,7 +558,7 @@ pub(crate) async fn respond<'a>(
     let mut keep = scan.keep;
     let kinds = scan.names;
     let changes = scan.changes.unwrap_or_else(|reason| {
-        state.metrics.writes_refused.inc();
+        state.metrics.write_malformed();
         tracing::warn!(%reason, "write-back refused: malformed session header from the upstream");
         Changes::default()
     });
@@ -670,13 +670,12 @@ async fn store_new(
     if changes.regenerate {
         // The upstream saw the first ID; the browser gets another.
         *id = SessionId::random();
-        state.metrics.sessions_regenerated.inc();
     }
     let (store, policy) = (&state.store, &settings.policy);
     let data = SessionData::default().with_changes(changes);
     let mut stored = store.insert(id, data, policy).await;
     if let Ok(Inserted::TooLarge { bytes }) = stored {
-        refused(state, settings, bytes);
+        refused(settings, bytes);
         // The session starts empty, as a refused write leaves a session's data.
         stored = store.insert(id, SessionData::default(), policy).await;
     }
@@ -685,13 +684,11 @@ async fn store_new(
             "a new session ID was taken".into(),
         )));
     }
-    state.metrics.sessions_created.inc();
     Ok(None)
 }
 
-/// Logs a write refused as over `session.max_data_bytes`.
-fn refused(state: &State, settings: &Settings, bytes: usize) {
-    state.metrics.writes_refused.inc();
+/// Logs a write the store refused (and counted) as over `session.max_data_bytes`.
+fn refused(settings: &Settings, bytes: usize) {
     let max = settings.policy.max_data_bytes;
     tracing::warn!(
         bytes,
@@ -725,11 +722,10 @@ async fn apply_write_back(
             let id = match created.map_err(ProxyError::Store)? {
                 Created::Stored(id) => id,
                 Created::TooLarge { bytes } => {
-                    refused(state, settings, bytes);
+                    refused(settings, bytes);
                     return Ok(None);
                 }
             };
-            state.metrics.sessions_created.inc();
             *session = SessionState::Live {
                 id,
                 new: false,
@@ -742,9 +738,7 @@ async fn apply_write_back(
         }
         SessionState::Live { id, .. } => {
             if changes.destroy {
-                if state.store.destroy(id).await.map_err(ProxyError::Store)? {
-                    state.metrics.sessions_destroyed.inc();
-                }
+                state.store.destroy(id).await.map_err(ProxyError::Store)?;
                 *session = SessionState::Absent;
                 return Ok(Some(flavor.removal()));
             }
@@ -756,7 +750,6 @@ async fn apply_write_back(
             {
                 Applied::Stored => Ok(None),
                 Applied::Regenerated(new_id) => {
-                    state.metrics.sessions_regenerated.inc();
                     *session = SessionState::Live {
                         id: new_id,
                         new: false,
@@ -768,7 +761,7 @@ async fn apply_write_back(
                     ))
                 }
                 Applied::TooLarge { bytes } => {
-                    refused(state, settings, bytes);
+                    refused(settings, bytes);
                     Ok(None)
                 }
                 Applied::Missing => Ok(None),

@@ -375,9 +375,8 @@ async fn both_timeouts_change_together_on_reload(store: impl Fn(ConfigYaml) -> C
         (1850 - u64::from(now.subsec_millis())) % 1000,
     ))
     .await;
-    let cookie = || async {
-        expect_session_cookie(get_without_cookie(&proxy.url("/")).await.headers())
-    };
+    let cookie =
+        || async { expect_session_cookie(get_without_cookie(&proxy.url("/")).await.headers()) };
     let (in_use, left) = (cookie().await, cookie().await);
     let created = tokio::time::Instant::now();
 

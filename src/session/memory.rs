@@ -11,7 +11,7 @@
 //! on every core never waits on one mutex.
 
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +20,8 @@ use dashmap::DashMap;
 use http::HeaderValue;
 
 use super::{
-    now_ms, Applied, Changes, Inserted, Lookup, Policy, SessionData, SessionId, SessionInfo,
-    SessionStore, SessionView, StoreError,
+    now_ms, Applied, Changes, Inserted, Lookup, Policy, SessionCount, SessionCounters, SessionData,
+    SessionId, SessionInfo, SessionStore, SessionView, StoreError,
 };
 
 /// Session IDs are uniformly random and only ever looked up after their HMAC
@@ -51,17 +51,6 @@ impl BuildHasher for IdHash {
     fn build_hasher(&self) -> IdHasher {
         IdHasher(0)
     }
-}
-
-/// Counters the store keeps (read by metrics and tests).
-#[derive(Default, Debug)]
-pub struct MemoryStats {
-    pub created: AtomicU64,
-    pub expired: AtomicU64,
-    pub evicted: AtomicU64,
-    pub destroyed: AtomicU64,
-    pub regenerated: AtomicU64,
-    pub refused_writes: AtomicU64,
 }
 
 /// Kept small on purpose: a million of these must fit in a few hundred MiB. Times
@@ -124,7 +113,8 @@ struct Inner {
     fresh: SegQueue<SessionId>,
     /// Old IDs of regenerated sessions, with the end of their grace (ms).
     regenerated: DashMap<SessionId, u64, IdHash>,
-    stats: MemoryStats,
+    /// What happened to sessions, for the metrics.
+    counters: Arc<SessionCounters>,
 }
 
 /// A cheap-to-clone handle to the memory store. It holds no settings: each call
@@ -162,7 +152,7 @@ impl MemoryStore {
                 count: AtomicUsize::new(0),
                 fresh: SegQueue::new(),
                 regenerated: DashMap::with_hasher(IdHash),
-                stats: MemoryStats::default(),
+                counters: Arc::default(),
             }),
         }
     }
@@ -189,10 +179,6 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    pub fn stats(&self) -> &MemoryStats {
-        &self.inner.stats
-    }
-
     /// Removes expired sessions and stale bookkeeping; returns how many expired.
     pub fn sweep(&self, now: u64) -> usize {
         let inner = &self.inner;
@@ -204,10 +190,7 @@ impl MemoryStore {
             alive
         });
         inner.count.fetch_sub(expired, Ordering::Relaxed);
-        inner
-            .stats
-            .expired
-            .fetch_add(expired as u64, Ordering::Relaxed);
+        inner.counters.add(SessionCount::Expired, expired as u64);
         inner.regenerated.retain(|_, until| *until > now);
         let live = inner.count.load(Ordering::Relaxed);
         let queued = inner.fresh.len();
@@ -253,7 +236,7 @@ impl MemoryStore {
                 .is_some()
             {
                 inner.count.fetch_sub(1, Ordering::Relaxed);
-                inner.stats.expired.fetch_add(1, Ordering::Relaxed);
+                inner.counters.add(SessionCount::Expired, 1);
             }
             return Lookup::Missing;
         }
@@ -306,7 +289,7 @@ impl MemoryStore {
                 .is_some()
             {
                 inner.count.fetch_sub(1, Ordering::AcqRel);
-                inner.stats.evicted.fetch_add(1, Ordering::Relaxed);
+                inner.counters.add(SessionCount::Evicted, 1);
                 return true;
             }
         }
@@ -320,7 +303,7 @@ impl MemoryStore {
         match victim {
             Some(id) if inner.sessions.remove(&id).is_some() => {
                 inner.count.fetch_sub(1, Ordering::AcqRel);
-                inner.stats.evicted.fetch_add(1, Ordering::Relaxed);
+                inner.counters.add(SessionCount::Evicted, 1);
                 true
             }
             _ => false,
@@ -351,7 +334,7 @@ impl MemoryStore {
     fn insert_now(&self, id: SessionId, data: SessionData, now: u64, policy: &Policy) -> Inserted {
         let inner = &self.inner;
         if let Some(bytes) = policy.refuses(&data) {
-            inner.stats.refused_writes.fetch_add(1, Ordering::Relaxed);
+            inner.counters.add(SessionCount::RefusedTooLarge, 1);
             return Inserted::TooLarge { bytes };
         }
         let data = data.header().map(|h| h.as_bytes().into());
@@ -360,7 +343,7 @@ impl MemoryStore {
             return Inserted::Taken;
         }
         inner.fresh.push(id);
-        inner.stats.created.fetch_add(1, Ordering::Relaxed);
+        inner.counters.add(SessionCount::Created, 1);
         Inserted::Stored
     }
 
@@ -379,10 +362,7 @@ impl MemoryStore {
             let current = SessionData::from_encoded(e.data.as_deref().unwrap_or_default());
             let next = current.with_changes(changes);
             if let Some(bytes) = policy.refuses(&next) {
-                self.inner
-                    .stats
-                    .refused_writes
-                    .fetch_add(1, Ordering::Relaxed);
+                self.inner.counters.add(SessionCount::RefusedTooLarge, 1);
                 return Err(Applied::TooLarge { bytes });
             }
             e.data = next.header().map(|h| h.as_bytes().into());
@@ -433,7 +413,7 @@ impl MemoryStore {
                 Err(taken) => moved = taken,
             }
         };
-        inner.stats.regenerated.fetch_add(1, Ordering::Relaxed);
+        inner.counters.add(SessionCount::Regenerated, 1);
         Applied::Regenerated(new_id)
     }
 
@@ -441,7 +421,7 @@ impl MemoryStore {
         let inner = &self.inner;
         if inner.sessions.remove(id).is_some() {
             inner.count.fetch_sub(1, Ordering::AcqRel);
-            inner.stats.destroyed.fetch_add(1, Ordering::Relaxed);
+            inner.counters.add(SessionCount::Destroyed, 1);
             true
         } else {
             false
@@ -627,6 +607,10 @@ impl SessionStore for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    fn counters(&self) -> &Arc<SessionCounters> {
+        &self.inner.counters
+    }
 }
 
 impl MemoryStore {
@@ -692,6 +676,11 @@ mod tests {
         fn apply(&self, id: &SessionId, changes: &Changes, now: u64) -> Applied {
             self.s.apply_now(id, changes, now, &self.p)
         }
+    }
+
+    #[test]
+    fn an_entry_stays_32_bytes() {
+        assert!(std::mem::size_of::<Entry>() <= 32);
     }
 
     #[test]

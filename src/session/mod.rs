@@ -1,14 +1,17 @@
 //! Sessions: the ID, the data and its form encoding, write-back changes, the
-//! [`Policy`] a store enforces, the store interface every store implements, and
-//! [`open`], which picks the store `store.type` names: [`memory`] (with
-//! [`snapshot`]s when `store.snapshot` is set) or [`redis`].
+//! [`Policy`] a store enforces, the store interface every store implements (with
+//! the [`SessionCounters`] each store keeps), and [`open`], which picks the store
+//! `store.type` names: [`memory`] (with [`snapshot`]s when `store.snapshot` is
+//! set) or [`redis`].
 
+mod counters;
 mod data;
 pub mod memory;
 pub mod redis;
 pub mod snapshot;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,6 +19,7 @@ use base64::Engine;
 use http::HeaderValue;
 
 pub use self::redis::RedisStore;
+pub use counters::{SessionCount, SessionCounters};
 pub use data::{decode_component, is_true, Changes, ChangesError, SessionData};
 pub use memory::MemoryStore;
 
@@ -291,6 +295,8 @@ pub trait SessionStore: Send + Sync + 'static {
     fn count(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Answers when the store is reachable (readiness).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// What this store has counted: the one source of the session metrics.
+    fn counters(&self) -> &Arc<SessionCounters>;
     /// Before a new visitor's request goes upstream: fails when the store is known
     /// to be out of reach (its last command failed and a `PING` fails too), so that
     /// such a request gets `503` without reaching the application, as a returning
@@ -368,6 +374,12 @@ impl SessionStore for Store {
     }
     async fn ensure_reachable(&self) -> Result<(), StoreError> {
         each_store!(self, s => s.ensure_reachable())
+    }
+    fn counters(&self) -> &Arc<SessionCounters> {
+        match self {
+            Store::Memory(s) => s.counters(),
+            Store::Redis(s) => s.counters(),
+        }
     }
 }
 

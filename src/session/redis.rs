@@ -41,8 +41,8 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
 
 use super::{
-    Applied, Changes, Inserted, Lookup, Policy, SessionData, SessionId, SessionInfo, SessionStore,
-    SessionView, StoreError,
+    Applied, Changes, Inserted, Lookup, Policy, SessionCount, SessionCounters, SessionData,
+    SessionId, SessionInfo, SessionStore, SessionView, StoreError,
 };
 use crate::config::RedisConfig;
 
@@ -233,6 +233,9 @@ struct Inner {
     /// The last command reached Redis. While it did not, a new visitor's request
     /// waits for a `PING` before it goes upstream (see `ensure_reachable`).
     reachable: AtomicBool,
+    /// What this proxy did to sessions, for its metrics (Redis expires keys
+    /// unseen: no expiry is counted here).
+    counters: Arc<SessionCounters>,
     load: Script,
     create: Script,
     apply: Script,
@@ -306,6 +309,7 @@ impl RedisStore {
                 conn,
                 cluster,
                 reachable: AtomicBool::new(false),
+                counters: Arc::default(),
                 pattern: format!("{}*", escape_glob(&r.key_prefix)),
                 prefix: r.key_prefix.clone(),
                 timeout: r.timeout,
@@ -642,6 +646,7 @@ impl SessionStore for RedisStore {
         policy: &Policy,
     ) -> Result<Inserted, StoreError> {
         if let Some(bytes) = policy.refuses(&data) {
+            self.inner.counters.add(SessionCount::RefusedTooLarge, 1);
             return Ok(Inserted::TooLarge { bytes });
         }
         let inner = &self.inner;
@@ -665,11 +670,11 @@ impl SessionStore for RedisStore {
         // On a retry after a dropped connection, an existing key is the first try's
         // write having landed (a random ID taken by another visitor has odds of
         // 2^-256).
-        Ok(if created >= 0 || retried {
-            Inserted::Stored
-        } else {
-            Inserted::Taken
-        })
+        if created < 0 && !retried {
+            return Ok(Inserted::Taken);
+        }
+        inner.counters.add(SessionCount::Created, 1);
+        Ok(Inserted::Stored)
     }
 
     async fn apply(
@@ -708,7 +713,7 @@ impl SessionStore for RedisStore {
                     call.invoke_async(&mut c).await
                 })
                 .await?;
-            return Ok(match reply.as_slice() {
+            let applied = match reply.as_slice() {
                 [1, 1] => Applied::Regenerated(new_id),
                 [1, _] => Applied::Stored,
                 [2, bytes] => Applied::TooLarge {
@@ -716,7 +721,13 @@ impl SessionStore for RedisStore {
                 },
                 [3] => continue,
                 _ => Applied::Missing,
-            });
+            };
+            match applied {
+                Applied::Regenerated(_) => inner.counters.add(SessionCount::Regenerated, 1),
+                Applied::TooLarge { .. } => inner.counters.add(SessionCount::RefusedTooLarge, 1),
+                Applied::Stored | Applied::Missing => {}
+            }
+            return Ok(applied);
         }
         Err(StoreError::Unavailable(
             "three random session IDs were all taken".into(),
@@ -729,6 +740,9 @@ impl SessionStore for RedisStore {
         let n: i64 = self
             .run(|mut c| async move { redis::cmd("DEL").arg(key).query_async(&mut c).await })
             .await?;
+        self.inner
+            .counters
+            .add(SessionCount::Destroyed, n.max(0) as u64);
         Ok(n > 0)
     }
 
@@ -776,6 +790,7 @@ impl SessionStore for RedisStore {
                 .await?;
             n += destroyed as u64;
         }
+        inner.counters.add(SessionCount::Destroyed, n);
         Ok(n)
     }
 
@@ -816,6 +831,10 @@ impl SessionStore for RedisStore {
             .run(|mut c| async move { redis::cmd("PING").query_async(&mut c).await })
             .await?;
         Ok(())
+    }
+
+    fn counters(&self) -> &Arc<SessionCounters> {
+        &self.inner.counters
     }
 }
 

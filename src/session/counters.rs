@@ -2,7 +2,7 @@
 //! set and counts what it decides (a session stored, destroyed, moved, expired,
 //! evicted, a write refused as too large); nothing above it counts these again.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// A session event a store counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,25 +30,39 @@ impl SessionCount {
     ];
 }
 
-/// One cache line to itself: during a flood every core counts creations, and no
-/// other counter should share that line.
+/// Cells per counter. Each thread adds to its own, so a flood of new visitors on
+/// every core counts its creations (and evictions) without moving a cache line
+/// between cores; a read sums the cells.
+const SHARDS: usize = 8;
+
+/// One shard's counters, one cache line to themselves.
 #[derive(Debug, Default)]
 #[repr(align(64))]
-struct Line(AtomicU64);
+struct Cells([AtomicU64; SessionCount::ALL.len()]);
+
+/// This thread's shard, handed out round-robin on first use.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
 
 /// One counter per [`SessionCount`], shared by the store and the metrics.
 #[derive(Debug, Default)]
 pub struct SessionCounters {
-    counts: [Line; SessionCount::ALL.len()],
+    shards: [Cells; SHARDS],
 }
 
 impl SessionCounters {
     pub fn add(&self, what: SessionCount, n: u64) {
-        self.counts[what as usize].0.fetch_add(n, Ordering::Relaxed);
+        self.shards[shard()].0[what as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn get(&self, what: SessionCount) -> u64 {
-        self.counts[what as usize].0.load(Ordering::Relaxed)
+        let cell = |s: &Cells| s.0[what as usize].load(Ordering::Relaxed);
+        self.shards.iter().map(cell).sum()
     }
 }
 
@@ -64,7 +78,12 @@ mod tests {
         let c = SessionCounters::default();
         c.add(SessionCount::Created, 2);
         c.add(SessionCount::Evicted, 1);
-        assert_eq!(c.get(SessionCount::Created), 2);
+        std::thread::scope(|s| {
+            for _ in 0..SHARDS + 1 {
+                s.spawn(|| c.add(SessionCount::Created, 1));
+            }
+        });
+        assert_eq!(c.get(SessionCount::Created), 2 + SHARDS as u64 + 1);
         assert_eq!(c.get(SessionCount::Evicted), 1);
         assert_eq!(c.get(SessionCount::Destroyed), 0);
     }

@@ -4,7 +4,7 @@
 //!     cargo bench --bench hot_path
 use std::hint::black_box;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderValue, Method, StatusCode};
@@ -13,8 +13,8 @@ use sessiongate::cookie::SigningKeys;
 use sessiongate::h1::codec::{self, BodyHead, Framing};
 use sessiongate::headers::{self, RequestView, UpstreamSession};
 use sessiongate::proxy::{ConnInfo, Settings};
-use sessiongate::session::memory::{MemorySettings, MemoryStore};
-use sessiongate::session::{Changes, SessionData, SessionId, SessionStore};
+use sessiongate::session::memory::MemoryStore;
+use sessiongate::session::{Changes, Created, Policy, SessionData, SessionId, SessionStore};
 
 const SECRET: &[u8] = b"bench-secret-0123456789abcdef0123456789";
 
@@ -35,14 +35,48 @@ fn settings() -> Settings {
     Settings::new(Config::parse(yaml, Path::new("bench.yaml"), false).expect("bench config"))
 }
 
-fn store() -> MemoryStore {
-    MemoryStore::new(MemorySettings {
+const POLICY: Policy = capped(1_000_000);
+
+const fn capped(max_sessions: usize) -> Policy {
+    Policy {
         idle_timeout: Duration::from_secs(3600),
         absolute_timeout: Duration::from_secs(86400),
-        max_sessions: 1_000_000,
+        max_sessions,
         max_data_bytes: 4096,
         regenerate_grace: Duration::from_secs(10),
-    })
+    }
+}
+
+/// A new empty session in `s`.
+fn create(s: &MemoryStore, policy: &Policy) -> SessionId {
+    match ready(s.create(SessionData::default(), policy)) {
+        Ok(Created::Stored(id)) => id,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Threads creating sessions at once, as a cookie-less flood makes them.
+const CREATORS: u64 = 4;
+
+/// `iters` sessions created by [`CREATORS`] threads at once in a store made by
+/// `fresh` (not timed): the wall time, so the figure is the time per session of
+/// the whole store's throughput.
+fn create_concurrently(iters: u64, policy: &Policy, fresh: impl Fn() -> MemoryStore) -> Duration {
+    let s = fresh();
+    let per_thread = iters.div_ceil(CREATORS);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..CREATORS {
+            scope.spawn(|| {
+                for _ in 0..per_thread {
+                    black_box(create(&s, policy));
+                }
+            });
+        }
+    });
+    let took = started.elapsed();
+    drop(s);
+    took
 }
 
 /// A browser's request head, as bytes on the wire.
@@ -135,22 +169,16 @@ fn bench(c: &mut Criterion) {
         b.iter(|| keys.verify(black_box(cookie.as_bytes())))
     });
 
-    let s = store();
-    let ids: Vec<SessionId> = ready(async {
-        let mut v = Vec::new();
-        for _ in 0..100_000 {
-            v.push(s.create(SessionData::default()).await.expect("create"));
-        }
-        v
-    });
+    let s = MemoryStore::new();
+    let ids: Vec<SessionId> = (0..100_000).map(|_| create(&s, &POLICY)).collect();
     let mut changes = Changes::default();
     changes.add_set(b"user=alice&role=admin").expect("form");
-    ready(s.apply(&ids[0], &changes)).expect("apply");
+    ready(s.apply(&ids[0], &changes, &POLICY)).expect("apply");
     let mut i = 0usize;
     c.bench_function("store lookup (100k sessions)", |b| {
         b.iter(|| {
             i = (i + 7919) % ids.len();
-            ready(s.load(black_box(&ids[i])))
+            ready(s.load(black_box(&ids[i]), &POLICY))
         })
     });
     let mut one = Changes::default();
@@ -158,11 +186,26 @@ fn bench(c: &mut Criterion) {
     c.bench_function("store update one key", |b| {
         b.iter(|| {
             i = (i + 7919) % ids.len();
-            ready(s.apply(black_box(&ids[i]), &one))
+            ready(s.apply(black_box(&ids[i]), &one, &POLICY))
         })
     });
     c.bench_function("store create", |b| {
-        b.iter(|| ready(s.create(SessionData::default())))
+        b.iter(|| ready(s.create(SessionData::default(), &POLICY)))
+    });
+    c.bench_function("store create, 4 threads at once", |b| {
+        b.iter_custom(|iters| create_concurrently(iters, &POLICY, MemoryStore::new))
+    });
+    let full = capped(10_000);
+    c.bench_function("store create, 4 threads at once, full (each evicts)", |b| {
+        b.iter_custom(|iters| {
+            create_concurrently(iters, &full, || {
+                let store = MemoryStore::new();
+                for _ in 0..10_000 {
+                    create(&store, &full);
+                }
+                store
+            })
+        })
     });
 
     let data = SessionData::default().with_changes(&changes);
@@ -213,7 +256,7 @@ fn bench(c: &mut Criterion) {
         "one request: parse + verify + lookup + upstream head + sign (target < 1 us without parse)",
         |b| {
             b.iter(|| {
-                let found = ready(s.load(&ids[0]));
+                let found = ready(s.load(&ids[0], &POLICY));
                 let session = UpstreamSession {
                     id: &ids[0],
                     new: false,

@@ -5,8 +5,8 @@
 //!     SESSIONS=100000 cargo bench --bench memory
 use std::time::{Duration, Instant};
 
-use sessiongate::session::memory::{MemorySettings, MemoryStore};
-use sessiongate::session::{Changes, SessionData, SessionStore};
+use sessiongate::session::memory::MemoryStore;
+use sessiongate::session::{Changes, Policy, SessionData, SessionStore};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -31,13 +31,14 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let store = MemoryStore::new(MemorySettings {
+    let store = MemoryStore::new();
+    let policy = Policy {
         idle_timeout: Duration::from_secs(3600),
         absolute_timeout: Duration::from_secs(86400),
         max_sessions: n,
         max_data_bytes: 4096,
         regenerate_grace: Duration::from_secs(10),
-    });
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
@@ -53,7 +54,7 @@ fn main() {
     rt.block_on(async {
         for _ in 0..n {
             store
-                .create(sample.clone())
+                .create(sample.clone(), &policy)
                 .await
                 .expect("memory store never fails");
         }

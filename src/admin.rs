@@ -161,7 +161,6 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
     }
     match state.store.destroy(&id).await {
         Ok(true) => {
-            state.metrics.sessions_destroyed.inc();
             tracing::info!("admin: session destroyed");
             let mut resp = text(StatusCode::NO_CONTENT, "");
             resp.headers_mut().remove(header::CONTENT_TYPE);
@@ -200,7 +199,6 @@ async fn by_key(state: &State, find: bool, query: &str) -> Response<Full<Bytes>>
     }
     match state.store.revoke(&key, &value).await {
         Ok(n) => {
-            state.metrics.sessions_destroyed.inc_by(n);
             tracing::info!(key = %key, destroyed = n, "admin: sessions revoked");
             json(StatusCode::OK, serde_json::json!({ "destroyed": n }))
         }
@@ -242,25 +240,13 @@ async fn readiness(state: &State) -> Response<Full<Bytes>> {
     }
 }
 
-/// Serializes scrapes: the store's own counters are folded in as deltas.
-static SCRAPE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
+/// The session counters are the store's own, read as the registry encodes them.
 async fn metrics(state: &State) -> Response<Full<Bytes>> {
-    let _one_at_a_time = SCRAPE.lock().await;
     let m = &state.metrics;
-    // Redis expires and evicts by itself, unseen: only the memory store reports these.
     if let crate::session::Store::Memory(mem) = &state.store {
         // Counting Redis sessions would SCAN the keyspace on every scrape: the
         // gauge is the memory store's alone.
         m.sessions_active.set(mem.len() as i64);
-        use std::sync::atomic::Ordering::Relaxed;
-        let stats = mem.stats();
-        let expired = stats.expired.load(Relaxed);
-        let evicted = stats.evicted.load(Relaxed);
-        m.sessions_expired
-            .inc_by(expired.saturating_sub(m.sessions_expired.get()));
-        m.sessions_evicted
-            .inc_by(evicted.saturating_sub(m.sessions_evicted.get()));
     }
     let mut resp = Response::new(Full::new(Bytes::from(m.encode())));
     resp.headers_mut().insert(

@@ -1,10 +1,14 @@
 //! Prometheus metrics, all named `sessiongate_*`, served by the admin listener.
 //!
 //! Every series the request path touches is created at start and held as a plain
-//! atomic handle, so recording a request takes no lock: no label lookup, no mutex
-//! (the request-duration histograms are lock-free too, see [`AtomicHistogram`]).
+//! atomic handle, found by an enum rather than by label text, so recording a
+//! request takes no lock: no label lookup, no mutex (the request-duration
+//! histograms are lock-free too, see [`AtomicHistogram`]). The session counters
+//! are the store's own ([`SessionCounters`]), read at each scrape.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -15,17 +19,170 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
+use crate::session::{SessionCount, SessionCounters, StoreError};
 use crate::upstream::UpstreamFailure;
 
-const METHODS: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "other",
-];
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Upper bounds in seconds, from 100 µs (a hit served from memory) to 30 s.
 const BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     10.0, 30.0,
 ];
+
+/// The values of one label, as an enum: its series are made at start, one per
+/// value, and found again by the value's discriminant.
+trait LabelValue: Copy + 'static {
+    /// Every value, in the order of the discriminants.
+    const ALL: &'static [Self];
+    /// The label's text.
+    fn label(self) -> &'static str;
+    /// The value's place in [`LabelValue::ALL`].
+    fn index(self) -> usize;
+}
+
+/// Declares an enum of label values (see [`LabelValue`]).
+macro_rules! label_values {
+    ($(#[$doc:meta])* $vis:vis enum $name:ident {
+        $($(#[$vdoc:meta])* $variant:ident => $text:literal,)*
+    }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        $vis enum $name {
+            $($(#[$vdoc])* $variant,)*
+        }
+
+        impl LabelValue for $name {
+            const ALL: &'static [$name] = &[$($name::$variant,)*];
+            fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+            fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+label_values! {
+    /// The `method` label of `requests_total`.
+    enum MethodLabel {
+        Get => "GET",
+        Head => "HEAD",
+        Post => "POST",
+        Put => "PUT",
+        Delete => "DELETE",
+        Patch => "PATCH",
+        Options => "OPTIONS",
+        Connect => "CONNECT",
+        Other => "other",
+    }
+}
+
+impl MethodLabel {
+    fn of(method: &Method) -> MethodLabel {
+        match *method {
+            Method::GET => MethodLabel::Get,
+            Method::HEAD => MethodLabel::Head,
+            Method::POST => MethodLabel::Post,
+            Method::PUT => MethodLabel::Put,
+            Method::DELETE => MethodLabel::Delete,
+            Method::PATCH => MethodLabel::Patch,
+            Method::OPTIONS => MethodLabel::Options,
+            Method::CONNECT => MethodLabel::Connect,
+            _ => MethodLabel::Other,
+        }
+    }
+}
+
+label_values! {
+    /// The `status_class` label of `requests_total`.
+    enum StatusClass {
+        Informational => "1xx",
+        Success => "2xx",
+        Redirection => "3xx",
+        ClientError => "4xx",
+        ServerError => "5xx",
+    }
+}
+
+impl StatusClass {
+    fn of(status: StatusCode) -> StatusClass {
+        match status.as_u16() {
+            ..=199 => StatusClass::Informational,
+            200..=299 => StatusClass::Success,
+            300..=399 => StatusClass::Redirection,
+            400..=499 => StatusClass::ClientError,
+            _ => StatusClass::ServerError,
+        }
+    }
+}
+
+label_values! {
+    /// The `kind` label of `upstream_errors_total`.
+    enum UpstreamErrorKind {
+        Refused => "refused",
+        ConnectTimeout => "connect_timeout",
+        Timeout => "timeout",
+        Reset => "reset",
+        Protocol => "protocol",
+        Tls => "tls",
+    }
+}
+
+impl UpstreamErrorKind {
+    /// `None`: the upstream did not answer in `upstream.timeout`.
+    fn of(failure: Option<UpstreamFailure>) -> UpstreamErrorKind {
+        match failure {
+            Some(UpstreamFailure::Refused) => UpstreamErrorKind::Refused,
+            Some(UpstreamFailure::ConnectTimeout) => UpstreamErrorKind::ConnectTimeout,
+            None => UpstreamErrorKind::Timeout,
+            Some(UpstreamFailure::Reset) => UpstreamErrorKind::Reset,
+            Some(UpstreamFailure::Protocol) => UpstreamErrorKind::Protocol,
+            Some(UpstreamFailure::Tls) => UpstreamErrorKind::Tls,
+        }
+    }
+}
+
+label_values! {
+    /// The `kind` label of `store_errors_total`.
+    enum StoreErrorKind {
+        Unavailable => "unavailable",
+        Timeout => "timeout",
+    }
+}
+
+impl StoreErrorKind {
+    fn of(e: &StoreError) -> StoreErrorKind {
+        match e {
+            StoreError::Timeout => StoreErrorKind::Timeout,
+            // The last two happen at start only, never to a request.
+            StoreError::Unavailable(_)
+            | StoreError::Misconfigured(_)
+            | StoreError::Snapshot { .. } => StoreErrorKind::Unavailable,
+        }
+    }
+}
+
+label_values! {
+    /// Why a session cookie was not accepted (`cookies_rejected_total`).
+    pub enum CookieRejection {
+        /// Not `<id>.<tag>` in base64url.
+        Malformed => "malformed",
+        /// Well formed, but no secret verifies its tag.
+        BadSignature => "bad_signature",
+        /// Verified, but its session is gone (expired, evicted, destroyed).
+        Expired => "expired",
+    }
+}
+
+label_values! {
+    /// The `outcome` label of `config_reloads_total`.
+    enum ReloadOutcome {
+        Success => "success",
+        Failure => "failure",
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -46,6 +203,41 @@ struct ReasonLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
+}
+
+/// The series of one family with one label, one per value of `K`.
+struct PerLabel<K, M> {
+    series: Vec<M>,
+    values: PhantomData<K>,
+}
+
+impl<K: LabelValue> PerLabel<K, Counter> {
+    /// Registers a family `name` whose label is made by `labels`, with a series
+    /// for every value of `K` (exported at zero from the start).
+    fn register<L>(
+        registry: &mut Registry,
+        name: &str,
+        help: &str,
+        labels: impl Fn(&'static str) -> L,
+    ) -> Self
+    where
+        L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+    {
+        let family = Family::<L, Counter>::default();
+        let series = K::ALL
+            .iter()
+            .map(|v| family.get_or_create_owned(&labels(v.label())))
+            .collect();
+        registry.register(name, help, family);
+        PerLabel {
+            series,
+            values: PhantomData,
+        }
+    }
+
+    fn inc(&self, value: K) {
+        self.series[value.index()].inc();
+    }
 }
 
 /// Cells per hot metric. Each worker thread takes one, so recording a request
@@ -90,6 +282,31 @@ impl TypedMetric for ShardedCounter {
 impl EncodeMetric for ShardedCounter {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// A counter the store keeps, read at each scrape; `also` adds what the request
+/// path counts under the same name (write-backs refused as malformed).
+#[derive(Clone, Debug)]
+struct StoreCounter {
+    counters: Arc<SessionCounters>,
+    what: SessionCount,
+    also: Option<Counter>,
+}
+
+impl TypedMetric for StoreCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for StoreCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let also = self.also.as_ref().map_or(0, Counter::get);
+        let total = self.counters.get(self.what) + also;
+        encoder.encode_counter::<NoLabelSet, _, u64>(&total, None)
     }
 
     fn metric_type(&self) -> MetricType {
@@ -156,52 +373,37 @@ impl EncodeMetric for AtomicHistogram {
     }
 }
 
-/// Why a session cookie was not accepted.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum CookieRejection {
-    /// Not `<id>.<tag>` in base64url.
-    Malformed,
-    /// Well formed, but no secret verifies its tag.
-    BadSignature,
-    /// Verified, but its session is gone (expired, evicted, destroyed).
-    Expired,
-}
-
 /// Every metric, with pre-made handles for the request path.
 pub struct Metrics {
     registry: Registry,
+    /// By method, then status class: see [`Metrics::request`].
     requests: Vec<ShardedCounter>,
     pub(crate) request_duration: AtomicHistogram,
     pub(crate) upstream_duration: AtomicHistogram,
-    upstream_errors: [Counter; 7],
-    pub(crate) sessions_active: Gauge,
-    pub(crate) sessions_created: Counter,
-    pub(crate) sessions_destroyed: Counter,
-    pub(crate) sessions_regenerated: Counter,
-    pub(crate) sessions_expired: Counter,
-    pub(crate) sessions_evicted: Counter,
-    cookies_rejected: [Counter; 3],
-    pub(crate) writes_refused: Counter,
+    upstream_errors: PerLabel<UpstreamErrorKind, Counter>,
+    store_errors: PerLabel<StoreErrorKind, Counter>,
+    /// Set from the memory store at each scrape (counting Redis keys would mean
+    /// a `SCAN` per scrape).
+    pub sessions_active: Gauge,
+    cookies_rejected: PerLabel<CookieRejection, Counter>,
+    /// Write-backs refused as malformed; the store counts those refused as too
+    /// large, and `session_writes_refused_total` is the sum.
+    writes_malformed: Counter,
     pub open_connections: Gauge,
-    reloads: [Counter; 2],
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
+    reloads: PerLabel<ReloadOutcome, Counter>,
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Metrics {
+    /// The metrics of a proxy whose store keeps `sessions`.
+    pub fn new(sessions: Arc<SessionCounters>) -> Metrics {
         let mut registry = Registry::with_prefix("sessiongate");
         let requests_family = Family::<RequestLabels, ShardedCounter>::default();
-        let mut requests = Vec::with_capacity(METHODS.len() * CLASSES.len());
-        for m in METHODS {
-            for c in CLASSES {
+        let mut requests = Vec::with_capacity(MethodLabel::ALL.len() * StatusClass::ALL.len());
+        for m in MethodLabel::ALL {
+            for c in StatusClass::ALL {
                 requests.push(requests_family.get_or_create_owned(&RequestLabels {
-                    method: m.to_owned(),
-                    status_class: c.to_owned(),
+                    method: m.label().to_owned(),
+                    status_class: c.label().to_owned(),
                 }));
             }
         }
@@ -222,21 +424,18 @@ impl Metrics {
             "Time the upstream took to answer with its headers",
             upstream_duration.clone(),
         );
-        let errors = Family::<KindLabels, Counter>::default();
-        let kind = |k: &str| errors.get_or_create_owned(&KindLabels { kind: k.to_owned() });
-        let upstream_errors = [
-            kind("refused"),
-            kind("connect_timeout"),
-            kind("timeout"),
-            kind("reset"),
-            kind("protocol"),
-            kind("tls"),
-            kind("store"),
-        ];
-        registry.register(
+        let kind = |k: &str| KindLabels { kind: k.to_owned() };
+        let upstream_errors = PerLabel::register(
+            &mut registry,
             "upstream_errors",
-            "Failed requests to the upstream (and the store), by kind",
-            errors,
+            "Failed requests to the upstream, by kind",
+            kind,
+        );
+        let store_errors = PerLabel::register(
+            &mut registry,
+            "store_errors",
+            "Requests answered 503 because the session store failed, by kind",
+            kind,
         );
         let sessions_active = Gauge::default();
         registry.register(
@@ -244,52 +443,58 @@ impl Metrics {
             "Sessions in the store",
             sessions_active.clone(),
         );
-        let counter = |registry: &mut Registry, name: &str, help: &str| {
-            let c = Counter::default();
-            registry.register(name, help, c.clone());
-            c
+        let writes_malformed = Counter::default();
+        let mut store_counter = |name: &str, help: &str, what, also: Option<&Counter>| {
+            let counter = StoreCounter {
+                counters: sessions.clone(),
+                what,
+                also: also.cloned(),
+            };
+            registry.register(name, help, counter);
         };
-        let sessions_created = counter(&mut registry, "sessions_created", "Sessions created");
-        let sessions_destroyed = counter(
-            &mut registry,
+        store_counter(
+            "sessions_created",
+            "Sessions created",
+            SessionCount::Created,
+            None,
+        );
+        store_counter(
             "sessions_destroyed",
             "Sessions destroyed (write-back or admin API)",
+            SessionCount::Destroyed,
+            None,
         );
-        let sessions_regenerated = counter(
-            &mut registry,
+        store_counter(
             "sessions_regenerated",
             "Sessions moved to a new ID",
+            SessionCount::Regenerated,
+            None,
         );
-        let sessions_expired = counter(
-            &mut registry,
+        store_counter(
             "sessions_expired",
             "Sessions that timed out (memory store)",
+            SessionCount::Expired,
+            None,
         );
-        let sessions_evicted = counter(
-            &mut registry,
+        store_counter(
             "sessions_evicted",
             "Sessions evicted at max_sessions (memory store)",
+            SessionCount::Evicted,
+            None,
         );
-        let rejected = Family::<ReasonLabels, Counter>::default();
-        let reason = |r: &str| {
-            rejected.get_or_create_owned(&ReasonLabels {
-                reason: r.to_owned(),
-            })
-        };
-        let cookies_rejected = [
-            reason("malformed"),
-            reason("bad_signature"),
-            reason("expired"),
-        ];
-        registry.register(
-            "cookies_rejected",
-            "Session cookies not accepted, by reason",
-            rejected,
-        );
-        let writes_refused = counter(
-            &mut registry,
+        store_counter(
             "session_writes_refused",
             "Write-backs refused (over max_data_bytes, malformed, control characters)",
+            SessionCount::RefusedTooLarge,
+            Some(&writes_malformed),
+        );
+        let cookies_rejected = PerLabel::register(
+            &mut registry,
+            "cookies_rejected",
+            "Session cookies not accepted, by reason",
+            |r| ReasonLabels {
+                reason: r.to_owned(),
+            },
         );
         let open_connections = Gauge::default();
         registry.register(
@@ -297,17 +502,13 @@ impl Metrics {
             "Client connections open now",
             open_connections.clone(),
         );
-        let reloads_family = Family::<OutcomeLabels, Counter>::default();
-        let outcome = |o: &str| {
-            reloads_family.get_or_create_owned(&OutcomeLabels {
-                outcome: o.to_owned(),
-            })
-        };
-        let reloads = [outcome("success"), outcome("failure")];
-        registry.register(
+        let reloads = PerLabel::register(
+            &mut registry,
             "config_reloads",
             "Configuration reloads, by outcome",
-            reloads_family,
+            |o| OutcomeLabels {
+                outcome: o.to_owned(),
+            },
         );
         Metrics {
             registry,
@@ -315,58 +516,47 @@ impl Metrics {
             request_duration,
             upstream_duration,
             upstream_errors,
+            store_errors,
             sessions_active,
-            sessions_created,
-            sessions_destroyed,
-            sessions_regenerated,
-            sessions_expired,
-            sessions_evicted,
             cookies_rejected,
-            writes_refused,
+            writes_malformed,
             open_connections,
             reloads,
         }
     }
 
-    pub(crate) fn request(&self, method: &Method, status: StatusCode, took: Duration) {
-        let m = match *method {
-            Method::GET => 0,
-            Method::HEAD => 1,
-            Method::POST => 2,
-            Method::PUT => 3,
-            Method::DELETE => 4,
-            Method::PATCH => 5,
-            Method::OPTIONS => 6,
-            Method::CONNECT => 7,
-            _ => 8,
-        };
-        let c = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.requests[m * CLASSES.len() + c].inc();
+    pub fn request(&self, method: &Method, status: StatusCode, took: Duration) {
+        let (m, c) = (MethodLabel::of(method), StatusClass::of(status));
+        self.requests[m.index() * StatusClass::ALL.len() + c.index()].inc();
         self.request_duration.observe(took);
     }
 
-    pub(crate) fn upstream_error(&self, failure: Option<UpstreamFailure>) {
-        let i = match failure {
-            Some(UpstreamFailure::Refused) => 0,
-            Some(UpstreamFailure::ConnectTimeout) => 1,
-            None => 2,
-            Some(UpstreamFailure::Reset) => 3,
-            Some(UpstreamFailure::Protocol) => 4,
-            Some(UpstreamFailure::Tls) => 5,
+    /// A request the upstream failed; `None`: it did not answer in time.
+    pub fn upstream_error(&self, failure: Option<UpstreamFailure>) {
+        self.upstream_errors.inc(UpstreamErrorKind::of(failure));
+    }
+
+    /// A request answered 503 because the store failed (never an upstream error).
+    pub fn store_error(&self, e: &StoreError) {
+        self.store_errors.inc(StoreErrorKind::of(e));
+    }
+
+    pub fn cookie_rejected(&self, why: CookieRejection) {
+        self.cookies_rejected.inc(why);
+    }
+
+    /// A write-back refused as malformed (the store counts those too large).
+    pub fn write_malformed(&self) {
+        self.writes_malformed.inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let outcome = if ok {
+            ReloadOutcome::Success
+        } else {
+            ReloadOutcome::Failure
         };
-        self.upstream_errors[i].inc();
-    }
-
-    pub(crate) fn store_error(&self) {
-        self.upstream_errors[6].inc();
-    }
-
-    pub(crate) fn cookie_rejected(&self, why: CookieRejection) {
-        self.cookies_rejected[why as usize].inc();
-    }
-
-    pub(crate) fn reload(&self, ok: bool) {
-        self.reloads[usize::from(!ok)].inc();
+        self.reloads.inc(outcome);
     }
 
     /// The text exposition.
@@ -385,7 +575,7 @@ mod tests {
 
     #[test]
     fn exposition_has_the_series() {
-        let m = Metrics::new();
+        let m = Metrics::new(Arc::default());
         m.request(&Method::GET, StatusCode::OK, Duration::from_micros(300));
         m.request(
             &Method::POST,
@@ -418,5 +608,49 @@ mod tests {
             text.contains("sessiongate_request_duration_seconds_bucket{le=\"0.005\"} 2"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn label_enums_index_in_order() {
+        fn in_order<K: LabelValue + std::fmt::Debug>() {
+            for (i, v) in K::ALL.iter().enumerate() {
+                assert_eq!(v.index(), i, "{v:?}");
+            }
+        }
+        in_order::<MethodLabel>();
+        in_order::<StatusClass>();
+        in_order::<UpstreamErrorKind>();
+        in_order::<StoreErrorKind>();
+        in_order::<CookieRejection>();
+        in_order::<ReloadOutcome>();
+    }
+
+    #[test]
+    fn session_series_read_the_store_and_errors_keep_their_families() {
+        let sessions = Arc::new(SessionCounters::default());
+        let m = Metrics::new(sessions.clone());
+        sessions.add(SessionCount::Created, 3);
+        sessions.add(SessionCount::RefusedTooLarge, 1);
+        m.write_malformed();
+        m.store_error(&StoreError::Timeout);
+        let text = m.encode();
+        assert!(
+            text.contains("sessiongate_sessions_created_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sessiongate_session_writes_refused_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sessiongate_store_errors_total{kind=\"timeout\"} 1\n"),
+            "{text}"
+        );
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("sessiongate_upstream_errors"))
+        {
+            assert!(line.ends_with(" 0"), "{line}");
+        }
     }
 }

@@ -30,7 +30,8 @@ use crate::io;
 use crate::metrics::{CookieRejection, Metrics};
 use crate::redirect::ClientOrigin;
 use crate::session::{
-    now_ms, Applied, Changes, Lookup, SessionData, SessionId, SessionStore, Store, StoreError,
+    now_ms, Applied, Changes, Created, Inserted, Lookup, SessionData, SessionId, SessionStore,
+    Store, StoreError,
 };
 use crate::upstream::{self, UpstreamFailure};
 use smallvec::SmallVec;
@@ -49,8 +50,8 @@ impl State {
     pub(crate) fn new(config: Config, store: Store) -> State {
         State {
             settings: ArcSwap::from_pointee(Settings::new(config)),
+            metrics: Metrics::new(store.counters().clone()),
             store,
-            metrics: Metrics::new(),
         }
     }
 }
@@ -186,7 +187,7 @@ impl Worker {
         match err {
             ProxyError::Upstream(kind) => metrics.upstream_error(Some(*kind)),
             ProxyError::UpstreamTimeout => metrics.upstream_error(None),
-            ProxyError::Store(_) => metrics.store_error(),
+            ProxyError::Store(e) => metrics.store_error(e),
             ProxyError::BodyTooLarge | ProxyError::BodyTimeout | ProxyError::BadRequest(_) => {}
         }
         // Which upstream, for the failures that are its (never a URL with a path or
@@ -758,7 +759,7 @@ pub(crate) async fn prepare<'a>(
     let (session, data) = if no_session {
         (SessionState::Excluded, None)
     } else {
-        resolve_session(state, cfg, method, &scan.candidates).await?
+        resolve_session(state, settings, method, &scan.candidates).await?
     };
 
     // 3. Tell the upstream.
@@ -827,7 +828,7 @@ pub(crate) async fn respond<'a>(
     let mut keep = scan.keep;
     let kinds = scan.names;
     let changes = scan.changes.unwrap_or_else(|reason| {
-        state.metrics.writes_refused.inc();
+        state.metrics.write_malformed();
         tracing::warn!(%reason, "write-back refused: malformed session header from the upstream");
         Changes::default()
     });
@@ -874,13 +875,14 @@ pub(crate) async fn respond<'a>(
 /// it. With none, a new session is created unless the request must not create one.
 async fn resolve_session(
     state: &State,
-    cfg: &Config,
+    settings: &Settings,
     method: &Method,
     candidates: &[Candidate],
 ) -> Result<(SessionState, Option<HeaderValue>), ProxyError> {
     let mut grace = false;
     for c in candidates {
-        match state.store.load(&c.id).await.map_err(ProxyError::Store)? {
+        let lookup = state.store.load(&c.id, &settings.policy).await;
+        match lookup.map_err(ProxyError::Store)? {
             Lookup::Found(view) => {
                 let live = SessionState::Live {
                     id: c.id,
@@ -897,7 +899,7 @@ async fn resolve_session(
     if grace {
         return Ok((SessionState::Grace, None));
     }
-    if *method == Method::OPTIONS || cfg.session.create == CreateMode::OnWrite {
+    if *method == Method::OPTIONS || settings.config.session.create == CreateMode::OnWrite {
         return Ok((SessionState::Absent, None));
     }
     // Stored by `store_new` once the response carrying its cookie is ready.
@@ -935,41 +937,34 @@ async fn store_new(
         *session = SessionState::Absent;
         return Ok(Some(flavor.removal()));
     }
-    let data = first_data(state, settings, changes).unwrap_or_default();
     if changes.regenerate {
         // The upstream saw the first ID; the browser gets another.
         *id = SessionId::random();
-        state.metrics.sessions_regenerated.inc();
     }
-    if !state
-        .store
-        .insert(id, data)
-        .await
-        .map_err(ProxyError::Store)?
-    {
+    let (store, policy) = (&state.store, &settings.policy);
+    let data = SessionData::default().with_changes(changes);
+    let mut stored = store.insert(id, data, policy).await;
+    if let Ok(Inserted::TooLarge { bytes }) = stored {
+        refused(settings, bytes);
+        // The session starts empty, as a refused write leaves a session's data.
+        stored = store.insert(id, SessionData::default(), policy).await;
+    }
+    if stored.map_err(ProxyError::Store)? != Inserted::Stored {
         return Err(ProxyError::Store(StoreError::Unavailable(
             "a new session ID was taken".into(),
         )));
     }
-    state.metrics.sessions_created.inc();
     Ok(None)
 }
 
-/// The data a session created by this response starts with: its write-back applied
-/// to nothing. `None`, counted and logged, when that is over `max_data_bytes`.
-fn first_data(state: &State, settings: &Settings, changes: &Changes) -> Option<SessionData> {
-    let data = SessionData::default().with_changes(changes);
-    let max = settings.config.session.max_data_bytes;
-    if data.encoded_len() > max {
-        state.metrics.writes_refused.inc();
-        tracing::warn!(
-            bytes = data.encoded_len(),
-            max,
-            "session write refused: over session.max_data_bytes"
-        );
-        return None;
-    }
-    Some(data)
+/// Logs a write the store refused (and counted) as over `session.max_data_bytes`.
+fn refused(settings: &Settings, bytes: usize) {
+    let max = settings.policy.max_data_bytes;
+    tracing::warn!(
+        bytes,
+        max,
+        "session write refused: over session.max_data_bytes"
+    );
 }
 
 /// Applies a response's write-back to the session; returns the `Set-Cookie` it calls
@@ -992,11 +987,15 @@ async fn apply_write_back(
             if changes.set.is_empty() || changes.destroy || *method == Method::OPTIONS {
                 return Ok(None);
             }
-            let Some(data) = first_data(state, settings, changes) else {
-                return Ok(None);
+            let data = SessionData::default().with_changes(changes);
+            let created = state.store.create(data, &settings.policy).await;
+            let id = match created.map_err(ProxyError::Store)? {
+                Created::Stored(id) => id,
+                Created::TooLarge { bytes } => {
+                    refused(settings, bytes);
+                    return Ok(None);
+                }
             };
-            let id = state.store.create(data).await.map_err(ProxyError::Store)?;
-            state.metrics.sessions_created.inc();
             *session = SessionState::Live {
                 id,
                 new: false,
@@ -1009,21 +1008,18 @@ async fn apply_write_back(
         }
         SessionState::Live { id, .. } => {
             if changes.destroy {
-                if state.store.destroy(id).await.map_err(ProxyError::Store)? {
-                    state.metrics.sessions_destroyed.inc();
-                }
+                state.store.destroy(id).await.map_err(ProxyError::Store)?;
                 *session = SessionState::Absent;
                 return Ok(Some(flavor.removal()));
             }
             match state
                 .store
-                .apply(id, changes)
+                .apply(id, changes, &settings.policy)
                 .await
                 .map_err(ProxyError::Store)?
             {
                 Applied::Stored => Ok(None),
                 Applied::Regenerated(new_id) => {
-                    state.metrics.sessions_regenerated.inc();
                     *session = SessionState::Live {
                         id: new_id,
                         new: false,
@@ -1035,13 +1031,7 @@ async fn apply_write_back(
                     ))
                 }
                 Applied::TooLarge { bytes } => {
-                    state.metrics.writes_refused.inc();
-                    let max = settings.config.session.max_data_bytes;
-                    tracing::warn!(
-                        bytes,
-                        max,
-                        "session write refused: over session.max_data_bytes"
-                    );
+                    refused(settings, bytes);
                     Ok(None)
                 }
                 Applied::Missing => Ok(None),

@@ -349,9 +349,6 @@ impl Reloader {
         if let (Some(cert), Some(tls)) = (&self.cert, &next.tls) {
             cert.reload(&tls.cert, &tls.key)?;
         }
-        // Session timeouts and bounds live in the store: it takes them first, so
-        // no request sees new settings with old timeouts.
-        store::reconfigure(&self.state.store, &next);
         let settings = Arc::new(Settings::new(next));
         self.state.settings.store(settings.clone());
         Ok(settings)

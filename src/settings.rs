@@ -4,17 +4,20 @@
 
 use http::HeaderValue;
 
-use crate::config::Config;
+use crate::config::{Config, SessionConfig};
 use crate::conn::ConnInfo;
 use crate::cookie::CookieJar;
 use crate::headers::Rules;
 use crate::pool::Endpoint;
 use crate::redirect::UpstreamOrigin;
+use crate::session::Policy;
 
 /// Per-request settings derived from the configuration, swapped whole on reload.
 pub struct Settings {
     pub config: Config,
     pub jar: CookieJar,
+    /// The session rules every store call of the request is made under.
+    pub policy: Policy,
     /// `Host` for the upstream when `preserve_host` is off.
     pub(crate) upstream_host: Option<HeaderValue>,
     /// `Strict-Transport-Security` for responses over TLS.
@@ -47,6 +50,7 @@ impl Settings {
 
     pub fn new(config: Config) -> Settings {
         let jar = config.session.cookie.jar();
+        let policy = Policy::from(&config.session);
         let upstream_host = config
             .upstream
             .uri
@@ -75,10 +79,23 @@ impl Settings {
         Settings {
             config,
             jar,
+            policy,
             upstream_host,
             hsts,
             redirects,
             endpoint,
+        }
+    }
+}
+
+impl From<&SessionConfig> for Policy {
+    fn from(s: &SessionConfig) -> Policy {
+        Policy {
+            idle_timeout: s.idle_timeout,
+            absolute_timeout: s.absolute_timeout,
+            max_sessions: s.max_sessions,
+            max_data_bytes: s.max_data_bytes,
+            regenerate_grace: s.regenerate_grace,
         }
     }
 }

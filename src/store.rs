@@ -1,13 +1,14 @@
-//! Opens the session store the configuration names (`store.type`) and hands it a
-//! reloaded configuration's timeouts and bounds. Above both `config` and `session`:
-//! the stores take the settings types they define, built here from a `Config`.
+//! Opens the session store the configuration names (`store.type`). Above both
+//! `config` and `session`: the stores take the types they define, built here
+//! from a `Config`. A reload needs nothing of the store: the session policy
+//! travels in each request's settings.
 
 use std::time::Duration;
 
 use crate::config::{Config, StoreType};
-use crate::session::memory::{MemorySettings, MemoryStore, SweepGuard};
+use crate::session::memory::{MemoryStore, SweepGuard};
 use crate::session::snapshot::{self, Snapshots};
-use crate::session::{RedisSettings, RedisStore, Store, StoreError};
+use crate::session::{Policy, RedisStore, Store, StoreError};
 
 /// How often the memory store looks for expired sessions.
 const SWEEP_PERIOD: Duration = Duration::from_secs(1);
@@ -33,40 +34,22 @@ impl StoreTasks {
     }
 }
 
-fn memory_settings(config: &Config) -> MemorySettings {
-    let s = &config.session;
-    MemorySettings {
-        idle_timeout: s.idle_timeout,
-        absolute_timeout: s.absolute_timeout,
-        max_sessions: s.max_sessions,
-        max_data_bytes: s.max_data_bytes,
-        regenerate_grace: s.regenerate_grace,
-    }
-}
-
-fn redis_settings(config: &Config) -> RedisSettings {
-    let s = &config.session;
-    RedisSettings {
-        redis: config.store.redis.clone(),
-        idle_timeout: s.idle_timeout,
-        absolute_timeout: s.absolute_timeout,
-        max_data_bytes: s.max_data_bytes,
-        regenerate_grace: s.regenerate_grace,
-    }
-}
-
 /// Opens the configured store and starts its background work: for the memory
 /// store, restores the snapshot first.
 pub(crate) async fn open(config: &Config) -> Result<(Store, StoreTasks), StoreError> {
     match config.store.kind {
         StoreType::Memory => {
-            let store = MemoryStore::new(memory_settings(config));
+            let store = MemoryStore::new();
             let snapshots = match &config.store.snapshot {
                 Some(path) => {
                     let (restoring, file) = (store.clone(), path.clone());
-                    tokio::task::spawn_blocking(move || snapshot::restore(&restoring, &file))
-                        .await
-                        .map_err(|e| StoreError::Unavailable(Box::new(e)))??;
+                    // Under the policy the proxy starts with.
+                    let policy = Policy::from(&config.session);
+                    tokio::task::spawn_blocking(move || {
+                        snapshot::restore(&restoring, &file, &policy)
+                    })
+                    .await
+                    .map_err(|e| StoreError::Unavailable(Box::new(e)))??;
                     Some(Snapshots::spawn(
                         store.clone(),
                         path.clone(),
@@ -90,7 +73,7 @@ pub(crate) async fn open(config: &Config) -> Result<(Store, StoreTasks), StoreEr
                     "store.snapshot is for the memory store; ignored with store.type: redis"
                 );
             }
-            let store = RedisStore::open(&redis_settings(config)).await?;
+            let store = RedisStore::open(&config.store.redis).await?;
             Ok((
                 Store::Redis(store),
                 StoreTasks {
@@ -99,14 +82,5 @@ pub(crate) async fn open(config: &Config) -> Result<(Store, StoreTasks), StoreEr
                 },
             ))
         }
-    }
-}
-
-/// Applies a reloaded configuration's session timeouts and bounds to the running
-/// store.
-pub(crate) fn reconfigure(store: &Store, config: &Config) {
-    match store {
-        Store::Memory(m) => m.reconfigure(memory_settings(config)),
-        Store::Redis(r) => r.reconfigure(&redis_settings(config)),
     }
 }

@@ -480,11 +480,17 @@ async fn every_series_is_exported_from_the_start() {
         "reset",
         "protocol",
         "tls",
-        "store",
     ] {
         let labels = [("kind", kind)];
         assert_eq!(
             metrics.value("sessiongate_upstream_errors_total", &labels),
+            0.0
+        );
+    }
+    for kind in ["unavailable", "timeout"] {
+        let labels = [("kind", kind)];
+        assert_eq!(
+            metrics.value("sessiongate_store_errors_total", &labels),
             0.0
         );
     }
@@ -803,6 +809,82 @@ async fn open_connections_follow_the_clients() {
         "0 open connections",
     )
     .await;
+}
+
+/// One new visitor, then the same visitor back: `sessions_created` moves by
+/// exactly one, whichever store (`store` picks it) counts it.
+async fn one_new_session_is_counted_once(store: impl FnOnce(ConfigYaml) -> ConfigYaml) {
+    let upstream = Upstream::ok().await;
+    let proxy = AdminProxy::start(store(config(&upstream.url()))).await;
+    let created = |m: &Scrape| m.value("sessiongate_sessions_created_total", &[]);
+    let before = proxy.scrape().await;
+
+    let browser = Browser::new();
+    assert_eq!(browser.get(&proxy.url("/")).await.status(), 200);
+    assert!(upstream.last().is_new_session());
+    let after_one = proxy.scrape().await;
+    assert_eq!(created(&after_one) - created(&before), 1.0);
+
+    assert_eq!(browser.get(&proxy.url("/again")).await.status(), 200);
+    assert!(!upstream.last().is_new_session());
+    assert_eq!(created(&proxy.scrape().await), created(&after_one));
+}
+
+#[tokio::test]
+async fn one_new_session_moves_sessions_created_by_one_in_memory() {
+    one_new_session_is_counted_once(|yaml| yaml).await;
+}
+
+#[tokio::test]
+async fn one_new_session_moves_sessions_created_by_one_on_redis() {
+    let test = "one_new_session_moves_sessions_created_by_one_on_redis";
+    let Some(redis) = support::redis::RedisServer::start(test).await else {
+        return;
+    };
+    one_new_session_is_counted_once(|yaml| yaml.with_redis(&redis.url())).await;
+}
+
+/// Redis down: the request gets 503 and is counted as a store error, never as an
+/// upstream error (the upstream was never asked).
+#[tokio::test]
+async fn a_redis_outage_is_a_store_error_not_an_upstream_error() {
+    let test = "a_redis_outage_is_a_store_error_not_an_upstream_error";
+    let Some(mut redis) = support::redis::RedisServer::start(test).await else {
+        return;
+    };
+    let upstream = Upstream::ok().await;
+    let proxy = AdminProxy::start(
+        config(&upstream.url())
+            .with_redis(&redis.url())
+            .set("store.redis.timeout", "300ms"),
+    )
+    .await;
+    let browser = Browser::new();
+    assert_eq!(browser.get(&proxy.url("/")).await.status(), 200);
+    let before = proxy.scrape().await;
+
+    redis.kill();
+    assert_eq!(browser.get(&proxy.url("/")).await.status(), 503);
+
+    let after = proxy.scrape().await;
+    for (labels, value) in after.series_of("sessiongate_upstream_errors_total") {
+        let kind = &labels["kind"];
+        let was = before.value("sessiongate_upstream_errors_total", &[("kind", kind)]);
+        assert_eq!(value, was, "upstream_errors_total{{kind={kind}}} moved");
+    }
+    let store_errors: f64 = ["unavailable", "timeout"]
+        .iter()
+        .map(|kind| after.delta(&before, "sessiongate_store_errors_total", &[("kind", kind)]))
+        .sum();
+    assert_eq!(store_errors, 1.0);
+    assert_eq!(
+        after.delta(
+            &before,
+            "sessiongate_requests_total",
+            &[("method", "GET"), ("status_class", "5xx")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -376,3 +376,74 @@ async fn a_shorter_idle_timeout_applies_to_live_sessions_on_reload() {
     );
     assert!(seen.is_new_session());
 }
+
+/// Whether `cookie` still names its session: what the upstream saw.
+async fn still_live(proxy: &Binary, upstream: &Upstream, cookie: &SetCookie) -> bool {
+    let response = get_with_cookie(&proxy.url("/"), &cookie.pair()).await;
+    assert_eq!(response.status(), 200);
+    let seen = upstream.last();
+    !seen.is_new_session() && seen.session_id() == Some(cookie.id())
+}
+
+/// A reload that shortens both session timeouts applies both, together, to the
+/// sessions made before it, at their next use. `store` picks the store.
+async fn both_timeouts_change_together_on_reload(store: impl Fn(ConfigYaml) -> ConfigYaml) {
+    let upstream = Upstream::ok().await;
+    let yaml = |idle: &str, absolute: &str| {
+        store(base(&upstream))
+            .set("session.idle_timeout", idle)
+            .set("session.absolute_timeout", absolute)
+    };
+    let mut proxy = Binary::start(yaml("1h", "1h")).await;
+    // Timeouts are kept to the second: start late in one, the worst case.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(
+        (1850 - u64::from(now.subsec_millis())) % 1000,
+    ))
+    .await;
+    let cookie =
+        || async { expect_session_cookie(get_without_cookie(&proxy.url("/")).await.headers()) };
+    let (in_use, left) = (cookie().await, cookie().await);
+    let created = tokio::time::Instant::now();
+
+    proxy.rewrite(yaml("1s", "3s"));
+    assert!(proxy.reload().await.contains("configuration reloaded"));
+
+    // Used every 0.7 s, so never idle for the new idle timeout.
+    let late = Duration::from_millis(1500);
+    let mut left_checked = false;
+    while created.elapsed() < Duration::from_secs(3) + late {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let live = still_live(&proxy, &upstream, &in_use).await;
+        if created.elapsed() < Duration::from_millis(2100) {
+            assert!(live, "a session in use was lost");
+        }
+        if !left_checked && created.elapsed() >= Duration::from_secs(1) + late {
+            assert!(
+                !still_live(&proxy, &upstream, &left).await,
+                "the old idle timeout still applied"
+            );
+            left_checked = true;
+        }
+    }
+    assert!(
+        !still_live(&proxy, &upstream, &in_use).await,
+        "the old absolute timeout still applied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_timeouts_change_together_on_reload_in_memory() {
+    both_timeouts_change_together_on_reload(|yaml| yaml).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_timeouts_change_together_on_reload_on_redis() {
+    let test = "both_timeouts_change_together_on_reload_on_redis";
+    let Some(redis) = support::redis::RedisServer::start(test).await else {
+        return;
+    };
+    both_timeouts_change_together_on_reload(|yaml| yaml.with_redis(&redis.url())).await;
+}

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures_util::{stream, StreamExt as _};
-use sessiongate::session::memory::{MemorySettings, MemoryStore, RestoredSession};
-use sessiongate::session::{snapshot, SessionId};
+use sessiongate::session::memory::{MemoryStore, RestoredSession};
+use sessiongate::session::{snapshot, Policy, SessionId};
 use support::*;
 
 /// Requests in flight at once when making or checking many sessions.
@@ -243,7 +243,7 @@ async fn a_file_that_is_not_a_snapshot_is_moved_aside_too() {
 #[test]
 #[ignore = "a measurement: a million sessions written and read back"]
 fn a_million_sessions_save_and_load_in_seconds() {
-    let settings = MemorySettings {
+    let policy = Policy {
         idle_timeout: Duration::from_secs(1800),
         absolute_timeout: Duration::from_secs(86_400),
         max_sessions: 1_000_000,
@@ -255,7 +255,7 @@ fn a_million_sessions_save_and_load_in_seconds() {
         .unwrap()
         .as_millis() as u64;
     let now_s = (now_ms / 1000) as u32;
-    let store = MemoryStore::new(settings.clone());
+    let store = MemoryStore::new();
     for i in 0..1_000_000u32 {
         store.restore(
             RestoredSession {
@@ -270,6 +270,7 @@ fn a_million_sessions_save_and_load_in_seconds() {
                 returned: i % 2 == 0,
             },
             now_ms,
+            &policy,
         );
     }
     let dir = tempfile::tempdir().unwrap();
@@ -279,9 +280,9 @@ fn a_million_sessions_save_and_load_in_seconds() {
     let save_time = started.elapsed();
     let size = std::fs::metadata(&file).unwrap().len();
 
-    let loaded_into = MemoryStore::new(settings);
+    let loaded_into = MemoryStore::new();
     let started = Instant::now();
-    let loaded = snapshot::load(&loaded_into, &file, now_ms)
+    let loaded = snapshot::load(&loaded_into, &file, now_ms, &policy)
         .unwrap()
         .unwrap();
     let load_time = started.elapsed();

@@ -15,9 +15,9 @@ use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sessiongate::config::RedisConfig;
-use sessiongate::session::memory::{MemorySettings, MemoryStore};
+use sessiongate::session::memory::MemoryStore;
 use sessiongate::session::{
-    Applied, Changes, Lookup, RedisSettings, RedisStore, SessionData, SessionId, SessionStore,
+    Applied, Changes, Created, Lookup, Policy, RedisStore, SessionData, SessionId, SessionStore,
 };
 use support::redis::{RedisCluster, RedisServer};
 
@@ -27,6 +27,14 @@ const GRACE: Duration = Duration::from_secs(2);
 const MAX_DATA_BYTES: usize = 256;
 /// How far past a timeout a session may still be seen.
 const LATE: Duration = Duration::from_millis(1500);
+/// What every call of the suite is made under.
+const POLICY: Policy = Policy {
+    idle_timeout: IDLE,
+    absolute_timeout: ABSOLUTE,
+    max_sessions: 10_000,
+    max_data_bytes: MAX_DATA_BYTES,
+    regenerate_grace: GRACE,
+};
 
 /// What every case needs of a store: the trait, and handles it can share.
 trait Conforming: SessionStore + Clone {}
@@ -37,13 +45,7 @@ impl<S: SessionStore + Clone> Conforming for S {}
 // ---------------------------------------------------------------------------
 
 fn memory_store() -> MemoryStore {
-    MemoryStore::new(MemorySettings {
-        idle_timeout: IDLE,
-        absolute_timeout: ABSOLUTE,
-        max_sessions: 10_000,
-        max_data_bytes: MAX_DATA_BYTES,
-        regenerate_grace: GRACE,
-    })
+    MemoryStore::new()
 }
 
 /// A key prefix of its own for each case, so cases can share one Redis.
@@ -52,18 +54,12 @@ fn unique_prefix() -> String {
 }
 
 async fn redis_store(url: &str, nodes: Vec<String>) -> RedisStore {
-    let settings = RedisSettings {
-        redis: RedisConfig {
-            url: url.to_owned(),
-            key_prefix: unique_prefix(),
-            timeout: Duration::from_secs(2),
-            cluster: !nodes.is_empty(),
-            nodes,
-        },
-        idle_timeout: IDLE,
-        absolute_timeout: ABSOLUTE,
-        max_data_bytes: MAX_DATA_BYTES,
-        regenerate_grace: GRACE,
+    let settings = RedisConfig {
+        url: url.to_owned(),
+        key_prefix: unique_prefix(),
+        timeout: Duration::from_secs(2),
+        cluster: !nodes.is_empty(),
+        nodes,
     };
     let store = RedisStore::open(&settings)
         .await
@@ -105,9 +101,17 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// A new session holding `data`, failing when the store refuses it.
+async fn create(store: &impl SessionStore, data: SessionData) -> SessionId {
+    match store.create(data, &POLICY).await.expect("store answers") {
+        Created::Stored(id) => id,
+        refused => panic!("session not created: {refused:?}"),
+    }
+}
+
 /// The session's `X-Session-Data`, failing when it is not found.
 async fn found(store: &impl SessionStore, id: &SessionId, why: &str) -> String {
-    match store.load(id).await.expect("store answers") {
+    match store.load(id, &POLICY).await.expect("store answers") {
         Lookup::Found(view) => view
             .data
             .map(|d| d.to_str().unwrap().to_owned())
@@ -117,7 +121,7 @@ async fn found(store: &impl SessionStore, id: &SessionId, why: &str) -> String {
 }
 
 async fn assert_missing(store: &impl SessionStore, id: &SessionId, why: &str) {
-    let lookup = store.load(id).await.expect("store answers");
+    let lookup = store.load(id, &POLICY).await.expect("store answers");
     assert!(matches!(lookup, Lookup::Missing), "{why}: {lookup:?}");
 }
 
@@ -135,15 +139,12 @@ async fn late_in_a_wall_clock_second() {
 
 async fn create_then_load<S: Conforming>(s: S) {
     let before = now_ms();
-    let empty = s.create(SessionData::default()).await.unwrap();
-    let full = s
-        .create(data(&[("user", "alice"), ("n", "1")]))
-        .await
-        .unwrap();
+    let empty = create(&s, SessionData::default()).await;
+    let full = create(&s, data(&[("user", "alice"), ("n", "1")])).await;
     assert_ne!(empty, full);
     assert_eq!(found(&s, &empty, "just created").await, "");
     assert_eq!(found(&s, &full, "just created").await, "n=1&user=alice");
-    let Lookup::Found(view) = s.load(&full).await.unwrap() else {
+    let Lookup::Found(view) = s.load(&full, &POLICY).await.unwrap() else {
         panic!("just created")
     };
     assert!(
@@ -155,44 +156,46 @@ async fn create_then_load<S: Conforming>(s: S) {
 }
 
 async fn set_and_remove_per_key<S: Conforming>(s: S) {
-    let id = s.create(SessionData::default()).await.unwrap();
+    let id = create(&s, SessionData::default()).await;
     assert_eq!(
-        s.apply(&id, &set("a=1&b=2")).await.unwrap(),
+        s.apply(&id, &set("a=1&b=2"), &POLICY).await.unwrap(),
         Applied::Stored
     );
     assert_eq!(found(&s, &id, "written").await, "a=1&b=2");
     let mut c = remove("a");
     c.add_set(b"c=3").unwrap();
-    assert_eq!(s.apply(&id, &c).await.unwrap(), Applied::Stored);
+    assert_eq!(s.apply(&id, &c, &POLICY).await.unwrap(), Applied::Stored);
     assert_eq!(found(&s, &id, "written").await, "b=2&c=3");
     // Removed and set by one response: set wins.
     let mut c = remove("b");
     c.add_set(b"b=new").unwrap();
-    s.apply(&id, &c).await.unwrap();
+    s.apply(&id, &c, &POLICY).await.unwrap();
     assert_eq!(found(&s, &id, "written").await, "b=new&c=3");
     // Text that needs encoding survives as is.
-    s.apply(&id, &set("note=caf%C3%A9+%26+cr%C3%A8me&b=x%3Dy"))
+    s.apply(&id, &set("note=caf%C3%A9+%26+cr%C3%A8me&b=x%3Dy"), &POLICY)
         .await
         .unwrap();
     let info = s.inspect(&id).await.unwrap().expect("live session");
     assert_eq!(info.data.get("note"), Some("café & crème"));
     assert_eq!(info.data.get("b"), Some("x=y"));
-    s.apply(&id, &remove("b, c, note, never-set"))
+    s.apply(&id, &remove("b, c, note, never-set"), &POLICY)
         .await
         .unwrap();
     assert_eq!(found(&s, &id, "emptied").await, "");
     assert_eq!(
-        s.apply(&SessionId::random(), &set("a=1")).await.unwrap(),
+        s.apply(&SessionId::random(), &set("a=1"), &POLICY)
+            .await
+            .unwrap(),
         Applied::Missing
     );
 }
 
 async fn concurrent_writers_of_different_keys_lose_nothing<S: Conforming>(s: S) {
-    let id = s.create(SessionData::default()).await.unwrap();
+    let id = create(&s, SessionData::default()).await;
     let writers: Vec<_> = (0..20)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { s.apply(&id, &set(&format!("k{i:02}=v"))).await })
+            tokio::spawn(async move { s.apply(&id, &set(&format!("k{i:02}=v")), &POLICY).await })
         })
         .collect();
     for w in writers {
@@ -203,8 +206,8 @@ async fn concurrent_writers_of_different_keys_lose_nothing<S: Conforming>(s: S) 
 }
 
 async fn oversized_write_is_refused_and_changes_nothing<S: Conforming>(s: S) {
-    let id = s.create(SessionData::default()).await.unwrap();
-    s.apply(&id, &set("a=1")).await.unwrap();
+    let id = create(&s, SessionData::default()).await;
+    s.apply(&id, &set("a=1"), &POLICY).await.unwrap();
     // "a=1&v=" is 6 bytes; each "é" encodes to 6, each "-" to 1.
     let value_for = |bytes: usize| -> String {
         let room = bytes - 6;
@@ -214,7 +217,10 @@ async fn oversized_write_is_refused_and_changes_nothing<S: Conforming>(s: S) {
     assert_eq!(exactly.encoded_len(), MAX_DATA_BYTES);
     let pairs = exactly.header().unwrap().to_str().unwrap().to_owned();
     let v_only = pairs.split('&').nth(1).unwrap().to_owned();
-    assert_eq!(s.apply(&id, &set(&v_only)).await.unwrap(), Applied::Stored);
+    assert_eq!(
+        s.apply(&id, &set(&v_only), &POLICY).await.unwrap(),
+        Applied::Stored
+    );
     assert_eq!(found(&s, &id, "at the limit").await, pairs);
 
     let over = format!("{v_only}&w=%20");
@@ -222,7 +228,7 @@ async fn oversized_write_is_refused_and_changes_nothing<S: Conforming>(s: S) {
         .with_changes(&set(&over))
         .encoded_len();
     assert_eq!(
-        s.apply(&id, &set(&over)).await.unwrap(),
+        s.apply(&id, &set(&over), &POLICY).await.unwrap(),
         Applied::TooLarge { bytes: expected }
     );
     assert_eq!(found(&s, &id, "refused write").await, pairs, "data changed");
@@ -230,39 +236,48 @@ async fn oversized_write_is_refused_and_changes_nothing<S: Conforming>(s: S) {
     // A removal that makes room, with a set, is judged on the result.
     let mut c = remove("v");
     c.add_set(b"w=ok").unwrap();
-    assert_eq!(s.apply(&id, &c).await.unwrap(), Applied::Stored);
+    assert_eq!(s.apply(&id, &c, &POLICY).await.unwrap(), Applied::Stored);
     assert_eq!(found(&s, &id, "shrunk").await, "a=1&w=ok");
 }
 
 async fn destroy<S: Conforming>(s: S) {
-    let id = s.create(data(&[("user", "alice")])).await.unwrap();
-    let other = s.create(SessionData::default()).await.unwrap();
+    let id = create(&s, data(&[("user", "alice")])).await;
+    let other = create(&s, SessionData::default()).await;
     assert!(s.destroy(&id).await.unwrap());
     assert_missing(&s, &id, "destroyed").await;
     assert!(!s.destroy(&id).await.unwrap(), "destroyed twice");
-    assert_eq!(s.apply(&id, &set("a=1")).await.unwrap(), Applied::Missing);
+    assert_eq!(
+        s.apply(&id, &set("a=1"), &POLICY).await.unwrap(),
+        Applied::Missing
+    );
     assert!(s.inspect(&id).await.unwrap().is_none());
     assert_eq!(found(&s, &other, "untouched").await, "");
 }
 
 async fn regenerate_moves_the_data_and_the_old_id_dies<S: Conforming>(s: S) {
-    let old = s.create(data(&[("cart", "3")])).await.unwrap();
-    let Applied::Regenerated(new) = s.apply(&old, &regenerate(set("user=alice"))).await.unwrap()
+    let old = create(&s, data(&[("cart", "3")])).await;
+    let Applied::Regenerated(new) = s
+        .apply(&old, &regenerate(set("user=alice")), &POLICY)
+        .await
+        .unwrap()
     else {
         panic!("not regenerated")
     };
     assert_ne!(new, old);
     assert_eq!(found(&s, &new, "regenerated").await, "cart=3&user=alice");
     assert!(
-        matches!(s.load(&old).await.unwrap(), Lookup::Regenerated),
+        matches!(s.load(&old, &POLICY).await.unwrap(), Lookup::Regenerated),
         "the old ID is remembered for the grace period"
     );
-    assert_eq!(s.apply(&old, &set("a=1")).await.unwrap(), Applied::Missing);
+    assert_eq!(
+        s.apply(&old, &set("a=1"), &POLICY).await.unwrap(),
+        Applied::Missing
+    );
     assert!(s.inspect(&old).await.unwrap().is_none());
     assert_eq!(s.count().await.unwrap(), 1);
     // A regeneration with nothing else to do moves the data too.
     let Applied::Regenerated(newer) = s
-        .apply(&new, &regenerate(Changes::default()))
+        .apply(&new, &regenerate(Changes::default()), &POLICY)
         .await
         .unwrap()
     else {
@@ -272,7 +287,9 @@ async fn regenerate_moves_the_data_and_the_old_id_dies<S: Conforming>(s: S) {
     // A refused write refuses the regeneration with it.
     let big = format!("big={}", "x".repeat(MAX_DATA_BYTES));
     assert!(matches!(
-        s.apply(&newer, &regenerate(set(&big))).await.unwrap(),
+        s.apply(&newer, &regenerate(set(&big)), &POLICY)
+            .await
+            .unwrap(),
         Applied::TooLarge { .. }
     ));
     assert_eq!(found(&s, &newer, "refused").await, "cart=3&user=alice");
@@ -284,19 +301,22 @@ async fn regenerate_moves_the_data_and_the_old_id_dies<S: Conforming>(s: S) {
 /// Writers race a regeneration: every write reported stored is in the new
 /// session, and none lands anywhere else.
 async fn regenerate_is_atomic_under_concurrent_writes<S: Conforming>(s: S) {
-    let old = s.create(SessionData::default()).await.unwrap();
+    let old = create(&s, SessionData::default()).await;
     let writers: Vec<_> = (0..30)
         .map(|i| {
             let s = s.clone();
             tokio::spawn(async move {
-                let result = s.apply(&old, &set(&format!("w{i:02}=1"))).await.unwrap();
+                let result = s
+                    .apply(&old, &set(&format!("w{i:02}=1")), &POLICY)
+                    .await
+                    .unwrap();
                 (format!("w{i:02}"), result)
             })
         })
         .collect();
     let regenerated = {
         let s = s.clone();
-        tokio::spawn(async move { s.apply(&old, &regenerate(set("user=alice"))).await })
+        tokio::spawn(async move { s.apply(&old, &regenerate(set("user=alice")), &POLICY).await })
     };
     let Applied::Regenerated(new) = regenerated.await.unwrap().unwrap() else {
         panic!("not regenerated")
@@ -320,7 +340,7 @@ async fn regenerate_is_atomic_under_concurrent_writes<S: Conforming>(s: S) {
 }
 
 async fn idle_timeout_expires_an_unused_session<S: Conforming>(s: S) {
-    let id = s.create(SessionData::default()).await.unwrap();
+    let id = create(&s, SessionData::default()).await;
     tokio::time::sleep(IDLE + LATE).await;
     assert_missing(&s, &id, "idle past idle_timeout").await;
     assert!(s.inspect(&id).await.unwrap().is_none());
@@ -328,7 +348,7 @@ async fn idle_timeout_expires_an_unused_session<S: Conforming>(s: S) {
 
 async fn use_keeps_a_session_past_the_idle_timeout<S: Conforming>(s: S) {
     late_in_a_wall_clock_second().await;
-    let id = s.create(SessionData::default()).await.unwrap();
+    let id = create(&s, SessionData::default()).await;
     for visit in 1..=3 {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         found(&s, &id, &format!("visit {visit}, each within idle_timeout")).await;
@@ -337,7 +357,7 @@ async fn use_keeps_a_session_past_the_idle_timeout<S: Conforming>(s: S) {
 
 async fn absolute_timeout_expires_a_session_in_use<S: Conforming>(s: S) {
     late_in_a_wall_clock_second().await;
-    let id = s.create(SessionData::default()).await.unwrap();
+    let id = create(&s, SessionData::default()).await;
     let created = tokio::time::Instant::now();
     while created.elapsed() < ABSOLUTE - Duration::from_millis(900) {
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -347,13 +367,73 @@ async fn absolute_timeout_expires_a_session_in_use<S: Conforming>(s: S) {
     assert_missing(&s, &id, "older than absolute_timeout").await;
 }
 
+/// A reload shortens both timeouts: sessions made under the old policy are held
+/// to the new idle and the new absolute timeout at their next use, together.
+async fn a_new_policy_applies_both_timeouts_at_the_next_use<S: Conforming>(s: S) {
+    let old = Policy {
+        idle_timeout: Duration::from_secs(60),
+        absolute_timeout: Duration::from_secs(60),
+        ..POLICY
+    };
+    let new = Policy {
+        idle_timeout: Duration::from_secs(1),
+        absolute_timeout: Duration::from_secs(3),
+        ..POLICY
+    };
+    let create_old = || async {
+        match s.create(SessionData::default(), &old).await.unwrap() {
+            Created::Stored(id) => id,
+            refused => panic!("{refused:?}"),
+        }
+    };
+    late_in_a_wall_clock_second().await;
+    let (used, left) = (create_old().await, create_old().await);
+    let created = tokio::time::Instant::now();
+    let mut left_checked = false;
+    // Used every 0.7 s: never idle for the new idle timeout.
+    while created.elapsed() < new.absolute_timeout + LATE {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let lookup = s.load(&used, &new).await.unwrap();
+        if created.elapsed() < new.absolute_timeout - Duration::from_millis(900) {
+            assert!(matches!(lookup, Lookup::Found(_)), "in use: {lookup:?}");
+        }
+        if !left_checked && created.elapsed() >= new.idle_timeout + LATE {
+            let lookup = s.load(&left, &new).await.unwrap();
+            assert!(
+                matches!(lookup, Lookup::Missing),
+                "idle past the new idle timeout: {lookup:?}"
+            );
+            left_checked = true;
+        }
+    }
+    let lookup = s.load(&used, &new).await.unwrap();
+    assert!(
+        matches!(lookup, Lookup::Missing),
+        "in use, but older than the new absolute timeout: {lookup:?}"
+    );
+}
+
+async fn an_oversized_first_write_stores_nothing<S: Conforming>(s: S) {
+    let big = data(&[("big", &"x".repeat(MAX_DATA_BYTES))]);
+    let refused = s.create(big, &POLICY).await.unwrap();
+    assert_eq!(
+        refused,
+        Created::TooLarge {
+            bytes: MAX_DATA_BYTES + 4
+        }
+    );
+    assert_eq!(s.count().await.unwrap(), 0);
+}
+
 async fn revoke_and_find_by_key_and_value<S: Conforming>(s: S) {
     let who = "alice & co";
-    let a1 = s.create(data(&[("user", who), ("n", "1")])).await.unwrap();
-    let a2 = s.create(SessionData::default()).await.unwrap();
-    s.apply(&a2, &set("user=alice+%26+co")).await.unwrap();
-    let bob = s.create(data(&[("user", "bob")])).await.unwrap();
-    let nobody = s.create(data(&[("name", who)])).await.unwrap();
+    let a1 = create(&s, data(&[("user", who), ("n", "1")])).await;
+    let a2 = create(&s, SessionData::default()).await;
+    s.apply(&a2, &set("user=alice+%26+co"), &POLICY)
+        .await
+        .unwrap();
+    let bob = create(&s, data(&[("user", "bob")])).await;
+    let nobody = create(&s, data(&[("name", who)])).await;
 
     let mut want = vec![a1, a2];
     want.sort();
@@ -378,9 +458,9 @@ async fn count_and_inspect<S: Conforming>(s: S) {
     assert_eq!(s.count().await.unwrap(), 0);
     let before = now_ms();
     let ids = [
-        s.create(SessionData::default()).await.unwrap(),
-        s.create(data(&[("k", "v")])).await.unwrap(),
-        s.create(SessionData::default()).await.unwrap(),
+        create(&s, SessionData::default()).await,
+        create(&s, data(&[("k", "v")])).await,
+        create(&s, SessionData::default()).await,
     ];
     assert_eq!(s.count().await.unwrap(), 3);
     s.destroy(&ids[0]).await.unwrap();
@@ -419,6 +499,8 @@ fn cases<S: Conforming>() -> Vec<(&'static str, Case<S>)> {
         idle_timeout_expires_an_unused_session,
         use_keeps_a_session_past_the_idle_timeout,
         absolute_timeout_expires_a_session_in_use,
+        a_new_policy_applies_both_timeouts_at_the_next_use,
+        an_oversized_first_write_stores_nothing,
         revoke_and_find_by_key_and_value,
         count_and_inspect,
     ]
@@ -485,6 +567,8 @@ conformance![
     idle_timeout_expires_an_unused_session,
     use_keeps_a_session_past_the_idle_timeout,
     absolute_timeout_expires_a_session_in_use,
+    a_new_policy_applies_both_timeouts_at_the_next_use,
+    an_oversized_first_write_stores_nothing,
     revoke_and_find_by_key_and_value,
     count_and_inspect,
 ];

@@ -414,7 +414,8 @@ async fn check(input: &[u8], got: &[u8], seen: &[Vec<u8>], state: &State) {
                     ));
                     continue;
                 };
-                if let Ok(Lookup::Found(view)) = state.store.load(&id).await {
+                let settings = state.settings.load();
+                if let Ok(Lookup::Found(view)) = state.store.load(&id, &settings.policy).await {
                     if let Some(data) = view.data {
                         if mentions_pwned(data.as_bytes()) {
                             faults.push(format!(

@@ -5,19 +5,23 @@
 //! cookie never presented again) first, so a flood of cookie-less requests only
 //! evicts its own kind. Only when no such session remains does the least recently
 //! seen of a sample of returning sessions go.
+//!
+//! Creating a session takes no lock beyond its own shard of the map: the creation
+//! order that eviction follows is a lock-free queue, so a flood of new visitors
+//! on every core never waits on one mutex.
 
-use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam_queue::SegQueue;
 use dashmap::DashMap;
 use http::HeaderValue;
 
 use super::{
-    now_ms, Applied, Changes, Lookup, SessionData, SessionId, SessionInfo, SessionStore,
-    SessionView, StoreError,
+    now_ms, Applied, Changes, Inserted, Lookup, Policy, SessionCount, SessionCounters, SessionData,
+    SessionId, SessionInfo, SessionStore, SessionView, StoreError,
 };
 
 /// Session IDs are uniformly random and only ever looked up after their HMAC
@@ -49,27 +53,6 @@ impl BuildHasher for IdHash {
     }
 }
 
-/// Timeouts and bounds the store enforces.
-#[derive(Clone, Debug)]
-pub struct MemorySettings {
-    pub idle_timeout: Duration,
-    pub absolute_timeout: Duration,
-    pub max_sessions: usize,
-    pub max_data_bytes: usize,
-    pub regenerate_grace: Duration,
-}
-
-/// Counters the store keeps (read by metrics and tests).
-#[derive(Default, Debug)]
-pub(crate) struct MemoryStats {
-    pub(crate) created: AtomicU64,
-    pub(crate) expired: AtomicU64,
-    pub(crate) evicted: AtomicU64,
-    pub(crate) destroyed: AtomicU64,
-    pub(crate) regenerated: AtomicU64,
-    pub(crate) refused_writes: AtomicU64,
-}
-
 /// Kept small on purpose: a million of these must fit in a few hundred MiB. Times
 /// are Unix seconds (timeouts are enforced to the second); the data is kept only in
 /// its encoded form, which is what every read needs.
@@ -79,25 +62,63 @@ struct Entry {
     created_s: u32,
     /// Refreshed on use, at most once a second: reads take only the shard's read lock.
     last_seen_s: AtomicU32,
+    /// The last second the session is alive, set with `last_seen_s` under the
+    /// policy of that use; the sweep, snapshots and the admin API judge by it.
+    expires_s: AtomicU32,
     /// Set the first time the cookie comes back; such sessions are evicted last.
     returned: AtomicBool,
+}
+
+impl Entry {
+    /// A new session's entry, alive under `policy` from `now_s`.
+    fn new(data: Option<Box<[u8]>>, now_s: u32, policy: &Policy) -> Entry {
+        Entry {
+            data,
+            created_s: now_s,
+            last_seen_s: AtomicU32::new(now_s),
+            expires_s: AtomicU32::new(deadline(policy, now_s, now_s)),
+            returned: AtomicBool::new(false),
+        }
+    }
+
+    /// Alive at `now_s` by the deadline its last use set.
+    fn alive(&self, now_s: u32) -> bool {
+        now_s <= self.expires_s.load(Ordering::Relaxed)
+    }
+
+    /// Alive at `now_s` for a request made under `policy`: by its deadline, and by
+    /// that policy's timeouts (a reload may have shortened them).
+    fn alive_under(&self, policy: &Policy, now_s: u32) -> bool {
+        let last_seen_s = self.last_seen_s.load(Ordering::Relaxed);
+        self.alive(now_s) && now_s <= deadline(policy, self.created_s, last_seen_s)
+    }
+}
+
+/// The last second a session created at `created_s` and last seen at
+/// `last_seen_s` is alive under `policy`. Inclusive: with whole seconds, a
+/// session may live up to a second past its timeout, never a moment less.
+fn deadline(policy: &Policy, created_s: u32, last_seen_s: u32) -> u32 {
+    let whole = |d: Duration| d.as_secs().min(u32::MAX as u64) as u32;
+    let idle_end = last_seen_s.saturating_add(whole(policy.idle_timeout));
+    idle_end.min(created_s.saturating_add(whole(policy.absolute_timeout)))
 }
 
 struct Inner {
     sessions: DashMap<SessionId, Entry, IdHash>,
     /// Number of sessions, kept beside the map so the cap check is one atomic.
     count: AtomicUsize,
-    /// Creation order of sessions that had not come back when created; entries that
-    /// came back or died since are skipped when popped and dropped by the sweep.
-    fresh: Mutex<VecDeque<SessionId>>,
+    /// Creation order of sessions that had not come back when created, oldest
+    /// first; entries that came back or died since are skipped when popped and
+    /// dropped by the sweep. Lock-free: every session creation pushes here.
+    fresh: SegQueue<SessionId>,
     /// Old IDs of regenerated sessions, with the end of their grace (ms).
     regenerated: DashMap<SessionId, u64, IdHash>,
-    /// Swapped whole by a reload.
-    settings: arc_swap::ArcSwap<MemorySettings>,
-    stats: MemoryStats,
+    /// What happened to sessions, for the metrics.
+    counters: Arc<SessionCounters>,
 }
 
-/// A cheap-to-clone handle to the memory store.
+/// A cheap-to-clone handle to the memory store. It holds no settings: each call
+/// that judges a session is handed the [`Policy`] of the request making it.
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
@@ -117,27 +138,27 @@ impl Drop for SweepGuard {
 /// million sessions: about 4,000 per shard).
 const SHARDS: usize = 256;
 
-impl MemoryStore {
-    /// Applies new timeouts and bounds (a reload); a lower `max_sessions` evicts
-    /// down to it on the next insert.
-    pub(crate) fn reconfigure(&self, settings: MemorySettings) {
-        self.inner.settings.store(Arc::new(settings));
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new()
     }
+}
 
-    pub fn new(settings: MemorySettings) -> MemoryStore {
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
         MemoryStore {
             inner: Arc::new(Inner {
                 sessions: DashMap::with_hasher_and_shard_amount(IdHash, SHARDS),
                 count: AtomicUsize::new(0),
-                fresh: Mutex::new(VecDeque::new()),
+                fresh: SegQueue::new(),
                 regenerated: DashMap::with_hasher(IdHash),
-                settings: arc_swap::ArcSwap::from_pointee(settings),
-                stats: MemoryStats::default(),
+                counters: Arc::default(),
             }),
         }
     }
 
-    /// Starts the background sweep of expired sessions (every `period`).
+    /// Starts the background sweep of expired sessions (every `period`). It needs
+    /// no policy: each session carries the deadline its last use set.
     pub(crate) fn spawn_sweeper(&self, period: Duration) -> SweepGuard {
         let store = self.clone();
         SweepGuard(tokio::spawn(async move {
@@ -158,58 +179,44 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    pub(crate) fn stats(&self) -> &MemoryStats {
-        &self.inner.stats
-    }
-
-    fn expired(&self, e: &Entry, now_ms: u64) -> bool {
-        self.expired_at(e.created_s, e.last_seen_s.load(Ordering::Relaxed), now_ms)
-    }
-
-    fn expired_at(&self, created_s: u32, last_seen_s: u32, now_ms: u64) -> bool {
-        let s = self.inner.settings.load();
-        let now = secs(now_ms);
-        // Strictly greater: with whole seconds, a session may live up to a second
-        // past its timeout, never a moment less.
-        now.saturating_sub(last_seen_s) as u64 > s.idle_timeout.as_secs()
-            || now.saturating_sub(created_s) as u64 > s.absolute_timeout.as_secs()
-    }
-
     /// Removes expired sessions and stale bookkeeping; returns how many expired.
     pub(crate) fn sweep(&self, now: u64) -> usize {
         let inner = &self.inner;
+        let now_s = secs(now);
         let mut expired = 0;
         inner.sessions.retain(|_, e| {
-            let dead = self.expired(e, now);
-            expired += dead as usize;
-            !dead
+            let alive = e.alive(now_s);
+            expired += !alive as usize;
+            alive
         });
         inner.count.fetch_sub(expired, Ordering::Relaxed);
-        inner
-            .stats
-            .expired
-            .fetch_add(expired as u64, Ordering::Relaxed);
+        inner.counters.add(SessionCount::Expired, expired as u64);
         inner.regenerated.retain(|_, until| *until > now);
         let live = inner.count.load(Ordering::Relaxed);
-        let mut fresh = inner.fresh.lock().unwrap_or_else(|p| p.into_inner());
-        if fresh.len() > 2 * live.max(1024) {
-            fresh.retain(|id| {
-                inner
-                    .sessions
-                    .get(id)
-                    .is_some_and(|e| !e.returned.load(Ordering::Relaxed))
-            });
+        let queued = inner.fresh.len();
+        if queued > 2 * live.max(1024) {
+            // One pass round the queue, putting back the sessions still waiting for
+            // their first return. Sessions created meanwhile queue up among them:
+            // at worst they are evicted a little before a few older ones.
+            for _ in 0..queued {
+                let Some(id) = inner.fresh.pop() else { break };
+                if self.never_returned(&id) {
+                    inner.fresh.push(id);
+                }
+            }
         }
         expired
     }
 
-    fn load_now(&self, id: &SessionId, now: u64) -> Lookup {
+    fn load_now(&self, id: &SessionId, now: u64, policy: &Policy) -> Lookup {
         let inner = &self.inner;
+        let now_s = secs(now);
         if let Some(e) = inner.sessions.get(id) {
-            if !self.expired(&e, now) {
-                let now_s = secs(now);
+            if e.alive_under(policy, now_s) {
                 if e.last_seen_s.load(Ordering::Relaxed) != now_s {
                     e.last_seen_s.store(now_s, Ordering::Relaxed);
+                    e.expires_s
+                        .store(deadline(policy, e.created_s, now_s), Ordering::Relaxed);
                 }
                 if !e.returned.load(Ordering::Relaxed) {
                     e.returned.store(true, Ordering::Relaxed);
@@ -225,11 +232,11 @@ impl MemoryStore {
             drop(e);
             if inner
                 .sessions
-                .remove_if(id, |_, e| self.expired(e, now))
+                .remove_if(id, |_, e| !e.alive_under(policy, now_s))
                 .is_some()
             {
                 inner.count.fetch_sub(1, Ordering::Relaxed);
-                inner.stats.expired.fetch_add(1, Ordering::Relaxed);
+                inner.counters.add(SessionCount::Expired, 1);
             }
             return Lookup::Missing;
         }
@@ -239,10 +246,17 @@ impl MemoryStore {
         }
     }
 
-    /// Reserves room for one session, evicting if the store is full.
-    fn reserve_slot(&self) {
+    /// The session is live and its cookie never came back.
+    fn never_returned(&self, id: &SessionId) -> bool {
+        self.inner
+            .sessions
+            .get(id)
+            .is_some_and(|e| !e.returned.load(Ordering::Relaxed))
+    }
+
+    /// Reserves room for one session, evicting if the store holds `max` already.
+    fn reserve_slot(&self, max: usize) {
         let inner = &self.inner;
-        let max = inner.settings.load().max_sessions;
         loop {
             let n = inner.count.load(Ordering::Relaxed);
             if n < max {
@@ -268,19 +282,14 @@ impl MemoryStore {
     /// seen of a sample. Returns false when the store was empty.
     fn evict_one(&self) -> bool {
         let inner = &self.inner;
-        loop {
-            let next = {
-                let mut fresh = inner.fresh.lock().unwrap_or_else(|p| p.into_inner());
-                fresh.pop_front()
-            };
-            let Some(id) = next else { break };
+        while let Some(id) = inner.fresh.pop() {
             if inner
                 .sessions
                 .remove_if(&id, |_, e| !e.returned.load(Ordering::Relaxed))
                 .is_some()
             {
                 inner.count.fetch_sub(1, Ordering::AcqRel);
-                inner.stats.evicted.fetch_add(1, Ordering::Relaxed);
+                inner.counters.add(SessionCount::Evicted, 1);
                 return true;
             }
         }
@@ -294,71 +303,80 @@ impl MemoryStore {
         match victim {
             Some(id) if inner.sessions.remove(&id).is_some() => {
                 inner.count.fetch_sub(1, Ordering::AcqRel);
-                inner.stats.evicted.fetch_add(1, Ordering::Relaxed);
+                inner.counters.add(SessionCount::Evicted, 1);
                 true
             }
             _ => false,
         }
     }
 
-    /// Stores a new session under `id`; `false` when the ID is taken. A collision
-    /// must never merge two visitors: the slot is taken only if it is free, in one
-    /// step.
-    fn insert_now(&self, id: SessionId, data: SessionData, now: u64) -> bool {
+    /// Puts `entry` under `id`, evicting one session if the store holds `max`
+    /// already; the entry back, with nothing stored, when the ID is taken. A
+    /// collision must never merge two visitors: the slot is taken only if it is
+    /// free, in one step.
+    fn put(&self, id: SessionId, entry: Entry, max: usize) -> Result<(), Entry> {
         let inner = &self.inner;
-        self.reserve_slot();
+        self.reserve_slot(max);
         match inner.sessions.entry(id) {
             dashmap::Entry::Vacant(slot) => {
-                slot.insert(Entry {
-                    data: data.header().map(|h| h.as_bytes().into()),
-                    created_s: secs(now),
-                    last_seen_s: AtomicU32::new(secs(now)),
-                    returned: AtomicBool::new(false),
-                });
+                slot.insert(entry);
+                Ok(())
             }
             dashmap::Entry::Occupied(_) => {
                 inner.count.fetch_sub(1, Ordering::AcqRel);
-                return false;
+                Err(entry)
             }
         }
-        inner
-            .fresh
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(id);
-        inner.stats.created.fetch_add(1, Ordering::Relaxed);
-        true
+    }
+
+    /// Stores a new session under `id`, queued for eviction until its cookie
+    /// comes back.
+    fn insert_now(&self, id: SessionId, data: SessionData, now: u64, policy: &Policy) -> Inserted {
+        let inner = &self.inner;
+        if let Some(bytes) = policy.refuses(&data) {
+            inner.counters.add(SessionCount::RefusedTooLarge, 1);
+            return Inserted::TooLarge { bytes };
+        }
+        let data = data.header().map(|h| h.as_bytes().into());
+        let entry = Entry::new(data, secs(now), policy);
+        if self.put(id, entry, policy.max_sessions).is_err() {
+            return Inserted::Taken;
+        }
+        inner.fresh.push(id);
+        inner.counters.add(SessionCount::Created, 1);
+        Inserted::Stored
     }
 
     /// Applies the set/remove changes to one entry, or says why not.
-    fn write_changes(&self, e: &mut Entry, changes: &Changes, now: u64) -> Result<(), Applied> {
-        if self.expired(e, now) {
+    fn write_changes(
+        &self,
+        e: &mut Entry,
+        changes: &Changes,
+        now: u64,
+        policy: &Policy,
+    ) -> Result<(), Applied> {
+        if !e.alive_under(policy, secs(now)) {
             return Err(Applied::Missing);
         }
         if changes.writes_data() {
             let current = SessionData::from_encoded(e.data.as_deref().unwrap_or_default());
             let next = current.with_changes(changes);
-            if next.encoded_len() > self.inner.settings.load().max_data_bytes {
-                self.inner
-                    .stats
-                    .refused_writes
-                    .fetch_add(1, Ordering::Relaxed);
-                return Err(Applied::TooLarge {
-                    bytes: next.encoded_len(),
-                });
+            if let Some(bytes) = policy.refuses(&next) {
+                self.inner.counters.add(SessionCount::RefusedTooLarge, 1);
+                return Err(Applied::TooLarge { bytes });
             }
             e.data = next.header().map(|h| h.as_bytes().into());
         }
         Ok(())
     }
 
-    fn apply_now(&self, id: &SessionId, changes: &Changes, now: u64) -> Applied {
+    fn apply_now(&self, id: &SessionId, changes: &Changes, now: u64, policy: &Policy) -> Applied {
         let inner = &self.inner;
         if !changes.regenerate {
             let Some(mut e) = inner.sessions.get_mut(id) else {
                 return Applied::Missing;
             };
-            return match self.write_changes(&mut e, changes, now) {
+            return match self.write_changes(&mut e, changes, now, policy) {
                 Ok(()) => Applied::Stored,
                 Err(refused) => refused,
             };
@@ -368,13 +386,13 @@ impl MemoryStore {
         // one lock, so a concurrent write to the old ID either moves with the data
         // or finds it gone, never lands on a removed entry. The old ID is
         // remembered first, so a concurrent load sees it regenerated, not unknown.
-        let grace = inner.settings.load().regenerate_grace.as_millis() as u64;
+        let grace = policy.regenerate_grace.as_millis() as u64;
         if grace > 0 {
             inner.regenerated.insert(*id, now + grace);
         }
         let mut written = Err(Applied::Missing);
         let removed = inner.sessions.remove_if_mut(id, |_, e| {
-            written = self.write_changes(e, changes, now);
+            written = self.write_changes(e, changes, now, policy);
             written.is_ok()
         });
         let entry = match (written, removed) {
@@ -385,19 +403,17 @@ impl MemoryStore {
             }
         };
         inner.count.fetch_sub(1, Ordering::AcqRel);
-        let data = SessionData::from_encoded(entry.data.as_deref().unwrap_or_default());
+        let mut moved = Entry::new(entry.data, secs(now), policy);
+        // A regenerated session was handed to a returning visitor: protect it.
+        *moved.returned.get_mut() = true;
         let new_id = loop {
             let new_id = SessionId::random();
-            if self.insert_now(new_id, data.clone(), now) {
-                break new_id;
+            match self.put(new_id, moved, policy.max_sessions) {
+                Ok(()) => break new_id,
+                Err(taken) => moved = taken,
             }
         };
-        // A regenerated session was handed to a returning visitor: protect it.
-        if let Some(e) = inner.sessions.get(&new_id) {
-            e.returned.store(true, Ordering::Relaxed);
-        }
-        inner.stats.created.fetch_sub(1, Ordering::Relaxed);
-        inner.stats.regenerated.fetch_add(1, Ordering::Relaxed);
+        inner.counters.add(SessionCount::Regenerated, 1);
         Applied::Regenerated(new_id)
     }
 
@@ -405,7 +421,7 @@ impl MemoryStore {
         let inner = &self.inner;
         if inner.sessions.remove(id).is_some() {
             inner.count.fetch_sub(1, Ordering::AcqRel);
-            inner.stats.destroyed.fetch_add(1, Ordering::Relaxed);
+            inner.counters.add(SessionCount::Destroyed, 1);
             true
         } else {
             false
@@ -447,7 +463,7 @@ impl MemoryStore {
             self.inner
                 .sessions
                 .iter()
-                .filter(|e| !self.expired(e.value(), now_ms))
+                .filter(|e| e.alive(secs(now_ms)))
                 .map(|e| *e.key()),
         );
         ids
@@ -462,7 +478,7 @@ impl MemoryStore {
         f: impl FnOnce(SessionRecord<'_>) -> R,
     ) -> Option<R> {
         let e = self.inner.sessions.get(id)?;
-        if self.expired(&e, now_ms) {
+        if !e.alive(secs(now_ms)) {
             return None;
         }
         Some(f(SessionRecord {
@@ -475,15 +491,18 @@ impl MemoryStore {
     }
 
     /// Puts a session back as it was; false (and nothing stored) when it has
-    /// expired by `now_ms`. The cap is enforced by [`MemoryStore::finish_restore`].
-    pub fn restore(&self, session: RestoredSession, now_ms: u64) -> bool {
-        if self.expired_at(session.created_s, session.last_seen_s, now_ms) {
+    /// expired under `policy` by `now_ms`. The cap is enforced by
+    /// [`MemoryStore::finish_restore`].
+    pub fn restore(&self, session: RestoredSession, now_ms: u64, policy: &Policy) -> bool {
+        let expires_s = deadline(policy, session.created_s, session.last_seen_s);
+        if secs(now_ms) > expires_s {
             return false;
         }
         let entry = Entry {
             data: session.data,
             created_s: session.created_s,
             last_seen_s: AtomicU32::new(session.last_seen_s),
+            expires_s: AtomicU32::new(expires_s),
             returned: AtomicBool::new(session.returned),
         };
         if self.inner.sessions.insert(session.id, entry).is_none() {
@@ -495,7 +514,7 @@ impl MemoryStore {
     /// After the last [`MemoryStore::restore`]: queues the never-returned sessions
     /// for eviction, oldest first, and evicts down to `max_sessions` (the cap may
     /// have been lowered since the snapshot). Returns how many were evicted.
-    pub(crate) fn finish_restore(&self) -> usize {
+    pub fn finish_restore(&self, max_sessions: usize) -> usize {
         let inner = &self.inner;
         let mut fresh: Vec<(u32, SessionId)> = inner
             .sessions
@@ -504,10 +523,12 @@ impl MemoryStore {
             .map(|e| (e.created_s, *e.key()))
             .collect();
         fresh.sort_unstable();
-        *inner.fresh.lock().unwrap_or_else(|p| p.into_inner()) =
-            fresh.into_iter().map(|(_, id)| id).collect();
+        while inner.fresh.pop().is_some() {}
+        for (_, id) in fresh {
+            inner.fresh.push(id);
+        }
         let mut evicted = 0;
-        while self.len() > inner.settings.load().max_sessions && self.evict_one() {
+        while self.len() > max_sessions && self.evict_one() {
             evicted += 1;
         }
         evicted
@@ -518,11 +539,7 @@ impl MemoryStore {
         let inner = &self.inner;
         inner.sessions.clear();
         inner.count.store(0, Ordering::Release);
-        inner
-            .fresh
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        while inner.fresh.pop().is_some() {}
         inner.regenerated.clear();
     }
 }
@@ -533,16 +550,26 @@ fn secs(ms: u64) -> u32 {
 }
 
 impl SessionStore for MemoryStore {
-    async fn load(&self, id: &SessionId) -> Result<Lookup, StoreError> {
-        Ok(self.load_now(id, now_ms()))
+    async fn load(&self, id: &SessionId, policy: &Policy) -> Result<Lookup, StoreError> {
+        Ok(self.load_now(id, now_ms(), policy))
     }
 
-    async fn insert(&self, id: &SessionId, data: SessionData) -> Result<bool, StoreError> {
-        Ok(self.insert_now(*id, data, now_ms()))
+    async fn insert(
+        &self,
+        id: &SessionId,
+        data: SessionData,
+        policy: &Policy,
+    ) -> Result<Inserted, StoreError> {
+        Ok(self.insert_now(*id, data, now_ms(), policy))
     }
 
-    async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<Applied, StoreError> {
-        Ok(self.apply_now(id, changes, now_ms()))
+    async fn apply(
+        &self,
+        id: &SessionId,
+        changes: &Changes,
+        policy: &Policy,
+    ) -> Result<Applied, StoreError> {
+        Ok(self.apply_now(id, changes, now_ms(), policy))
     }
 
     async fn destroy(&self, id: &SessionId) -> Result<bool, StoreError> {
@@ -550,9 +577,9 @@ impl SessionStore for MemoryStore {
     }
 
     async fn inspect(&self, id: &SessionId) -> Result<Option<SessionInfo>, StoreError> {
-        let now = now_ms();
+        let now_s = secs(now_ms());
         Ok(self.inner.sessions.get(id).and_then(|e| {
-            (!self.expired(&e, now)).then(|| SessionInfo {
+            e.alive(now_s).then(|| SessionInfo {
                 data: SessionData::from_encoded(e.data.as_deref().unwrap_or_default()),
                 created_ms: e.created_s as u64 * 1000,
                 last_seen_ms: e.last_seen_s.load(Ordering::Relaxed) as u64 * 1000,
@@ -580,13 +607,17 @@ impl SessionStore for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    fn counters(&self) -> &Arc<SessionCounters> {
+        &self.inner.counters
+    }
 }
 
 impl MemoryStore {
     /// Live sessions whose data has `key` = `value`: a full scan, for the admin
     /// path only (never on the request path).
     fn matching(&self, key: &str, value: &str) -> Vec<SessionId> {
-        let now = now_ms();
+        let now_s = secs(now_ms());
         let mut needle = String::new();
         super::data::encode_component(key, &mut needle);
         needle.push('=');
@@ -594,7 +625,7 @@ impl MemoryStore {
         self.inner
             .sessions
             .iter()
-            .filter(|e| !self.expired(e.value(), now))
+            .filter(|e| e.alive(now_s))
             .filter(|e| {
                 e.data.as_deref().is_some_and(|d| {
                     d.split(|&b| b == b'&')
@@ -610,30 +641,67 @@ impl MemoryStore {
 mod tests {
     use super::*;
 
-    /// A new empty session created at `now`.
-    fn insert(s: &MemoryStore, now: u64) -> SessionId {
-        let id = SessionId::random();
-        assert!(s.insert_now(id, SessionData::default(), now));
-        id
+    /// The store under test, with the policy every call is made under.
+    struct Fixture {
+        s: MemoryStore,
+        p: Policy,
+    }
+
+    fn store(max: usize) -> Fixture {
+        Fixture {
+            s: MemoryStore::new(),
+            p: Policy {
+                idle_timeout: Duration::from_secs(60),
+                absolute_timeout: Duration::from_secs(3600),
+                max_sessions: max,
+                max_data_bytes: 64,
+                regenerate_grace: Duration::from_secs(10),
+            },
+        }
+    }
+
+    impl Fixture {
+        /// A new empty session created at `now`.
+        fn insert(&self, now: u64) -> SessionId {
+            let id = SessionId::random();
+            let stored = self.s.insert_now(id, SessionData::default(), now, &self.p);
+            assert_eq!(stored, Inserted::Stored);
+            id
+        }
+
+        fn load(&self, id: &SessionId, now: u64) -> Lookup {
+            self.s.load_now(id, now, &self.p)
+        }
+
+        fn apply(&self, id: &SessionId, changes: &Changes, now: u64) -> Applied {
+            self.s.apply_now(id, changes, now, &self.p)
+        }
+    }
+
+    #[test]
+    fn an_entry_stays_32_bytes() {
+        assert!(std::mem::size_of::<Entry>() <= 32);
     }
 
     #[test]
     fn a_taken_id_is_refused_and_takes_no_slot() {
-        let s = store(10);
-        let id = insert(&s, 0);
-        assert!(!s.insert_now(id, SessionData::default(), 0));
-        assert_eq!(s.len(), 1);
-        assert_eq!(s.inner.count.load(Ordering::Relaxed), 1);
+        let f = store(10);
+        let id = f.insert(0);
+        let again = f.s.insert_now(id, SessionData::default(), 0, &f.p);
+        assert_eq!(again, Inserted::Taken);
+        assert_eq!(f.s.len(), 1);
+        assert_eq!(f.s.inner.count.load(Ordering::Relaxed), 1);
     }
 
-    fn store(max: usize) -> MemoryStore {
-        MemoryStore::new(MemorySettings {
-            idle_timeout: Duration::from_secs(60),
-            absolute_timeout: Duration::from_secs(3600),
-            max_sessions: max,
-            max_data_bytes: 64,
-            regenerate_grace: Duration::from_secs(10),
-        })
+    #[test]
+    fn oversized_first_data_is_refused_and_takes_no_slot() {
+        let f = store(10);
+        let big = SessionData::default().with_changes(&set(&format!("b={}", "x".repeat(100))));
+        let id = SessionId::random();
+        let refused = f.s.insert_now(id, big, 0, &f.p);
+        assert_eq!(refused, Inserted::TooLarge { bytes: 102 });
+        assert!(f.s.is_empty());
+        assert!(matches!(f.load(&id, 0), Lookup::Missing));
     }
 
     fn set(kv: &str) -> Changes {
@@ -644,70 +712,127 @@ mod tests {
 
     #[test]
     fn idle_and_absolute_expiry() {
-        let s = store(10);
-        let id = insert(&s, 0);
-        assert!(matches!(s.load_now(&id, 59_000), Lookup::Found(_)));
+        let f = store(10);
+        let id = f.insert(0);
+        assert!(matches!(f.load(&id, 59_000), Lookup::Found(_)));
         // Refreshed at 59s: alive at 118s, dead at 119s+ of idleness.
-        assert!(matches!(s.load_now(&id, 118_000), Lookup::Found(_)));
-        assert!(matches!(s.load_now(&id, 178_000), Lookup::Found(_)));
-        assert!(matches!(s.load_now(&id, 239_000), Lookup::Missing));
-        assert_eq!(s.len(), 0);
-        let id = insert(&s, 0);
+        assert!(matches!(f.load(&id, 118_000), Lookup::Found(_)));
+        assert!(matches!(f.load(&id, 178_000), Lookup::Found(_)));
+        assert!(matches!(f.load(&id, 239_000), Lookup::Missing));
+        assert_eq!(f.s.len(), 0);
+        let id = f.insert(0);
         for t in (30_000..=3_600_000).step_by(30_000) {
-            assert!(matches!(s.load_now(&id, t), Lookup::Found(_)), "at {t}");
+            assert!(matches!(f.load(&id, t), Lookup::Found(_)), "at {t}");
         }
-        assert!(matches!(s.load_now(&id, 3_601_000), Lookup::Missing));
+        assert!(matches!(f.load(&id, 3_601_000), Lookup::Missing));
+    }
+
+    #[test]
+    fn each_use_is_judged_and_refreshed_under_its_own_policy() {
+        let f = store(10);
+        let id = f.insert(0);
+        // A reload shortens both timeouts: the next use is held to both.
+        let short = Policy {
+            idle_timeout: Duration::from_secs(10),
+            absolute_timeout: Duration::from_secs(20),
+            ..f.p.clone()
+        };
+        for t in [9_000, 18_000] {
+            assert!(matches!(f.s.load_now(&id, t, &short), Lookup::Found(_)));
+        }
+        assert!(matches!(f.s.load_now(&id, 21_000, &short), Lookup::Missing));
+        // Idle past the shorter timeout: gone at once, though the old one allowed it.
+        let id = f.insert(0);
+        assert!(matches!(f.s.load_now(&id, 11_000, &short), Lookup::Missing));
+        // A longer policy never revives a session whose deadline has passed, and
+        // the sweep goes by the deadline the last use set.
+        let long = Policy {
+            idle_timeout: Duration::from_secs(3600),
+            ..f.p.clone()
+        };
+        let lapsed = f.insert(0);
+        let used = f.insert(0);
+        assert!(matches!(
+            f.s.load_now(&used, 30_000, &long),
+            Lookup::Found(_)
+        ));
+        assert!(matches!(
+            f.s.load_now(&lapsed, 61_000, &long),
+            Lookup::Missing
+        ));
+        assert_eq!(f.s.sweep(1_000_000), 0);
+        assert!(matches!(
+            f.s.load_now(&used, 1_000_000, &long),
+            Lookup::Found(_)
+        ));
     }
 
     #[test]
     fn sweep_removes_expired() {
-        let s = store(10);
-        insert(&s, 0);
-        insert(&s, 50_000);
-        assert_eq!(s.sweep(61_000), 1);
-        assert_eq!(s.len(), 1);
+        let f = store(10);
+        f.insert(0);
+        f.insert(50_000);
+        assert_eq!(f.s.sweep(61_000), 1);
+        assert_eq!(f.s.len(), 1);
     }
 
     #[test]
     fn flood_evicts_never_returned_first() {
-        let s = store(10);
-        let kept: Vec<_> = (0..3).map(|_| insert(&s, 0)).collect();
+        let f = store(10);
+        let kept: Vec<_> = (0..3).map(|_| f.insert(0)).collect();
         for id in &kept {
-            assert!(matches!(s.load_now(id, 1), Lookup::Found(_)));
+            assert!(matches!(f.load(id, 1), Lookup::Found(_)));
         }
         for _ in 0..1000 {
-            insert(&s, 2);
+            f.insert(2);
         }
-        assert_eq!(s.len(), 10);
+        assert_eq!(f.s.len(), 10);
         for id in &kept {
-            assert!(matches!(s.load_now(id, 3), Lookup::Found(_)));
+            assert!(matches!(f.load(id, 3), Lookup::Found(_)));
         }
+    }
+
+    #[test]
+    fn the_sweep_drops_stale_queue_entries_and_keeps_the_order() {
+        let f = store(10_000);
+        let ids: Vec<_> = (0..3000).map(|_| f.insert(0)).collect();
+        for id in &ids[..2000] {
+            f.s.destroy_now(id);
+        }
+        f.load(&ids[2000], 1);
+        f.s.sweep(1);
+        assert_eq!(f.s.inner.fresh.len(), 999);
+        // The oldest session still waiting for its first return goes first.
+        assert!(f.s.evict_one());
+        assert!(matches!(f.load(&ids[2001], 2), Lookup::Missing));
+        assert!(matches!(f.load(&ids[2000], 2), Lookup::Found(_)));
+        assert!(matches!(f.load(&ids[2002], 2), Lookup::Found(_)));
     }
 
     #[test]
     fn full_of_returning_sessions_evicts_least_recent() {
-        let s = store(2);
-        let a = insert(&s, 0);
-        let b = insert(&s, 0);
-        s.load_now(&a, 5_000);
-        s.load_now(&b, 10_000);
-        insert(&s, 11_000);
-        assert_eq!(s.len(), 2);
-        assert!(matches!(s.load_now(&a, 11_000), Lookup::Missing));
-        assert!(matches!(s.load_now(&b, 11_000), Lookup::Found(_)));
+        let f = store(2);
+        let a = f.insert(0);
+        let b = f.insert(0);
+        f.load(&a, 5_000);
+        f.load(&b, 10_000);
+        f.insert(11_000);
+        assert_eq!(f.s.len(), 2);
+        assert!(matches!(f.load(&a, 11_000), Lookup::Missing));
+        assert!(matches!(f.load(&b, 11_000), Lookup::Found(_)));
     }
 
     #[test]
     fn oversized_write_keeps_old_data() {
-        let s = store(10);
-        let id = insert(&s, 0);
-        assert_eq!(s.apply_now(&id, &set("a=1"), 0), Applied::Stored);
+        let f = store(10);
+        let id = f.insert(0);
+        assert_eq!(f.apply(&id, &set("a=1"), 0), Applied::Stored);
         let big = format!("b={}", "x".repeat(100));
         assert!(matches!(
-            s.apply_now(&id, &set(&big), 0),
+            f.apply(&id, &set(&big), 0),
             Applied::TooLarge { .. }
         ));
-        let Lookup::Found(v) = s.load_now(&id, 0) else {
+        let Lookup::Found(v) = f.load(&id, 0) else {
             panic!()
         };
         assert_eq!(v.data.unwrap(), "a=1");
@@ -715,41 +840,39 @@ mod tests {
 
     #[test]
     fn regenerate_moves_data_and_remembers_old_id() {
-        let s = store(10);
-        let id = insert(&s, 0);
+        let f = store(10);
+        let id = f.insert(0);
         let mut c = set("user=alice");
         c.regenerate = true;
-        let Applied::Regenerated(new) = s.apply_now(&id, &c, 0) else {
+        let Applied::Regenerated(new) = f.apply(&id, &c, 0) else {
             panic!()
         };
         assert_ne!(new, id);
-        assert!(matches!(s.load_now(&id, 5_000), Lookup::Regenerated));
-        assert!(matches!(s.load_now(&id, 10_000), Lookup::Missing));
-        let Lookup::Found(v) = s.load_now(&new, 0) else {
+        assert!(matches!(f.load(&id, 5_000), Lookup::Regenerated));
+        assert!(matches!(f.load(&id, 10_000), Lookup::Missing));
+        let Lookup::Found(v) = f.load(&new, 0) else {
             panic!()
         };
         assert_eq!(v.data.unwrap(), "user=alice");
-        assert_eq!(s.len(), 1);
+        assert_eq!(f.s.len(), 1);
     }
 
     #[test]
     fn concurrent_writes_all_land() {
-        let s = MemoryStore::new(MemorySettings {
-            max_data_bytes: 1 << 20,
-            ..store(10).inner.settings.load().as_ref().clone()
-        });
-        let id = insert(&s, 0);
+        let mut f = store(10);
+        f.p.max_data_bytes = 1 << 20;
+        let id = f.insert(0);
         std::thread::scope(|scope| {
             for i in 0..8 {
-                let s = &s;
+                let f = &f;
                 scope.spawn(move || {
                     for j in 0..50 {
-                        s.apply_now(&id, &set(&format!("k{i}_{j}=1")), 0);
+                        f.apply(&id, &set(&format!("k{i}_{j}=1")), 0);
                     }
                 });
             }
         });
-        let e = s.inner.sessions.get(&id).unwrap();
+        let e = f.s.inner.sessions.get(&id).unwrap();
         let data = SessionData::from_encoded(e.data.as_deref().unwrap_or_default());
         assert_eq!(data.pairs().len(), 400);
     }

@@ -1,21 +1,25 @@
 //! Sessions: the ID, the data and its form encoding, write-back changes, the
-//! store interface every store implements, and [`Store`], the one the request path
-//! talks to: [`memory`] (with [`snapshot`]s) or [`redis`]. Which one runs is the
-//! configuration's choice, made above this layer (`crate::store`).
+//! [`Policy`] a store enforces, the store interface every store implements (with
+//! the [`SessionCounters`] each store keeps), and [`open`], which picks the store
+//! `store.type` names: [`memory`] (with [`snapshot`]s when `store.snapshot` is
+//! set) or [`redis`].
 
+mod counters;
 mod data;
 pub mod memory;
 pub(crate) mod redis;
 pub mod snapshot;
 
 use std::future::Future;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::HeaderValue;
 
-pub use self::redis::{RedisSettings, RedisStore};
+pub use self::redis::RedisStore;
+pub use counters::{SessionCount, SessionCounters};
 pub use data::{decode_component, is_true, Changes, ChangesError, SessionData};
 pub(crate) use memory::MemoryStore;
 
@@ -113,6 +117,33 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The rules a store enforces: timeouts, the cap, the size bound and the grace
+/// of a regenerated ID. One value, built from `session.*` and carried in the
+/// settings a request is served under, so a reload changes all of it at once:
+/// no request sees a new idle timeout with an old absolute one. Each store call
+/// that judges a session is handed the policy of the request making it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Unused this long, a session expires; each use starts it again.
+    pub idle_timeout: Duration,
+    /// This long after its creation a session expires, however much it is used.
+    pub absolute_timeout: Duration,
+    /// The memory store's hard cap (Redis is sized by its own `maxmemory`).
+    pub max_sessions: usize,
+    /// The largest encoded data a session holds; a write over it is refused.
+    pub max_data_bytes: usize,
+    /// How long after a regeneration the old ID is still recognised.
+    pub regenerate_grace: Duration,
+}
+
+impl Policy {
+    /// The encoded size of `data`, when it is over `max_data_bytes`.
+    pub fn refuses(&self, data: &SessionData) -> Option<usize> {
+        let bytes = data.encoded_len();
+        (bytes > self.max_data_bytes).then_some(bytes)
+    }
+}
+
 /// A live session as the request path sees it.
 #[derive(Clone, Debug)]
 pub struct SessionView {
@@ -129,6 +160,28 @@ pub enum Lookup {
     /// The ID was regenerated moments ago (within `regenerate_grace`).
     Regenerated,
     Missing,
+}
+
+/// What storing a new session did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    Stored,
+    /// The ID is taken already; nothing stored.
+    Taken,
+    /// The data is over `max_data_bytes`; nothing stored.
+    TooLarge {
+        bytes: usize,
+    },
+}
+
+/// What creating a session under a fresh ID did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    Stored(SessionId),
+    /// The data is over `max_data_bytes`; nothing stored.
+    TooLarge {
+        bytes: usize,
+    },
 }
 
 /// What applying a response's write-back did.
@@ -166,11 +219,21 @@ pub enum StoreError {
 
 /// The operations the request path needs from a store. Implemented by every store;
 /// the conformance suite in `tests/` runs against each.
+///
+/// A session lives until the deadline its last use set (the idle timeout from
+/// then, capped by the absolute timeout, under that use's policy); a request's
+/// policy can end it sooner, never revive it. So a reload applies to every
+/// session at its next use, on every store alike.
 pub trait SessionStore: Send + Sync + 'static {
     /// Looks `id` up, refreshing its idle timeout and marking it as returned.
-    fn load(&self, id: &SessionId) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
+    fn load(
+        &self,
+        id: &SessionId,
+        policy: &Policy,
+    ) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
     /// Stores a new session under `id` holding `data`, evicting one if the store is
-    /// full. `false`, with nothing stored, when `id` is taken already.
+    /// full. Nothing is stored when `id` is taken already or `data` is over
+    /// `max_data_bytes`.
     ///
     /// The request path picks a new session's ID when the request arrives (the
     /// upstream sees it) and stores it only once the response that sends its cookie
@@ -179,18 +242,22 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         id: &SessionId,
         data: SessionData,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+        policy: &Policy,
+    ) -> impl Future<Output = Result<Inserted, StoreError>> + Send;
     /// Creates a session holding `data` under a fresh random ID.
     fn create(
         &self,
         data: SessionData,
-    ) -> impl Future<Output = Result<SessionId, StoreError>> + Send {
+        policy: &Policy,
+    ) -> impl Future<Output = Result<Created, StoreError>> + Send {
         async move {
             // A taken ID has odds of 2^-256; a second try makes it 2^-512.
             for _ in 0..3 {
                 let id = SessionId::random();
-                if self.insert(&id, data.clone()).await? {
-                    return Ok(id);
+                match self.insert(&id, data.clone(), policy).await? {
+                    Inserted::Stored => return Ok(Created::Stored(id)),
+                    Inserted::TooLarge { bytes } => return Ok(Created::TooLarge { bytes }),
+                    Inserted::Taken => {}
                 }
             }
             Err(StoreError::Unavailable(
@@ -203,6 +270,7 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         id: &SessionId,
         changes: &Changes,
+        policy: &Policy,
     ) -> impl Future<Output = Result<Applied, StoreError>> + Send;
     /// Deletes the session; `true` when it existed.
     fn destroy(&self, id: &SessionId) -> impl Future<Output = Result<bool, StoreError>> + Send;
@@ -227,6 +295,8 @@ pub trait SessionStore: Send + Sync + 'static {
     fn count(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Answers when the store is reachable (readiness).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// What this store has counted: the one source of the session metrics.
+    fn counters(&self) -> &Arc<SessionCounters>;
     /// Before a new visitor's request goes upstream: fails when the store is known
     /// to be out of reach (its last command failed and a `PING` fails too), so that
     /// such a request gets `503` without reaching the application, as a returning
@@ -265,14 +335,24 @@ macro_rules! each_store {
 }
 
 impl SessionStore for Store {
-    async fn load(&self, id: &SessionId) -> Result<Lookup, StoreError> {
-        each_store!(self, s => s.load(id))
+    async fn load(&self, id: &SessionId, policy: &Policy) -> Result<Lookup, StoreError> {
+        each_store!(self, s => s.load(id, policy))
     }
-    async fn insert(&self, id: &SessionId, data: SessionData) -> Result<bool, StoreError> {
-        each_store!(self, s => s.insert(id, data))
+    async fn insert(
+        &self,
+        id: &SessionId,
+        data: SessionData,
+        policy: &Policy,
+    ) -> Result<Inserted, StoreError> {
+        each_store!(self, s => s.insert(id, data, policy))
     }
-    async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<Applied, StoreError> {
-        each_store!(self, s => s.apply(id, changes))
+    async fn apply(
+        &self,
+        id: &SessionId,
+        changes: &Changes,
+        policy: &Policy,
+    ) -> Result<Applied, StoreError> {
+        each_store!(self, s => s.apply(id, changes, policy))
     }
     async fn destroy(&self, id: &SessionId) -> Result<bool, StoreError> {
         each_store!(self, s => s.destroy(id))
@@ -294,5 +374,11 @@ impl SessionStore for Store {
     }
     async fn ensure_reachable(&self) -> Result<(), StoreError> {
         each_store!(self, s => s.ensure_reachable())
+    }
+    fn counters(&self) -> &Arc<SessionCounters> {
+        match self {
+            Store::Memory(s) => s.counters(),
+            Store::Redis(s) => s.counters(),
+        }
     }
 }

@@ -17,7 +17,8 @@
 //! The key's TTL is the time left until the idle or the absolute timeout, whichever
 //! comes first, so Redis itself removes expired sessions. A load refreshes it at
 //! most once a second, adding that second to the idle timeout so a session never
-//! expires early. Every read-modify-write (load with refresh, apply with the size
+//! expires early; it also holds the session to the timeouts of the request's
+//! policy, so one shortened by a reload applies at the next use. Every read-modify-write (load with refresh, apply with the size
 //! check, regenerate, create) is one Lua script, with Redis's clock, so proxies on
 //! skewed clocks agree and concurrent writers to different keys lose nothing.
 //!
@@ -30,7 +31,7 @@
 //! `volatile-*` eviction policy.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,11 +41,12 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
 
 use super::{
-    Applied, Changes, Lookup, SessionData, SessionId, SessionInfo, SessionStore, SessionView,
-    StoreError,
+    Applied, Changes, Inserted, Lookup, Policy, SessionCount, SessionCounters, SessionData,
+    SessionId, SessionInfo, SessionStore, SessionView, StoreError,
 };
 
-/// Reads a session and refreshes its TTL, at most once a second.
+/// Reads a session and refreshes its TTL, at most once a second. A session past
+/// the given timeouts (shorter than those its TTL was set by) is deleted.
 /// KEYS: session, tombstone. ARGV: idle ms, absolute ms.
 /// Returns the hash's fields, 0 (missing) or 2 (regenerated).
 const LOAD: &str = r#"
@@ -60,12 +62,13 @@ end
 if created == nil or seen == nil then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local idle = tonumber(ARGV[1]) + 1000
+local ttl = math.min(idle, created + tonumber(ARGV[2]) - now)
+if ttl <= 0 or now - seen > idle then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
 if now - seen >= 1000 then
-  local ttl = math.min(tonumber(ARGV[1]) + 1000, created + tonumber(ARGV[2]) - now)
-  if ttl <= 0 then
-    redis.call('DEL', KEYS[1])
-    return 0
-  end
   redis.call('HSET', KEYS[1], 'm:s', string.format('%d', now))
   redis.call('PEXPIRE', KEYS[1], string.format('%d', ttl))
 end
@@ -191,16 +194,6 @@ pub struct RedisConfig {
     pub nodes: Vec<String>,
 }
 
-/// What the Redis store needs: where Redis is, and the session rules it enforces.
-#[derive(Clone, Debug)]
-pub struct RedisSettings {
-    pub redis: RedisConfig,
-    pub idle_timeout: Duration,
-    pub absolute_timeout: Duration,
-    pub max_data_bytes: usize,
-    pub regenerate_grace: Duration,
-}
-
 /// A connection to one Redis or to a Cluster. Both are multiplexed handles, cheap
 /// to clone, that reconnect by themselves.
 #[derive(Clone)]
@@ -251,21 +244,20 @@ struct Inner {
     /// `prefix` with glob characters escaped, then `*`, for `SCAN MATCH`.
     pattern: String,
     timeout: Duration,
-    /// Timeouts and bounds, atomics so a reload can change them in place.
-    idle_ms: AtomicU64,
-    absolute_ms: AtomicU64,
-    max_data_bytes: AtomicUsize,
-    grace_ms: AtomicU64,
     /// The last command reached Redis. While it did not, a new visitor's request
     /// waits for a `PING` before it goes upstream (see `ensure_reachable`).
     reachable: AtomicBool,
+    /// What this proxy did to sessions, for its metrics (Redis expires keys
+    /// unseen: no expiry is counted here).
+    counters: Arc<SessionCounters>,
     load: Script,
     create: Script,
     apply: Script,
     revoke: Script,
 }
 
-/// A cheap-to-clone handle to the Redis store.
+/// A cheap-to-clone handle to the Redis store. It holds no session rules: each
+/// call that needs them is handed the [`Policy`] of the request making it.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -285,29 +277,15 @@ fn is_dropped(e: &RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
-impl RedisStore {
-    /// Applies new timeouts and bounds (a reload); sessions already in Redis keep
-    /// their TTL until their next use.
-    pub(crate) fn reconfigure(&self, settings: &RedisSettings) {
-        let i = &self.inner;
-        i.idle_ms
-            .store(settings.idle_timeout.as_millis() as u64, Ordering::Relaxed);
-        i.absolute_ms.store(
-            settings.absolute_timeout.as_millis() as u64,
-            Ordering::Relaxed,
-        );
-        i.max_data_bytes
-            .store(settings.max_data_bytes, Ordering::Relaxed);
-        i.grace_ms.store(
-            settings.regenerate_grace.as_millis() as u64,
-            Ordering::Relaxed,
-        );
-    }
+/// Milliseconds, as the scripts take them.
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
 
+impl RedisStore {
     /// Connects (lazily: the proxy starts while Redis is down, and answers 503
     /// until it is back). Fails only on settings that can never work.
-    pub async fn open(settings: &RedisSettings) -> Result<RedisStore, StoreError> {
-        let r = &settings.redis;
+    pub async fn open(r: &RedisConfig) -> Result<RedisStore, StoreError> {
         let invalid = |e: RedisError| StoreError::Misconfigured(Box::new(e));
         let uses_tls =
             r.url.starts_with("rediss://") || r.nodes.iter().any(|n| n.starts_with("rediss://"));
@@ -345,13 +323,10 @@ impl RedisStore {
                 conn,
                 cluster,
                 reachable: AtomicBool::new(false),
+                counters: Arc::default(),
                 pattern: format!("{}*", escape_glob(&r.key_prefix)),
                 prefix: r.key_prefix.clone(),
                 timeout: r.timeout,
-                idle_ms: AtomicU64::new(settings.idle_timeout.as_millis() as u64),
-                absolute_ms: AtomicU64::new(settings.absolute_timeout.as_millis() as u64),
-                max_data_bytes: AtomicUsize::new(settings.max_data_bytes),
-                grace_ms: AtomicU64::new(settings.regenerate_grace.as_millis() as u64),
                 load: Script::new(LOAD),
                 create: Script::new(CREATE),
                 apply: Script::new(APPLY),
@@ -648,7 +623,7 @@ fn push_pairs<'a>(args: &mut Vec<&'a [u8]>, pairs: impl Iterator<Item = &'a (Str
 }
 
 impl SessionStore for RedisStore {
-    async fn load(&self, id: &SessionId) -> Result<Lookup, StoreError> {
+    async fn load(&self, id: &SessionId, policy: &Policy) -> Result<Lookup, StoreError> {
         let key = self.key(id);
         let tombstone = Self::tombstone(&key);
         let inner = &self.inner;
@@ -659,8 +634,8 @@ impl SessionStore for RedisStore {
                     .load
                     .key(key)
                     .key(tombstone)
-                    .arg(inner.idle_ms.load(Ordering::Relaxed))
-                    .arg(inner.absolute_ms.load(Ordering::Relaxed))
+                    .arg(ms(policy.idle_timeout))
+                    .arg(ms(policy.absolute_timeout))
                     .invoke_async(&mut c)
                     .await
             })
@@ -678,7 +653,16 @@ impl SessionStore for RedisStore {
         })
     }
 
-    async fn insert(&self, id: &SessionId, data: SessionData) -> Result<bool, StoreError> {
+    async fn insert(
+        &self,
+        id: &SessionId,
+        data: SessionData,
+        policy: &Policy,
+    ) -> Result<Inserted, StoreError> {
+        if let Some(bytes) = policy.refuses(&data) {
+            self.inner.counters.add(SessionCount::RefusedTooLarge, 1);
+            return Ok(Inserted::TooLarge { bytes });
+        }
         let inner = &self.inner;
         let mut args: Vec<&[u8]> = Vec::new();
         push_pairs(&mut args, data.pairs().iter());
@@ -689,8 +673,8 @@ impl SessionStore for RedisStore {
             .run(|mut c| async move {
                 let retried = tries.fetch_add(1, Ordering::Relaxed) > 0;
                 let mut call = inner.create.key(key);
-                call.arg(inner.idle_ms.load(Ordering::Relaxed))
-                    .arg(inner.absolute_ms.load(Ordering::Relaxed));
+                call.arg(ms(policy.idle_timeout))
+                    .arg(ms(policy.absolute_timeout));
                 for a in args {
                     call.arg(*a);
                 }
@@ -700,10 +684,19 @@ impl SessionStore for RedisStore {
         // On a retry after a dropped connection, an existing key is the first try's
         // write having landed (a random ID taken by another visitor has odds of
         // 2^-256).
-        Ok(created >= 0 || retried)
+        if created < 0 && !retried {
+            return Ok(Inserted::Taken);
+        }
+        inner.counters.add(SessionCount::Created, 1);
+        Ok(Inserted::Stored)
     }
 
-    async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<Applied, StoreError> {
+    async fn apply(
+        &self,
+        id: &SessionId,
+        changes: &Changes,
+        policy: &Policy,
+    ) -> Result<Applied, StoreError> {
         let inner = &self.inner;
         let key = self.key(id);
         let tombstone = Self::tombstone(&key);
@@ -722,10 +715,10 @@ impl SessionStore for RedisStore {
                     let mut call = inner.apply.key(key);
                     call.key(new_key)
                         .key(tombstone)
-                        .arg(inner.max_data_bytes.load(Ordering::Relaxed))
-                        .arg(inner.idle_ms.load(Ordering::Relaxed))
-                        .arg(inner.absolute_ms.load(Ordering::Relaxed))
-                        .arg(inner.grace_ms.load(Ordering::Relaxed))
+                        .arg(policy.max_data_bytes)
+                        .arg(ms(policy.idle_timeout))
+                        .arg(ms(policy.absolute_timeout))
+                        .arg(ms(policy.regenerate_grace))
                         .arg(u8::from(regenerate))
                         .arg(nrem);
                     for a in args {
@@ -734,7 +727,7 @@ impl SessionStore for RedisStore {
                     call.invoke_async(&mut c).await
                 })
                 .await?;
-            return Ok(match reply.as_slice() {
+            let applied = match reply.as_slice() {
                 [1, 1] => Applied::Regenerated(new_id),
                 [1, _] => Applied::Stored,
                 [2, bytes] => Applied::TooLarge {
@@ -742,7 +735,13 @@ impl SessionStore for RedisStore {
                 },
                 [3] => continue,
                 _ => Applied::Missing,
-            });
+            };
+            match applied {
+                Applied::Regenerated(_) => inner.counters.add(SessionCount::Regenerated, 1),
+                Applied::TooLarge { .. } => inner.counters.add(SessionCount::RefusedTooLarge, 1),
+                Applied::Stored | Applied::Missing => {}
+            }
+            return Ok(applied);
         }
         Err(StoreError::Unavailable(
             "three random session IDs were all taken".into(),
@@ -755,6 +754,9 @@ impl SessionStore for RedisStore {
         let n: i64 = self
             .run(|mut c| async move { redis::cmd("DEL").arg(key).query_async(&mut c).await })
             .await?;
+        self.inner
+            .counters
+            .add(SessionCount::Destroyed, n.max(0) as u64);
         Ok(n > 0)
     }
 
@@ -802,6 +804,7 @@ impl SessionStore for RedisStore {
                 .await?;
             n += destroyed as u64;
         }
+        inner.counters.add(SessionCount::Destroyed, n);
         Ok(n)
     }
 
@@ -842,6 +845,10 @@ impl SessionStore for RedisStore {
             .run(|mut c| async move { redis::cmd("PING").query_async(&mut c).await })
             .await?;
         Ok(())
+    }
+
+    fn counters(&self) -> &Arc<SessionCounters> {
+        &self.inner.counters
     }
 }
 

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::memory::{MemoryStore, RestoredSession};
-use super::{now_ms, SessionId, StoreError};
+use super::{now_ms, Policy, SessionId, StoreError};
 
 const MAGIC: &[u8; 8] = b"SGSNAP\r\n";
 const VERSION: u32 = 1;
@@ -110,19 +110,21 @@ fn u64_le(r: &mut impl Read) -> io::Result<u64> {
     array(r).map(u64::from_le_bytes)
 }
 
-/// Reads the snapshot at `path` into `store` (expected empty). `Ok(None)` when
-/// there is no file. On error the store is left empty.
+/// Reads the snapshot at `path` into `store` (expected empty), dropping what has
+/// expired under `policy` and evicting down to its cap. `Ok(None)` when there is
+/// no file. On error the store is left empty.
 pub fn load(
     store: &MemoryStore,
     path: &Path,
     now_ms: u64,
+    policy: &Policy,
 ) -> Result<Option<Loaded>, SnapshotError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(SnapshotError::Io(e)),
     };
-    let result = read_into(store, file, now_ms);
+    let result = read_into(store, file, now_ms, policy);
     if result.is_err() {
         store.clear();
     }
@@ -155,7 +157,12 @@ fn read_header(r: &mut impl Read) -> Result<(), SnapshotError> {
     }
 }
 
-fn read_into(store: &MemoryStore, file: File, now_ms: u64) -> Result<Loaded, SnapshotError> {
+fn read_into(
+    store: &MemoryStore,
+    file: File,
+    now_ms: u64,
+    policy: &Policy,
+) -> Result<Loaded, SnapshotError> {
     let mut r = Checked {
         inner: BufReader::with_capacity(1 << 20, file),
         crc: crc32fast::Hasher::new(),
@@ -194,7 +201,7 @@ fn read_into(store: &MemoryStore, file: File, now_ms: u64) -> Result<Loaded, Sna
             last_seen_s,
             returned: flags & RETURNED != 0,
         };
-        if store.restore(session, now_ms) {
+        if store.restore(session, now_ms, policy) {
             loaded.restored += 1;
         } else {
             loaded.expired += 1;
@@ -213,7 +220,7 @@ fn read_into(store: &MemoryStore, file: File, now_ms: u64) -> Result<Loaded, Sna
     if r.inner.read(&mut rest)? != 0 {
         return Err(SnapshotError::TrailingBytes);
     }
-    loaded.evicted = store.finish_restore() as u64;
+    loaded.evicted = store.finish_restore(policy.max_sessions) as u64;
     Ok(loaded)
 }
 
@@ -310,10 +317,10 @@ fn write_file(store: &MemoryStore, tmp: &Path, now_ms: u64) -> io::Result<u64> {
 /// Loads the snapshot into `store` at start. An unreadable file is moved aside
 /// and logged, and the store starts empty; only when it cannot be moved aside is
 /// that an error (carrying on would overwrite it at the next save).
-pub(crate) fn restore(store: &MemoryStore, path: &Path) -> Result<(), StoreError> {
+pub fn restore(store: &MemoryStore, path: &Path, policy: &Policy) -> Result<(), StoreError> {
     let started = Instant::now();
     let file = path.display();
-    match load(store, path, now_ms()) {
+    match load(store, path, now_ms(), policy) {
         Ok(None) => {
             tracing::info!(%file, "no session snapshot yet: starting with no sessions");
             Ok(())
@@ -424,17 +431,29 @@ async fn save_logged(store: &MemoryStore, path: &Path, lock: &Arc<Mutex<()>>, la
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::memory::MemorySettings;
-    use crate::session::{Changes, Lookup, SessionData, SessionStore};
+    use crate::session::{Changes, Created, Lookup, SessionData, SessionStore};
+
+    const POLICY: Policy = Policy {
+        idle_timeout: Duration::from_secs(60),
+        absolute_timeout: Duration::from_secs(3600),
+        max_sessions: 100,
+        max_data_bytes: 4096,
+        regenerate_grace: Duration::from_secs(10),
+    };
 
     fn store() -> MemoryStore {
-        MemoryStore::new(MemorySettings {
-            idle_timeout: Duration::from_secs(60),
-            absolute_timeout: Duration::from_secs(3600),
-            max_sessions: 100,
-            max_data_bytes: 4096,
-            regenerate_grace: Duration::from_secs(10),
-        })
+        MemoryStore::new()
+    }
+
+    async fn create(s: &MemoryStore) -> SessionId {
+        match s.create(SessionData::default(), &POLICY).await.unwrap() {
+            Created::Stored(id) => id,
+            refused => panic!("{refused:?}"),
+        }
+    }
+
+    fn load(s: &MemoryStore, path: &Path, now_ms: u64) -> Result<Option<Loaded>, SnapshotError> {
+        super::load(s, path, now_ms, &POLICY)
     }
 
     #[tokio::test]
@@ -442,12 +461,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sessions.snap");
         let a = store();
-        let id = a.create(SessionData::default()).await.unwrap();
+        let id = create(&a).await;
         let mut c = Changes::default();
         c.add_set(b"user=alice&role=a+b").unwrap();
-        a.apply(&id, &c).await.unwrap();
-        a.load(&id).await.unwrap();
-        let quiet = a.create(SessionData::default()).await.unwrap();
+        a.apply(&id, &c, &POLICY).await.unwrap();
+        a.load(&id, &POLICY).await.unwrap();
+        let quiet = create(&a).await;
         let now = now_ms();
         assert_eq!(save(&a, &path, now).unwrap(), 2);
 
@@ -464,7 +483,7 @@ mod tests {
             seen,
             vec![(Some(b"role=a+b&user=alice".to_vec()), true), (None, false)]
         );
-        let Lookup::Found(view) = b.load(&id).await.unwrap() else {
+        let Lookup::Found(view) = b.load(&id, &POLICY).await.unwrap() else {
             panic!("restored session missing")
         };
         assert_eq!(view.data.unwrap(), "role=a+b&user=alice");
@@ -478,7 +497,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         let a = store();
-        a.create(SessionData::default()).await.unwrap();
+        create(&a).await;
         let now = now_ms();
         save(&a, &path, now).unwrap();
         let b = store();
@@ -494,8 +513,8 @@ mod tests {
         let a = store();
         let mut c = Changes::default();
         c.add_set(b"k=v").unwrap();
-        let id = a.create(SessionData::default()).await.unwrap();
-        a.apply(&id, &c).await.unwrap();
+        let id = create(&a).await;
+        a.apply(&id, &c, &POLICY).await.unwrap();
         let now = now_ms();
         save(&a, &path, now).unwrap();
         let good = fs::read(&path).unwrap();

@@ -23,6 +23,9 @@ pub enum ProxyError {
     BodyTimeout,
     #[error("malformed request")]
     BadRequest(&'static str),
+    /// `CONNECT`: the proxy opens no tunnels.
+    #[error("CONNECT is not served")]
+    MethodNotAllowed,
 }
 
 impl ProxyError {
@@ -40,6 +43,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -56,6 +60,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => "body_too_large",
             ProxyError::BodyTimeout => "body_timeout",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -83,6 +88,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => "413 Payload Too Large: request body over the limit\n",
             ProxyError::BodyTimeout => "408 Request Timeout: the request body stalled\n",
             ProxyError::BadRequest(_) => "400 Bad Request\n",
+            ProxyError::MethodNotAllowed => "405 Method Not Allowed\n",
         }
     }
 
@@ -101,6 +107,12 @@ impl ProxyError {
             }
             ProxyError::BadRequest(_) | ProxyError::BodyTooLarge | ProxyError::BodyTimeout => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ProxyError::MethodNotAllowed => {
+                h.insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),
+                );
             }
             ProxyError::Upstream(_) | ProxyError::UpstreamTimeout => {}
         }

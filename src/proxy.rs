@@ -188,7 +188,10 @@ impl Worker {
             ProxyError::Upstream(kind) => metrics.upstream_error(Some(*kind)),
             ProxyError::UpstreamTimeout => metrics.upstream_error(None),
             ProxyError::Store(e) => metrics.store_error(e),
-            ProxyError::BodyTooLarge | ProxyError::BodyTimeout | ProxyError::BadRequest(_) => {}
+            ProxyError::BodyTooLarge
+            | ProxyError::BodyTimeout
+            | ProxyError::BadRequest(_)
+            | ProxyError::MethodNotAllowed => {}
         }
         // Which upstream, for the failures that are its (never a URL with a path or
         // credentials: `host:port` only).
@@ -264,8 +267,17 @@ pub(crate) struct Incoming<'a> {
     /// The client's `X-Request-Id`, kept when a trusted proxy sent it.
     pub request_id: Option<&'a [u8]>,
     /// Why the adapter found the request unfit to forward, if it did: answered
-    /// 400, counted and logged like any failed request.
-    pub malformed: Option<&'static str>,
+    /// like any failed request, counted and logged.
+    pub refused: Option<Refusal>,
+}
+
+/// Why an adapter refuses a request its protocol's parser let through.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Refusal {
+    /// Unfit to forward over HTTP/1: `400`.
+    Malformed(&'static str),
+    /// `CONNECT`: the proxy opens no tunnels: `405`.
+    Connect,
 }
 
 /// The client's side of one request: an HTTP/1 connection or an HTTP/2 stream.
@@ -458,8 +470,10 @@ async fn upstream_request(
     begun: &mut Begun,
     request: &Incoming<'_>,
 ) -> Result<(Exchange, Vec<u8>), ProxyError> {
-    if let Some(why) = request.malformed {
-        return Err(ProxyError::BadRequest(why));
+    match request.refused {
+        Some(Refusal::Malformed(why)) => return Err(ProxyError::BadRequest(why)),
+        Some(Refusal::Connect) => return Err(ProxyError::MethodNotAllowed),
+        None => {}
     }
     let prepared = prepare(
         state,

@@ -1848,7 +1848,6 @@ over_every_protocol! {
     h2_pseudo_header_after_a_regular_one_is_refused,
     h2_malformed_pseudo_headers_are_refused,
     h2_extended_connect_is_refused,
-    #[ignore = "proxy bug: an HTTP/2 CONNECT goes upstream as `CONNECT / HTTP/1.1`, answered 200"]
     h2_connect_gets_405,
     h2_host_equal_to_authority_is_served,
     h2_reset_mid_upload_leaves_the_next_request_whole,

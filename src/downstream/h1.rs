@@ -132,7 +132,7 @@ where
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(b"x-request-id"))
                 .map(|(_, v)| *v),
-            malformed: None,
+            refused: None,
         };
         let reply = proxy::forward(worker, conn, &mut client, incoming).await;
         if !answer(&mut io, &mut buf, reply, send_timeout, tunnel_idle).await {

@@ -17,7 +17,7 @@ use crate::error::ProxyError;
 use crate::h1::client::ResponseBody;
 use crate::h1::codec::{self, BodyHead, Framing, Outgoing, ResponseHead};
 use crate::headers::{self, Extras, Keep, RequestView};
-use crate::proxy::{self, ConnInfo, Downstream, Incoming, Reply, Worker};
+use crate::proxy::{self, ConnInfo, Downstream, Incoming, Refusal, Reply, Worker};
 
 /// Serves one HTTP/2 stream; never fails (errors become responses).
 pub(crate) async fn handle(
@@ -54,7 +54,7 @@ pub(crate) async fn handle(
         framing,
         expect_continue: false,
         request_id,
-        malformed: malformed(&parts),
+        refused: refused(&parts),
     };
     let mut stream = Stream {
         body,
@@ -78,9 +78,12 @@ pub(crate) async fn handle(
     }
 }
 
-/// What makes a request unfit to forward over HTTP/1, which HTTP/2 itself
-/// allows.
-fn malformed(parts: &http::request::Parts) -> Option<&'static str> {
+/// What makes a request unfit to forward, which HTTP/2 itself allows.
+fn refused(parts: &http::request::Parts) -> Option<Refusal> {
+    // No tunnels, as over HTTP/1 (DESIGN.md §9).
+    if parts.method == http::Method::CONNECT {
+        return Some(Refusal::Connect);
+    }
     // HTTP/2 carries header names as bytes; forwarded over HTTP/1 each must be
     // a token, or the upstream would read a line the proxy did not mean.
     if parts
@@ -88,7 +91,7 @@ fn malformed(parts: &http::request::Parts) -> Option<&'static str> {
         .keys()
         .any(|name| !name.as_str().bytes().all(headers::is_tchar))
     {
-        return Some("header name is not a token");
+        return Some(Refusal::Malformed("header name is not a token"));
     }
     // One host per request (RFC 9112 §3.2, RFC 9113 §8.3.1): a `host` beside a
     // different `:authority` names two sites to two readers.
@@ -99,7 +102,7 @@ fn malformed(parts: &http::request::Parts) -> Option<&'static str> {
             .authority()
             .is_some_and(|a| !a.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()));
         if more.is_some() || differs {
-            return Some("host disagrees with :authority");
+            return Some(Refusal::Malformed("host disagrees with :authority"));
         }
     }
     None

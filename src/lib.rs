@@ -2,39 +2,42 @@
 //! server-side sessions.
 //!
 //! The modules stand in layers; each imports only from its own layer and those
-//! below it (`.ci/layers` holds the table and checks every import):
+//! below it (`.ci/layers` holds the table and checks every import;
+//! `ARCHITECTURE.md` tells the same on one page):
 //!
 //! 1. Foundation, importing nothing of the crate:
 //!    - [`chain`]: an error and its causes on one line, for logs and config errors.
+//!    - `io`: writes bounded by how long they may make no progress.
 //!    - `shutdown`: the stop signal listeners and connections wait on.
 //!    - [`tls`]: certificates for the HTTPS listener and `https://` upstreams.
 //!    - [`devcert`]: `gen-cert` and `healthcheck`, small operator tools.
 //! 2. Domain: sessions, cookies and the rules for headers, knowing nothing of the
 //!    configuration file or of connections:
-//!    - [`session`]: session IDs, data and its form encoding, the store trait;
-//!      [`session::memory`] (timeouts, sweep, capped eviction) with its
-//!      [`session::snapshot`] file, and [`session::redis`] (one server or a Cluster).
+//!    - [`session`]: session IDs, data and its form encoding, the session policy,
+//!      the store trait and the counters each store keeps; [`session::memory`]
+//!      (sweep, capped eviction) with its [`session::snapshot`] file, and
+//!      `session::redis` (one server or a Cluster).
 //!    - [`cookie`]: signing keys, `<id>.<tag>` sign/verify, `Set-Cookie` building.
 //!    - [`headers`]: the header rules of the request path, over lines as bytes.
 //!    - [`h1::codec`]: HTTP/1 request and response heads as bytes, parsed strictly.
 //!    - `redirect`: the upstream's own URLs in `Location` and its kin, moved to the
 //!      client's origin.
-//!    - `upstream`: the request body limit, hop-by-hop and `X-Forwarded-*` rules.
+//!    - `upstream`: how a request to the upstream fails; trusted proxies.
 //!    - [`conn`]: what a connection knows about its peer.
 //!    - `error`: what the proxy answers itself, mapped in one place.
 //!    - `metrics`: Prometheus metrics, updated without locks.
-//! 3. [`config`]: YAML → a validated [`config::Config`], one module per section;
-//!    builds the values the domain defines. Errors name file, line and key.
-//! 4. Drivers, which run the domain over sockets with a configuration:
-//!    - `settings`: what requests are served under, swapped whole on reload.
-//!    - `store`: opens the store `store.type` names.
-//!    - [`logging`]: pretty or JSON logs and the access log.
-//!    - `pool`: each worker's keep-alive connections to the upstream.
-//!    - [`h1`]: the HTTP/1 path over the codec; [`proxy`]: the request path, read
-//!      top to bottom.
-//!    - `admin`: health, readiness, metrics and the session API.
-//!    - [`server`]: listeners (plain, TLS), workers, reload, graceful shutdown.
-//! 5. `main.rs`: the command line.
+//! 3. The upstream client: [`h1::client`] (connections, and the reader of a
+//!    response body) and `pool` (each worker's keep-alive connections).
+//! 4. [`config`]: YAML → a validated [`config::Config`], one module per section;
+//!    builds the values the layers below define. Errors name file, line and key.
+//! 5. `settings` (what requests are served under, swapped whole on reload) and
+//!    `store` (opens the store `store.type` names).
+//! 6. [`proxy`]: the request path, one driver for HTTP/1 and HTTP/2, read top to
+//!    bottom.
+//! 7. `downstream`: the adapters, an HTTP/1 connection and an HTTP/2 stream.
+//! 8. [`server`] (listeners, workers, reload, graceful shutdown), `admin`
+//!    (health, readiness, metrics and the session API), [`logging`].
+//! 9. `main.rs`: the command line.
 //!
 //! Items are `pub(crate)` unless the binary, the tests, the benchmarks or the
 //! fuzz targets use them.

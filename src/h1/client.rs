@@ -1,6 +1,6 @@
 //! The one upstream client: raw HTTP/1.1 connections (plain or TLS), each with the
 //! read buffer its next response lands in, kept by the worker's
-//! [`crate::pool::Pool`], and the reader of a response body off such a
+//! `crate::pool::Pool`, and the reader of a response body off such a
 //! connection. Requests from HTTP/1 and HTTP/2 clients alike go upstream here.
 
 use std::future::Future as _;

@@ -470,13 +470,7 @@ impl BodyIn {
     ) -> Result<(), ProxyError> {
         match self.framing {
             Framing::Empty | Framing::Close => self.done = true,
-            Framing::Length(_) => {
-                let n = self.left.min(buf.len() as u64) as usize;
-                out.extend_from_slice(&buf[..n]);
-                buf.advance(n);
-                self.left -= n as u64;
-                self.done = self.left == 0;
-            }
+            Framing::Length(_) => self.done = codec::take_length(&mut self.left, buf, out),
             Framing::Chunked => {
                 let (mut seen, mut over) = (self.seen, false);
                 self.decoder

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -260,13 +260,7 @@ impl ResponseBody {
         let buf = &mut up.buf;
         match self.framing {
             Framing::Empty => self.done = true,
-            Framing::Length(_) => {
-                let n = self.left.min(buf.len() as u64) as usize;
-                out.extend_from_slice(&buf[..n]);
-                buf.advance(n);
-                self.left -= n as u64;
-                self.done = self.left == 0;
-            }
+            Framing::Length(_) => self.done = codec::take_length(&mut self.left, buf, out),
             Framing::Chunked => {
                 codec::relay_chunks(&mut self.decoder, buf, out, self.rechunk)?;
                 if self.decoder.is_done() {

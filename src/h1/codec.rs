@@ -560,6 +560,16 @@ pub(crate) fn relay_chunks(
     })
 }
 
+/// Moves what `buf` holds of a body with `left` bytes still to come into `out`;
+/// whether the body is now whole.
+pub(crate) fn take_length(left: &mut u64, buf: &mut BytesMut, out: &mut Vec<u8>) -> bool {
+    let n = (*left).min(buf.len() as u64) as usize;
+    out.extend_from_slice(&buf[..n]);
+    buf.advance(n);
+    *left -= n as u64;
+    *left == 0
+}
+
 /// The chunked framing is broken.
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadChunk;

@@ -41,7 +41,7 @@ pub use crate::settings::Settings;
 
 /// State shared by every worker thread.
 pub struct State {
-    pub(crate) settings: ArcSwap<Settings>,
+    pub settings: ArcSwap<Settings>,
     pub store: Store,
     pub metrics: Metrics,
 }

@@ -100,7 +100,7 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 /// Claims `addr` for this process: listens on it once without `SO_REUSEPORT`, which
 /// fails while any other socket listens there, another sessiongate's `SO_REUSEPORT`
-/// sockets included. Returns the address claimed (port 0 becomes a free port).
+/// sockets included. Returns the address claimed.
 ///
 /// Without this, a second instance (an old one left running during an upgrade) would
 /// join the first one's port group and the kernel would split visitors between two
@@ -122,8 +122,17 @@ fn bind_all(
     workers: usize,
 ) -> Result<(SocketAddr, Vec<std::net::TcpListener>), ServerError> {
     let err = |addr| move |source| ServerError::Bind { addr, source };
-    let addr = claim(wanted).map_err(err(wanted))?;
-    let first = bind_reuseport(addr).map_err(err(addr))?;
+    let (addr, first) = if wanted.port() == 0 {
+        // The kernel picks a port no socket holds and never hands it to another
+        // port-0 bind while this one holds it; claiming it first would open a window
+        // in which another process could take the port between the claim and the bind.
+        let first = bind_reuseport(wanted).map_err(err(wanted))?;
+        let addr = first.local_addr().map_err(err(wanted))?;
+        (addr, first)
+    } else {
+        let addr = claim(wanted).map_err(err(wanted))?;
+        (addr, bind_reuseport(addr).map_err(err(addr))?)
+    };
     let mut sockets = vec![first];
     for _ in 1..workers {
         sockets.push(bind_reuseport(addr).map_err(err(addr))?);

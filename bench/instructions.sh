@@ -4,9 +4,12 @@
 # upstream on loopback (N1 and N2 requests) and reports (Ir2 - Ir1) / (N2 - N1),
 # which cancels start-up and shutdown.
 #
-#   bench/instructions.sh [returning|new|writeback] [BINARY]
+#   bench/instructions.sh [returning|new|writeback|h2] [BINARY]
+#                          # h2: returning visitors over h2c, one stream per connection
+#   KEEP=DIR bench/instructions.sh ...     # keeps both callgrind outputs in DIR
 #   TARGET=nginx bench/instructions.sh     # nginx as a plain reverse proxy instead,
 #                                          # one worker, same upstream and method
+#   TARGET=haproxy bench/instructions.sh h2 # HAProxy, one thread, likewise
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SCENARIO=${1:-returning}
@@ -44,14 +47,32 @@ cat > "$RUN/proxy.conf" <<CONF
 worker_processes 1; master_process off; daemon off; pid $RUN/proxy.pid; error_log $RUN/proxy.err warn;
 events { worker_connections 1024; }
 http { access_log off; upstream app { server 127.0.0.1:18100; keepalive 128; }
-  server { listen 127.0.0.1:18180;
+  server { listen 127.0.0.1:18180$( [ "$SCENARIO" = h2 ] && echo " http2" );
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+
+cat > "$RUN/haproxy.cfg" <<CONF
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:18180$( [ "$SCENARIO" = h2 ] && echo " proto h2" )
+  default_backend be
+backend be
+  server s1 127.0.0.1:18100
 CONF
 
 count() { # requests -> total Ir
   local n=$1 out="$RUN/cg.$1" pid cookie path=/ args=()
   if [ "${TARGET:-sessiongate}" = nginx ]; then
     valgrind --tool=callgrind --callgrind-out-file="$out" nginx -p "$RUN" -c "$RUN/proxy.conf" 2>"$RUN/vg.$n.err" &
+  elif [ "${TARGET:-sessiongate}" = haproxy ]; then
+    valgrind --tool=callgrind --callgrind-out-file="$out" haproxy -db -f "$RUN/haproxy.cfg" 2>"$RUN/vg.$n.err" &
   else
     valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN" --config "$RUN/sg.yaml" 2>"$RUN/vg.$n.err" &
   fi
@@ -60,12 +81,16 @@ count() { # requests -> total Ir
   cookie=$(curl -s -D - -o /dev/null http://127.0.0.1:18180/ | tr -d '\r' | sed -n 's/^set-cookie: \([^;]*\).*/\1/p')
   [ "$SCENARIO" = writeback ] && path=/write
   [ "$SCENARIO" != new ] && args=(-H "Cookie: $cookie")
+  [ "$SCENARIO" = h2 ] && args+=(--http2)
   oha --no-tui -n "$n" -c 4 "${args[@]}" "http://127.0.0.1:18180$path" >/dev/null
-  if [ "${TARGET:-sessiongate}" = nginx ]; then kill -QUIT "$pid"; else kill -INT "$pid"; fi
+  case "${TARGET:-sessiongate}" in
+    nginx) kill -QUIT "$pid" ;; haproxy) kill -USR1 "$pid" ;; *) kill -INT "$pid" ;;
+  esac
   wait "$pid" || true
+  [ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$out" "$KEEP/"
   callgrind_annotate "$out" 2>/dev/null | sed -n 's/^\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,
 }
 a=$(count "$N1")
 b=$(count "$N2")
-name=$(basename "$BIN"); [ "${TARGET:-sessiongate}" = nginx ] && name="nginx proxy"
+name=$(basename "$BIN"); [ "${TARGET:-sessiongate}" != sessiongate ] && name="${TARGET} proxy"
 echo "$SCENARIO: $(( (b - a) / (N2 - N1) )) instructions per request ($name)"

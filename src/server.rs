@@ -459,14 +459,16 @@ async fn accept_loop(
         let builder = builder.clone();
         let graceful = graceful.watcher();
         let role = role.clone();
-        let open = worker.state.metrics.open_connections.clone();
-        open.inc();
+        let held = Held::new(&worker.state.metrics.open_connections, permit);
         let mut stop = stop.clone();
         tokio::spawn(async move {
             match role {
                 Role::Plain => {
                     let info = ConnInfo::new(peer, false);
-                    serve_h1(stream, info, worker, &builder, graceful, &mut stop, true).await
+                    serve_h1(
+                        stream, info, worker, &builder, graceful, &mut stop, true, held,
+                    )
+                    .await
                 }
                 Role::Redirect { https_port } => {
                     redirect(stream, https_port, &builder, graceful).await
@@ -479,10 +481,12 @@ async fn accept_loop(
                         Ok(Ok(tls)) => {
                             let info = ConnInfo::new(peer, true);
                             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                                serve(tls, info, worker, &builder, graceful).await
+                                serve(tls, info, worker, &builder, graceful, held).await
                             } else {
-                                serve_h1(tls, info, worker, &builder, graceful, &mut stop, false)
-                                    .await
+                                serve_h1(
+                                    tls, info, worker, &builder, graceful, &mut stop, false, held,
+                                )
+                                .await
                             }
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
@@ -490,9 +494,62 @@ async fn accept_loop(
                     }
                 }
             }
-            open.dec();
-            drop(permit);
         });
+    }
+}
+
+/// What an accepted connection holds: its place in `open_connections` and its
+/// `limits.max_connections` permit. An HTTP/2 connection's streams run in tasks of
+/// their own that can outlive it by a poll or more, so each holds a clone, and the
+/// place and permit are given back when the last of them ends.
+struct Held {
+    open: prometheus_client::metrics::gauge::Gauge,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Held {
+    fn new(
+        open: &prometheus_client::metrics::gauge::Gauge,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Arc<Held> {
+        open.inc();
+        Arc::new(Held {
+            open: open.clone(),
+            _permit: permit,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// An HTTP/2 stream's response body, holding its connection's [`Held`] until the
+/// stream's task drops it.
+struct Kept<B> {
+    body: B,
+    _held: Arc<Held>,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Kept<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -506,13 +563,22 @@ async fn serve_h1<IO>(
     graceful: Watcher,
     stop: &mut watch::Receiver<bool>,
     detect_h2: bool,
+    held: Arc<Held>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     match crate::downstream::h1::serve(io, &info, &worker, stop, detect_h2).await {
         crate::downstream::h1::Served::Closed => drop(graceful),
         crate::downstream::h1::Served::H2 { io, read } => {
-            serve(Prefixed::new(read, io), info, worker, builder, graceful).await
+            serve(
+                Prefixed::new(read, io),
+                info,
+                worker,
+                builder,
+                graceful,
+                held,
+            )
+            .await
         }
     }
 }
@@ -575,6 +641,7 @@ async fn serve<IO>(
     worker: Arc<Worker>,
     builder: &auto::Builder<TokioExecutor>,
     graceful: Watcher,
+    held: Arc<Held>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -592,7 +659,14 @@ async fn serve<IO>(
         let worker = worker.clone();
         let info = info.clone();
         seen_by_service.store(true, std::sync::atomic::Ordering::Relaxed);
-        async move { Ok::<_, Infallible>(crate::downstream::h2::handle(worker, info, req).await) }
+        // Boxed: hyper moves a stream's future into its task and the task moves it
+        // between stages; a pointer is cheaper to move than the whole request path.
+        let handled = Box::pin(crate::downstream::h2::handle(worker, info, req));
+        let held = held.clone();
+        async move {
+            let response = handled.await.map(|body| Kept { body, _held: held });
+            Ok::<_, Infallible>(response)
+        }
     });
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)

@@ -465,10 +465,7 @@ async fn accept_loop(
             match role {
                 Role::Plain => {
                     let info = ConnInfo::new(peer, false);
-                    serve_h1(
-                        stream, info, worker, &builder, graceful, &mut stop, true, held,
-                    )
-                    .await
+                    serve_h1(stream, info, worker, &builder, graceful, &mut stop, held).await
                 }
                 Role::Redirect { https_port } => {
                     redirect(stream, https_port, &builder, graceful).await
@@ -483,10 +480,8 @@ async fn accept_loop(
                             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                                 serve(tls, info, worker, &builder, graceful, held).await
                             } else {
-                                serve_h1(
-                                    tls, info, worker, &builder, graceful, &mut stop, false, held,
-                                )
-                                .await
+                                serve_h1(tls, info, worker, &builder, graceful, &mut stop, held)
+                                    .await
                             }
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
@@ -553,8 +548,8 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Kept<B> {
     }
 }
 
-/// Serves a connection on the HTTP/1 path; a client that opens with the HTTP/2
-/// preface (`detect_h2`) is handed to hyper with the bytes read so far.
+/// Serves a connection on the HTTP/1 path; a plain-text client that opens with the
+/// HTTP/2 preface is handed to hyper with the bytes read so far.
 async fn serve_h1<IO>(
     io: IO,
     info: ConnInfo,
@@ -562,11 +557,12 @@ async fn serve_h1<IO>(
     builder: &auto::Builder<TokioExecutor>,
     graceful: Watcher,
     stop: &mut watch::Receiver<bool>,
-    detect_h2: bool,
     held: Arc<Held>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Over TLS, ALPN has already chosen the protocol.
+    let detect_h2 = !info.tls;
     match crate::downstream::h1::serve(io, &info, &worker, stop, detect_h2).await {
         crate::downstream::h1::Served::Closed => drop(graceful),
         crate::downstream::h1::Served::H2 { io, read } => {

@@ -975,6 +975,7 @@ fn check(input: &[u8], got: &[u8], msgs: &[UpMsg], stuck: bool) {
             ));
         }
         report.push_str(&format!("client got: {}\n", show(got)));
+        report.push_str(&PREVIOUS.with(|p| p.borrow().clone()));
         panic!("{report}");
     }
 }
@@ -997,13 +998,14 @@ impl Harness {
     /// closed could reach the upstream after the next input began, and be
     /// recorded as that input's. An HTTP/2 connection counts as open until the
     /// last of its streams' tasks has ended, not only its own.
-    async fn proxy_idle(&self) {
+    async fn proxy_idle(&self) -> bool {
         for _ in 0..3000 {
             if self.state.metrics.open_connections.get() == 0 {
-                return;
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        false
     }
 }
 
@@ -1027,13 +1029,29 @@ fn harness() -> &'static Harness {
     })
 }
 
+thread_local! {
+    /// The input before the current one, and how the harness found the proxy
+    /// and the upstream between them.
+    static PREVIOUS: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 fuzz_target!(|input: &[u8]| {
     let h = harness();
     h.rt.block_on(async {
-        h.upstream.settle().await;
-        h.proxy_idle().await;
-        h.upstream.settle().await;
+        let settled_before = !h.upstream.settle().await;
+        let idle = h.proxy_idle().await;
+        let settled = !h.upstream.settle().await;
         h.upstream.next_generation();
+        // What a failure report says of the input before this one, to tell a
+        // late message of that input from one of this input.
+        let note = PREVIOUS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        PREVIOUS.with(|p| {
+            *p.borrow_mut() = format!(
+                "{note}before this input: upstream settled {settled_before}, proxy idle {idle} \
+                 (open connections {}), upstream settled again {settled}\n",
+                h.state.metrics.open_connections.get()
+            )
+        });
         // An HTTP/2 connection (h2c by prior knowledge) gets time to forward
         // its streams before the client's FIN; HTTP/1 needs none.
         let start = input
@@ -1046,8 +1064,11 @@ fuzz_target!(|input: &[u8]| {
             Duration::ZERO
         };
         let got = h1diff::client_exchange_paced(h.proxy, input, linger).await;
+        // This input, for the report of the next one if that fails.
+        let this = format!("the input before: {}\n", show(input));
         let stuck = h.upstream.settle().await;
         let msgs = h.upstream.snapshot();
         check(input, &got, &msgs, stuck);
+        PREVIOUS.with(|p| *p.borrow_mut() = this);
     });
 });

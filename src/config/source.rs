@@ -86,36 +86,84 @@ impl Source<'_> {
         }
     }
 
-    /// A line-based search: follows the dotted path through indentation levels. Good
-    /// enough for block-style YAML; flow style falls back to the nearest parent found.
+    /// A line-based search: follows the dotted path through indentation levels and
+    /// into list items (`routes[2].login_url`). Good enough for block-style YAML;
+    /// flow style falls back to the nearest parent found.
     fn find(&self, key: &str) -> (u64, u64) {
+        let lines: Vec<&str> = self.text.lines().collect();
         let mut best = (1, 1);
+        // Where the search goes on: the first line to look at, the indent a
+        // line must exceed to stay inside the parent, and a list item's first
+        // key, which shares the line of its dash.
+        let mut from = 0;
         let mut parent_indent: Option<usize> = None;
-        let mut lines = self.text.lines().enumerate();
+        let mut item_line: Option<(usize, usize, &str)> = None;
         for part in key.split('.') {
-            let part = part.split('[').next().unwrap_or(part);
-            let mut found = false;
-            for (no, line) in lines.by_ref() {
+            let (name, index) = match part.split_once('[') {
+                Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+                None => (part, None),
+            };
+            let wanted = format!("{name}:");
+            let mut found = None;
+            if let Some((no, indent, body)) = item_line.take() {
+                if body.starts_with(&wanted) {
+                    found = Some((no, indent));
+                }
+            }
+            if found.is_none() {
+                for (no, line) in lines.iter().enumerate().skip(from) {
+                    let indent = line.len() - line.trim_start().len();
+                    let body = line.trim_start();
+                    if body.is_empty() || body.starts_with('#') {
+                        continue;
+                    }
+                    if parent_indent.is_some_and(|p| indent <= p) {
+                        break;
+                    }
+                    if body.starts_with(&wanted) {
+                        found = Some((no, indent));
+                        break;
+                    }
+                }
+            }
+            let Some((no, indent)) = found else { break };
+            best = (no as u64 + 1, indent as u64 + 1);
+            parent_indent = Some(indent);
+            from = no + 1;
+            let Some(index) = index else { continue };
+            // The list's items: dashes at one indent, no shallower than the key's.
+            let mut dash_indent = None;
+            let mut count = 0;
+            let mut item = None;
+            for (no, line) in lines.iter().enumerate().skip(from) {
                 let indent = line.len() - line.trim_start().len();
                 let body = line.trim_start();
                 if body.is_empty() || body.starts_with('#') {
                     continue;
                 }
-                if let Some(p) = parent_indent {
-                    if indent <= p {
-                        break;
-                    }
-                }
-                if body.starts_with(&format!("{part}:")) {
-                    best = (no as u64 + 1, indent as u64 + 1);
-                    parent_indent = Some(indent);
-                    found = true;
+                let dash = body == "-" || body.starts_with("- ");
+                if indent < parent_indent.unwrap_or(0)
+                    || (indent == parent_indent.unwrap_or(0) && !dash)
+                {
                     break;
                 }
+                if dash && dash_indent.is_none_or(|d| d == indent) {
+                    dash_indent = Some(indent);
+                    if count == index {
+                        item = Some((no, indent, body));
+                        break;
+                    }
+                    count += 1;
+                }
             }
-            if !found {
+            let Some((no, indent, body)) = item else {
                 break;
-            }
+            };
+            best = (no as u64 + 1, indent as u64 + 1);
+            parent_indent = Some(indent);
+            from = no + 1;
+            let first = body.trim_start_matches('-').trim_start();
+            item_line = Some((no, indent + (body.len() - first.len()), first));
         }
         best
     }

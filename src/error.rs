@@ -26,6 +26,21 @@ pub enum ProxyError {
     /// `CONNECT`: the proxy opens no tunnels.
     #[error("CONNECT is not served")]
     MethodNotAllowed,
+    /// `routes` is set and none matches the request.
+    #[error("no route matches the request")]
+    NoRoute,
+    /// Cross-site protection refused an unsafe request from another site.
+    #[error("cross-site request refused")]
+    CrossSite,
+    /// The login gate sends a browser navigation to this login page.
+    #[error("login required: sent to the login page")]
+    Login(HeaderValue),
+    /// The login gate answers any other request with this JSON body.
+    #[error("login required")]
+    Unauthorized(Bytes),
+    /// The session's value for the route's `require` key is not one it accepts.
+    #[error("the session may not use this route")]
+    Forbidden,
 }
 
 impl ProxyError {
@@ -44,6 +59,10 @@ impl ProxyError {
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::CrossSite | ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::Login(_) => StatusCode::SEE_OTHER,
+            ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -61,10 +80,21 @@ impl ProxyError {
             ProxyError::BodyTimeout => "body_timeout",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::NoRoute => "no_route",
+            ProxyError::CrossSite => "cross_site",
+            ProxyError::Login(_) | ProxyError::Unauthorized(_) => "login_required",
+            ProxyError::Forbidden => "forbidden",
         }
     }
 
-    pub(crate) fn body(&self) -> &'static str {
+    pub(crate) fn body(&self) -> Bytes {
+        if let ProxyError::Unauthorized(json) = self {
+            return json.clone();
+        }
+        Bytes::from_static(self.text().as_bytes())
+    }
+
+    fn text(&self) -> &'static str {
         match self {
             ProxyError::Upstream(UpstreamFailure::Refused) => {
                 "502 Bad Gateway: upstream refused the connection\n"
@@ -89,17 +119,23 @@ impl ProxyError {
             ProxyError::BodyTimeout => "408 Request Timeout: the request body stalled\n",
             ProxyError::BadRequest(_) => "400 Bad Request\n",
             ProxyError::MethodNotAllowed => "405 Method Not Allowed\n",
+            ProxyError::NoRoute => "404 Not Found\n",
+            ProxyError::CrossSite => "403 Forbidden: cross-site request refused\n",
+            ProxyError::Login(_) => "303 See Other: login required\n",
+            ProxyError::Unauthorized(_) => "",
+            ProxyError::Forbidden => "403 Forbidden: not allowed for this session\n",
         }
     }
 
     pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
-        let mut resp = Response::new(Full::new(Bytes::from_static(self.body().as_bytes())));
+        let mut resp = Response::new(Full::new(self.body()));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        let content_type = match self {
+            ProxyError::Unauthorized(_) => "application/json",
+            _ => "text/plain; charset=utf-8",
+        };
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
             ProxyError::Store(_) => {
@@ -114,7 +150,15 @@ impl ProxyError {
                     HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),
                 );
             }
-            ProxyError::Upstream(_) | ProxyError::UpstreamTimeout => {}
+            ProxyError::Login(location) => {
+                h.insert(header::LOCATION, location);
+            }
+            ProxyError::Upstream(_)
+            | ProxyError::UpstreamTimeout
+            | ProxyError::NoRoute
+            | ProxyError::CrossSite
+            | ProxyError::Unauthorized(_)
+            | ProxyError::Forbidden => {}
         }
         resp
     }

@@ -25,6 +25,7 @@
 //!    - `upstream`: how a request to the upstream fails; trusted proxies.
 //!    - [`conn`]: what a connection knows about its peer.
 //!    - `error`: what the proxy answers itself, mapped in one place.
+//!    - `route`: routes by host and path, the login gate and cross-site protection.
 //!    - `metrics`: Prometheus metrics, updated without locks.
 //! 3. The upstream client: [`h1::client`] (connections, and the reader of a
 //!    response body) and `pool` (each worker's keep-alive connections).
@@ -59,6 +60,7 @@ mod metrics;
 mod pool;
 pub mod proxy;
 mod redirect;
+pub(crate) mod route;
 pub mod server;
 pub mod session;
 mod settings;

@@ -10,6 +10,7 @@
 //! 4. consume the upstream's write-back headers and apply them;
 //! 5. add `Set-Cookie` when needed, fix caching headers, stream the body back.
 
+use bytes::Bytes;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::headers::{self, Candidate, Extras, Keep, Line, RequestView, UpstreamS
 use crate::io;
 use crate::metrics::{CookieRejection, Metrics};
 use crate::redirect::ClientOrigin;
+use crate::route::{self, Gate};
 use crate::session::{
     now_ms, Applied, Changes, Created, Inserted, Lookup, SessionData, SessionId, SessionStore,
     Store, StoreError,
@@ -192,6 +194,19 @@ impl Worker {
             | ProxyError::BodyTimeout
             | ProxyError::BadRequest(_)
             | ProxyError::MethodNotAllowed => {}
+            // A route's rules answered: the proxy working as configured.
+            ProxyError::NoRoute
+            | ProxyError::CrossSite
+            | ProxyError::Login(_)
+            | ProxyError::Unauthorized(_)
+            | ProxyError::Forbidden => {
+                tracing::debug!(
+                    request_id = begun.request_id.to_str().unwrap_or(""),
+                    kind = err.kind(),
+                    "request refused by its route"
+                );
+                return;
+            }
         }
         // Which upstream, for the failures that are its (never a URL with a path or
         // credentials: `host:port` only).
@@ -310,13 +325,15 @@ pub(crate) trait Downstream {
         keep: &Keep,
         extras: &Extras<'_>,
     ) -> (Self::Head, bool);
-    /// A response the proxy makes itself, with `body`. `clean`: the request
-    /// was read whole, so its connection can carry another.
+    /// A response the proxy makes itself, with `body`; `head_only` (a `HEAD`
+    /// request): its length is stated and the body left out. `clean`: the
+    /// request was read whole, so its connection can carry another.
     fn own(
         &mut self,
         status: StatusCode,
         headers: &HeaderMap,
-        body: &'static str,
+        body: Bytes,
+        head_only: bool,
         clean: bool,
     ) -> Self::Head;
 }
@@ -390,8 +407,10 @@ pub(crate) async fn forward<D: Downstream>(
             let (mut parts, _) = err.into_response().into_parts();
             parts.headers.remove(header::CONNECTION);
             worker.finish_headers(&begun, conn, &mut parts.headers);
-            worker.finish(&mut begun, conn, status, Some(body.len() as u64));
-            Reply::Own(down.own(status, &parts.headers, body, clean))
+            let head_only = *request.method == Method::HEAD;
+            let sent = if head_only { 0 } else { body.len() as u64 };
+            worker.finish(&mut begun, conn, status, Some(sent));
+            Reply::Own(down.own(status, &parts.headers, body, head_only, clean))
         }
     }
 }
@@ -766,15 +785,48 @@ pub(crate) async fn prepare<'a>(
     let scan = headers::scan_request(settings.rules(), conn, trusted, view, Some(&state.metrics))?;
     let flavor = settings.jar.flavor(scan.https);
 
+    // The route, when there are routes: its session switch and cross-site rule.
+    let route = match settings.routes.is_empty() {
+        true => None,
+        false => {
+            let index = (settings.routes)
+                .find(scan.host(), view.path)
+                .ok_or(ProxyError::NoRoute)?;
+            Some((index, settings.routes.get(index)))
+        }
+    };
+    if let Some((_, r)) = route {
+        if route::cross_site_refused(r, method, view.lines, scan.https, scan.host()) {
+            return Err(ProxyError::CrossSite);
+        }
+    }
+
     // 2. Find or make the session.
     // A Secure cookie is never sent over plain HTTP: with `secure: true`, such
     // requests get no session at all.
-    let no_session = scan.excluded || (flavor.secure && !scan.https);
+    let session_off = route.is_some_and(|(_, r)| !r.session);
+    let no_session = scan.excluded || session_off || (flavor.secure && !scan.https);
     let (session, data) = if no_session {
         (SessionState::Excluded, None)
     } else {
         resolve_session(state, settings, method, &scan.candidates).await?
     };
+    // The login gate, on what the session holds.
+    if let Some((index, r)) = route.filter(|(_, r)| r.require.is_some()) {
+        let held = data
+            .as_ref()
+            .filter(|_| matches!(session, SessionState::Live { .. }));
+        match route::gate(r, method, view.path, view.target, view.lines, held) {
+            Gate::Pass => {}
+            Gate::Login(location) => return Err(ProxyError::Login(location)),
+            Gate::Unauthorized => {
+                return Err(ProxyError::Unauthorized(
+                    settings.routes.unauthorized(index),
+                ))
+            }
+            Gate::Forbidden => return Err(ProxyError::Forbidden),
+        }
+    }
 
     // 3. Tell the upstream.
     let carried_session = matches!(session, SessionState::Live { .. });

@@ -10,6 +10,7 @@ use crate::cookie::CookieJar;
 use crate::headers::Rules;
 use crate::pool::Endpoint;
 use crate::redirect::UpstreamOrigin;
+use crate::route::Routes;
 use crate::session::Policy;
 
 /// Per-request settings derived from the configuration, swapped whole on reload.
@@ -26,6 +27,8 @@ pub struct Settings {
     pub(crate) redirects: Option<UpstreamOrigin>,
     /// Where requests go and how connections there are made.
     pub(crate) endpoint: Endpoint,
+    /// `routes`, indexed for matching; empty when the file has none.
+    pub(crate) routes: Routes,
 }
 
 impl Settings {
@@ -76,7 +79,9 @@ impl Settings {
                 upstream.uri, upstream.ca_file, upstream.connect_timeout
             ),
         };
+        let routes = Routes::new(config.routes.clone());
         Settings {
+            routes,
             config,
             jar,
             policy,

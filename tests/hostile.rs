@@ -220,6 +220,29 @@ async fn content_length_with_transfer_encoding_gets_400() {
     assert_malformed_request_refused(&bytes).await;
 }
 
+/// The proxy's own answer to `HEAD` (here a `502` from a dead upstream) states
+/// its length and carries no body: a body there would be read as the start of
+/// the next response on the connection.
+#[tokio::test]
+async fn own_answer_to_head_has_no_body_and_the_next_response_follows() {
+    let proxy = Proxy::start(config(&format!("http://{}", refused_addr()))).await;
+    let mut client = RawClient::connect(proxy.addr()).await;
+    client
+        .send(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let got = client.responses_within(2, Duration::from_secs(3)).await;
+    let text = got.text();
+    let first_end = text.find("\r\n\r\n").expect("a response head") + 4;
+    assert!(text.starts_with("HTTP/1.1 502"), "{text:?}");
+    assert!(
+        text[first_end..].starts_with("HTTP/1.1 502"),
+        "the HEAD answer carried a body: {text:?}"
+    );
+    assert!(text[..first_end]
+        .to_ascii_lowercase()
+        .contains("content-length: "));
+}
+
 /// What does hold for CL+TE today: Transfer-Encoding wins, the body is framed
 /// afresh for the upstream, the connection is closed after the response, and
 /// the request hidden behind the body is never forwarded.

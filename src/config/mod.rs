@@ -17,6 +17,7 @@
 mod admin;
 mod limits;
 mod log;
+mod routes;
 mod session;
 mod source;
 mod store;
@@ -50,6 +51,8 @@ pub struct Config {
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) tls: Option<TlsConfig>,
     pub(crate) upstream: UpstreamConfig,
+    /// `routes`, in order; empty: every request goes to the `default` group.
+    pub(crate) routes: Vec<crate::route::Route>,
     pub session: SessionConfig,
     pub(crate) trusted_proxies: Vec<IpNet>,
     pub store: StoreConfig,
@@ -99,6 +102,7 @@ impl Config {
             listen,
             tls,
             upstream: _,
+            routes: _,
             session: _,
             trusted_proxies: _,
             store,
@@ -157,6 +161,8 @@ struct RawConfig {
     listen: Option<Addr>,
     tls: Option<tls::RawTls>,
     upstream: upstream::RawUpstream,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    routes: Vec<routes::RawRoute>,
     session: session::RawSession,
     trusted_proxies: Vec<Cidr>,
     store: store::RawStore,
@@ -173,6 +179,10 @@ impl RawConfig {
             self.listen = Some(Addr(SocketAddr::from(([127, 0, 0, 1], 8080))));
         }
         let upstream = self.upstream.validate(src)?;
+        let groups = ["default"];
+        let routes = (self.routes.iter().enumerate())
+            .map(|(i, r)| r.validate(i, src, &groups))
+            .collect::<Result<Vec<_>, _>>()?;
         let (session, dev_secret) = self.session.validate(src, dev)?;
         let store = self.store.validate(src)?;
         let tls = self.tls.as_ref().map(|t| t.validate(src)).transpose()?;
@@ -186,6 +196,7 @@ impl RawConfig {
             listen: self.listen.map(|a| a.0),
             tls,
             upstream,
+            routes,
             session,
             trusted_proxies: self.trusted_proxies.iter().map(|c| c.0).collect(),
             store,
@@ -310,6 +321,78 @@ mod tests {
                 if section == "session" { 3 } else { 4 },
                 "{key}: {msg}"
             );
+        }
+    }
+
+    #[test]
+    fn routes_are_checked_value_by_value_and_across_keys() {
+        let base = format!("session:\n  secrets: [\"{SECRET}\"]\n");
+        let ok = parse(&format!(
+            "{base}routes:\n  - match: {{host: \"*.Example.com\", path: /admin/}}\n    require: {{key: role, values: [admin]}}\n    login_url: /login\n  - match: {{path: /static/}}\n    session: off\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.routes.len(), 2);
+        assert_eq!(
+            ok.routes[0].host,
+            crate::route::HostMatch::Suffix(".example.com".into())
+        );
+        assert_eq!(ok.routes[0].cross_site, crate::route::CrossSite::Block);
+        assert!(!ok.routes[1].session);
+        assert_eq!(ok.routes[1].cross_site, crate::route::CrossSite::Allow);
+        for (route, line, key, says) in [
+            (
+                "  - login_url: //evil.test\n",
+                4,
+                "routes[0].login_url",
+                "exactly one /",
+            ),
+            (
+                "  - login_url: https://evil.test/\n",
+                4,
+                "routes[0].login_url",
+                "exactly one /",
+            ),
+            (
+                "  - match: {path: admin}\n",
+                4,
+                "routes[0].match.path",
+                "begins with /",
+            ),
+            (
+                "  - match: {host: \"http://a.test\"}\n",
+                4,
+                "routes[0].match.host",
+                "no scheme",
+            ),
+            (
+                "  - trusted_origins: [\"https://a.test/\"]\n",
+                4,
+                "routes[0].trusted_origins[0]",
+                "not an origin",
+            ),
+            ("  - session: maybe\n", 4, "routes[0].session", "on or off"),
+            (
+                "  - upstream: app\n",
+                4,
+                "routes[0].upstream",
+                "no upstream group",
+            ),
+            (
+                "  - match: {path: /}\n  - session: off\n    require: {key: user}\n",
+                6,
+                "routes[1].require",
+                "session: off",
+            ),
+            (
+                "  - {match: {path: /}}\n  - upstream: other\n",
+                5,
+                "routes[1].upstream",
+                "no upstream group",
+            ),
+        ] {
+            let (l, _, k, msg) = invalid(&format!("{base}routes:\n{route}"));
+            assert_eq!((l, k.as_str()), (line, key), "{route}: {msg}");
+            assert!(msg.contains(says), "{route}: {msg}");
         }
     }
 

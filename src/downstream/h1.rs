@@ -309,12 +309,13 @@ where
         &mut self,
         status: StatusCode,
         headers: &HeaderMap,
-        body: &'static str,
+        body: Bytes,
+        head_only: bool,
         clean: bool,
     ) -> Head {
         let close = self.closing || !clean;
         let mut bytes = Vec::with_capacity(256);
-        codec::write_own_response(&mut bytes, status, headers, body.as_bytes(), close);
+        codec::write_own_response(&mut bytes, status, headers, &body, head_only, close);
         Head { bytes, close }
     }
 }
@@ -350,7 +351,7 @@ where
     }
     let body = format!("{status}\n");
     let mut out = Vec::new();
-    codec::write_own_response(&mut out, status, &headers, body.as_bytes(), true);
+    codec::write_own_response(&mut out, status, &headers, body.as_bytes(), false, true);
     let _ = send(&mut io, &out, send_timeout).await;
     close(&mut io).await;
     Served::Closed

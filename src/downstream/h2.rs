@@ -219,14 +219,16 @@ impl Downstream for Stream {
         &mut self,
         status: StatusCode,
         headers: &HeaderMap,
-        body: &'static str,
+        body: Bytes,
+        head_only: bool,
         _clean: bool,
     ) -> Response<StreamBody> {
-        let mut resp = Response::new(StreamBody::Own(Some(Bytes::from_static(body.as_bytes()))));
+        let length = body.len();
+        let mut resp = Response::new(StreamBody::Own((!head_only).then_some(body)));
         *resp.status_mut() = status;
         *resp.headers_mut() = headers.clone();
         resp.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         resp
     }
 }

@@ -504,6 +504,7 @@ pub(crate) fn write_own_response(
     status: StatusCode,
     headers: &http::HeaderMap,
     body: &[u8],
+    head_only: bool,
     close: bool,
 ) {
     let lines = crate::headers::lines_of(headers);
@@ -521,7 +522,9 @@ pub(crate) fn write_own_response(
         framing,
         close,
     );
-    out.extend_from_slice(body);
+    if !head_only {
+        out.extend_from_slice(body);
+    }
 }
 
 /// Where a chunked decoder stands.

@@ -130,11 +130,15 @@ impl Upstream {
     }
 
     /// Accepts what the kernel holds; call inside the runtime.
-    fn accept_pending(&'static self) {
+    /// Accepts every connection waiting; returns how many.
+    fn accept_pending(&'static self) -> usize {
         let _held = self.accepting.lock().unwrap();
+        let mut n = 0;
         while let Ok((s, _)) = self.listener.get_ref().accept() {
             self.register(s);
+            n += 1;
         }
+        n
     }
 
     fn register(&'static self, s: std::net::TcpStream) {
@@ -409,11 +413,16 @@ impl Upstream {
     /// Waits until the upstream has read everything the proxy sent: every
     /// connection accepted and drained, none left open inside a message.
     /// Returns whether one stayed open inside a message (after ~0.5 s).
+    ///
+    /// A connection accepted here is read only after the reactor has had a turn:
+    /// tokio reads nothing from a socket it has not yet seen readable, so bytes
+    /// already waiting on a new connection would look like none, and be taken
+    /// for the next input's.
     async fn settle(&'static self) -> bool {
         for _ in 0..500 {
-            self.accept_pending();
+            let fresh = self.accept_pending() > 0;
             let conns: Vec<Arc<Conn>> = self.conns.lock().unwrap().clone();
-            let mut busy = false;
+            let mut busy = fresh;
             for c in &conns {
                 self.drain(c);
                 let st = c.state.lock().unwrap();

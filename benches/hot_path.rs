@@ -32,7 +32,7 @@ fn ready<F: std::future::Future>(f: F) -> F::Output {
 fn settings() -> Settings {
     let yaml = "listen: 127.0.0.1:0\nupstream: { url: \"http://127.0.0.1:3000\" }\n\
                 session: { secrets: [\"bench-secret-0123456789abcdef0123456789\"] }\n";
-    Settings::new(Config::parse(yaml, Path::new("bench.yaml"), false).expect("bench config"))
+    Settings::standalone(Config::parse(yaml, Path::new("bench.yaml"), false).expect("bench config"))
 }
 
 const POLICY: Policy = capped(1_000_000);

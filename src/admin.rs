@@ -130,6 +130,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
     if path == "/sessions" {
         return by_key(state, method == Method::GET, query).await;
     }
+    if path == "/upstreams" && method == Method::GET {
+        return upstreams(state).await;
+    }
     let Some(id_text) = path.strip_prefix("/sessions/") else {
         return text(StatusCode::NOT_FOUND, "404 Not Found\n");
     };
@@ -230,14 +233,70 @@ async fn readiness(state: &State) -> Response<Full<Bytes>> {
             "not ready: session store unavailable\n",
         );
     }
-    let target = state.settings.load().config.upstream.connect_to.clone();
-    match tokio::time::timeout(PROBE, tokio::net::TcpStream::connect(target)).await {
-        Ok(Ok(_)) => text(StatusCode::OK, "ready\n"),
-        _ => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: upstream unreachable\n",
-        ),
+    // Every group needs one server that is healthy and accepts a connection.
+    let settings = state.settings.load_full();
+    let ups = &settings.upstreams;
+    for group in &ups.groups {
+        let mut reachable = false;
+        for &i in &group.targets {
+            let t = &ups.targets[i];
+            if !t.state.is_healthy() {
+                continue;
+            }
+            let connect = tokio::net::TcpStream::connect(t.endpoint.authority.as_str());
+            if matches!(tokio::time::timeout(PROBE, connect).await, Ok(Ok(_))) {
+                reachable = true;
+                break;
+            }
+        }
+        if !reachable {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: upstream unreachable\n",
+            );
+        }
     }
+    text(StatusCode::OK, "ready\n")
+}
+
+/// `GET /upstreams`: every group and server, with its state and, under
+/// affinity, how many sessions stay on it.
+async fn upstreams(state: &State) -> Response<Full<Bytes>> {
+    let settings = state.settings.load_full();
+    let ups = &settings.upstreams;
+    let mut groups = Vec::new();
+    for group in &ups.groups {
+        let mut servers = Vec::new();
+        for &i in &group.targets {
+            let t = &ups.targets[i];
+            let status = match (t.state.is_healthy(), t.drain) {
+                (false, _) => "unhealthy",
+                (true, true) => "draining",
+                (true, false) => "healthy",
+            };
+            let sessions = if group.affinity {
+                match state.store.find(&group.pin_key, &t.name).await {
+                    Ok(ids) => serde_json::json!(ids.len()),
+                    Err(_) => return store_down(),
+                }
+            } else {
+                serde_json::Value::Null
+            };
+            servers.push(serde_json::json!({
+                "url": t.name,
+                "state": status,
+                "requests": t.state.metrics.requests.get(),
+                "errors": t.state.metrics.errors.get(),
+                "sessions": sessions,
+            }));
+        }
+        groups.push(serde_json::json!({
+            "name": group.name,
+            "affinity": if group.affinity { "session" } else { "none" },
+            "servers": servers,
+        }));
+    }
+    json(StatusCode::OK, serde_json::json!({ "groups": groups }))
 }
 
 /// The session counters are the store's own, read as the registry encodes them.

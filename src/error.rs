@@ -26,6 +26,9 @@ pub enum ProxyError {
     /// `CONNECT`: the proxy opens no tunnels.
     #[error("CONNECT is not served")]
     MethodNotAllowed,
+    /// Every server of the request's group is unhealthy.
+    #[error("no healthy upstream server")]
+    NoServer,
     /// `routes` is set and none matches the request.
     #[error("no route matches the request")]
     NoRoute,
@@ -59,6 +62,7 @@ impl ProxyError {
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NoServer => StatusCode::BAD_GATEWAY,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::CrossSite | ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::Login(_) => StatusCode::SEE_OTHER,
@@ -80,6 +84,7 @@ impl ProxyError {
             ProxyError::BodyTimeout => "body_timeout",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::NoServer => "no_healthy_upstream",
             ProxyError::NoRoute => "no_route",
             ProxyError::CrossSite => "cross_site",
             ProxyError::Login(_) | ProxyError::Unauthorized(_) => "login_required",
@@ -119,6 +124,7 @@ impl ProxyError {
             ProxyError::BodyTimeout => "408 Request Timeout: the request body stalled\n",
             ProxyError::BadRequest(_) => "400 Bad Request\n",
             ProxyError::MethodNotAllowed => "405 Method Not Allowed\n",
+            ProxyError::NoServer => "502 Bad Gateway: no healthy upstream server\n",
             ProxyError::NoRoute => "404 Not Found\n",
             ProxyError::CrossSite => "403 Forbidden: cross-site request refused\n",
             ProxyError::Login(_) => "303 See Other: login required\n",
@@ -155,6 +161,7 @@ impl ProxyError {
             }
             ProxyError::Upstream(_)
             | ProxyError::UpstreamTimeout
+            | ProxyError::NoServer
             | ProxyError::NoRoute
             | ProxyError::CrossSite
             | ProxyError::Unauthorized(_)

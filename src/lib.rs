@@ -31,10 +31,11 @@
 //!    response body) and `pool` (each worker's keep-alive connections).
 //! 4. [`config`]: YAML → a validated [`config::Config`], one module per section;
 //!    builds the values the layers below define. Errors name file, line and key.
-//! 5. `settings` (what requests are served under, swapped whole on reload) and
-//!    `store` (opens the store `store.type` names).
+//! 5. `settings` (what requests are served under, swapped whole on reload),
+//!    `upstreams` (the groups' servers, their health and load, and how a group
+//!    picks one) and `store` (opens the store `store.type` names).
 //! 6. [`proxy`]: the request path, one driver for HTTP/1 and HTTP/2, read top to
-//!    bottom.
+//!    bottom; `health`: the active checks of the upstream servers.
 //! 7. `downstream`: the adapters, an HTTP/1 connection and an HTTP/2 stream.
 //! 8. [`server`] (listeners, workers, reload, graceful shutdown), `admin`
 //!    (health, readiness, metrics and the session API), [`logging`].
@@ -54,6 +55,7 @@ pub(crate) mod downstream;
 mod error;
 pub mod h1;
 pub mod headers;
+mod health;
 pub(crate) mod io;
 pub mod logging;
 mod metrics;
@@ -68,3 +70,4 @@ mod shutdown;
 mod store;
 pub mod tls;
 mod upstream;
+mod upstreams;

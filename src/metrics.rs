@@ -191,6 +191,23 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    group: String,
+    server: String,
+}
+
+/// One upstream server's series, shared by every worker and kept across reloads.
+#[derive(Clone, Debug, Default)]
+pub struct ServerMetrics {
+    /// Requests sent to it.
+    pub requests: Counter,
+    /// Requests it failed: no connection, reset, no answer in time.
+    pub errors: Counter,
+    /// 1 while it is healthy.
+    pub healthy: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: String,
 }
@@ -391,6 +408,9 @@ pub struct Metrics {
     writes_malformed: Counter,
     pub open_connections: Gauge,
     reloads: PerLabel<ReloadOutcome, Counter>,
+    server_requests: Family<ServerLabels, Counter>,
+    server_errors: Family<ServerLabels, Counter>,
+    server_healthy: Family<ServerLabels, Gauge>,
 }
 
 impl Metrics {
@@ -510,8 +530,29 @@ impl Metrics {
                 outcome: o.to_owned(),
             },
         );
+        let server_requests = Family::<ServerLabels, Counter>::default();
+        registry.register(
+            "upstream_server_requests",
+            "Requests sent to each upstream server",
+            server_requests.clone(),
+        );
+        let server_errors = Family::<ServerLabels, Counter>::default();
+        registry.register(
+            "upstream_server_errors",
+            "Requests each upstream server failed (no connection, reset, no answer in time)",
+            server_errors.clone(),
+        );
+        let server_healthy = Family::<ServerLabels, Gauge>::default();
+        registry.register(
+            "upstream_server_healthy",
+            "1 while the upstream server is healthy, else 0",
+            server_healthy.clone(),
+        );
         Metrics {
             registry,
+            server_requests,
+            server_errors,
+            server_healthy,
             requests,
             request_duration,
             upstream_duration,
@@ -548,6 +589,30 @@ impl Metrics {
     /// A write-back refused as malformed (the store counts those too large).
     pub fn write_malformed(&self) {
         self.writes_malformed.inc();
+    }
+
+    /// The series of the server `server` (its URL) of the group `group`.
+    pub fn server(&self, group: &str, server: &str) -> ServerMetrics {
+        let labels = ServerLabels {
+            group: group.to_owned(),
+            server: server.to_owned(),
+        };
+        ServerMetrics {
+            requests: self.server_requests.get_or_create_owned(&labels),
+            errors: self.server_errors.get_or_create_owned(&labels),
+            healthy: self.server_healthy.get_or_create_owned(&labels),
+        }
+    }
+
+    /// Drops the series of a server no longer configured.
+    pub fn forget_server(&self, group: &str, server: &str) {
+        let labels = ServerLabels {
+            group: group.to_owned(),
+            server: server.to_owned(),
+        };
+        self.server_requests.remove(&labels);
+        self.server_errors.remove(&labels);
+        self.server_healthy.remove(&labels);
     }
 
     pub fn reload(&self, ok: bool) {

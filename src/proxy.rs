@@ -31,11 +31,13 @@ use crate::io;
 use crate::metrics::{CookieRejection, Metrics};
 use crate::redirect::ClientOrigin;
 use crate::route::{self, Gate};
+use crate::session::split_reserved;
 use crate::session::{
     now_ms, Applied, Changes, Created, Inserted, Lookup, SessionData, SessionId, SessionStore,
     Store, StoreError,
 };
 use crate::upstream::{self, UpstreamFailure};
+use crate::upstreams::{Group, Sent};
 use smallvec::SmallVec;
 
 pub use crate::conn::ConnInfo;
@@ -50,9 +52,10 @@ pub struct State {
 
 impl State {
     pub(crate) fn new(config: Config, store: Store) -> State {
+        let metrics = Metrics::new(store.counters().clone());
         State {
-            settings: ArcSwap::from_pointee(Settings::new(config)),
-            metrics: Metrics::new(store.counters().clone()),
+            settings: ArcSwap::from_pointee(Settings::new(config, &metrics, None)),
+            metrics,
             store,
         }
     }
@@ -69,36 +72,37 @@ pub(crate) struct Trace {
 /// counter, so that requests on different cores share no hot cache line.
 pub(crate) struct Worker {
     pub(crate) state: Arc<State>,
-    /// This worker's connections to the upstream; replaced when a reload changes
-    /// the upstream.
-    pool: ArcSwap<Pool>,
+    /// This worker's connections to each upstream server, rebuilt when a reload
+    /// changes the settings.
+    pools: ArcSwap<Pools>,
     request_prefix: u32,
     request_counter: AtomicU64,
 }
 
 impl Worker {
     pub fn new(state: Arc<State>) -> Worker {
-        let endpoint = state.settings.load().endpoint.clone();
+        let pools = Pools::for_settings(&state.settings.load(), None);
         let mut prefix = [0u8; 4];
         getrandom::fill(&mut prefix).expect("the operating system's random source failed");
         Worker {
             state,
-            pool: ArcSwap::from_pointee(Pool::new(endpoint)),
+            pools: ArcSwap::from_pointee(pools),
             request_prefix: u32::from_le_bytes(prefix),
             request_counter: AtomicU64::new(0),
         }
     }
 
-    /// The pool for the upstream `settings` name: the current one, or a new one
-    /// put in its place after a reload changed the upstream.
-    fn pool(&self, settings: &Settings) -> Arc<Pool> {
-        let pool = self.pool.load_full();
-        if pool.serves(&settings.endpoint.identity) {
-            return pool;
+    /// This worker's pool for the server `target` of `settings`; after a reload,
+    /// the pools are rebuilt once, keeping those of servers that stay the same.
+    fn pool(&self, settings: &Settings, target: usize) -> Arc<Pool> {
+        let pools = self.pools.load();
+        if pools.generation == settings.generation {
+            return pools.pools[target].clone();
         }
-        let fresh = Arc::new(Pool::new(settings.endpoint.clone()));
-        self.pool.store(fresh.clone());
-        fresh
+        let fresh = Pools::for_settings(settings, Some(&pools));
+        let pool = fresh.pools[target].clone();
+        self.pools.store(Arc::new(fresh));
+        pool
     }
 
     /// A request id: 8 hex digits of per-worker random prefix, 12 of counter.
@@ -114,6 +118,29 @@ impl Worker {
             *b = HEX[((n >> (44 - 4 * i)) & 15) as usize];
         }
         HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+    }
+}
+
+/// A worker's pools, one per server of one generation of settings.
+struct Pools {
+    generation: u64,
+    pools: Vec<Arc<Pool>>,
+}
+
+impl Pools {
+    fn for_settings(settings: &Settings, previous: Option<&Pools>) -> Pools {
+        let pools = (settings.upstreams.targets.iter())
+            .map(|t| {
+                previous
+                    .and_then(|p| p.pools.iter().find(|p| p.serves(&t.endpoint.identity)))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Pool::new(t.endpoint.clone())))
+            })
+            .collect();
+        Pools {
+            generation: settings.generation,
+            pools,
+        }
     }
 }
 
@@ -145,6 +172,8 @@ pub(crate) struct Begun {
     pub(crate) request_id: HeaderValue,
     path: Option<String>,
     pub(crate) trace: Trace,
+    /// The upstream server chosen, once it is.
+    pub(crate) target: Option<usize>,
     /// Counted and logged already.
     finished: bool,
 }
@@ -178,6 +207,7 @@ impl Worker {
             request_id,
             path,
             trace: Trace::default(),
+            target: None,
             finished: false,
         }
     }
@@ -193,7 +223,8 @@ impl Worker {
             ProxyError::BodyTooLarge
             | ProxyError::BodyTimeout
             | ProxyError::BadRequest(_)
-            | ProxyError::MethodNotAllowed => {}
+            | ProxyError::MethodNotAllowed
+            | ProxyError::NoServer => {}
             // A route's rules answered: the proxy working as configured.
             ProxyError::NoRoute
             | ProxyError::CrossSite
@@ -210,8 +241,15 @@ impl Worker {
         }
         // Which upstream, for the failures that are its (never a URL with a path or
         // credentials: `host:port` only).
-        let upstream = matches!(err, ProxyError::Upstream(_) | ProxyError::UpstreamTimeout)
-            .then_some(begun.settings.config.upstream.connect_to.as_str());
+        let upstream = begun
+            .target
+            .filter(|_| matches!(err, ProxyError::Upstream(_) | ProxyError::UpstreamTimeout))
+            .map(|t| {
+                begun.settings.upstreams.targets[t]
+                    .endpoint
+                    .authority
+                    .as_str()
+            });
         tracing::warn!(
             request_id = begun.request_id.to_str().unwrap_or(""),
             kind = err.kind(),
@@ -373,6 +411,30 @@ impl Failed {
     }
 }
 
+/// What a failed request tells of its server's health: a connection failure
+/// counts toward making it unhealthy; a failure after it connected is an error
+/// of the server's but not of its health; the rest are not the server's.
+fn blame(sent: Sent, failed: Failed, group: &Group) -> Failed {
+    match &failed {
+        Failed::Proxy {
+            err: ProxyError::Upstream(kind),
+            ..
+        } => {
+            let connect = matches!(
+                kind,
+                UpstreamFailure::Refused | UpstreamFailure::ConnectTimeout | UpstreamFailure::Tls
+            );
+            sent.failed(connect, group.health.as_ref());
+        }
+        Failed::Proxy {
+            err: ProxyError::UpstreamTimeout,
+            ..
+        } => sent.failed(false, group.health.as_ref()),
+        _ => drop(sent),
+    }
+    failed
+}
+
 /// One try at the upstream round trip.
 enum Attempt {
     /// A reused connection broke before answering; try a new one.
@@ -436,11 +498,18 @@ async fn exchange<D: Downstream>(
     down.body_ready(&mut out, limits)
         .map_err(|err| Failed::Proxy { err, clean: false })?;
 
-    // The upstream round trip.
-    let pool = worker.pool(settings);
-    let timeout = settings.config.upstream.timeout;
+    // The upstream round trip, counted against the server for its health and load.
+    begun.target = Some(exchange.target);
+    let server = &settings.upstreams.targets[exchange.target];
+    let group = &settings.upstreams.groups[server.group];
+    let pool = worker.pool(settings, exchange.target);
+    let timeout = group.timeout;
     let asked = Instant::now();
-    let (mut up, deadline) = round_trip(&pool, limits, timeout, down, out, request).await?;
+    let sent = server.send();
+    let (mut up, deadline) = match round_trip(&pool, limits, timeout, down, out, request).await {
+        Ok(trip) => trip,
+        Err(failed) => return Err(blame(sent, failed, group)),
+    };
 
     // Steps 4 and 5 on the response head, then its body for the adapter.
     let answer = read_answer(
@@ -454,7 +523,12 @@ async fn exchange<D: Downstream>(
         down,
         asked,
     )
-    .await?;
+    .await;
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(failed) => return Err(blame(sent, failed, group)),
+    };
+    sent.answered(group.health.is_some());
     let Answer {
         head,
         status,
@@ -754,6 +828,10 @@ pub(crate) struct Exchange {
     /// The client asked for an upgrade (WebSocket).
     pub(crate) upgrade: bool,
     method: Method,
+    /// The upstream server, in `Settings::upstreams`.
+    pub(crate) target: usize,
+    /// The session's affinity is to be written: to this server.
+    pin: bool,
 }
 
 /// What steps 1 to 3 decided: the request to send upstream is the kept lines,
@@ -779,8 +857,6 @@ pub(crate) async fn prepare<'a>(
     view: &RequestView<'a>,
     trace: &mut Trace,
 ) -> Result<Prepared<'a>, ProxyError> {
-    let cfg = &settings.config;
-
     // 1. Strip what the client may not send upstream, before adding anything.
     let scan = headers::scan_request(settings.rules(), conn, trusted, view, Some(&state.metrics))?;
     let flavor = settings.jar.flavor(scan.https);
@@ -828,6 +904,20 @@ pub(crate) async fn prepare<'a>(
         }
     }
 
+    // The server: the session's own under affinity, else by the group's balance.
+    // The proxy's own keys in the data are never shown to the upstream.
+    let group = &settings.upstreams.groups[settings.group_of(route.map(|(i, _)| i))];
+    let live = matches!(session, SessionState::Live { .. });
+    let pin_key = (group.affinity && live).then_some(group.pin_key.as_str());
+    let (data, pinned) = match &data {
+        Some(d) => split_reserved(d, pin_key),
+        None => (None, None),
+    };
+    let choice = (settings.upstreams)
+        .choose(group.index, pinned.as_deref())
+        .ok_or(ProxyError::NoServer)?;
+    let server = &settings.upstreams.targets[choice.target];
+
     // 3. Tell the upstream.
     let carried_session = matches!(session, SessionState::Live { .. });
     if let SessionState::Live { id, .. } = &session {
@@ -841,30 +931,35 @@ pub(crate) async fn prepare<'a>(
         }),
         _ => None,
     };
-    let extras = scan.extras(settings.rules(), conn, upstream_session, request_id);
+    let extras = scan.extras(
+        settings.rules_to(server),
+        conn,
+        upstream_session,
+        request_id,
+    );
     let target = if view.target.is_empty() {
         &b"/"[..]
     } else {
         view.target
     };
     // `*` (OPTIONS for the whole server) has no path to put under base_path.
-    let target = if cfg.upstream.base_path.is_empty() || target == b"*" {
+    let target = if server.base_path.is_empty() || target == b"*" {
         Cow::Borrowed(target)
     } else {
-        Cow::Owned([cfg.upstream.base_path.as_bytes(), target].concat())
+        Cow::Owned([server.base_path.as_bytes(), target].concat())
     };
     Ok(Prepared {
         exchange: Exchange {
             session,
             https: scan.https,
-            client_host: settings
-                .redirects
-                .as_ref()
+            client_host: (server.redirects.as_ref())
                 .and(scan.host())
                 .map(SmallVec::from_slice),
             carried_session,
             upgrade: scan.upgrade,
             method: method.clone(),
+            target: choice.target,
+            pin: choice.pin && live,
         },
         keep: scan.keep,
         extras,
@@ -893,11 +988,18 @@ pub(crate) async fn respond<'a>(
     let scan = headers::scan_response(lines, names, &settings.jar, switching);
     let mut keep = scan.keep;
     let kinds = scan.names;
-    let changes = scan.changes.unwrap_or_else(|reason| {
+    let mut changes = scan.changes.unwrap_or_else(|reason| {
         state.metrics.write_malformed();
         tracing::warn!(%reason, "write-back refused: malformed session header from the upstream");
         Changes::default()
     });
+    let server = &settings.upstreams.targets[exchange.target];
+    if exchange.pin && !changes.destroy {
+        let group = &settings.upstreams.groups[server.group];
+        changes
+            .set
+            .push((group.pin_key.clone(), server.name.clone()));
+    }
     let mut set_cookie = if matches!(exchange.session, SessionState::Live { new: true, .. }) {
         store_new(state, settings, flavor, &mut exchange.session, &changes).await?
     } else if !changes.is_empty() {
@@ -927,7 +1029,7 @@ pub(crate) async fn respond<'a>(
         hsts,
         switching,
     );
-    if let (Some(upstream), Some(host)) = (&settings.redirects, &exchange.client_host) {
+    if let (Some(upstream), Some(host)) = (&server.redirects, &exchange.client_host) {
         let client = ClientOrigin {
             https: exchange.https,
             host,

@@ -284,6 +284,7 @@ impl Server {
                 Err(e) => tracing::error!(error = %e, "cannot register the admin listener"),
             }
         }
+        tokio::spawn(crate::health::run(self.state.clone(), stop_rx.clone()));
         for (i, sockets) in per_worker.into_iter().enumerate() {
             let (done_tx, done_rx) = oneshot::channel::<()>();
             let state = self.state.clone();
@@ -358,7 +359,7 @@ impl Reloader {
         if let (Some(cert), Some(tls)) = (&self.cert, &next.tls) {
             cert.reload(&tls.cert, &tls.key)?;
         }
-        let settings = Arc::new(Settings::new(next));
+        let settings = Arc::new(Settings::new(next, &self.state.metrics, Some(&current)));
         self.state.settings.store(settings.clone());
         Ok(settings)
     }

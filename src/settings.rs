@@ -8,10 +8,11 @@ use crate::config::{Config, SessionConfig};
 use crate::conn::ConnInfo;
 use crate::cookie::CookieJar;
 use crate::headers::Rules;
-use crate::pool::Endpoint;
-use crate::redirect::UpstreamOrigin;
+use crate::metrics::Metrics;
 use crate::route::Routes;
 use crate::session::Policy;
+use crate::upstreams::{Target, Upstreams};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Per-request settings derived from the configuration, swapped whole on reload.
 pub struct Settings {
@@ -19,20 +20,27 @@ pub struct Settings {
     pub jar: CookieJar,
     /// The session rules every store call of the request is made under.
     pub policy: Policy,
-    /// `Host` for the upstream when `preserve_host` is off.
-    pub(crate) upstream_host: Option<HeaderValue>,
     /// `Strict-Transport-Security` for responses over TLS.
     hsts: Option<HeaderValue>,
-    /// The upstream's origin, when `upstream.rewrite_redirects` is on.
-    pub(crate) redirects: Option<UpstreamOrigin>,
-    /// Where requests go and how connections there are made.
-    pub(crate) endpoint: Endpoint,
+    /// The upstream groups and their servers.
+    pub(crate) upstreams: Upstreams,
     /// `routes`, indexed for matching; empty when the file has none.
     pub(crate) routes: Routes,
+    /// Each route's group, by route index.
+    route_groups: Vec<usize>,
+    /// The group `default`.
+    default_group: usize,
+    /// Tells these settings from every earlier ones: each worker rebuilds its
+    /// pools when it changes.
+    pub(crate) generation: u64,
 }
 
+/// Counts settings as they are made.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
 impl Settings {
-    /// What the header rules need, borrowed from these settings.
+    /// What the header rules need, borrowed from these settings, before a
+    /// server is chosen.
     pub fn rules(&self) -> Rules<'_> {
         let c = &self.config;
         Rules {
@@ -41,8 +49,17 @@ impl Settings {
             jar: &self.jar,
             exclude_paths: &c.session.exclude_paths,
             max_body_bytes: c.limits.max_body_bytes,
-            preserve_host: c.upstream.preserve_host,
-            upstream_host: self.upstream_host.as_ref(),
+            preserve_host: false,
+            upstream_host: None,
+        }
+    }
+
+    /// The header rules for a request to `target`.
+    pub(crate) fn rules_to<'a>(&'a self, target: &'a Target) -> Rules<'a> {
+        Rules {
+            preserve_host: self.upstreams.groups[target.group].preserve_host,
+            upstream_host: target.host.as_ref(),
+            ..self.rules()
         }
     }
 
@@ -51,44 +68,52 @@ impl Settings {
         self.hsts.as_ref().filter(|_| conn.tls)
     }
 
-    pub fn new(config: Config) -> Settings {
+    /// The group of the route at `route`, or `default` without routes.
+    pub(crate) fn group_of(&self, route: Option<usize>) -> usize {
+        route.map_or(self.default_group, |r| self.route_groups[r])
+    }
+
+    /// Settings for `config` alone, counting into metrics of their own (for
+    /// benchmarks and tools that run no proxy).
+    pub fn standalone(config: Config) -> Settings {
+        let counters = std::sync::Arc::new(crate::session::SessionCounters::default());
+        Settings::new(config, &Metrics::new(counters), None)
+    }
+
+    /// Settings for `config`, whose servers keep the health and load their
+    /// `previous` settings had for them.
+    pub(crate) fn new(config: Config, metrics: &Metrics, previous: Option<&Settings>) -> Settings {
         let jar = config.session.cookie.jar();
         let policy = Policy::from(&config.session);
-        let upstream_host = config
-            .upstream
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
         let hsts = config
             .tls
             .as_ref()
             .and_then(|t| t.hsts.as_deref())
             .and_then(|h| HeaderValue::from_str(h).ok());
-        let redirects = config
-            .upstream
-            .rewrite_redirects
-            .then(|| UpstreamOrigin::new(&config.upstream.uri, &config.upstream.base_path))
-            .flatten();
-        let upstream = &config.upstream;
-        let endpoint = Endpoint {
-            authority: upstream.connect_to.clone(),
-            connect_timeout: upstream.connect_timeout,
-            tls: upstream.tls.clone(),
-            identity: format!(
-                "{} {:?} {:?}",
-                upstream.uri, upstream.ca_file, upstream.connect_timeout
-            ),
-        };
+        let upstreams = Upstreams::new(&config.groups, metrics, previous.map(|p| &p.upstreams));
+        let default_group = upstreams
+            .group("default")
+            .expect("the configuration always has a default group");
+        let route_groups = config
+            .routes
+            .iter()
+            .map(|r| {
+                upstreams
+                    .group(&r.upstream)
+                    .expect("the configuration checked every route's group")
+            })
+            .collect();
         let routes = Routes::new(config.routes.clone());
         Settings {
             routes,
+            route_groups,
+            default_group,
+            upstreams,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             config,
             jar,
             policy,
-            upstream_host,
             hsts,
-            redirects,
-            endpoint,
         }
     }
 }

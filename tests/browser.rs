@@ -266,3 +266,196 @@ fn start_sessiongate(work: &Path, app: &str) -> Process {
         "listening on https://",
     )
 }
+
+// ---------------------------------------------------------------------------
+// The worked example of examples/multi: two instances of the demo application
+// behind one proxy, /admin/ gated to role=admin, cross-site protection on.
+// ---------------------------------------------------------------------------
+
+/// Chromium asks for /admin/, is sent to the login page, logs in as an
+/// administrator and lands on /admin/; a form on another origin that posts to
+/// the site is refused, while the site's own form posts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_logs_in_through_the_gate_and_a_cross_site_post_is_refused() {
+    let Some(browser) = Browser::find(REQUIRED) else {
+        return;
+    };
+    let work = tempfile::tempdir().expect("temporary directory");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let apps: Vec<Process> = ["one", "two"]
+        .iter()
+        .map(|name| {
+            Process::start(
+                "demo app",
+                Command::new("python3")
+                    .arg(root.join("examples/demo/app.py"))
+                    .args(["--port", "0", "--name", name]),
+                "demo app listening on http://",
+            )
+        })
+        .collect();
+    // The example's own config, pointed at these ports.
+    let example = std::fs::read_to_string(root.join("examples/multi/config.yaml"))
+        .expect("examples/multi/config.yaml");
+    let config = example
+        .replace(
+            "http://127.0.0.1:3001",
+            &format!("http://{}", apps[0].address()),
+        )
+        .replace(
+            "http://127.0.0.1:3002",
+            &format!("http://{}", apps[1].address()),
+        )
+        .replace("listen: 127.0.0.1:8080", "listen: 127.0.0.1:0")
+        .replace("listen: 127.0.0.1:9091", "listen: 127.0.0.1:0");
+    let path = work.path().join("config.yaml");
+    std::fs::write(&path, config).expect("write config.yaml");
+    let proxy = Process::start(
+        "sessiongate",
+        Command::new(SESSIONGATE)
+            .arg("--config")
+            .arg(&path)
+            .env("SESSIONGATE_SECRET", webdriver::gen_secret(SESSIONGATE))
+            .env_remove("RUST_LOG"),
+        "listening on http://",
+    );
+    let site = format!("http://{}", proxy.address());
+    // Another origin (127.0.0.2 is loopback too, and another site than
+    // 127.0.0.1) serving a page whose form posts to the site by itself.
+    let attacker_dir = work.path().join("attacker");
+    std::fs::create_dir_all(&attacker_dir).unwrap();
+    std::fs::write(
+        attacker_dir.join("index.html"),
+        format!(
+            "<!doctype html><form id=f method=post action=\"{site}/note\">\
+             <input name=note value=pwned></form><script>f.submit()</script>"
+        ),
+    )
+    .unwrap();
+    let attacker = Process::start(
+        "attacker site",
+        Command::new("python3").arg("-c").arg(format!(
+            "import functools, http.server\n\
+             h = functools.partial(http.server.SimpleHTTPRequestHandler, directory={:?})\n\
+             s = http.server.HTTPServer(('127.0.0.2', 0), h)\n\
+             print('attacker listening on http://127.0.0.2:%d' % s.server_address[1], flush=True)\n\
+             s.serve_forever()\n",
+            attacker_dir.display().to_string()
+        )),
+        "attacker listening on http://",
+    );
+    let session = browser
+        .start(
+            work.path(),
+            &[
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE 127.0.0.2"
+                    .to_owned(),
+            ],
+        )
+        .await;
+    let attacker_url = format!("http://{}/", attacker.address());
+    let flow = tokio::time::timeout(
+        Duration::from_secs(120),
+        gate_flow(&session.client, &site, &attacker_url),
+    )
+    .await;
+    let page = session.client.source().await.unwrap_or_default();
+    session.close().await;
+    match flow {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!(
+            "{e:#}\n--- page ---\n{page}\n--- sessiongate ---\n{}\n--- apps ---\n{}\n{}",
+            proxy.log(),
+            apps[0].log(),
+            apps[1].log()
+        ),
+        Err(_) => panic!("the gate flow took over 120s\n--- page ---\n{page}"),
+    }
+}
+
+async fn gate_flow(client: &Client, site: &str, attacker: &str) -> anyhow::Result<()> {
+    // 1. The gated page sends the browser to the login page, with where it was going.
+    client.goto(&format!("{site}/admin/")).await?;
+    wait_for(client, "#login").await?;
+    let url = client.current_url().await?;
+    ensure!(url.path() == "/login", "not on the login page: {url}");
+    ensure!(
+        url.query() == Some("next=/admin/"),
+        "the login page lost where the browser was going: {url}"
+    );
+    // 2. Log in as an administrator: the application's redirect to `next` lands on /admin/.
+    client
+        .find(Locator::Css("input[name=username]"))
+        .await?
+        .send_keys("root")
+        .await?;
+    client
+        .find(Locator::Css("input[name=role]"))
+        .await?
+        .click()
+        .await?;
+    client
+        .find(Locator::Css("#login button"))
+        .await?
+        .click()
+        .await?;
+    let admin = text_of(&wait_for(client, "#admin").await?).await?;
+    ensure!(
+        admin.contains("root"),
+        "the admin page does not name the user: {admin}"
+    );
+    let url = client.current_url().await?;
+    ensure!(url.path() == "/admin/", "not sent back to /admin/: {url}");
+    let server = text(client, "#server").await?;
+    // 3. The session stays on its instance.
+    for _ in 0..5 {
+        client.goto(&format!("{site}/")).await?;
+        let again = text_of(&wait_for(client, "#server").await?).await?;
+        ensure!(
+            again == server,
+            "the session moved from {server} to {again}"
+        );
+    }
+    // 4. Another site's form posting to this one is refused before the application.
+    client.goto(attacker).await?;
+    let mut refused = String::new();
+    for _ in 0..50 {
+        refused = client
+            .find(Locator::Css("body"))
+            .await?
+            .text()
+            .await
+            .unwrap_or_default();
+        if refused.contains("403") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        refused.contains("403 Forbidden: cross-site request refused"),
+        "the cross-site form post was not refused: {refused:?}"
+    );
+    // 5. The site's own form posts, and the note is in the session.
+    client.goto(&format!("{site}/")).await?;
+    client
+        .find(Locator::Css("#note-form input[name=note]"))
+        .await?
+        .send_keys("mine")
+        .await?;
+    client
+        .find(Locator::Css("#note-form button"))
+        .await?
+        .click()
+        .await?;
+    wait_for(client, "#visits").await?;
+    let source = client.source().await?;
+    ensure!(
+        source.contains("<code>mine</code>"),
+        "the same-site form post did not land"
+    );
+    ensure!(
+        !source.contains("pwned"),
+        "the cross-site post reached the session"
+    );
+    Ok(())
+}

@@ -57,9 +57,35 @@ def short_id(session_id):
     return session_id[:8] + "\u2026"
 
 
+def e(text):
+    return html.escape(text)
+
+
+def page(title, body):
+    """A small page with the demo's style."""
+    return "\n".join([
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title>",
+        '<link rel="stylesheet" href="/static/style.css">',
+        f"</head><body><h1>{e(title)}</h1>",
+        *body,
+        "</body></html>\n",
+    ])
+
+
+def safe_next(target):
+    """Where to go after logging in: a path on this site, never another site
+    (one leading slash, no backslash), else the home page."""
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
 class DemoApp(BaseHTTPRequestHandler):
     server_version = "legacy-demo/1.0"
     protocol_version = "HTTP/1.1"
+    # Which instance answered, shown on every page (--name).
+    name = "app"
 
     # --- routes -----------------------------------------------------------
 
@@ -69,6 +95,10 @@ class DemoApp(BaseHTTPRequestHandler):
             self.index()
         elif path == "/logout":
             self.logout()
+        elif path == "/login":
+            self.login_page()
+        elif path == "/admin/" or path.startswith("/admin/"):
+            self.admin()
         elif path == "/static/style.css":
             self.send_body(HTTPStatus.OK, STYLE, "text/css; charset=utf-8",
                            extra=[("Cache-Control", "public, max-age=300")])
@@ -85,6 +115,8 @@ class DemoApp(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/login":
             self.login()
+        elif path == "/note":
+            self.note()
         else:
             self.send_body(HTTPStatus.NOT_FOUND, "not found\n",
                            "text/plain; charset=utf-8")
@@ -109,6 +141,7 @@ class DemoApp(BaseHTTPRequestHandler):
             data=data,
             other_cookies=self.headers.get("Cookie"),
             error=error,
+            server=self.name,
         )
         extra = [("Cache-Control", "no-store")]
         if session_id and self.command == "GET":
@@ -134,21 +167,69 @@ class DemoApp(BaseHTTPRequestHandler):
         if not USERNAME_RE.match(username):
             self.index(error="Choose a name of 1 to 40 printable characters.")
             return
+        role = "admin" if form.get("role") == "admin" else "user"
         self.redirect_home([
-            ("X-Session-Set", urlencode({"user": username})),
+            ("X-Session-Set", urlencode({"user": username, "role": role})),
             # A new session id at login: an id planted before login
             # (session fixation) is worth nothing afterwards.
             ("X-Session-Regenerate", "true"),
-        ])
+        ], location=safe_next(form.get("next", "/")))
 
     def logout(self):
         self.redirect_home([("X-Session-Destroy", "true")])
 
+    def login_page(self):
+        query = dict(parse_qsl(self.path.partition("?")[2]))
+        target = e(safe_next(query.get("next", "/")))
+        body = page("Log in", [
+            f'<p>Served by <code id="server">{e(self.name)}</code>.</p>',
+            '<form method="post" action="/login" id="login">',
+            f'<input type="hidden" name="next" value="{target}">',
+            '<label>Name <input name="username" maxlength="40" required autofocus></label> ',
+            '<label><input type="checkbox" name="role" value="admin"> administrator</label> ',
+            '<button type="submit">Log in</button></form>',
+        ])
+        self.send_body(HTTPStatus.OK, body, "text/html; charset=utf-8",
+                       extra=[("Cache-Control", "no-store")])
+
+    def admin(self):
+        # Reached only through sessiongate's gate (routes: require role=admin):
+        # the application itself checks nothing here.
+        data = session_data(self.headers)
+        body = page("Admin area", [
+            f'<p id="admin">Administrators only: <strong id="user">{e(data.get("user", ""))}</strong> '
+            f'({e(data.get("role", ""))}).</p>',
+            f'<p>Served by <code id="server">{e(self.name)}</code>.</p>',
+            '<p><a href="/">Home</a></p>',
+        ])
+        self.send_body(HTTPStatus.OK, body, "text/html; charset=utf-8",
+                       extra=[("Cache-Control", "no-store")])
+
+    def note(self):
+        form = self.read_form()
+        if form is None:
+            return
+        note = form.get("note", "")[:200]
+        self.redirect_home([("X-Session-Set", urlencode({"note": note}))])
+
+    def read_form(self):
+        length = self.headers.get("Content-Length")
+        try:
+            length = int(length or "0")
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_FORM_BYTES:
+            self.send_body(HTTPStatus.BAD_REQUEST, "bad form\n",
+                           "text/plain; charset=utf-8")
+            return None
+        return dict(parse_qsl(self.rfile.read(length).decode("utf-8", "replace"),
+                              keep_blank_values=True))
+
     # --- plumbing ---------------------------------------------------------
 
-    def redirect_home(self, extra):
+    def redirect_home(self, extra, location="/"):
         self.send_response(HTTPStatus.SEE_OTHER)
-        self.send_header("Location", "/")
+        self.send_header("Location", location)
         self.send_header("Content-Length", "0")
         self.send_header("Cache-Control", "no-store")
         for name, value in extra:
@@ -193,7 +274,8 @@ NOTE = (
 )
 
 
-def render_index(*, session_id, is_new, user, visits, data, other_cookies, error):
+def render_index(*, session_id, is_new, user, visits, data, other_cookies, error,
+                 server="app"):
     e = html.escape
     parts = [
         "<!doctype html>",
@@ -203,6 +285,7 @@ def render_index(*, session_id, is_new, user, visits, data, other_cookies, error
         '<link rel="stylesheet" href="/static/style.css">',
         "</head><body>",
         "<h1>A legacy app with server-side sessions</h1>",
+        f'<p>Served by <code id="server">{e(server)}</code>.</p>',
     ]
 
     if not session_id:
@@ -233,6 +316,9 @@ def render_index(*, session_id, is_new, user, visits, data, other_cookies, error
     if session_id and user:
         parts.append('<p><a href="/logout">Log out</a> (the proxy destroys the session '
                      "and expires the cookie)</p>")
+        parts.append('<form method="post" action="/note" id="note-form">'
+                     '<label>Note <input name="note" maxlength="200"></label> '
+                     '<button type="submit">Save in the session</button></form>')
     elif session_id:
         parts.append(
             '<form method="post" action="/login">'
@@ -268,7 +354,10 @@ def main(argv=None):
                         help="address to listen on (default 127.0.0.1: only the proxy "
                              "may reach this app)")
     parser.add_argument("--port", type=int, default=3000, help="port (default 3000)")
+    parser.add_argument("--name", default="app",
+                        help="this instance's name, shown on every page (default app)")
     args = parser.parse_args(argv)
+    DemoApp.name = args.name
 
     server = ThreadingHTTPServer((args.bind, args.port), DemoApp)
     server.daemon_threads = True

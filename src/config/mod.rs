@@ -23,6 +23,7 @@ mod source;
 mod store;
 mod tls;
 mod upstream;
+mod upstreams;
 mod values;
 
 use std::fmt;
@@ -39,7 +40,7 @@ pub use self::session::{CreateMode, SessionConfig};
 pub use self::source::ConfigError;
 pub use self::store::{RedisConfig, StoreConfig, StoreType};
 pub(crate) use self::tls::TlsConfig;
-pub(crate) use self::upstream::UpstreamConfig;
+pub(crate) use self::upstream::{Balance, HealthConfig, ServerConfig, UpstreamConfig};
 use source::Source;
 use values::{Addr, Cidr};
 
@@ -50,7 +51,9 @@ pub struct Config {
     pub(crate) origin: PathBuf,
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) tls: Option<TlsConfig>,
-    pub(crate) upstream: UpstreamConfig,
+    /// The upstream groups by name: `upstreams`, and `default` from `upstream`
+    /// unless `upstreams` names a group `default` itself.
+    pub(crate) groups: Vec<UpstreamConfig>,
     /// `routes`, in order; empty: every request goes to the `default` group.
     pub(crate) routes: Vec<crate::route::Route>,
     pub session: SessionConfig,
@@ -101,7 +104,7 @@ impl Config {
             origin: _,
             listen,
             tls,
-            upstream: _,
+            groups: _,
             routes: _,
             session: _,
             trusted_proxies: _,
@@ -161,6 +164,8 @@ struct RawConfig {
     listen: Option<Addr>,
     tls: Option<tls::RawTls>,
     upstream: upstream::RawUpstream,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    upstreams: std::collections::BTreeMap<String, upstreams::RawGroup>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     routes: Vec<routes::RawRoute>,
     session: session::RawSession,
@@ -178,10 +183,14 @@ impl RawConfig {
         if self.listen.is_none() && self.tls.is_none() {
             self.listen = Some(Addr(SocketAddr::from(([127, 0, 0, 1], 8080))));
         }
-        let upstream = self.upstream.validate(src)?;
-        let groups = ["default"];
+        let mut groups = upstreams::validate(&self.upstreams, src)?;
+        if !groups.iter().any(|g| g.name == "default") {
+            groups.push(self.upstream.validate(src)?);
+            groups.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
         let routes = (self.routes.iter().enumerate())
-            .map(|(i, r)| r.validate(i, src, &groups))
+            .map(|(i, r)| r.validate(i, src, &names))
             .collect::<Result<Vec<_>, _>>()?;
         let (session, dev_secret) = self.session.validate(src, dev)?;
         let store = self.store.validate(src)?;
@@ -195,7 +204,7 @@ impl RawConfig {
             origin: src.origin.to_owned(),
             listen: self.listen.map(|a| a.0),
             tls,
-            upstream,
+            groups,
             routes,
             session,
             trusted_proxies: self.trusted_proxies.iter().map(|c| c.0).collect(),
@@ -239,9 +248,14 @@ mod tests {
     fn defaults_match_the_contract() {
         let c = parse(&format!("session:\n  secrets: [\"{SECRET}\"]\n")).unwrap();
         assert_eq!(c.listen, Some("127.0.0.1:8080".parse().unwrap()));
-        assert_eq!(c.upstream.uri.to_string(), "http://127.0.0.1:3000/");
-        assert_eq!(c.upstream.connect_timeout, Duration::from_secs(5));
-        assert_eq!(c.upstream.timeout, Duration::from_secs(60));
+        assert_eq!(c.groups.len(), 1);
+        assert_eq!(c.groups[0].name, "default");
+        assert_eq!(
+            c.groups[0].servers[0].uri.to_string(),
+            "http://127.0.0.1:3000/"
+        );
+        assert_eq!(c.groups[0].connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.groups[0].timeout, Duration::from_secs(60));
         assert_eq!(c.session.idle_timeout, Duration::from_secs(1800));
         assert_eq!(c.session.absolute_timeout, Duration::from_secs(86400));
         assert_eq!(c.session.max_sessions, 1_000_000);

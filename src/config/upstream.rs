@@ -1,4 +1,7 @@
-//! `upstream`: where requests go, and how long the proxy waits for it.
+//! `upstream` and `upstreams`: where requests go, and how long the proxy waits.
+//!
+//! The single `upstream` block is the group named `default` with one server;
+//! `upstreams` names groups of several servers (`DESIGN.md` §11).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,22 +16,60 @@ use super::values::{expanded, Dur, Text, Timeout};
 use crate::chain::Chain;
 use crate::tls::UpstreamTls;
 
+/// One server of a group.
 #[derive(Clone, Debug)]
-pub(crate) struct UpstreamConfig {
-    /// Scheme and authority of the upstream, e.g. `http://127.0.0.1:3000`.
+pub(crate) struct ServerConfig {
+    /// The URL as written, naming the server in metrics, logs and the admin API.
+    pub(crate) name: String,
+    /// Scheme and authority of the server, e.g. `http://127.0.0.1:3000`.
     pub(crate) uri: Uri,
     /// `host:port` to connect to (the scheme's default port filled in).
     pub(crate) connect_to: String,
-    /// For `https://` upstreams: the verifying connector and the SNI name.
+    /// For `https://` servers: the verifying connector and the SNI name.
     pub(crate) tls: Option<UpstreamTls>,
-    /// `upstream.ca_file`, for `check` and reloads.
-    pub(crate) ca_file: Option<PathBuf>,
     /// A path prefix from the URL (empty when the URL has none).
     pub(crate) base_path: String,
+    /// Its share of new visitors, against the group's other servers.
+    pub(crate) weight: u32,
+    /// Keeps the sessions it has; gets no new ones.
+    pub(crate) drain: bool,
+}
+
+/// How a group picks a server for a request without affinity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Balance {
+    RoundRobin,
+    LeastConn,
+}
+
+/// `health`: active checks of each server of a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HealthConfig {
+    pub(crate) path: String,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+    /// Good checks in a row that make an unhealthy server healthy again.
+    pub(crate) healthy: u32,
+    /// Failed checks (or connection failures) in a row that make it unhealthy.
+    pub(crate) unhealthy: u32,
+}
+
+/// A group of servers and how requests reach them.
+#[derive(Clone, Debug)]
+pub(crate) struct UpstreamConfig {
+    pub(crate) name: String,
+    pub(crate) servers: Vec<ServerConfig>,
+    pub(crate) balance: Balance,
+    /// `affinity: session`: a session stays on the server that first served it.
+    pub(crate) affinity: bool,
+    pub(crate) health: Option<HealthConfig>,
+    /// `ca_file`, for `check` and reloads.
+    pub(crate) ca_file: Option<PathBuf>,
     pub(crate) connect_timeout: Duration,
     pub(crate) timeout: Duration,
     pub(crate) preserve_host: bool,
-    /// `upstream.rewrite_redirects`: the upstream's own absolute URLs in `Location`,
+    /// `rewrite_redirects`: the upstream's own absolute URLs in `Location`,
     /// `Content-Location` and `Refresh` go to the client under its origin.
     pub(crate) rewrite_redirects: bool,
 }
@@ -58,42 +99,17 @@ impl Default for RawUpstream {
 }
 
 impl RawUpstream {
-    /// Builds the HTTPS client when the URL asks for one (reading `ca_file`).
+    /// The group `default`, of the one server `url` names.
     pub(super) fn validate(&self, src: &Source<'_>) -> Result<UpstreamConfig, ConfigError> {
         let ca_file = self.ca_file.as_ref().map(|p| src.path(&p.0));
-        let tls = match &self.url.server_name {
-            Some(server_name) => {
-                let client = crate::tls::client_config(ca_file.as_deref()).map_err(|e| {
-                    let key = match ca_file {
-                        Some(_) => "upstream.ca_file",
-                        None => "upstream.url",
-                    };
-                    src.error(key, Chain(&e).to_string())
-                })?;
-                Some(UpstreamTls {
-                    connector: tokio_rustls::TlsConnector::from(client),
-                    server_name: server_name.clone(),
-                })
-            }
-            None if ca_file.is_some() => {
-                return Err(src.error("upstream.ca_file", "ca_file needs an https:// upstream.url"))
-            }
-            None => None,
-        };
-        let uri = &self.url.uri;
-        let connect_to = match uri.port_u16() {
-            Some(_) => uri.authority().map_or_else(String::new, |a| a.to_string()),
-            None => {
-                let port = if tls.is_some() { 443 } else { 80 };
-                format!("{}:{port}", uri.host().unwrap_or_default())
-            }
-        };
+        let server = server(src, "upstream", &self.url, 1, false, ca_file.as_deref())?;
         Ok(UpstreamConfig {
-            uri: uri.clone(),
-            connect_to,
-            tls,
+            name: "default".to_owned(),
+            servers: vec![server],
+            balance: Balance::RoundRobin,
+            affinity: false,
+            health: None,
             ca_file,
-            base_path: self.url.base_path.clone(),
             connect_timeout: self.connect_timeout.0,
             timeout: self.timeout.0,
             preserve_host: self.preserve_host,
@@ -102,10 +118,62 @@ impl RawUpstream {
     }
 }
 
+/// A server from its URL; builds the HTTPS client when the URL asks for one
+/// (reading `ca_file`). `at`: the key of the section, for errors.
+pub(super) fn server(
+    src: &Source<'_>,
+    at: &str,
+    url: &UpstreamUrl,
+    weight: u32,
+    drain: bool,
+    ca_file: Option<&std::path::Path>,
+) -> Result<ServerConfig, ConfigError> {
+    let tls = match &url.server_name {
+        Some(server_name) => {
+            let client = crate::tls::client_config(ca_file).map_err(|e| {
+                let key = match ca_file {
+                    Some(_) => format!("{at}.ca_file"),
+                    None => format!("{at}.url"),
+                };
+                src.error(&key, Chain(&e).to_string())
+            })?;
+            Some(UpstreamTls {
+                connector: tokio_rustls::TlsConnector::from(client),
+                server_name: server_name.clone(),
+            })
+        }
+        None if ca_file.is_some() => {
+            let message = match at {
+                "upstream" => "ca_file needs an https:// upstream.url".to_owned(),
+                _ => format!("ca_file needs https:// servers in {at}"),
+            };
+            return Err(src.error(&format!("{at}.ca_file"), message));
+        }
+        None => None,
+    };
+    let uri = &url.uri;
+    let connect_to = match uri.port_u16() {
+        Some(_) => uri.authority().map_or_else(String::new, |a| a.to_string()),
+        None => {
+            let port = if tls.is_some() { 443 } else { 80 };
+            format!("{}:{port}", uri.host().unwrap_or_default())
+        }
+    };
+    Ok(ServerConfig {
+        name: url.text.clone(),
+        uri: uri.clone(),
+        connect_to,
+        tls,
+        base_path: url.base_path.clone(),
+        weight,
+        drain,
+    })
+}
+
 /// `upstream.url`: `http://` or `https://`, a host, an optional path prefix, no
 /// query string.
 #[derive(Clone)]
-struct UpstreamUrl {
+pub(super) struct UpstreamUrl {
     /// As written (variables expanded), for `check`.
     text: String,
     /// Scheme and authority, path `/`.
@@ -117,7 +185,7 @@ struct UpstreamUrl {
 }
 
 impl UpstreamUrl {
-    fn parse(text: &str) -> Result<UpstreamUrl, &'static str> {
+    pub(super) fn parse(text: &str) -> Result<UpstreamUrl, &'static str> {
         let url: Uri = text
             .parse()
             .map_err(|_| "invalid URL (expected e.g. http://127.0.0.1:3000)")?;

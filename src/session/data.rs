@@ -148,6 +148,60 @@ pub enum ChangesError {
     EmptyKey,
     #[error("too many write-back headers or keys")]
     TooMany,
+    #[error("a key the proxy keeps for itself")]
+    Reserved,
+}
+
+/// Keys beginning with this are the proxy's own (a session's upstream server):
+/// the upstream never sees them in `X-Session-Data` and cannot write them.
+pub const RESERVED_PREFIX: &str = " sessiongate.";
+/// [`RESERVED_PREFIX`] in the encoded form, where a space is `+`.
+const RESERVED_ENCODED: &[u8] = b"+sessiongate.";
+
+/// The key that holds which server of the group `group` a session stays on.
+pub fn affinity_key(group: &str) -> String {
+    format!("{RESERVED_PREFIX}upstream.{group}")
+}
+
+/// Encoded session data as the upstream may see it, without the proxy's own
+/// keys, and the value the data holds for `key` (one of those) if any.
+pub fn split_reserved(
+    encoded: &HeaderValue,
+    key: Option<&str>,
+) -> (Option<HeaderValue>, Option<String>) {
+    let bytes = encoded.as_bytes();
+    let reserved = |pair: &[u8]| pair.starts_with(RESERVED_ENCODED);
+    if !reserved(bytes)
+        && !bytes
+            .windows(RESERVED_ENCODED.len() + 1)
+            .any(|w| w[0] == b'&' && reserved(&w[1..]))
+    {
+        return (Some(encoded.clone()), None);
+    }
+    let mut shown: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut value = None;
+    for pair in bytes.split(|&b| b == b'&') {
+        if !reserved(pair) {
+            if !shown.is_empty() {
+                shown.push(b'&');
+            }
+            shown.extend_from_slice(pair);
+            continue;
+        }
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        };
+        if let (Some(key), Ok(k)) = (key, decode_component(k)) {
+            if k == key {
+                value = decode_component(v).ok();
+            }
+        }
+    }
+    let shown = (!shown.is_empty())
+        .then(|| HeaderValue::from_bytes(&shown).ok())
+        .flatten();
+    (shown, value)
 }
 
 /// The write-back a response asked for.
@@ -185,6 +239,9 @@ impl Changes {
             if k.is_empty() {
                 return Err(ChangesError::EmptyKey);
             }
+            if k.starts_with(RESERVED_PREFIX) {
+                return Err(ChangesError::Reserved);
+            }
             let v = decode_component(v)?;
             if self.set.len() >= MAX_CHANGED_KEYS {
                 return Err(ChangesError::TooMany);
@@ -202,6 +259,9 @@ impl Changes {
                 continue;
             }
             let key = decode_component(key)?;
+            if key.starts_with(RESERVED_PREFIX) {
+                return Err(ChangesError::Reserved);
+            }
             if self.remove.len() >= MAX_CHANGED_KEYS {
                 return Err(ChangesError::TooMany);
             }
@@ -260,6 +320,48 @@ mod tests {
         ]);
         assert_eq!(d.header().unwrap(), "role=admin+%26+co&user=alice");
         assert_eq!(d.get("user"), Some("alice"));
+    }
+
+    #[test]
+    fn the_proxys_own_keys_are_hidden_and_not_writable() {
+        let key = affinity_key("app");
+        let d = SessionData::from_pairs([
+            ("user".to_owned(), "alice".to_owned()),
+            (key.clone(), "http://10.0.0.1:3000".to_owned()),
+            (affinity_key("other"), "http://10.0.0.9".to_owned()),
+        ]);
+        let header = d.header().unwrap();
+        let (shown, value) = split_reserved(header, Some(&key));
+        assert_eq!(shown.unwrap(), "user=alice");
+        assert_eq!(value.as_deref(), Some("http://10.0.0.1:3000"));
+        let only = SessionData::from_pairs([(key.clone(), "x".to_owned())]);
+        assert_eq!(
+            split_reserved(only.header().unwrap(), Some(&key)),
+            (None, Some("x".to_owned()))
+        );
+        let plain = HeaderValue::from_static("a=1&sessiongate.x=2");
+        assert_eq!(
+            split_reserved(&plain, Some(&key)),
+            (Some(plain.clone()), None)
+        );
+
+        let mut c = Changes::default();
+        assert_eq!(
+            c.add_set(b"+sessiongate.upstream.app=x"),
+            Err(ChangesError::Reserved)
+        );
+        assert_eq!(
+            c.add_set(b"%20sessiongate.anything=x"),
+            Err(ChangesError::Reserved)
+        );
+        assert_eq!(
+            c.add_remove(b"%20sessiongate.upstream.app"),
+            Err(ChangesError::Reserved)
+        );
+        assert!(
+            c.add_set(b"sessiongate.upstream=x").is_ok(),
+            "no leading space: the app's own"
+        );
     }
 
     #[test]

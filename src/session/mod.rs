@@ -20,7 +20,9 @@ use http::HeaderValue;
 
 pub use self::redis::RedisStore;
 pub use counters::{SessionCount, SessionCounters};
-pub use data::{decode_component, is_true, Changes, ChangesError, SessionData};
+pub use data::{
+    affinity_key, decode_component, is_true, split_reserved, Changes, ChangesError, SessionData,
+};
 pub(crate) use memory::MemoryStore;
 
 /// A session ID: 32 bytes from the OS CSPRNG. Shown as 43 base64url characters.

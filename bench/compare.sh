@@ -6,9 +6,12 @@
 #   bench/compare.sh --duration 5s --reps 1 --targets "sessiongate nginx caddy"
 #
 # Options: --duration D (oha -z), --reps N, --conns N (oha -c), --targets "...",
-# --scenarios "...". Targets: direct sessiongate sessiongate-redis nginx
-# nginx-cookie haproxy caddy apache. Scenarios: returning new writeback single h2 tls
-# (h2 and tls: sessiongate, nginx, haproxy and caddy only).
+# --scenarios "...". Targets: direct sessiongate sessiongate-redis
+# sessiongate-routes sessiongate-gate nginx nginx-cookie haproxy caddy apache.
+# Scenarios: returning new writeback single h2 tls (h2 and tls: sessiongate,
+# nginx, haproxy and caddy only). sessiongate-routes has 50 routes, the last
+# one matching, to a group of two servers with session affinity;
+# sessiongate-gate has every path behind the login gate, its visitor logged in.
 #
 # Prints a markdown table (medians over repetitions) and writes every raw oha JSON
 # under bench/results/<timestamp>/. Every process it starts is stopped by pid on exit.
@@ -21,7 +24,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=10s
 REPS=3
 CONNS=64
-TARGETS="direct sessiongate sessiongate-redis nginx nginx-cookie haproxy caddy apache"
+TARGETS="direct sessiongate sessiongate-redis sessiongate-routes sessiongate-gate nginx nginx-cookie haproxy caddy apache"
 SCENARIOS="returning new writeback single h2 tls"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -37,7 +40,7 @@ done
 
 for t in $TARGETS; do
   case "$t" in
-    direct|sessiongate|sessiongate-redis|nginx|nginx-cookie|haproxy|caddy|apache) ;;
+    direct|sessiongate|sessiongate-redis|sessiongate-routes|sessiongate-gate|nginx|nginx-cookie|haproxy|caddy|apache) ;;
     *) echo "unknown target $t (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -92,10 +95,10 @@ for s in socks:
 PY
 }
 read -r P_UP P_SG P_SG_TLS P_SGR P_REDIS P_NGX P_NGX_H2 P_NGX_TLS P_NGX_COOKIE \
-  P_HA P_HA_H2 P_HA_TLS P_CADDY P_CADDY_H2 P_CADDY_TLS P_AP < <(free_ports 16)
-[ -n "${P_AP:-}" ] || { echo "error: could not find 16 free ports on 127.0.0.1" >&2; exit 1; }
+  P_HA P_HA_H2 P_HA_TLS P_CADDY P_CADDY_H2 P_CADDY_TLS P_AP P_UP2 P_SGRT P_SGG < <(free_ports 19)
+[ -n "${P_SGG:-}" ] || { echo "error: could not find 19 free ports on 127.0.0.1" >&2; exit 1; }
 for v in P_UP P_SG P_SG_TLS P_SGR P_REDIS P_NGX P_NGX_H2 P_NGX_TLS P_NGX_COOKIE \
-  P_HA P_HA_H2 P_HA_TLS P_CADDY P_CADDY_H2 P_CADDY_TLS P_AP; do echo "$v=${!v}"; done > "$RUN/ports"
+  P_HA P_HA_H2 P_HA_TLS P_CADDY P_CADDY_H2 P_CADDY_TLS P_AP P_UP2 P_SGRT P_SGG; do echo "$v=${!v}"; done > "$RUN/ports"
 
 # listen_state PID PORT: 0 if process PID (or a descendant) listens on PORT; 1 if
 # nobody does yet; 3 if another process does; 2 if PID is gone (or a zombie), 4 if
@@ -185,8 +188,10 @@ http {
   access_log off; keepalive_requests 10000000; keepalive_timeout 75s;
   server {
     listen 127.0.0.1:$P_UP backlog=4096;
+    listen 127.0.0.1:$P_UP2 backlog=4096;
     location / { return 200 "hello\n"; }
     location /write { add_header X-Session-Set "n=1" always; return 200 "hello\n"; }
+    location /login { add_header X-Session-Set "user=bench" always; return 200 "hello\n"; }
   }
 }
 CONF
@@ -209,6 +214,41 @@ CONF
 "$SG" --config "$RUN/sessiongate.yaml" 2>"$RUN/sessiongate.err" & PIDS+=($!)
 wait_listen sessiongate $! "$P_SG" "$RUN/sessiongate.err"
 wait_listen "sessiongate (TLS)" $! "$P_SG_TLS" "$RUN/sessiongate.err"
+
+# --- sessiongate with 50 routes and a group of two servers (the second port of the
+# same upstream nginx), with session affinity; and sessiongate with the login gate --
+{
+  echo "listen: 127.0.0.1:$P_SGRT"
+  echo "upstreams:"
+  echo "  app:"
+  echo "    servers: [\"http://127.0.0.1:$P_UP\", \"http://127.0.0.1:$P_UP2\"]"
+  echo "    affinity: session"
+  echo "routes:"
+  # Half name a host (found by one lookup), half only a path (scanned in order).
+  for i in $(seq 1 49); do
+    if [ $((i % 2)) = 1 ]; then
+      echo "  - {match: {host: \"h$i.example.test\", path: /p$i/}, upstream: app}"
+    else
+      echo "  - {match: {path: /p$i/}, upstream: app}"
+    fi
+  done
+  echo "  - {match: {path: /}, upstream: app}"
+  echo "session: { secrets: [\"bench-secret-0123456789abcdef0123456789\"], max_sessions: 2000000 }"
+  echo "admin: { listen: null }"
+  echo "log: { level: warn, access: false }"
+} > "$RUN/sessiongate-routes.yaml"
+"$SG" --config "$RUN/sessiongate-routes.yaml" 2>"$RUN/sessiongate-routes.err" & PIDS+=($!)
+wait_listen sessiongate-routes $! "$P_SGRT" "$RUN/sessiongate-routes.err"
+cat > "$RUN/sessiongate-gate.yaml" <<CONF
+listen: 127.0.0.1:$P_SGG
+upstream: { url: "http://127.0.0.1:$P_UP" }
+routes: [{match: {path: /}, require: {key: user}, login_url: /login}]
+session: { secrets: ["bench-secret-0123456789abcdef0123456789"], max_sessions: 2000000 }
+admin: { listen: null }
+log: { level: warn, access: false }
+CONF
+"$SG" --config "$RUN/sessiongate-gate.yaml" 2>"$RUN/sessiongate-gate.err" & PIDS+=($!)
+wait_listen sessiongate-gate $! "$P_SGG" "$RUN/sessiongate-gate.err"
 
 # --- sessiongate on Redis, with its own Redis ----------------------------------------
 redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
@@ -362,15 +402,20 @@ SG_COOKIE=$(cookie_of "http://127.0.0.1:$P_SG/" 'sessiongate')
 SG_TLS_COOKIE=$(curl -sk -o /dev/null -D - "https://127.0.0.1:$P_SG_TLS/" | tr -d '\r' | sed -n "s/^[Ss]et-[Cc]ookie: \(__Host-sessiongate=[^;]*\).*/\1/p" | head -1)
 NGX_COOKIE=$(cookie_of "http://127.0.0.1:$P_NGX_COOKIE/" sid)
 SGR_COOKIE=$(cookie_of "http://127.0.0.1:$P_SGR/" 'sessiongate')
+SGRT_COOKIE=$(cookie_of "http://127.0.0.1:$P_SGRT/" 'sessiongate')
+# Logged in: the login page (never gated) sets user=bench.
+SGG_COOKIE=$(cookie_of "http://127.0.0.1:$P_SGG/login" 'sessiongate')
 HA_COOKIE="SRV=s1"
 AP_COOKIE=$(cookie_of "http://127.0.0.1:$P_AP/write" session)
-[ -n "$SG_COOKIE" ] && [ -n "$NGX_COOKIE" ] && [ -n "$AP_COOKIE" ] || {
+[ -n "$SG_COOKIE" ] && [ -n "$NGX_COOKIE" ] && [ -n "$AP_COOKIE" ] && [ -n "$SGRT_COOKIE" ] \
+  && [ -n "$SGG_COOKIE" ] || {
   echo "could not obtain a cookie from every target" >&2; exit 1; }
 
 url_of() { # target scenario -> URL
   local port
   case "$1" in
     direct) port=$P_UP ;; sessiongate) port=$P_SG ;; sessiongate-redis) port=$P_SGR ;; nginx) port=$P_NGX ;;
+    sessiongate-routes) port=$P_SGRT ;; sessiongate-gate) port=$P_SGG ;;
     nginx-cookie) port=$P_NGX_COOKIE ;; haproxy) port=$P_HA ;; caddy) port=$P_CADDY ;; apache) port=$P_AP ;;
     *) echo "unknown target $1" >&2; return 1 ;;
   esac
@@ -378,6 +423,11 @@ url_of() { # target scenario -> URL
     case "$1" in nginx) port=$P_NGX_H2 ;; haproxy) port=$P_HA_H2 ;; caddy) port=$P_CADDY_H2 ;; sessiongate) ;; *) return 1 ;; esac
   fi
   [ "$1" = sessiongate-redis ] && [ "$2" = single ] && return 1
+  case "$1" in sessiongate-routes|sessiongate-gate)
+    case "$2" in returning|new|writeback) ;; *) return 1 ;; esac ;;
+  esac
+  # The gate answers a new visitor 401: only returning visitors are measured.
+  [ "$1" = sessiongate-gate ] && [ "$2" != returning ] && return 1
   local path=/ scheme=http
   if [ "$2" = tls ]; then
     scheme=https
@@ -394,6 +444,7 @@ cookie_for() { # target scenario -> cookie header value or empty
   case "$1" in
     sessiongate) if [ "$2" = tls ]; then echo "$SG_TLS_COOKIE"; else echo "$SG_COOKIE"; fi ;;
     sessiongate-redis) echo "$SGR_COOKIE" ;; nginx-cookie) echo "$NGX_COOKIE" ;;
+    sessiongate-routes) echo "$SGRT_COOKIE" ;; sessiongate-gate) echo "$SGG_COOKIE" ;;
     haproxy) echo "$HA_COOKIE" ;; apache) echo "$AP_COOKIE" ;;
   esac
 }

@@ -39,13 +39,15 @@ for scenario in scenarios:
         non200 = sum(v for k, v in statuses.items() if k != "200")
         cells[target] = (rps, p50, p99, ok, non200, len(data))
     base = cells.get("nginx")
+    own = cells.get("sessiongate")
     for target, (rps, p50, p99, ok, non200, n) in cells.items():
         ratio = f"{rps / base[0]:.2f}" if base and base[0] else "n/a"
+        mine = f"{rps / own[0]:.3f}" if own and own[0] else "n/a"
         rows.append(
             f"| {scenario} | {target} | {rps:,.0f} | {p50 * 1000:.2f} | {p99 * 1000:.2f} "
-            f"| {ok * 100:.1f}% | {non200} | {ratio} | {n} |"
+            f"| {ok * 100:.1f}% | {non200} | {ratio} | {mine} | {n} |"
         )
 
-print("| scenario | target | req/s | p50 ms | p99 ms | success | non-200 | × nginx | runs |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+print("| scenario | target | req/s | p50 ms | p99 ms | success | non-200 | × nginx | × sessiongate | runs |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 print("\n".join(rows))

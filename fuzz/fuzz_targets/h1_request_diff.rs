@@ -198,11 +198,17 @@ impl Upstream {
 
     /// Reads what the kernel holds for `conn`, reads messages out of it, answers
     /// them. Both the connection's task and [`Upstream::settle`] call this.
+    /// Reads what the socket holds with a plain `recv`: tokio's `try_read`
+    /// answers `WouldBlock` without asking the kernel while its reactor has
+    /// not yet seen the socket readable, and bytes already waiting would look
+    /// like none.
     fn drain(&self, conn: &Conn) {
+        use std::io::Read as _;
         let mut st = conn.state.lock().unwrap();
         let mut chunk = [0u8; 16 * 1024];
+        let socket = socket2::SockRef::from(&conn.stream);
         while !st.eof && !st.dead {
-            match conn.stream.try_read(&mut chunk) {
+            match (&*socket).read(&mut chunk) {
                 Ok(0) => st.eof = true,
                 Ok(n) => st.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -413,16 +419,11 @@ impl Upstream {
     /// Waits until the upstream has read everything the proxy sent: every
     /// connection accepted and drained, none left open inside a message.
     /// Returns whether one stayed open inside a message (after ~0.5 s).
-    ///
-    /// A connection accepted here is read only after the reactor has had a turn:
-    /// tokio reads nothing from a socket it has not yet seen readable, so bytes
-    /// already waiting on a new connection would look like none, and be taken
-    /// for the next input's.
     async fn settle(&'static self) -> bool {
         for _ in 0..500 {
-            let fresh = self.accept_pending() > 0;
+            self.accept_pending();
             let conns: Vec<Arc<Conn>> = self.conns.lock().unwrap().clone();
-            let mut busy = fresh;
+            let mut busy = false;
             for c in &conns {
                 self.drain(c);
                 let st = c.state.lock().unwrap();

@@ -498,3 +498,45 @@ async fn metrics_count_requests_and_errors_per_server() {
     assert_eq!(get("sessiongate_upstream_server_healthy", &dead), Some(0.0));
     assert_eq!(failed, 3.0, "{statuses:?}");
 }
+
+/// Two proxies on one Redis: the server a session was given by one proxy is
+/// the one the other proxy sends it to.
+#[tokio::test]
+async fn affinity_is_shared_by_proxies_on_one_redis() {
+    let Some(redis) =
+        support::redis::RedisServer::start("affinity_is_shared_by_proxies_on_one_redis").await
+    else {
+        return;
+    };
+    let (a, b) = (Server::start("a").await, Server::start("b").await);
+    let servers = [format!("\"{}\"", a.url()), format!("\"{}\"", b.url())];
+    let yaml = group_config(&servers, "affinity: session").with_redis(&redis.url());
+    let first = AdminProxy::start(yaml.clone()).await;
+    let second = AdminProxy::start(yaml).await;
+    let mut homes = BTreeMap::new();
+    for v in 0..6 {
+        let browser = Browser::new();
+        browser.get(&first.url(&format!("/login?as=v{v}"))).await;
+        let home = name_of(browser.get(&first.url("/")).await).await;
+        let cookie = browser.cookie_header(&first.url("/")).unwrap();
+        for _ in 0..20 {
+            let other = plain_client()
+                .get(second.url("/"))
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                other.headers()["x-seen-data"],
+                format!("user=v{v}").as_str()
+            );
+            assert_eq!(
+                name_of(other).await,
+                home,
+                "visitor {v} changed servers between proxies"
+            );
+        }
+        *homes.entry(home).or_insert(0) += 1;
+    }
+    assert_eq!(homes.len(), 2, "{homes:?}");
+}

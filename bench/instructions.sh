@@ -7,6 +7,10 @@
 #   bench/instructions.sh [returning|new|writeback|h2] [BINARY]
 #                          # h2: returning visitors over h2c, one stream per connection
 #   KEEP=DIR bench/instructions.sh ...     # keeps both callgrind outputs in DIR
+#   CONFIG_EXTRA="routes: [...]" bench/...  # YAML appended to sessiongate's config
+#                                          # (its upstream is 127.0.0.1:18100)
+#   COOKIE_PATH=/login bench/...           # the cookie from /login, whose answer
+#                                          # sets user=bench (a logged-in visitor)
 #   TARGET=nginx bench/instructions.sh     # nginx as a plain reverse proxy instead,
 #                                          # one worker, same upstream and method
 #   TARGET=haproxy bench/instructions.sh h2 # HAProxy, one thread, likewise
@@ -32,7 +36,8 @@ events { worker_connections 1024; }
 http { access_log off;
   server { listen 127.0.0.1:18100;
     location / { return 200 "hello\n"; }
-    location /write { add_header X-Session-Set "n=1" always; return 200 "hello\n"; } } }
+    location /write { add_header X-Session-Set "n=1" always; return 200 "hello\n"; }
+    location /login { add_header X-Session-Set "user=bench" always; return 200 "hello\n"; } } }
 CONF
 nginx -p "$RUN" -c "$RUN/upstream.conf" & PIDS+=($!)
 wait_port 18100
@@ -41,6 +46,7 @@ listen: 127.0.0.1:18180
 upstream: { url: "http://127.0.0.1:18100" }
 session: { secrets: ["bench-secret-0123456789abcdef0123456789"] }
 log: { level: warn, access: false }
+${CONFIG_EXTRA:-}
 CONF
 
 cat > "$RUN/proxy.conf" <<CONF
@@ -78,7 +84,7 @@ count() { # requests -> total Ir
   fi
   pid=$!
   wait_port 18180
-  cookie=$(curl -s -D - -o /dev/null http://127.0.0.1:18180/ | tr -d '\r' | sed -n 's/^set-cookie: \([^;]*\).*/\1/p')
+  cookie=$(curl -s -D - -o /dev/null "http://127.0.0.1:18180${COOKIE_PATH:-/}" | tr -d '\r' | sed -n 's/^set-cookie: \([^;]*\).*/\1/p')
   [ "$SCENARIO" = writeback ] && path=/write
   [ "$SCENARIO" != new ] && args=(-H "Cookie: $cookie")
   [ "$SCENARIO" = h2 ] && args+=(--http2)

@@ -888,11 +888,11 @@ pub(crate) async fn prepare<'a>(
         resolve_session(state, settings, method, &scan.candidates).await?
     };
     // The login gate, on what the session holds.
-    if let Some((index, r)) = route.filter(|(_, r)| r.require.is_some()) {
+    if let Some((index, _)) = route.filter(|(_, r)| r.require.is_some()) {
         let held = data
             .as_ref()
             .filter(|_| matches!(session, SessionState::Live { .. }));
-        match route::gate(r, method, view.path, view.target, view.lines, held) {
+        match (settings.routes).gate(index, method, view.path, view.target, view.lines, held) {
             Gate::Pass => {}
             Gate::Login(location) => return Err(ProxyError::Login(location)),
             Gate::Unauthorized => {
@@ -908,14 +908,15 @@ pub(crate) async fn prepare<'a>(
     // The proxy's own keys in the data are never shown to the upstream.
     let group = &settings.upstreams.groups[settings.group_of(route.map(|(i, _)| i))];
     let live = matches!(session, SessionState::Live { .. });
-    let pin_key = (group.affinity && live).then_some(group.pin_key.as_str());
-    let (data, pinned) = match &data {
+    let pin_key = (group.affinity && live).then_some(group.pin_key_encoded.as_slice());
+    let (shown, pinned) = match &data {
         Some(d) => split_reserved(d, pin_key),
         None => (None, None),
     };
     let choice = (settings.upstreams)
-        .choose(group.index, pinned.as_deref())
+        .choose(group.index, pinned)
         .ok_or(ProxyError::NoServer)?;
+    let data = shown;
     let server = &settings.upstreams.targets[choice.target];
 
     // 3. Tell the upstream.

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method};
 
 use crate::headers::Line;
-use crate::session::SessionData;
+use crate::session::encoded;
 
 /// Which hosts a route serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +77,16 @@ pub struct Routes {
     others: Vec<usize>,
     /// The JSON body of each route's `401`.
     unauthorized: Vec<Bytes>,
+    /// Each route's `require`, its key and values in the encoded form of
+    /// session data, so that the gate reads the data as it is stored.
+    required: Vec<Option<Encoded>>,
+}
+
+/// A `require` in the encoded form of session data.
+#[derive(Debug)]
+struct Encoded {
+    key: Vec<u8>,
+    values: Option<Vec<Vec<u8>>>,
 }
 
 impl Routes {
@@ -96,11 +106,24 @@ impl Routes {
             .filter(|&i| !matches!(routes[i].host, HostMatch::Exact(_)))
             .collect();
         let unauthorized = routes.iter().map(unauthorized_body).collect();
+        let required = routes
+            .iter()
+            .map(|r| {
+                r.require.as_ref().map(|q| Encoded {
+                    key: encoded(&q.key),
+                    values: q
+                        .values
+                        .as_ref()
+                        .map(|v| v.iter().map(|v| encoded(v)).collect()),
+                })
+            })
+            .collect();
         Routes {
             routes,
             by_host,
             others,
             unauthorized,
+            required,
         }
     }
 
@@ -140,6 +163,57 @@ impl Routes {
     pub fn unauthorized(&self, index: usize) -> Bytes {
         self.unauthorized[index].clone()
     }
+
+    /// The login gate of the route at `index`, on the session's data in its
+    /// encoded form (`X-Session-Data`): whether it holds the key `require`
+    /// names, with an accepted value.
+    pub fn gate(
+        &self,
+        index: usize,
+        method: &Method,
+        path: &[u8],
+        target: &[u8],
+        lines: &[Line<'_>],
+        data: Option<&HeaderValue>,
+    ) -> Gate {
+        let route = &self.routes[index];
+        let Some(require) = &self.required[index] else {
+            return Gate::Pass;
+        };
+        if let Some(login) = &route.login_url {
+            let login_path = login.split('?').next().unwrap_or(login);
+            if path == login_path.as_bytes() {
+                return Gate::Pass;
+            }
+        }
+        // A key set to nothing counts as absent: apps log out by emptying it.
+        let held = data
+            .and_then(|d| value_of(d.as_bytes(), &require.key))
+            .filter(|v| !v.is_empty());
+        if let Some(value) = held {
+            return match &require.values {
+                Some(values) if !values.iter().any(|v| v == value) => Gate::Forbidden,
+                _ => Gate::Pass,
+            };
+        }
+        match &route.login_url {
+            Some(login) if navigation(method, lines) => Gate::Login(login_location(login, target)),
+            _ => Gate::Unauthorized,
+        }
+    }
+}
+
+/// The encoded value of the encoded `key` in encoded session data. The data's
+/// encoding is canonical (the proxy wrote it), so keys compare as bytes.
+fn value_of<'a>(data: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    data.split(|&b| b == b'&').find_map(|pair| {
+        let rest = pair.strip_prefix(key)?;
+        match rest.first() {
+            Some(b'=') => Some(&rest[1..]),
+            None => Some(rest),
+            Some(_) => None,
+        }
+    })
 }
 
 /// `{"error":"login required","login_url":"/login"}` (without `login_url` when the
@@ -275,43 +349,6 @@ pub enum Gate {
     Unauthorized,
     /// `403`: the session's value is not one the route accepts.
     Forbidden,
-}
-
-/// The login gate: whether the session's data (`X-Session-Data`'s encoded form)
-/// holds the key `require` names, with an accepted value.
-pub fn gate(
-    route: &Route,
-    method: &Method,
-    path: &[u8],
-    target: &[u8],
-    lines: &[Line<'_>],
-    data: Option<&HeaderValue>,
-) -> Gate {
-    let Some(require) = &route.require else {
-        return Gate::Pass;
-    };
-    if let Some(login) = &route.login_url {
-        let login_path = login.split('?').next().unwrap_or(login);
-        if path == login_path.as_bytes() {
-            return Gate::Pass;
-        }
-    }
-    let data = data.map(|d| SessionData::from_encoded(d.as_bytes()));
-    // A key set to nothing counts as absent: apps log out by emptying it.
-    if let Some(value) = data
-        .as_ref()
-        .and_then(|d| d.get(&require.key))
-        .filter(|v| !v.is_empty())
-    {
-        return match &require.values {
-            Some(values) if !values.iter().any(|v| v == value) => Gate::Forbidden,
-            _ => Gate::Pass,
-        };
-    }
-    match &route.login_url {
-        Some(login) if navigation(method, lines) => Gate::Login(login_location(login, target)),
-        _ => Gate::Unauthorized,
-    }
 }
 
 /// A browser loading a page: `GET` or `HEAD` with `Sec-Fetch-Mode: navigate`, or
@@ -482,9 +519,10 @@ mod tests {
         let fetch = lines(&[("Sec-Fetch-Mode", "cors"), ("Accept", "text/html")]);
         let html = lines(&[("Accept", "text/html,application/xhtml+xml;q=0.9")]);
         let json = lines(&[("Accept", "application/json")]);
+        let routes = Routes::new(vec![r.clone()]);
         let g = |m: &Method, l: &[Line<'_>], data: Option<&str>| {
             let data = data.map(|d| HeaderValue::from_str(d).unwrap());
-            gate(&r, m, b"/admin/x", b"/admin/x?y=1", l, data.as_ref())
+            routes.gate(0, m, b"/admin/x", b"/admin/x?y=1", l, data.as_ref())
         };
         let to_login = Gate::Login(HeaderValue::from_static("/login?next=/admin/x%3Fy%3D1"));
         assert_eq!(g(&get, &nav, None), to_login);
@@ -496,11 +534,20 @@ mod tests {
         assert_eq!(g(&get, &nav, Some("role=user&user=bob")), Gate::Forbidden);
         assert_eq!(g(&get, &nav, Some("role=admin&user=bob")), Gate::Pass);
         assert_eq!(
-            gate(&r, &get, b"/login", b"/login?next=/", &nav, None),
+            g(&get, &nav, Some("role=&user=bob")),
+            to_login,
+            "an empty value is no value"
+        );
+        assert_eq!(
+            g(&get, &nav, Some("roles=admin")),
+            to_login,
+            "a longer key is another key"
+        );
+        assert_eq!(
+            routes.gate(0, &get, b"/login", b"/login?next=/", &nav, None),
             Gate::Pass,
             "the login page is never gated"
         );
-        let routes = Routes::new(vec![r.clone()]);
         assert_eq!(
             &routes.unauthorized(0)[..],
             b"{\"error\":\"login required\",\"login_url\":\"/login\"}\n"

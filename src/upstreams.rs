@@ -100,6 +100,8 @@ impl ServerState {
 pub(crate) struct Target {
     /// The server's URL, as configured.
     pub(crate) name: String,
+    /// `name` as session data holds it, encoded.
+    name_encoded: Vec<u8>,
     pub(crate) group: usize,
     pub(crate) endpoint: Endpoint,
     /// `Host` for the server when `preserve_host` is off.
@@ -186,8 +188,10 @@ pub(crate) struct Group {
     pub(crate) name: String,
     /// Its place in [`Upstreams::groups`].
     pub(crate) index: usize,
-    /// The session data key that holds a session's server under affinity.
+    /// The session data key that holds a session's server under affinity, and
+    /// its encoded form.
     pub(crate) pin_key: String,
+    pub(crate) pin_key_encoded: Vec<u8>,
     /// Its servers, as indexes into [`Upstreams::targets`].
     pub(crate) targets: Vec<usize>,
     balance: Balance,
@@ -242,6 +246,9 @@ impl Upstreams {
                 name: config.name.clone(),
                 index: g,
                 pin_key: crate::session::affinity_key(&config.name),
+                pin_key_encoded: crate::session::encoded(&crate::session::affinity_key(
+                    &config.name,
+                )),
                 total_weight: config.servers.iter().map(|s| s.weight as usize).sum(),
                 targets: members,
                 balance: config.balance,
@@ -277,18 +284,18 @@ impl Upstreams {
         self.groups.iter().position(|g| g.name == name)
     }
 
-    /// Picks a server of `group`: the one `pinned` names when the group keeps
+    /// Picks a server of `group`: the one `pinned` (encoded) names when the group keeps
     /// affinity and that server is usable; else one by the group's balance among
     /// the usable servers that do not drain (draining ones when no other is
     /// usable). `None`: no server is usable.
-    pub(crate) fn choose(&self, group: usize, pinned: Option<&str>) -> Option<Choice> {
+    pub(crate) fn choose(&self, group: usize, pinned: Option<&[u8]>) -> Option<Choice> {
         let g = &self.groups[group];
         let checked = g.health.is_some();
         if g.affinity {
             if let Some(name) = pinned {
                 let kept = g.targets.iter().copied().find(|&i| {
                     let t = &self.targets[i];
-                    t.name == name && t.state.usable(checked)
+                    t.name_encoded == name && t.state.usable(checked)
                 });
                 if let Some(target) = kept {
                     return Some(Choice { target, pin: false });
@@ -346,6 +353,7 @@ fn target(
 ) -> Target {
     Target {
         name: server.name.clone(),
+        name_encoded: crate::session::encoded(&server.name),
         group,
         endpoint: Endpoint {
             authority: server.connect_to.clone(),

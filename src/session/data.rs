@@ -163,40 +163,62 @@ pub fn affinity_key(group: &str) -> String {
     format!("{RESERVED_PREFIX}upstream.{group}")
 }
 
+/// A key or value in the encoded form of session data.
+pub fn encoded(text: &str) -> Vec<u8> {
+    let mut out = String::new();
+    encode_component(text, &mut out);
+    out.into_bytes()
+}
+
 /// Encoded session data as the upstream may see it, without the proxy's own
-/// keys, and the value the data holds for `key` (one of those) if any.
-pub fn split_reserved(
-    encoded: &HeaderValue,
-    key: Option<&str>,
-) -> (Option<HeaderValue>, Option<String>) {
+/// keys, and the encoded value the data holds for `key` (one of those, given
+/// encoded) if any.
+///
+/// Pairs are sorted by key and only keys that begin with a space can be the
+/// proxy's own, so only the leading pairs whose encoded key begins with `+`
+/// are looked at: data without any costs one byte compare.
+pub fn split_reserved<'a>(
+    encoded: &'a HeaderValue,
+    key: Option<&[u8]>,
+) -> (Option<HeaderValue>, Option<&'a [u8]>) {
     let bytes = encoded.as_bytes();
-    let reserved = |pair: &[u8]| pair.starts_with(RESERVED_ENCODED);
-    if !reserved(bytes)
-        && !bytes
-            .windows(RESERVED_ENCODED.len() + 1)
-            .any(|w| w[0] == b'&' && reserved(&w[1..]))
-    {
+    if !bytes.starts_with(b"+") {
         return (Some(encoded.clone()), None);
     }
-    let mut shown: Vec<u8> = Vec::with_capacity(bytes.len());
     let mut value = None;
-    for pair in bytes.split(|&b| b == b'&') {
-        if !reserved(pair) {
-            if !shown.is_empty() {
-                shown.push(b'&');
+    let mut rest = bytes;
+    // An app key that begins with a space is among the leading pairs.
+    let mut theirs = false;
+    while rest.starts_with(b"+") {
+        let end = rest.iter().position(|&b| b == b'&').unwrap_or(rest.len());
+        let pair = &rest[..end];
+        if pair.starts_with(RESERVED_ENCODED) {
+            let split = pair.iter().position(|&b| b == b'=').unwrap_or(pair.len());
+            let (k, v) = pair.split_at(split);
+            if key == Some(k) {
+                value = Some(v.get(1..).unwrap_or_default());
             }
-            shown.extend_from_slice(pair);
+        } else {
+            theirs = true;
+        }
+        rest = rest.get(end + 1..).unwrap_or_default();
+    }
+    if !theirs {
+        // The usual case: the reserved pairs lead, the rest is shown as it is.
+        let shown = (!rest.is_empty())
+            .then(|| HeaderValue::from_bytes(rest).ok())
+            .flatten();
+        return (shown, value);
+    }
+    let mut shown: Vec<u8> = Vec::with_capacity(bytes.len());
+    for pair in bytes.split(|&b| b == b'&') {
+        if pair.starts_with(RESERVED_ENCODED) {
             continue;
         }
-        let (k, v) = match pair.iter().position(|&b| b == b'=') {
-            Some(i) => (&pair[..i], &pair[i + 1..]),
-            None => (pair, &b""[..]),
-        };
-        if let (Some(key), Ok(k)) = (key, decode_component(k)) {
-            if k == key {
-                value = decode_component(v).ok();
-            }
+        if !shown.is_empty() {
+            shown.push(b'&');
         }
+        shown.extend_from_slice(pair);
     }
     let shown = (!shown.is_empty())
         .then(|| HeaderValue::from_bytes(&shown).ok())
@@ -331,19 +353,29 @@ mod tests {
             (affinity_key("other"), "http://10.0.0.9".to_owned()),
         ]);
         let header = d.header().unwrap();
-        let (shown, value) = split_reserved(header, Some(&key));
+        let k = encoded(&key);
+        let (shown, value) = split_reserved(header, Some(&k));
         assert_eq!(shown.unwrap(), "user=alice");
-        assert_eq!(value.as_deref(), Some("http://10.0.0.1:3000"));
+        assert_eq!(value, Some(&encoded("http://10.0.0.1:3000")[..]));
         let only = SessionData::from_pairs([(key.clone(), "x".to_owned())]);
         assert_eq!(
-            split_reserved(only.header().unwrap(), Some(&key)),
-            (None, Some("x".to_owned()))
+            split_reserved(only.header().unwrap(), Some(&k)),
+            (None, Some(&b"x"[..]))
         );
         let plain = HeaderValue::from_static("a=1&sessiongate.x=2");
         assert_eq!(
-            split_reserved(&plain, Some(&key)),
+            split_reserved(&plain, Some(&k)),
             (Some(plain.clone()), None)
         );
+        // An app key that begins with a space sorts among the proxy's own.
+        let mixed = SessionData::from_pairs([
+            (" a".to_owned(), "1".to_owned()),
+            (key.clone(), "x".to_owned()),
+            ("z".to_owned(), "2".to_owned()),
+        ]);
+        let (shown, value) = split_reserved(mixed.header().unwrap(), Some(&k));
+        assert_eq!(shown.unwrap(), "+a=1&z=2");
+        assert_eq!(value, Some(&b"x"[..]));
 
         let mut c = Changes::default();
         assert_eq!(

@@ -183,7 +183,7 @@ impl Upstream {
             if conn.stream.ready(interest).await.is_err() {
                 conn.state.lock().unwrap().eof = true;
             }
-            self.drain(&conn);
+            self.drain(&conn, false);
             let st = conn.state.lock().unwrap();
             if (st.eof || st.dead) && (st.outbox.is_empty() || st.write_failed || st.dead) {
                 break;
@@ -198,17 +198,26 @@ impl Upstream {
 
     /// Reads what the kernel holds for `conn`, reads messages out of it, answers
     /// them. Both the connection's task and [`Upstream::settle`] call this.
-    /// Reads what the socket holds with a plain `recv`: tokio's `try_read`
-    /// answers `WouldBlock` without asking the kernel while its reactor has
-    /// not yet seen the socket readable, and bytes already waiting would look
-    /// like none.
-    fn drain(&self, conn: &Conn) {
+    /// Reads what the socket holds, parses it and writes the answers.
+    ///
+    /// `raw` (for [`Upstream::settle`]): read with a plain `recv`. tokio's
+    /// `try_read` answers `WouldBlock` without asking the kernel while its
+    /// reactor has not yet seen the socket readable, and bytes already waiting
+    /// would look like none. The connection's own task reads with `try_read`,
+    /// which clears tokio's readiness when the socket is empty (a plain `recv`
+    /// there would leave it set, and the task would spin).
+    fn drain(&self, conn: &Conn, raw: bool) {
         use std::io::Read as _;
         let mut st = conn.state.lock().unwrap();
         let mut chunk = [0u8; 16 * 1024];
         let socket = socket2::SockRef::from(&conn.stream);
         while !st.eof && !st.dead {
-            match (&*socket).read(&mut chunk) {
+            let read = if raw {
+                (&*socket).read(&mut chunk)
+            } else {
+                conn.stream.try_read(&mut chunk)
+            };
+            match read {
                 Ok(0) => st.eof = true,
                 Ok(n) => st.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -425,7 +434,7 @@ impl Upstream {
             let conns: Vec<Arc<Conn>> = self.conns.lock().unwrap().clone();
             let mut busy = false;
             for c in &conns {
-                self.drain(c);
+                self.drain(c, true);
                 let st = c.state.lock().unwrap();
                 busy |= !st.eof && !st.dead && (st.reading.is_some() || !st.buf.is_empty());
             }

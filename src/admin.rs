@@ -275,7 +275,7 @@ async fn upstreams(state: &State) -> Response<Full<Bytes>> {
                 (true, false) => "healthy",
             };
             let sessions = if group.affinity {
-                match state.store.find(&group.pin_key, &t.name).await {
+                match state.store.find(&group.pin_key, &t.tag).await {
                     Ok(ids) => serde_json::json!(ids.len()),
                     Err(_) => return store_down(),
                 }

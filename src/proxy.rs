@@ -999,7 +999,7 @@ pub(crate) async fn respond<'a>(
         let group = &settings.upstreams.groups[server.group];
         changes
             .set
-            .push((group.pin_key.clone(), server.name.clone()));
+            .push((group.pin_key.clone(), server.tag.clone()));
     }
     let mut set_cookie = if matches!(exchange.session, SessionState::Live { new: true, .. }) {
         store_new(state, settings, flavor, &mut exchange.session, &changes).await?

@@ -100,8 +100,10 @@ impl ServerState {
 pub(crate) struct Target {
     /// The server's URL, as configured.
     pub(crate) name: String,
-    /// `name` as session data holds it, encoded.
-    name_encoded: Vec<u8>,
+    /// What a session's data holds to say it stays on this server: 12 hex
+    /// digits of the SHA-256 of `name`. Short, so that it costs little in every
+    /// write of the session's data, and naming no address.
+    pub(crate) tag: String,
     pub(crate) group: usize,
     pub(crate) endpoint: Endpoint,
     /// `Host` for the server when `preserve_host` is off.
@@ -284,7 +286,7 @@ impl Upstreams {
         self.groups.iter().position(|g| g.name == name)
     }
 
-    /// Picks a server of `group`: the one `pinned` (encoded) names when the group keeps
+    /// Picks a server of `group`: the one whose tag is `pinned` when the group keeps
     /// affinity and that server is usable; else one by the group's balance among
     /// the usable servers that do not drain (draining ones when no other is
     /// usable). `None`: no server is usable.
@@ -295,7 +297,7 @@ impl Upstreams {
             if let Some(name) = pinned {
                 let kept = g.targets.iter().copied().find(|&i| {
                     let t = &self.targets[i];
-                    t.name_encoded == name && t.state.usable(checked)
+                    t.tag.as_bytes() == name && t.state.usable(checked)
                 });
                 if let Some(target) = kept {
                     return Some(Choice { target, pin: false });
@@ -345,6 +347,13 @@ impl Upstreams {
     }
 }
 
+/// 12 hex digits of the SHA-256 of a server's URL.
+fn tag_of(name: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn target(
     group: usize,
     config: &UpstreamConfig,
@@ -353,7 +362,7 @@ fn target(
 ) -> Target {
     Target {
         name: server.name.clone(),
-        name_encoded: crate::session::encoded(&server.name),
+        tag: tag_of(&server.name),
         group,
         endpoint: Endpoint {
             authority: server.connect_to.clone(),

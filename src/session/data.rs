@@ -120,18 +120,28 @@ impl SessionData {
 /// Percent-encodes like `application/x-www-form-urlencoded` (space as `+`).
 pub(crate) fn encode_component(s: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in s.as_bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => {
-                out.push('%');
-                out.push(HEX[(b >> 4) as usize] as char);
-                out.push(HEX[(b & 15) as usize] as char);
-            }
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*');
+    // Runs of unreserved bytes are copied whole. They are ASCII, so a run
+    // begins and ends on character boundaries.
+    let mut run = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        if unreserved(b) {
+            continue;
         }
+        if run < i {
+            out.push_str(&s[run..i]);
+        }
+        run = i + 1;
+        if b == b' ' {
+            out.push('+');
+        } else {
+            out.push('%');
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
+        }
+    }
+    if run < s.len() {
+        out.push_str(&s[run..]);
     }
 }
 

@@ -152,17 +152,9 @@ class DemoApp(BaseHTTPRequestHandler):
         self.send_body(status, body, "text/html; charset=utf-8", extra=extra)
 
     def login(self):
-        length = self.headers.get("Content-Length")
-        try:
-            length = int(length or "0")
-        except ValueError:
-            length = -1
-        if length < 0 or length > MAX_FORM_BYTES:
-            self.send_body(HTTPStatus.BAD_REQUEST, "bad form\n",
-                           "text/plain; charset=utf-8")
+        form = self.read_form()
+        if form is None:
             return
-        form = dict(parse_qsl(self.rfile.read(length).decode("utf-8", "replace"),
-                              keep_blank_values=True))
         username = form.get("username", "").strip()
         if not USERNAME_RE.match(username):
             self.index(error="Choose a name of 1 to 40 printable characters.")

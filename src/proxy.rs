@@ -21,6 +21,7 @@ use bytes::Buf;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 
+use crate::config::DataFormat;
 use crate::config::{Config, CreateMode, LimitsConfig};
 use crate::cookie::{CookieFlavor, Verified};
 use crate::error::ProxyError;
@@ -31,7 +32,7 @@ use crate::io;
 use crate::metrics::{CookieRejection, Metrics};
 use crate::redirect::ClientOrigin;
 use crate::route::{self, Gate};
-use crate::session::split_reserved;
+use crate::session::{form_to_json, split_reserved};
 use crate::session::{
     now_ms, Applied, Changes, Created, Inserted, Lookup, SessionData, SessionId, SessionStore,
     Store, StoreError,
@@ -916,7 +917,11 @@ pub(crate) async fn prepare<'a>(
     let choice = (settings.upstreams)
         .choose(group.index, pinned)
         .ok_or(ProxyError::NoServer)?;
-    let data = shown;
+    // `session.data_format: json`: the same data, as a JSON object.
+    let data = match settings.config.session.data_format {
+        DataFormat::Form => shown,
+        DataFormat::Json => shown.as_ref().map(form_to_json),
+    };
     let server = &settings.upstreams.targets[choice.target];
 
     // 3. Tell the upstream.

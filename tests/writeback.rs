@@ -65,6 +65,40 @@ async fn set_stores_keys_that_the_next_request_carries_sorted(p: Protocol) {
     );
 }
 
+/// `session.data_format: json`: the upstream gets the same data as a JSON
+/// object, keys sorted, ASCII only, that a JSON parser reads back exactly.
+async fn json_data_format_reads_back_exactly(p: Protocol) {
+    let (upstream, proxy) = site(p, |c| c.set("session.data_format", "json")).await;
+    let browser = p.browser();
+    browser
+        .get(
+            &proxy.url(
+                "/set?name=J%C3%BCrgen+%22J%22+M%C3%BCller&note=a%26b%3Dc%5C&emoji=%F0%9F%98%80",
+            ),
+        )
+        .await;
+    browser.get(&proxy.url("/")).await;
+    let seen = upstream.last();
+    let raw = seen.session_data().expect("X-Session-Data").to_owned();
+    assert!(raw.is_ascii(), "[{p}] {raw}");
+    let value: serde_json::Value = serde_json::from_str(&raw).expect("JSON");
+    assert_eq!(
+        value,
+        serde_json::json!({"emoji": "😀", "name": "Jürgen \"J\" Müller", "note": "a&b=c\\"}),
+        "[{p}] {raw}"
+    );
+    let keys: Vec<&str> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert!(
+        raw.find("emoji") < raw.find("name") && raw.find("name") < raw.find("note"),
+        "[{p}] {keys:?}"
+    );
+}
+
 async fn set_round_trips_encoded_values(p: Protocol) {
     let (upstream, proxy) = site(p, |c| c).await;
     let browser = p.browser();
@@ -532,6 +566,7 @@ async fn create_on_write_makes_a_session_only_when_the_upstream_writes(p: Protoc
 over_every_protocol!(
     set_stores_keys_that_the_next_request_carries_sorted,
     set_round_trips_encoded_values,
+    json_data_format_reads_back_exactly,
     repeated_set_headers_are_all_applied,
     set_overwrites_an_existing_key,
     remove_deletes_the_named_keys,

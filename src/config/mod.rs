@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use self::admin::AdminConfig;
 pub(crate) use self::limits::LimitsConfig;
 pub use self::log::{LogConfig, LogFormat};
-pub use self::session::{CreateMode, SessionConfig};
+pub use self::session::{CreateMode, DataFormat, SessionConfig};
 pub use self::source::ConfigError;
 pub use self::store::{RedisConfig, StoreConfig, StoreType};
 pub(crate) use self::tls::TlsConfig;

@@ -22,6 +22,16 @@ pub enum CreateMode {
     OnWrite,
 }
 
+/// `session.data_format`: how `X-Session-Data` is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    /// `application/x-www-form-urlencoded`, keys sorted.
+    Form,
+    /// A JSON object, keys sorted, ASCII only.
+    Json,
+}
+
 #[derive(Clone)]
 pub struct SessionConfig {
     pub(crate) cookie: CookieSettings,
@@ -34,6 +44,7 @@ pub struct SessionConfig {
     pub headers: HeaderNames,
     pub(crate) exclude_paths: Vec<String>,
     pub(crate) regenerate_grace: Duration,
+    pub(crate) data_format: DataFormat,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -56,6 +67,7 @@ pub(super) struct RawSession {
     header_prefix: HeaderPrefix,
     exclude_paths: Vec<Checked<PathPrefix>>,
     regenerate_grace: Dur,
+    data_format: DataFormat,
 }
 
 impl Default for RawSession {
@@ -78,6 +90,7 @@ impl Default for RawSession {
             header_prefix: HeaderPrefix::parse("X-Session-").expect("the default prefix is valid"),
             exclude_paths: Vec::new(),
             regenerate_grace: Dur(Duration::from_secs(10)),
+            data_format: DataFormat::Form,
         }
     }
 }
@@ -118,6 +131,7 @@ impl RawSession {
             headers: self.header_prefix.names.clone(),
             exclude_paths: self.exclude_paths.iter().map(|p| p.text.clone()).collect(),
             regenerate_grace: self.regenerate_grace.0,
+            data_format: self.data_format,
         };
         Ok((session, ephemeral))
     }

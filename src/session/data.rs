@@ -168,6 +168,51 @@ pub const RESERVED_PREFIX: &str = " sessiongate.";
 /// [`RESERVED_PREFIX`] in the encoded form, where a space is `+`.
 const RESERVED_ENCODED: &[u8] = b"+sessiongate.";
 
+/// Encoded session data (as `split_reserved` shows it) as a JSON object,
+/// keys sorted as the data holds them. Everything outside printable ASCII is
+/// written as a `\u` escape, so the header stays ASCII.
+pub fn form_to_json(encoded: &HeaderValue) -> HeaderValue {
+    let mut out = String::with_capacity(encoded.len() + 16);
+    out.push('{');
+    let mut first = true;
+    for pair in encoded.as_bytes().split(|&b| b == b'&') {
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        };
+        let (Ok(k), Ok(v)) = (decode_component(k), decode_component(v)) else {
+            continue;
+        };
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        json_string(&k, &mut out);
+        out.push(':');
+        json_string(&v, &mut out);
+    }
+    out.push('}');
+    HeaderValue::from_str(&out).expect("escaped JSON is printable ASCII")
+}
+
+fn json_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            c => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+    }
+    out.push('"');
+}
+
 /// The key that holds which server of the group `group` a session stays on.
 pub fn affinity_key(group: &str) -> String {
     format!("{RESERVED_PREFIX}upstream.{group}")
@@ -403,6 +448,19 @@ mod tests {
         assert!(
             c.add_set(b"sessiongate.upstream=x").is_ok(),
             "no leading space: the app's own"
+        );
+    }
+
+    #[test]
+    fn json_form_escapes_to_ascii_and_keeps_the_order() {
+        let d = SessionData::from_pairs([
+            ("user".to_owned(), "Jürgen \"J\" \\ 😀".to_owned()),
+            ("a b".to_owned(), "x&y=z".to_owned()),
+        ]);
+        let json = form_to_json(d.header().unwrap());
+        assert_eq!(
+            json,
+            r#"{"a b":"x&y=z","user":"J\u00fcrgen \"J\" \\ \ud83d\ude00"}"#
         );
     }
 

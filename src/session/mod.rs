@@ -21,8 +21,8 @@ use http::HeaderValue;
 pub use self::redis::RedisStore;
 pub use counters::{SessionCount, SessionCounters};
 pub use data::{
-    affinity_key, decode_component, encoded, is_true, split_reserved, Changes, ChangesError,
-    SessionData,
+    affinity_key, decode_component, encoded, form_to_json, is_true, split_reserved, Changes,
+    ChangesError, SessionData,
 };
 pub(crate) use memory::MemoryStore;
 

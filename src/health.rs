@@ -3,7 +3,7 @@
 //! within `timeout` is a good check. The checks follow reloads: a server added
 //! is checked from the next tick, one removed is no longer checked.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ pub(crate) async fn run(state: Arc<State>, mut stop: watch::Receiver<bool>) {
     loop {
         let settings = state.settings.load_full();
         let now = Instant::now();
-        let mut seen = Vec::new();
+        let mut seen = HashSet::new();
         for group in &settings.upstreams.groups {
             let Some(health) = &group.health else {
                 continue;
@@ -33,7 +33,7 @@ pub(crate) async fn run(state: Arc<State>, mut stop: watch::Receiver<bool>) {
             for &i in &group.targets {
                 let target = &settings.upstreams.targets[i];
                 let key = Arc::as_ptr(&target.state) as usize;
-                seen.push(key);
+                seen.insert(key);
                 let next = due.entry(key).or_insert(now);
                 if *next > now {
                     continue;

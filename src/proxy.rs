@@ -415,7 +415,7 @@ impl Failed {
 /// What a failed request tells of its server's health: a connection failure
 /// counts toward making it unhealthy; a failure after it connected is an error
 /// of the server's but not of its health; the rest are not the server's.
-fn blame(sent: Sent, failed: Failed, group: &Group) -> Failed {
+fn blame(sent: Sent<'_>, failed: Failed, group: &Group) -> Failed {
     match &failed {
         Failed::Proxy {
             err: ProxyError::Upstream(kind),

@@ -118,28 +118,24 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// A request is on its way to this server: counted until [`Sent::answered`]
-    /// or its drop.
-    pub(crate) fn send(&self) -> Sent {
+    /// A request is on its way to this server: counted in its load until the
+    /// [`Sent`] is dropped.
+    pub(crate) fn send(&self) -> Sent<'_> {
         self.state.metrics.requests.inc();
         self.state.active.fetch_add(1, Ordering::Relaxed);
-        Sent {
-            state: self.state.clone(),
-            done: false,
-        }
+        Sent { state: &self.state }
     }
 }
 
-/// A request in flight to a server, for `least_conn` and passive health.
-pub(crate) struct Sent {
-    state: Arc<ServerState>,
-    done: bool,
+/// A request in flight to a server, for `least_conn` and passive health. It
+/// borrows the server from the settings the request is served under.
+pub(crate) struct Sent<'a> {
+    state: &'a ServerState,
 }
 
-impl Sent {
+impl Sent<'_> {
     /// The server answered with a response head.
-    pub(crate) fn answered(mut self, checked: bool) {
-        self.finish();
+    pub(crate) fn answered(self, checked: bool) {
         self.state.fails.store(0, Ordering::Relaxed);
         if !checked {
             self.state.set_healthy(true);
@@ -148,9 +144,8 @@ impl Sent {
 
     /// The server failed the request: `connect` when no connection could be
     /// made, which counts toward making it unhealthy.
-    pub(crate) fn failed(mut self, connect: bool, health: Option<&HealthConfig>) {
-        self.finish();
-        let s = &self.state;
+    pub(crate) fn failed(self, connect: bool, health: Option<&HealthConfig>) {
+        let s = self.state;
         s.metrics.errors.inc();
         if !connect {
             return;
@@ -169,18 +164,11 @@ impl Sent {
             }
         }
     }
-
-    fn finish(&mut self) {
-        if !self.done {
-            self.done = true;
-            self.state.active.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
 }
 
-impl Drop for Sent {
+impl Drop for Sent<'_> {
     fn drop(&mut self) {
-        self.finish();
+        self.state.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

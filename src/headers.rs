@@ -327,6 +327,20 @@ fn wants_upgrade(lines: &[Line<'_>], names: &[Name]) -> bool {
             .any(|((_, v), &kind)| kind == Name::Connection && tokens(v).any(|t| is(t, "upgrade")))
 }
 
+/// `host:port` → `host`; a bracketed IPv6 literal keeps its brackets.
+pub(crate) fn host_without_port(authority: &[u8]) -> &[u8] {
+    if authority.first() == Some(&b'[') {
+        return match authority.iter().position(|&b| b == b']') {
+            Some(end) => &authority[..=end],
+            None => authority,
+        };
+    }
+    match authority.iter().rposition(|&b| b == b':') {
+        Some(i) => &authority[..i],
+        None => authority,
+    }
+}
+
 /// The request as the rules see it.
 pub struct RequestView<'a> {
     /// The path (no query), for `session.exclude_paths`.

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use http::{HeaderValue, Method};
 
-use crate::headers::Line;
+use crate::headers::{self, Line};
 use crate::session::encoded;
 
 /// Which hosts a route serves.
@@ -134,7 +134,7 @@ impl Routes {
     /// The first route matching `host` (from `Host` or the authority; a port is
     /// ignored) and `path`, by its index.
     pub fn find(&self, host: Option<&[u8]>, path: &[u8]) -> Option<usize> {
-        let host = host.map(strip_port).unwrap_or_default();
+        let host = host.map(headers::host_without_port).unwrap_or_default();
         let candidates = if host.iter().any(u8::is_ascii_uppercase) {
             let lower = host.to_ascii_lowercase();
             self.candidates(&lower).iter().copied().find(|&i| {
@@ -241,20 +241,6 @@ fn host_matches(rule: &HostMatch, host: &[u8]) -> bool {
         HostMatch::Any => true,
         HostMatch::Exact(h) => h.as_bytes() == host,
         HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_bytes()),
-    }
-}
-
-/// `host:port` → `host`; a bracketed IPv6 literal keeps its brackets.
-fn strip_port(host: &[u8]) -> &[u8] {
-    if host.first() == Some(&b'[') {
-        return match host.iter().position(|&b| b == b']') {
-            Some(end) => &host[..=end],
-            None => host,
-        };
-    }
-    match host.iter().rposition(|&b| b == b':') {
-        Some(i) => &host[..i],
-        None => host,
     }
 }
 

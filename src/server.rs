@@ -718,13 +718,9 @@ fn redirect_to_https<B>(req: &http::Request<B>, https_port: u16) -> http::Respon
         .host()
         .map(str::to_owned)
         .or_else(|| {
-            let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
-            // Strip a port, keeping bracketed IPv6 literals whole.
-            let host = match h.rfind(':') {
-                Some(i) if !h[i..].contains(']') => &h[..i],
-                _ => h,
-            };
-            Some(host.to_owned())
+            let h = req.headers().get(http::header::HOST)?.as_bytes();
+            let host = crate::headers::host_without_port(h);
+            Some(std::str::from_utf8(host).ok()?.to_owned())
         })
         .filter(|h| {
             !h.is_empty()

@@ -44,6 +44,7 @@ const fn capped(max_sessions: usize) -> Policy {
         max_sessions,
         max_data_bytes: 4096,
         regenerate_grace: Duration::from_secs(10),
+        max_per_user: None,
     }
 }
 

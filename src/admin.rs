@@ -9,6 +9,8 @@
 //! | `DELETE /sessions/{id}` | destroy one session (`204`; `404` when absent) |
 //! | `GET /sessions?key=K&value=V` | the IDs of sessions whose data has K=V, as JSON |
 //! | `DELETE /sessions?key=K&value=V` | destroy every such session; answers the count as JSON |
+//! | `GET /users/{value}/sessions` | the sessions of the user (`session.user_key` = value), as JSON |
+//! | `DELETE /users/{value}/sessions` | destroy every session of the user; answers the count as JSON |
 //!
 //! With `admin.token` set, every endpoint but the probes needs `Authorization:
 //! Bearer <token>` (compared in constant time); the probes stay open for
@@ -28,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::proxy::State;
-use crate::session::{SessionId, SessionStore};
+use crate::session::{Reason, SessionId, SessionStore};
 
 /// Serves the admin API until `stop` turns true.
 pub(crate) async fn serve(
@@ -133,6 +135,12 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
     if path == "/upstreams" && method == Method::GET {
         return upstreams(state).await;
     }
+    if let Some(user) = path
+        .strip_prefix("/users/")
+        .and_then(|rest| rest.strip_suffix("/sessions"))
+    {
+        return users(state, method == Method::GET, user).await;
+    }
     let Some(id_text) = path.strip_prefix("/sessions/") else {
         return text(StatusCode::NOT_FOUND, "404 Not Found\n");
     };
@@ -162,7 +170,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
             Err(_) => store_down(),
         };
     }
-    match state.store.destroy(&id).await {
+    match state.store.destroy(&id, Reason::Admin).await {
         Ok(true) => {
             tracing::info!("admin: session destroyed");
             let mut resp = text(StatusCode::NO_CONTENT, "");
@@ -207,6 +215,74 @@ async fn by_key(state: &State, find: bool, query: &str) -> Response<Full<Bytes>>
         }
         Err(_) => store_down(),
     }
+}
+
+/// `GET` or `DELETE /users/{value}/sessions`: one user's sessions, through the
+/// per-user index (never a scan).
+async fn users(state: &State, list: bool, encoded: &str) -> Response<Full<Bytes>> {
+    if state.settings.load().config.session.user_key.is_none() {
+        return text(
+            StatusCode::NOT_FOUND,
+            "404 Not Found: session.user_key is not set\n",
+        );
+    }
+    let Some(user) = percent_decode(encoded).filter(|u| !u.is_empty() && !u.contains('/')) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: the user is one percent-encoded path segment\n",
+        );
+    };
+    if list {
+        return match state.store.user_sessions(&user).await {
+            Ok(sessions) => {
+                let sessions: Vec<serde_json::Value> = sessions
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "id": s.id.to_string(),
+                            "created": s.created_ms / 1000,
+                            "last_seen": s.last_seen_ms / 1000,
+                            "client_ip": s.client_ip,
+                            "user_agent": s.user_agent,
+                        })
+                    })
+                    .collect();
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({ "user": user, "sessions": sessions }),
+                )
+            }
+            Err(_) => store_down(),
+        };
+    }
+    match state.store.destroy_user(&user, None, Reason::Admin).await {
+        Ok(n) => {
+            tracing::info!(destroyed = n, "admin: a user's sessions destroyed");
+            json(StatusCode::OK, serde_json::json!({ "destroyed": n }))
+        }
+        Err(_) => store_down(),
+    }
+}
+
+/// `%XX` decoding of a path segment (`+` stays `+`); `None` when malformed or
+/// not UTF-8.
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .ok()
+        .filter(|s| !s.chars().any(char::is_control))
 }
 
 fn store_down() -> Response<Full<Bytes>> {
@@ -331,6 +407,15 @@ fn form_pairs(query: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_segments_decode_percent_only() {
+        assert_eq!(percent_decode("al%20ice+x").as_deref(), Some("al ice+x"));
+        assert_eq!(percent_decode("j%C3%BCrgen").as_deref(), Some("jürgen"));
+        assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("%FF"), None);
+        assert_eq!(percent_decode("a%0Ab"), None);
+    }
 
     #[test]
     fn bearer_token_compare() {

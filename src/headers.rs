@@ -29,6 +29,8 @@ pub struct HeaderNames {
     pub(crate) remove: HeaderName,
     pub(crate) destroy: HeaderName,
     pub(crate) regenerate: HeaderName,
+    pub(crate) destroy_others: HeaderName,
+    pub(crate) persist: HeaderName,
 }
 
 impl HeaderNames {
@@ -51,6 +53,8 @@ impl HeaderNames {
             remove: make("remove")?,
             destroy: make("destroy")?,
             regenerate: make("regenerate")?,
+            destroy_others: make("destroy-others")?,
+            persist: make("persist")?,
         })
     }
 }
@@ -526,6 +530,16 @@ pub fn scan_request<'a>(
 
 impl<'a> RequestScan<'a> {
     /// The host the client asked for (`Host`, or the authority of an absolute target).
+    /// The client's address: the peer's, or when the peer is a trusted proxy,
+    /// the last address its `X-Forwarded-For` names.
+    pub(crate) fn client_ip(&self, conn: &'a ConnInfo) -> &'a [u8] {
+        let forwarded = (self.forwarded_for.last())
+            .and_then(|v| v.rsplit(|&b| b == b',').next())
+            .map(|v| v.trim_ascii())
+            .filter(|v| !v.is_empty());
+        forwarded.unwrap_or(conn.peer_header.as_bytes())
+    }
+
     pub(crate) fn host(&self) -> Option<&'a [u8]> {
         self.host
     }
@@ -659,6 +673,15 @@ pub fn scan_response(
                 changes.destroy |= is_true(value);
             } else if is(&names.regenerate) {
                 changes.regenerate |= is_true(value);
+            } else if is(&names.destroy_others) {
+                changes.destroy_others |= is_true(value);
+            } else if is(&names.persist) {
+                // Anything but a yes or a no leaves the choice as it was.
+                if is_true(value) {
+                    changes.persist = Some(true);
+                } else if crate::session::is_false(value) {
+                    changes.persist = Some(false);
+                }
             }
         }
         Ok(())

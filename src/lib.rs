@@ -46,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+pub mod assertion;
 pub mod chain;
 pub mod config;
 pub mod conn;
@@ -53,6 +54,7 @@ pub mod cookie;
 pub mod devcert;
 pub(crate) mod downstream;
 mod error;
+mod events;
 pub mod h1;
 pub mod headers;
 mod health;

@@ -415,7 +415,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// The metrics of a proxy whose store keeps `sessions`.
-    pub fn new(sessions: Arc<SessionCounters>) -> Metrics {
+    pub fn new(sessions: Arc<SessionCounters>, events: &crate::session::EventCounters) -> Metrics {
         let mut registry = Registry::with_prefix("sessiongate");
         let requests_family = Family::<RequestLabels, ShardedCounter>::default();
         let mut requests = Vec::with_capacity(MethodLabel::ALL.len() * StatusClass::ALL.len());
@@ -431,6 +431,21 @@ impl Metrics {
             "requests",
             "Requests answered, by method and status class",
             requests_family,
+        );
+        registry.register(
+            "events_delivered",
+            "Session lifecycle events the destination accepted, by destination",
+            events.delivered.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Session lifecycle events dropped (queue full, or left at shutdown), by destination",
+            events.dropped.clone(),
+        );
+        registry.register(
+            "events_delivery_failures",
+            "Event deliveries that failed and were tried again, by destination",
+            events.failed.clone(),
         );
         let request_duration = AtomicHistogram::default();
         registry.register(
@@ -640,7 +655,7 @@ mod tests {
 
     #[test]
     fn exposition_has_the_series() {
-        let m = Metrics::new(Arc::default());
+        let m = Metrics::new(Arc::default(), &Default::default());
         m.request(&Method::GET, StatusCode::OK, Duration::from_micros(300));
         m.request(
             &Method::POST,
@@ -693,7 +708,7 @@ mod tests {
     #[test]
     fn session_series_read_the_store_and_errors_keep_their_families() {
         let sessions = Arc::new(SessionCounters::default());
-        let m = Metrics::new(sessions.clone());
+        let m = Metrics::new(sessions.clone(), &Default::default());
         sessions.add(SessionCount::Created, 3);
         sessions.add(SessionCount::RefusedTooLarge, 1);
         m.write_malformed();

@@ -32,10 +32,10 @@ use crate::io;
 use crate::metrics::{CookieRejection, Metrics};
 use crate::redirect::ClientOrigin;
 use crate::route::{self, Gate};
-use crate::session::{form_to_json, split_reserved};
+use crate::session::{form_to_json, split_reserved, value_of};
 use crate::session::{
-    now_ms, Applied, Changes, Created, Inserted, Lookup, SessionData, SessionId, SessionStore,
-    Store, StoreError,
+    now_ms, Applied, Changes, Created, Inserted, Lookup, Reason, SessionData, SessionId,
+    SessionStore, Store, StoreError, LOGIN_IP_KEY, LOGIN_UA_KEY, PERSIST_KEY,
 };
 use crate::upstream::{self, UpstreamFailure};
 use crate::upstreams::{Group, Sent};
@@ -53,7 +53,7 @@ pub struct State {
 
 impl State {
     pub(crate) fn new(config: Config, store: Store) -> State {
-        let metrics = Metrics::new(store.counters().clone());
+        let metrics = Metrics::new(store.counters().clone(), store.events().counters());
         State {
             settings: ArcSwap::from_pointee(Settings::new(config, &metrics, None)),
             metrics,
@@ -297,7 +297,7 @@ impl Worker {
                 duration_ms = millis(took),
                 upstream_ms = begun.trace.upstream.map(millis),
                 request_id = begun.request_id.to_str().unwrap_or(""),
-                session = begun.trace.session.map(|id| session_tag(&id)).as_deref(),
+                session = begun.trace.session.map(|id| SessionId::tag(&id)).as_deref(),
                 peer = %conn.peer.ip(),
             );
         }
@@ -809,15 +809,6 @@ async fn read_answer<D: Downstream>(
     }
 }
 
-/// A short, one-way tag of a session ID for logs: the first 8 bytes of its SHA-256,
-/// in hex. Lets an operator follow one visitor through the log without the log ever
-/// holding anything that could be turned into a cookie.
-fn session_tag(id: &SessionId) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(id.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A request's session state between its two halves: what [`prepare`] found and
 /// [`respond`] finishes.
 pub(crate) struct Exchange {
@@ -833,7 +824,15 @@ pub(crate) struct Exchange {
     pub(crate) target: usize,
     /// The session's affinity is to be written: to this server.
     pin: bool,
+    /// The session's data as the store holds it (the proxy's own keys too).
+    data: Option<HeaderValue>,
+    /// With `session.user_key`: the client's address and `User-Agent`, kept
+    /// with the session when this response logs a user in.
+    login: Option<(String, Option<String>)>,
 }
+
+/// The longest `User-Agent` kept with a login.
+const MAX_LOGIN_UA: usize = 256;
 
 /// What steps 1 to 3 decided: the request to send upstream is the kept lines,
 /// the proxy's extra lines, and `target`.
@@ -917,12 +916,19 @@ pub(crate) async fn prepare<'a>(
     let choice = (settings.upstreams)
         .choose(group.index, pinned)
         .ok_or(ProxyError::NoServer)?;
+    let server = &settings.upstreams.targets[choice.target];
+    // The assertion is made of the data as JSON whatever the format.
+    let assertion = (settings.config.assertion.as_deref()).filter(|_| live);
+    let json = match (settings.config.session.data_format, assertion) {
+        (DataFormat::Json, _) | (_, Some(_)) => shown.as_ref().map(form_to_json),
+        _ => None,
+    };
     // `session.data_format: json`: the same data, as a JSON object.
+    let full = data;
     let data = match settings.config.session.data_format {
         DataFormat::Form => shown,
-        DataFormat::Json => shown.as_ref().map(form_to_json),
+        DataFormat::Json => json.clone(),
     };
-    let server = &settings.upstreams.targets[choice.target];
 
     // 3. Tell the upstream.
     let carried_session = matches!(session, SessionState::Live { .. });
@@ -937,12 +943,8 @@ pub(crate) async fn prepare<'a>(
         }),
         _ => None,
     };
-    let extras = scan.extras(
-        settings.rules_to(server),
-        conn,
-        upstream_session,
-        request_id,
-    );
+    let rules = settings.rules_to(server);
+    let mut extras = scan.extras(rules, conn, upstream_session, request_id);
     let target = if view.target.is_empty() {
         &b"/"[..]
     } else {
@@ -954,6 +956,42 @@ pub(crate) async fn prepare<'a>(
     } else {
         Cow::Owned([server.base_path.as_bytes(), target].concat())
     };
+    let user = match (&settings.user_key, &full) {
+        (Some(key), Some(d)) if live => value_of(d.as_bytes(), key).filter(|u| !u.is_empty()),
+        _ => None,
+    };
+    if let (Some(signer), SessionState::Live { id, .. }) = (assertion, &session) {
+        let mut sid = String::with_capacity(43);
+        id.encode_into(&mut sid);
+        let aud = match scan.host() {
+            Some(h) if rules.preserve_host => h,
+            _ => rules.upstream_host.map_or(&b""[..], |h| h.as_bytes()),
+        };
+        let token = signer.sign(&crate::assertion::Claims {
+            sid: &sid,
+            sub: user.as_deref(),
+            data_json: json.as_ref().map_or(&b"{}"[..], |j| j.as_bytes()),
+            aud,
+            htm: method.as_str(),
+            htu: &target,
+            now_s: now_ms() / 1000,
+        });
+        extras.add(&signer.header, token);
+    }
+    let login = (settings.user_key.is_some() && live).then(|| {
+        let ip = String::from_utf8_lossy(scan.client_ip(conn)).into_owned();
+        let ua = (view.lines.iter())
+            .find(|(name, _)| name.eq_ignore_ascii_case(b"user-agent"))
+            .map(|(_, v)| {
+                let v = String::from_utf8_lossy(v);
+                let cut = (0..=MAX_LOGIN_UA.min(v.len()))
+                    .rev()
+                    .find(|&i| v.is_char_boundary(i))
+                    .unwrap_or(0);
+                v[..cut].to_owned()
+            });
+        (ip, ua)
+    });
     Ok(Prepared {
         exchange: Exchange {
             session,
@@ -966,6 +1004,8 @@ pub(crate) async fn prepare<'a>(
             method: method.clone(),
             target: choice.target,
             pin: choice.pin && live,
+            data: full.filter(|_| live),
+            login,
         },
         keep: scan.keep,
         extras,
@@ -1006,6 +1046,34 @@ pub(crate) async fn respond<'a>(
             .set
             .push((group.pin_key.clone(), server.tag.clone()));
     }
+    // The proxy's own keys the write-back calls for: the cookie's kind, and who
+    // logged in from where.
+    if let Some(persist) = changes.persist.filter(|_| !changes.destroy) {
+        let flag = if persist { "1" } else { "0" };
+        changes.set.push((PERSIST_KEY.to_owned(), flag.to_owned()));
+    }
+    let user_key = settings.config.session.user_key.as_deref();
+    let user_before = exchange.data.as_ref().and_then(|d| {
+        value_of(d.as_bytes(), settings.user_key.as_deref()?).filter(|u| !u.is_empty())
+    });
+    let user_after = match user_key.and_then(|k| changes.touches(k)) {
+        Some(set) => set.filter(|u| !u.is_empty()).map(str::to_owned),
+        None => user_before.clone(),
+    };
+    if let (Some(user), Some((ip, ua))) = (&user_after, exchange.login.take()) {
+        if user_before.as_ref() != Some(user) && !changes.destroy {
+            changes.set.push((LOGIN_IP_KEY.to_owned(), ip));
+            match ua {
+                Some(ua) => changes.set.push((LOGIN_UA_KEY.to_owned(), ua)),
+                None => changes.remove.push(LOGIN_UA_KEY.to_owned()),
+            }
+        }
+    }
+    let persist = changes.persist.or_else(|| {
+        let d = exchange.data.as_ref()?;
+        let flag = value_of(d.as_bytes(), &crate::session::encoded(PERSIST_KEY))?;
+        Some(flag == "1")
+    });
     let mut set_cookie = if matches!(exchange.session, SessionState::Live { new: true, .. }) {
         store_new(state, settings, flavor, &mut exchange.session, &changes).await?
     } else if !changes.is_empty() {
@@ -1016,15 +1084,32 @@ pub(crate) async fn respond<'a>(
             &exchange.method,
             &mut exchange.session,
             &changes,
+            persist,
         )
         .await?
     } else {
         None
     };
+    // `X-Session-Destroy-Others`: every other session of the user ends.
+    if let (true, Some(user), SessionState::Live { id, .. }) =
+        (changes.destroy_others, &user_after, &exchange.session)
+    {
+        let n = (state.store)
+            .destroy_user(user, Some(id), Reason::Others)
+            .await
+            .map_err(ProxyError::Store)?;
+        tracing::info!(destroyed = n, "the user's other sessions were destroyed");
+    }
 
     // 5. The cookie, and headers that keep shared caches from mixing visitors.
     if set_cookie.is_none() {
-        set_cookie = cookie_for(settings, flavor, &exchange.session);
+        set_cookie = cookie_for(
+            settings,
+            flavor,
+            &exchange.session,
+            persist,
+            changes.persist.is_some(),
+        );
     }
     let mut extras = headers::response_extras(
         lines,
@@ -1150,8 +1235,10 @@ async fn apply_write_back(
     method: &Method,
     session: &mut SessionState,
     changes: &Changes,
+    persist: Option<bool>,
 ) -> Result<Option<HeaderValue>, ProxyError> {
     let keys = &settings.config.session.keys;
+    let max_age = cookie_age(settings, persist);
     match session {
         SessionState::Excluded | SessionState::Grace => {
             tracing::debug!("write-back ignored: no session on this request");
@@ -1176,13 +1263,14 @@ async fn apply_write_back(
                 resign: false,
                 created_ms: now_ms(),
             };
-            Ok(Some(
-                flavor.set_cookie(&keys.sign(&id), settings.jar.max_age),
-            ))
+            Ok(Some(flavor.set_cookie(&keys.sign(&id), max_age)))
         }
         SessionState::Live { id, .. } => {
             if changes.destroy {
-                state.store.destroy(id).await.map_err(ProxyError::Store)?;
+                (state.store)
+                    .destroy(id, Reason::Logout)
+                    .await
+                    .map_err(ProxyError::Store)?;
                 *session = SessionState::Absent;
                 return Ok(Some(flavor.removal()));
             }
@@ -1200,9 +1288,7 @@ async fn apply_write_back(
                         resign: false,
                         created_ms: now_ms(),
                     };
-                    Ok(Some(
-                        flavor.set_cookie(&keys.sign(&new_id), settings.jar.max_age),
-                    ))
+                    Ok(Some(flavor.set_cookie(&keys.sign(&new_id), max_age)))
                 }
                 Applied::TooLarge { bytes } => {
                     refused(settings, bytes);
@@ -1214,12 +1300,31 @@ async fn apply_write_back(
     }
 }
 
+/// The cookie's `Max-Age` for a session: `X-Session-Persist` chooses a
+/// persistent cookie (for the absolute timeout) or a browser-session one;
+/// without a choice, `session.persistent` decides.
+fn cookie_age(settings: &Settings, persist: Option<bool>) -> Option<Duration> {
+    match persist {
+        None => settings.jar.max_age,
+        Some(true) => Some(
+            settings
+                .jar
+                .max_age
+                .unwrap_or(settings.policy.absolute_timeout),
+        ),
+        Some(false) => None,
+    }
+}
+
 /// The `Set-Cookie` a session needs when the write-back did not decide one: a new
-/// session's first cookie, or an old-secret cookie re-signed (keeping its expiry).
+/// session's first cookie, an old-secret cookie re-signed (keeping its expiry),
+/// or the same cookie again when the write-back chose its kind (`chosen`).
 fn cookie_for(
     settings: &Settings,
     flavor: &CookieFlavor,
     session: &SessionState,
+    persist: Option<bool>,
+    chosen: bool,
 ) -> Option<HeaderValue> {
     let SessionState::Live {
         id,
@@ -1230,14 +1335,15 @@ fn cookie_for(
     else {
         return None;
     };
-    if !*new && !*resign {
+    if !*new && !*resign && !chosen {
         return None;
     }
     let keys = &settings.config.session.keys;
+    let age = cookie_age(settings, persist);
     let max_age = if *new {
-        settings.jar.max_age
+        age
     } else {
-        settings.jar.max_age.map(|age| {
+        age.map(|age| {
             let used = std::time::Duration::from_millis(now_ms().saturating_sub(*created_ms));
             age.saturating_sub(used)
         })

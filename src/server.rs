@@ -84,6 +84,8 @@ pub struct Server {
     state: Arc<State>,
     cert: Option<Arc<ServerCert>>,
     store_tasks: StoreTasks,
+    /// Delivery of lifecycle events, when `events` names a destination.
+    events: crate::events::Delivery,
 }
 
 /// Binds `addr` with `SO_REUSEPORT`, so each worker accepts on its own socket and the
@@ -203,7 +205,11 @@ impl Server {
             }
             None => None,
         };
-        let (store, store_tasks) = store::open(&config).await.map_err(ServerError::Store)?;
+        let queues = crate::events::queues(&config.events);
+        let (store, store_tasks) = store::open(&config, queues.sink.clone())
+            .await
+            .map_err(ServerError::Store)?;
+        let events = crate::events::spawn(&config.events, queues, &store);
         let state = Arc::new(State::new(config, store));
         Ok(Server {
             bound,
@@ -211,6 +217,7 @@ impl Server {
             state,
             cert,
             store_tasks,
+            events,
         })
     }
 
@@ -312,6 +319,9 @@ impl Server {
         for done in finished {
             let _ = done.await;
         }
+        // Events first: the final snapshot tells nothing, and what the last
+        // requests did is delivered before the process ends.
+        self.events.shutdown().await;
         self.store_tasks.shutdown().await;
         Ok(())
     }

@@ -30,6 +30,8 @@ pub struct Settings {
     route_groups: Vec<usize>,
     /// The group `default`.
     default_group: usize,
+    /// `session.user_key` in the encoded form of session data.
+    pub(crate) user_key: Option<Vec<u8>>,
     /// Tells these settings from every earlier ones: each worker rebuilds its
     /// pools when it changes.
     pub(crate) generation: u64,
@@ -77,7 +79,7 @@ impl Settings {
     /// benchmarks and tools that run no proxy).
     pub fn standalone(config: Config) -> Settings {
         let counters = std::sync::Arc::new(crate::session::SessionCounters::default());
-        Settings::new(config, &Metrics::new(counters), None)
+        Settings::new(config, &Metrics::new(counters, &Default::default()), None)
     }
 
     /// Settings for `config`, whose servers keep the health and load their
@@ -109,6 +111,7 @@ impl Settings {
             route_groups,
             default_group,
             upstreams,
+            user_key: (config.session.user_key.as_deref()).map(crate::session::encoded),
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             config,
             jar,
@@ -126,6 +129,7 @@ impl From<&SessionConfig> for Policy {
             max_sessions: s.max_sessions,
             max_data_bytes: s.max_data_bytes,
             regenerate_grace: s.regenerate_grace,
+            max_per_user: s.max_per_user,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::config::{Config, StoreType};
 use crate::session::memory::{MemoryStore, SweepGuard};
 use crate::session::snapshot::{self, Snapshots};
-use crate::session::{Policy, RedisStore, Store, StoreError};
+use crate::session::{EventSink, Policy, RedisStore, Store, StoreError};
 
 /// How often the memory store looks for expired sessions.
 const SWEEP_PERIOD: Duration = Duration::from_secs(1);
@@ -36,10 +36,14 @@ impl StoreTasks {
 
 /// Opens the configured store and starts its background work: for the memory
 /// store, restores the snapshot first.
-pub(crate) async fn open(config: &Config) -> Result<(Store, StoreTasks), StoreError> {
+pub(crate) async fn open(
+    config: &Config,
+    events: EventSink,
+) -> Result<(Store, StoreTasks), StoreError> {
+    let user_key = config.session.user_key.as_deref();
     match config.store.kind {
         StoreType::Memory => {
-            let store = MemoryStore::new();
+            let store = MemoryStore::with(user_key, events);
             let snapshots = match &config.store.snapshot {
                 Some(path) => {
                     let (restoring, file) = (store.clone(), path.clone());
@@ -73,7 +77,7 @@ pub(crate) async fn open(config: &Config) -> Result<(Store, StoreTasks), StoreEr
                     "store.snapshot is for the memory store; ignored with store.type: redis"
                 );
             }
-            let store = RedisStore::open(&config.store.redis).await?;
+            let store = RedisStore::open(&config.store.redis, user_key, events).await?;
             Ok((
                 Store::Redis(store),
                 StoreTasks {

@@ -249,6 +249,7 @@ fn a_million_sessions_save_and_load_in_seconds() {
         max_sessions: 1_000_000,
         max_data_bytes: 4096,
         regenerate_grace: Duration::from_secs(10),
+        max_per_user: None,
     };
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -17,7 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sessiongate::config::RedisConfig;
 use sessiongate::session::memory::MemoryStore;
 use sessiongate::session::{
-    Applied, Changes, Created, Lookup, Policy, RedisStore, SessionData, SessionId, SessionStore,
+    Applied, Changes, Created, Event, EventCounters, EventKind, EventSink, Lookup, Policy, Reason,
+    RedisStore, SessionData, SessionId, SessionStore,
 };
 use support::redis::{RedisCluster, RedisServer};
 
@@ -34,6 +35,7 @@ const POLICY: Policy = Policy {
     max_sessions: 10_000,
     max_data_bytes: MAX_DATA_BYTES,
     regenerate_grace: GRACE,
+    max_per_user: None,
 };
 
 /// What every case needs of a store: the trait, and handles it can share.
@@ -44,8 +46,11 @@ impl<S: SessionStore + Clone> Conforming for S {}
 // The stores.
 // ---------------------------------------------------------------------------
 
+/// The data key every store of the suite indexes sessions by.
+const USER_KEY: &str = "user";
+
 fn memory_store() -> MemoryStore {
-    MemoryStore::new()
+    MemoryStore::with(Some(USER_KEY), EventSink::default())
 }
 
 /// A key prefix of its own for each case, so cases can share one Redis.
@@ -54,14 +59,24 @@ fn unique_prefix() -> String {
 }
 
 async fn redis_store(url: &str, nodes: Vec<String>) -> RedisStore {
+    redis_store_on(url, nodes, &unique_prefix(), EventSink::default()).await
+}
+
+/// A Redis store under `prefix`: two of them on one prefix are two proxies.
+async fn redis_store_on(
+    url: &str,
+    nodes: Vec<String>,
+    prefix: &str,
+    events: EventSink,
+) -> RedisStore {
     let settings = RedisConfig {
         url: url.to_owned(),
-        key_prefix: unique_prefix(),
+        key_prefix: prefix.to_owned(),
         timeout: Duration::from_secs(2),
         cluster: !nodes.is_empty(),
         nodes,
     };
-    let store = RedisStore::open(&settings)
+    let store = RedisStore::open(&settings, Some(USER_KEY), events)
         .await
         .expect("open the Redis store");
     store.ping().await.expect("Redis answers");
@@ -243,9 +258,12 @@ async fn oversized_write_is_refused_and_changes_nothing<S: Conforming>(s: S) {
 async fn destroy<S: Conforming>(s: S) {
     let id = create(&s, data(&[("user", "alice")])).await;
     let other = create(&s, SessionData::default()).await;
-    assert!(s.destroy(&id).await.unwrap());
+    assert!(s.destroy(&id, Reason::Logout).await.unwrap());
     assert_missing(&s, &id, "destroyed").await;
-    assert!(!s.destroy(&id).await.unwrap(), "destroyed twice");
+    assert!(
+        !s.destroy(&id, Reason::Logout).await.unwrap(),
+        "destroyed twice"
+    );
     assert_eq!(
         s.apply(&id, &set("a=1"), &POLICY).await.unwrap(),
         Applied::Missing
@@ -463,7 +481,7 @@ async fn count_and_inspect<S: Conforming>(s: S) {
         create(&s, SessionData::default()).await,
     ];
     assert_eq!(s.count().await.unwrap(), 3);
-    s.destroy(&ids[0]).await.unwrap();
+    s.destroy(&ids[0], Reason::Admin).await.unwrap();
     assert_eq!(s.count().await.unwrap(), 2);
 
     let info = s.inspect(&ids[1]).await.unwrap().expect("live session");
@@ -473,6 +491,164 @@ async fn count_and_inspect<S: Conforming>(s: S) {
     assert!(info.last_seen_ms + 1000 >= info.created_ms && info.last_seen_ms <= after);
     assert!(s.inspect(&SessionId::random()).await.unwrap().is_none());
     s.ping().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// The per-user index.
+// ---------------------------------------------------------------------------
+
+/// The IDs of the user's sessions, as the admin API lists them, sorted.
+async fn of_user(s: &impl SessionStore, user: &str) -> Vec<SessionId> {
+    let mut ids: Vec<SessionId> = (s.user_sessions(user).await.expect("store answers"))
+        .iter()
+        .map(|u| u.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn sorted(mut ids: Vec<SessionId>) -> Vec<SessionId> {
+    ids.sort();
+    ids
+}
+
+async fn user_index_follows_write_regenerate_destroy_and_logout<S: Conforming>(s: S) {
+    assert!(of_user(&s, "alice").await.is_empty(), "nobody yet");
+    // Created logged in, and logged in by a write.
+    let a = create(&s, data(&[("user", "alice")])).await;
+    let b = create(&s, SessionData::default()).await;
+    let anon = create(&s, data(&[("user", "")])).await;
+    s.apply(&b, &set("user=alice&theme=dark"), &POLICY)
+        .await
+        .unwrap();
+    assert_eq!(of_user(&s, "alice").await, sorted(vec![a, b]));
+    assert!(
+        of_user(&s, "").await.is_empty(),
+        "an empty value is nobody: {anon:?}"
+    );
+    // Regenerated: the new ID replaces the old one.
+    let Applied::Regenerated(b2) = s.apply(&b, &regenerate(set("n=1")), &POLICY).await.unwrap()
+    else {
+        panic!("regenerated")
+    };
+    assert_eq!(of_user(&s, "alice").await, sorted(vec![a, b2]));
+    // Logged in as somebody else: moves to that user.
+    s.apply(&a, &set("user=bob"), &POLICY).await.unwrap();
+    assert_eq!(of_user(&s, "alice").await, vec![b2]);
+    assert_eq!(of_user(&s, "bob").await, vec![a]);
+    // Logged out by removing the key, and destroyed.
+    s.apply(&b2, &remove("user"), &POLICY).await.unwrap();
+    assert!(of_user(&s, "alice").await.is_empty());
+    assert!(s.destroy(&a, Reason::Logout).await.unwrap());
+    assert!(of_user(&s, "bob").await.is_empty());
+    // What the list shows of a session.
+    let c = create(
+        &s,
+        data(&[
+            ("user", "carol"),
+            (" sessiongate.ip", "192.0.2.7"),
+            (" sessiongate.ua", "curl/8"),
+        ]),
+    )
+    .await;
+    let listed = s.user_sessions("carol").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, c);
+    assert_eq!(listed[0].client_ip.as_deref(), Some("192.0.2.7"));
+    assert_eq!(listed[0].user_agent.as_deref(), Some("curl/8"));
+    assert!(
+        listed[0].created_ms > 0 && listed[0].last_seen_ms >= listed[0].created_ms / 1000 * 1000
+    );
+}
+
+async fn user_index_forgets_expired_sessions<S: Conforming>(s: S) {
+    let a = create(&s, data(&[("user", "dave")])).await;
+    assert_eq!(of_user(&s, "dave").await, vec![a]);
+    tokio::time::sleep(IDLE + LATE).await;
+    assert!(
+        of_user(&s, "dave").await.is_empty(),
+        "expired sessions are not listed"
+    );
+    assert_missing(&s, &a, "expired").await;
+}
+
+async fn destroy_user_ends_every_session_but_the_one_kept<S: Conforming>(s: S) {
+    let ids: Vec<SessionId> = {
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(create(&s, data(&[("user", "erin")])).await);
+        }
+        ids
+    };
+    let other = create(&s, data(&[("user", "frank")])).await;
+    let n = s
+        .destroy_user("erin", Some(&ids[0]), Reason::Others)
+        .await
+        .unwrap();
+    assert_eq!(n, 4);
+    assert_eq!(of_user(&s, "erin").await, vec![ids[0]]);
+    for id in &ids[1..] {
+        assert_missing(&s, id, "destroyed with the user's others").await;
+    }
+    found(&s, &ids[0], "kept").await;
+    assert_eq!(
+        s.destroy_user("erin", None, Reason::Admin).await.unwrap(),
+        1
+    );
+    assert_missing(&s, &ids[0], "destroyed with the user").await;
+    assert_eq!(
+        s.destroy_user("erin", None, Reason::Admin).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        of_user(&s, "frank").await,
+        vec![other],
+        "other users untouched"
+    );
+}
+
+async fn max_per_user_ends_the_least_recently_used<S: Conforming>(s: S) {
+    let limited = Policy {
+        max_per_user: Some(2),
+        ..POLICY
+    };
+    let first = create(&s, data(&[("user", "gina")])).await;
+    let second = create(&s, data(&[("user", "gina")])).await;
+    // The first is used after the second: the second is now the least recent.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    found(&s, &first, "used").await;
+    let third = match s.create(SessionData::default(), &limited).await.unwrap() {
+        Created::Stored(id) => id,
+        other => panic!("{other:?}"),
+    };
+    s.apply(&third, &set("user=gina"), &limited).await.unwrap();
+    assert_eq!(of_user(&s, "gina").await, sorted(vec![first, third]));
+    assert_missing(&s, &second, "the least recently used went").await;
+}
+
+async fn concurrent_logins_of_one_user_are_all_indexed<S: Conforming>(s: S) {
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(create(&s, SessionData::default()).await);
+    }
+    let logins: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (s, id) = (s.clone(), *id);
+            tokio::spawn(async move { s.apply(&id, &set("user=hank"), &POLICY).await })
+        })
+        .collect();
+    for l in logins {
+        assert_eq!(l.await.unwrap().unwrap(), Applied::Stored);
+    }
+    assert_eq!(of_user(&s, "hank").await, sorted(ids.clone()));
+    assert_eq!(
+        s.destroy_user("hank", None, Reason::Admin).await.unwrap(),
+        20
+    );
+    for id in &ids {
+        assert_missing(&s, id, "logged out everywhere").await;
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -503,6 +679,11 @@ fn cases<S: Conforming>() -> Vec<(&'static str, Case<S>)> {
         an_oversized_first_write_stores_nothing,
         revoke_and_find_by_key_and_value,
         count_and_inspect,
+        user_index_follows_write_regenerate_destroy_and_logout,
+        user_index_forgets_expired_sessions,
+        destroy_user_ends_every_session_but_the_one_kept,
+        max_per_user_ends_the_least_recently_used,
+        concurrent_logins_of_one_user_are_all_indexed,
     ]
 }
 
@@ -571,6 +752,11 @@ conformance![
     an_oversized_first_write_stores_nothing,
     revoke_and_find_by_key_and_value,
     count_and_inspect,
+    user_index_follows_write_regenerate_destroy_and_logout,
+    user_index_forgets_expired_sessions,
+    destroy_user_ends_every_session_but_the_one_kept,
+    max_per_user_ends_the_least_recently_used,
+    concurrent_logins_of_one_user_are_all_indexed,
 ];
 
 /// A Cluster takes seconds to form: one Cluster runs every case at once, each
@@ -593,4 +779,167 @@ async fn redis_cluster_passes_every_case() {
         }
     }
     assert!(failed.is_empty(), "cases failed on the Cluster: {failed:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Several proxies on one Redis, and events.
+// ---------------------------------------------------------------------------
+
+/// Three proxies log one user in at once, 10 sessions each: every proxy lists
+/// all 30, and one of them logging the user out ends them for all.
+async fn logins_from_several_proxies(url: &str, nodes: Vec<String>) {
+    let prefix = unique_prefix();
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        proxies.push(redis_store_on(url, nodes.clone(), &prefix, EventSink::default()).await);
+    }
+    let mut tasks = Vec::new();
+    for p in &proxies {
+        for _ in 0..10 {
+            let p = p.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = create(&p, SessionData::default()).await;
+                assert_eq!(
+                    p.apply(&id, &set("user=ivy"), &POLICY).await.unwrap(),
+                    Applied::Stored
+                );
+                id
+            }));
+        }
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    assert_eq!(ids.len(), 30);
+    for p in &proxies {
+        assert_eq!(of_user(p, "ivy").await, sorted(ids.clone()));
+    }
+    assert_eq!(
+        proxies[2]
+            .destroy_user("ivy", None, Reason::Admin)
+            .await
+            .unwrap(),
+        30
+    );
+    for p in &proxies {
+        assert!(of_user(p, "ivy").await.is_empty());
+        assert_missing(p, &ids[0], "logged out everywhere").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_logins_from_several_proxies_are_all_indexed() {
+    let Some(server) =
+        RedisServer::start("redis_logins_from_several_proxies_are_all_indexed").await
+    else {
+        return;
+    };
+    logins_from_several_proxies(&server.url(), Vec::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_logins_from_several_proxies_are_all_indexed() {
+    let Some(cluster) = RedisCluster::start("redis_cluster_logins_from_several_proxies").await
+    else {
+        return;
+    };
+    let urls = cluster.urls();
+    logins_from_several_proxies(&urls[0], urls.clone()).await;
+}
+
+/// The events a store emits while a session lives and ends, as the delivery
+/// tasks would receive them.
+async fn lifecycle_events<S: Conforming>(
+    s: S,
+    mut rx: tokio::sync::mpsc::Receiver<std::sync::Arc<Event>>,
+) {
+    let a = create(&s, data(&[("user", "jo")])).await;
+    let Applied::Regenerated(a2) = s.apply(&a, &regenerate(set("x=1")), &POLICY).await.unwrap()
+    else {
+        panic!("regenerated")
+    };
+    assert!(s.destroy(&a2, Reason::Logout).await.unwrap());
+    let b = create(&s, data(&[("user", "kim")])).await;
+    let c = create(&s, data(&[("user", "kim")])).await;
+    assert_eq!(
+        s.destroy_user("kim", Some(&c), Reason::Others)
+            .await
+            .unwrap(),
+        1
+    );
+    let d = create(&s, SessionData::default()).await;
+    // Found past a shortened idle timeout (a reload): expired by the proxy,
+    // which tells it. (Sessions Redis expires unseen by their TTL are not told.)
+    let short = Policy {
+        idle_timeout: Duration::from_secs(1),
+        ..POLICY
+    };
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    for (id, what) in [(d, "d"), (c, "c")] {
+        let lookup = s.load(&id, &short).await.unwrap();
+        assert!(
+            matches!(lookup, Lookup::Missing),
+            "{what} expired: {lookup:?}"
+        );
+    }
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while seen.len() < 9 {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(e)) => seen.push(e),
+            _ => break,
+        }
+    }
+    let tell = |e: &Event| (e.kind, e.session.clone(), e.user.clone(), e.reason);
+    let got: Vec<_> = seen.iter().map(|e| tell(e)).collect();
+    let want = |kind, id: &SessionId, user: Option<&str>, reason| {
+        (kind, id.tag(), user.map(str::to_owned), reason)
+    };
+    for expected in [
+        want(EventKind::Created, &a, Some("jo"), None),
+        want(EventKind::Regenerated, &a2, Some("jo"), None),
+        want(EventKind::Destroyed, &a2, Some("jo"), Some(Reason::Logout)),
+        want(EventKind::Created, &b, Some("kim"), None),
+        want(EventKind::Created, &c, Some("kim"), None),
+        want(EventKind::Destroyed, &b, Some("kim"), Some(Reason::Others)),
+        want(EventKind::Created, &d, None, None),
+        want(EventKind::Expired, &d, None, Some(Reason::Idle)),
+        want(EventKind::Expired, &c, Some("kim"), Some(Reason::Idle)),
+    ] {
+        assert!(got.contains(&expected), "missing {expected:?} in {got:?}");
+    }
+    let regenerated = seen
+        .iter()
+        .find(|e| e.kind == EventKind::Regenerated)
+        .unwrap();
+    assert_eq!(regenerated.previous.as_deref(), Some(a.tag().as_str()));
+    for e in &seen {
+        let mut line = Vec::new();
+        e.write_line(&mut line);
+        let text = String::from_utf8(line).unwrap();
+        for id in [a, a2, b, c, d] {
+            assert!(
+                !text.contains(&id.to_string()),
+                "an event never holds an ID: {text}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_store_tells_lifecycle_events() {
+    let (sink, mut rx) = EventSink::new(100, &["test"], EventCounters::default());
+    let store = MemoryStore::with(Some(USER_KEY), sink);
+    lifecycle_events(store, rx.remove(0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_store_tells_lifecycle_events() {
+    let Some(server) = RedisServer::start("redis_store_tells_lifecycle_events").await else {
+        return;
+    };
+    let (sink, mut rx) = EventSink::new(100, &["test"], EventCounters::default());
+    let store = redis_store_on(&server.url(), Vec::new(), &unique_prefix(), sink).await;
+    lifecycle_events(store, rx.remove(0)).await;
 }

@@ -15,6 +15,7 @@
 //! [`Timeout`]: values::Timeout
 
 mod admin;
+mod assertion;
 mod limits;
 mod log;
 mod routes;
@@ -34,6 +35,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use self::admin::AdminConfig;
+pub use self::assertion::EventsConfig;
 pub(crate) use self::limits::LimitsConfig;
 pub use self::log::{LogConfig, LogFormat};
 pub use self::session::{CreateMode, DataFormat, SessionConfig};
@@ -62,6 +64,9 @@ pub struct Config {
     pub admin: AdminConfig,
     pub(crate) limits: LimitsConfig,
     pub log: LogConfig,
+    /// `assertion`, when `assertion.header` is set.
+    pub(crate) assertion: Option<std::sync::Arc<crate::assertion::Signer>>,
+    pub events: EventsConfig,
     /// True when `--dev` replaced missing secrets with an ephemeral one.
     pub dev_secret: bool,
     /// The raw form, with defaults filled in, for `sessiongate check`.
@@ -112,6 +117,8 @@ impl Config {
             admin,
             limits,
             log,
+            assertion: _,
+            events,
             dev_secret: _,
             raw: _,
         } = next;
@@ -124,6 +131,12 @@ impl Config {
                 tls_fixed(tls) == tls_fixed(&self.tls),
             ),
             ("store", "the session store", *store == self.store),
+            (
+                "session.user_key",
+                "the per-user index",
+                next.session.user_key == self.session.user_key,
+            ),
+            ("events", "event delivery", *events == self.events),
             (
                 "admin",
                 "the admin listener",
@@ -174,6 +187,8 @@ struct RawConfig {
     admin: admin::RawAdmin,
     limits: limits::RawLimits,
     log: log::RawLog,
+    assertion: assertion::RawAssertion,
+    events: assertion::RawEvents,
 }
 
 impl RawConfig {
@@ -196,6 +211,8 @@ impl RawConfig {
         let store = self.store.validate(src)?;
         let tls = self.tls.as_ref().map(|t| t.validate(src)).transpose()?;
         let admin = self.admin.validate(src)?;
+        let assertion = self.assertion.validate(src, &session.headers)?;
+        let events = self.events.validate(src, store.kind == StoreType::Redis)?;
         // The raw form is kept for `check`: without a secret in it.
         for secret in &mut self.session.secrets {
             secret.value.clear();
@@ -212,6 +229,8 @@ impl RawConfig {
             admin,
             limits: self.limits.validate(),
             log: self.log.validate(),
+            assertion,
+            events,
             dev_secret,
             raw: self,
         })

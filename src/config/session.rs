@@ -8,7 +8,7 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::source::{ConfigError, Source};
-use super::values::{expand_env, expanded, AtLeast, Checked, Dur, Rule, SessionTimeout};
+use super::values::{expand_env, expanded, AtLeast, Checked, Dur, Rule, SessionTimeout, Text};
 use crate::cookie::{CookieSettings, SameSite, SecureMode, SigningKeys};
 use crate::headers::HeaderNames;
 
@@ -45,6 +45,9 @@ pub struct SessionConfig {
     pub(crate) exclude_paths: Vec<String>,
     pub(crate) regenerate_grace: Duration,
     pub(crate) data_format: DataFormat,
+    /// `session.user_key`: sessions are indexed by this data key's value.
+    pub(crate) user_key: Option<String>,
+    pub(crate) max_per_user: Option<usize>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -68,6 +71,8 @@ pub(super) struct RawSession {
     exclude_paths: Vec<Checked<PathPrefix>>,
     regenerate_grace: Dur,
     data_format: DataFormat,
+    user_key: Option<Text>,
+    max_per_user: Option<AtLeast<1>>,
 }
 
 impl Default for RawSession {
@@ -91,6 +96,8 @@ impl Default for RawSession {
             exclude_paths: Vec::new(),
             regenerate_grace: Dur(Duration::from_secs(10)),
             data_format: DataFormat::Form,
+            user_key: None,
+            max_per_user: None,
         }
     }
 }
@@ -110,6 +117,21 @@ impl RawSession {
             ));
         }
         let (keys, ephemeral) = self.signing_keys(src, dev)?;
+        if let Some(Text(key)) = &self.user_key {
+            if key.is_empty() || key.starts_with(' ') {
+                return Err(src.error(
+                    "session.user_key",
+                    "needs the name of a session data key (e.g. user)",
+                ));
+            }
+        }
+        if self.max_per_user.is_some() && self.user_key.is_none() {
+            return Err(src.error(
+                "session.max_per_user",
+                "needs session.user_key: the sessions of a user are those whose data holds \
+                 the same value under that key",
+            ));
+        }
         let cookie = CookieSettings {
             name: self.cookie_name.text.clone(),
             host_prefix: self.host_prefix,
@@ -132,6 +154,8 @@ impl RawSession {
             exclude_paths: self.exclude_paths.iter().map(|p| p.text.clone()).collect(),
             regenerate_grace: self.regenerate_grace.0,
             data_format: self.data_format,
+            user_key: self.user_key.as_ref().map(|t| t.0.clone()),
+            max_per_user: self.max_per_user.map(|m| m.0),
         };
         Ok((session, ephemeral))
     }

@@ -213,6 +213,20 @@ fn json_string(s: &str, out: &mut String) {
     out.push('"');
 }
 
+/// The proxy's own keys: the visitor's choice of a persistent cookie, and the
+/// client address and user agent of the request that logged the user in.
+pub const PERSIST_KEY: &str = " sessiongate.persist";
+pub const LOGIN_IP_KEY: &str = " sessiongate.ip";
+pub const LOGIN_UA_KEY: &str = " sessiongate.ua";
+
+/// The decoded value of `key` (given encoded) in encoded session data.
+pub fn value_of(data: &[u8], key: &[u8]) -> Option<String> {
+    data.split(|&b| b == b'&').find_map(|pair| {
+        let v = pair.strip_prefix(key)?.strip_prefix(b"=")?;
+        decode_component(v).ok()
+    })
+}
+
 /// The key that holds which server of the group `group` a session stays on.
 pub fn affinity_key(group: &str) -> String {
     format!("{RESERVED_PREFIX}upstream.{group}")
@@ -288,6 +302,11 @@ pub struct Changes {
     pub remove: Vec<String>,
     pub(crate) destroy: bool,
     pub regenerate: bool,
+    /// `X-Session-Destroy-Others`: the user's other sessions go.
+    pub(crate) destroy_others: bool,
+    /// `X-Session-Persist`: a persistent cookie (`true`) or a browser-session
+    /// one (`false`) for this session.
+    pub(crate) persist: Option<bool>,
 }
 
 /// A bound on the number of keys one response may touch, against header floods.
@@ -295,7 +314,22 @@ pub(crate) const MAX_CHANGED_KEYS: usize = 256;
 
 impl Changes {
     pub(crate) fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.remove.is_empty() && !self.destroy && !self.regenerate
+        self.set.is_empty()
+            && self.remove.is_empty()
+            && !self.destroy
+            && !self.regenerate
+            && !self.destroy_others
+            && self.persist.is_none()
+    }
+
+    /// The value this write gives `key`: `Some(Some(v))` set, `Some(None)`
+    /// removed, `None` untouched (a set wins over a removal, as in
+    /// [`SessionData::with_changes`]).
+    pub fn touches(&self, key: &str) -> Option<Option<&str>> {
+        if let Some((_, v)) = self.set.iter().rev().find(|(k, _)| k == key) {
+            return Some(Some(v));
+        }
+        self.remove.iter().any(|k| k == key).then_some(None)
     }
 
     pub(crate) fn writes_data(&self) -> bool {
@@ -346,6 +380,12 @@ impl Changes {
         }
         Ok(())
     }
+}
+
+/// Is a value a no? (`false`, `0`, `no`, any case.)
+pub fn is_false(value: &[u8]) -> bool {
+    let v = value.trim_ascii();
+    v.eq_ignore_ascii_case(b"false") || v == b"0" || v.eq_ignore_ascii_case(b"no")
 }
 
 /// Is a `-Destroy` / `-Regenerate` value a yes? (`true`, `1`, `yes`, any case.)

@@ -19,9 +19,11 @@ use crossbeam_queue::SegQueue;
 use dashmap::DashMap;
 use http::HeaderValue;
 
+use super::data::{value_of, LOGIN_IP_KEY, LOGIN_UA_KEY};
+use super::events::{Event, EventKind, EventSink, Reason};
 use super::{
     now_ms, Applied, Changes, Inserted, Lookup, Policy, SessionCount, SessionCounters, SessionData,
-    SessionId, SessionInfo, SessionStore, SessionView, StoreError,
+    SessionId, SessionInfo, SessionStore, SessionView, StoreError, UserSession,
 };
 
 /// Session IDs are uniformly random and only ever looked up after their HMAC
@@ -115,6 +117,79 @@ struct Inner {
     regenerated: DashMap<SessionId, u64, IdHash>,
     /// What happened to sessions, for the metrics.
     counters: Arc<SessionCounters>,
+    /// The per-user index, with `session.user_key`.
+    users: Option<Users>,
+    /// Lifecycle events.
+    events: EventSink,
+    /// The idle timeout of the last session stored (seconds), to tell an idle
+    /// expiry from an absolute one.
+    idle_s: AtomicU32,
+}
+
+/// The sessions of each user: `session.user_key`'s value, kept exact on every
+/// write, regeneration and removal, so listing or ending a user's sessions costs
+/// their number, not a scan.
+struct Users {
+    /// The user key in the encoded form of the data.
+    key: Vec<u8>,
+    by_user: DashMap<String, smallvec::SmallVec<[SessionId; 2]>>,
+    owner: DashMap<SessionId, String, IdHash>,
+    /// Regenerations of indexed sessions under way: ending all of a user's
+    /// sessions waits them out, so a session moving to a new ID is never missed.
+    moving: AtomicUsize,
+}
+
+impl Users {
+    fn new(key: &str) -> Users {
+        Users {
+            key: super::encoded(key),
+            by_user: DashMap::new(),
+            owner: DashMap::with_hasher(IdHash),
+            moving: AtomicUsize::new(0),
+        }
+    }
+
+    /// The user encoded data belongs to (an empty value is nobody).
+    fn user_in(&self, data: Option<&[u8]>) -> Option<String> {
+        data.and_then(|d| value_of(d, &self.key))
+            .filter(|u| !u.is_empty())
+    }
+
+    /// Files `id` under `user` (or under nobody); true when it joined a user.
+    fn set(&self, id: SessionId, user: Option<String>) -> bool {
+        if user.is_some() && self.owner.get(&id).as_deref() == user.as_ref() {
+            return false;
+        }
+        self.remove(&id);
+        let Some(user) = user else { return false };
+        self.by_user.entry(user.clone()).or_default().push(id);
+        self.owner.insert(id, user);
+        true
+    }
+
+    /// Takes `id` out of the index; the user it belonged to.
+    fn remove(&self, id: &SessionId) -> Option<String> {
+        let (_, user) = self.owner.remove(id)?;
+        if let dashmap::Entry::Occupied(mut e) = self.by_user.entry(user.clone()) {
+            e.get_mut().retain(|x| x != id);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+        Some(user)
+    }
+
+    fn ids(&self, user: &str) -> Vec<SessionId> {
+        self.by_user
+            .get(user)
+            .map(|ids| ids.to_vec())
+            .unwrap_or_default()
+    }
+
+    fn clear(&self) {
+        self.by_user.clear();
+        self.owner.clear();
+    }
 }
 
 /// A cheap-to-clone handle to the memory store. It holds no settings: each call
@@ -146,6 +221,12 @@ impl Default for MemoryStore {
 
 impl MemoryStore {
     pub fn new() -> MemoryStore {
+        MemoryStore::with(None, EventSink::default())
+    }
+
+    /// A store that indexes sessions by `user_key`'s value, and tells `events`
+    /// what happens to sessions.
+    pub fn with(user_key: Option<&str>, events: EventSink) -> MemoryStore {
         MemoryStore {
             inner: Arc::new(Inner {
                 sessions: DashMap::with_hasher_and_shard_amount(IdHash, SHARDS),
@@ -153,7 +234,28 @@ impl MemoryStore {
                 fresh: SegQueue::new(),
                 regenerated: DashMap::with_hasher(IdHash),
                 counters: Arc::default(),
+                users: user_key.map(Users::new),
+                events,
+                idle_s: AtomicU32::new(u32::MAX),
             }),
+        }
+    }
+
+    /// A session left the store: out of the index, and told as an event.
+    fn gone(&self, id: &SessionId, kind: EventKind, reason: Reason) {
+        let inner = &self.inner;
+        let user = inner.users.as_ref().and_then(|u| u.remove(id));
+        inner.events.session(kind, id, user, Some(reason));
+    }
+
+    /// Why `e` expired: idle, unless its absolute timeout came first.
+    fn expiry_reason(&self, e: &Entry) -> Reason {
+        let idle_end = (e.last_seen_s.load(Ordering::Relaxed))
+            .saturating_add(self.inner.idle_s.load(Ordering::Relaxed));
+        if e.expires_s.load(Ordering::Relaxed) >= idle_end {
+            Reason::Idle
+        } else {
+            Reason::Absolute
         }
     }
 
@@ -184,9 +286,13 @@ impl MemoryStore {
         let inner = &self.inner;
         let now_s = secs(now);
         let mut expired = 0;
-        inner.sessions.retain(|_, e| {
+        let tell = inner.users.is_some() || inner.events.enabled();
+        inner.sessions.retain(|id, e| {
             let alive = e.alive(now_s);
             expired += !alive as usize;
+            if !alive && tell {
+                self.gone(id, EventKind::Expired, self.expiry_reason(e));
+            }
             alive
         });
         inner.count.fetch_sub(expired, Ordering::Relaxed);
@@ -230,13 +336,22 @@ impl MemoryStore {
                 });
             }
             drop(e);
-            if inner
+            if let Some((_, e)) = inner
                 .sessions
                 .remove_if(id, |_, e| !e.alive_under(policy, now_s))
-                .is_some()
             {
                 inner.count.fetch_sub(1, Ordering::Relaxed);
                 inner.counters.add(SessionCount::Expired, 1);
+                let idle_end = e
+                    .last_seen_s
+                    .load(Ordering::Relaxed)
+                    .saturating_add(policy.idle_timeout.as_secs().min(u32::MAX as u64) as u32);
+                let reason = if now_s > idle_end {
+                    Reason::Idle
+                } else {
+                    Reason::Absolute
+                };
+                self.gone(id, EventKind::Expired, reason);
             }
             return Lookup::Missing;
         }
@@ -290,6 +405,7 @@ impl MemoryStore {
             {
                 inner.count.fetch_sub(1, Ordering::AcqRel);
                 inner.counters.add(SessionCount::Evicted, 1);
+                self.gone(&id, EventKind::Evicted, Reason::Capacity);
                 return true;
             }
         }
@@ -304,6 +420,7 @@ impl MemoryStore {
             Some(id) if inner.sessions.remove(&id).is_some() => {
                 inner.count.fetch_sub(1, Ordering::AcqRel);
                 inner.counters.add(SessionCount::Evicted, 1);
+                self.gone(&id, EventKind::Evicted, Reason::Capacity);
                 true
             }
             _ => false,
@@ -337,13 +454,32 @@ impl MemoryStore {
             inner.counters.add(SessionCount::RefusedTooLarge, 1);
             return Inserted::TooLarge { bytes };
         }
-        let data = data.header().map(|h| h.as_bytes().into());
+        let data: Option<Box<[u8]>> = data.header().map(|h| h.as_bytes().into());
+        let user = (inner.users.as_ref()).and_then(|u| u.user_in(data.as_deref()));
+        inner.idle_s.store(
+            policy.idle_timeout.as_secs().min(u32::MAX as u64) as u32,
+            Ordering::Relaxed,
+        );
         let entry = Entry::new(data, secs(now), policy);
         if self.put(id, entry, policy.max_sessions).is_err() {
             return Inserted::Taken;
         }
         inner.fresh.push(id);
         inner.counters.add(SessionCount::Created, 1);
+        inner
+            .events
+            .session(EventKind::Created, &id, user.clone(), None);
+        if let (Some(users), Some(user)) = (&inner.users, user) {
+            // Indexed once stored: a removal racing with this store finds it.
+            if let Some(e) = inner.sessions.get(&id) {
+                let now_user = users.user_in(e.data.as_deref());
+                users.set(id, now_user.clone());
+                drop(e);
+                if now_user.as_deref() == Some(user.as_str()) {
+                    self.enforce_limit(&user, &id, policy);
+                }
+            }
+        }
         Inserted::Stored
     }
 
@@ -370,16 +506,129 @@ impl MemoryStore {
         Ok(())
     }
 
+    /// After a write to `id` under its lock: files it under its user; the user
+    /// when it has just joined one.
+    fn reindex(&self, id: SessionId, e: &Entry) -> Option<String> {
+        let users = self.inner.users.as_ref()?;
+        let user = users.user_in(e.data.as_deref());
+        users.set(id, user.clone()).then_some(user).flatten()
+    }
+
+    /// `session.max_per_user`: the user's least recently used sessions go until
+    /// they hold the limit; `keep` (the one that just logged in) stays.
+    fn enforce_limit(&self, user: &str, keep: &SessionId, policy: &Policy) {
+        let (Some(users), Some(max)) = (&self.inner.users, policy.max_per_user) else {
+            return;
+        };
+        let ids = users.ids(user);
+        if ids.len() <= max {
+            return;
+        }
+        let mut others: Vec<(u32, SessionId)> = ids
+            .iter()
+            .filter(|id| *id != keep)
+            .filter_map(|id| {
+                let e = self.inner.sessions.get(id)?;
+                Some((e.last_seen_s.load(Ordering::Relaxed), *id))
+            })
+            .collect();
+        others.sort_unstable();
+        let excess = (others.len() + 1).saturating_sub(max);
+        for (_, id) in others.iter().take(excess) {
+            self.destroy_if_user(id, user, Reason::Limit);
+        }
+    }
+
+    /// Destroys `id` if it still belongs to `user`.
+    fn destroy_if_user(&self, id: &SessionId, user: &str, reason: Reason) -> bool {
+        let inner = &self.inner;
+        let Some(users) = &inner.users else {
+            return false;
+        };
+        let removed = inner.sessions.remove_if(id, |_, e| {
+            users.user_in(e.data.as_deref()).as_deref() == Some(user)
+        });
+        if removed.is_none() {
+            return false;
+        }
+        inner.count.fetch_sub(1, Ordering::AcqRel);
+        inner.counters.add(SessionCount::Destroyed, 1);
+        self.gone(id, EventKind::Destroyed, reason);
+        true
+    }
+
+    /// Destroys every session of `user` but `except`; how many.
+    fn destroy_user_now(&self, user: &str, except: Option<&SessionId>, reason: Reason) -> u64 {
+        let Some(users) = &self.inner.users else {
+            return 0;
+        };
+        let mut n = 0;
+        // A regeneration under way moves a session to an ID not indexed yet:
+        // rounds go on until none is under way and a round finds nothing.
+        for round in 0..1000 {
+            let moving = users.moving.load(Ordering::Acquire);
+            let mut found = 0;
+            for id in users.ids(user) {
+                if Some(&id) != except && self.destroy_if_user(&id, user, reason) {
+                    found += 1;
+                }
+            }
+            n += found;
+            if found == 0 && moving == 0 {
+                break;
+            }
+            if round > 0 {
+                std::thread::yield_now();
+            }
+        }
+        n
+    }
+
+    /// The user's sessions, most recently seen first.
+    fn user_sessions_now(&self, user: &str, now: u64) -> Vec<UserSession> {
+        let Some(users) = &self.inner.users else {
+            return Vec::new();
+        };
+        let now_s = secs(now);
+        let ip_key = super::encoded(LOGIN_IP_KEY);
+        let ua_key = super::encoded(LOGIN_UA_KEY);
+        let mut list: Vec<UserSession> = users
+            .ids(user)
+            .into_iter()
+            .filter_map(|id| {
+                let e = self.inner.sessions.get(&id)?;
+                if !e.alive(now_s) || users.user_in(e.data.as_deref()).as_deref() != Some(user) {
+                    return None;
+                }
+                let data = e.data.as_deref().unwrap_or_default();
+                Some(UserSession {
+                    id,
+                    created_ms: e.created_s as u64 * 1000,
+                    last_seen_ms: e.last_seen_s.load(Ordering::Relaxed) as u64 * 1000,
+                    client_ip: value_of(data, &ip_key),
+                    user_agent: value_of(data, &ua_key),
+                })
+            })
+            .collect();
+        list.sort_by(|a, b| b.last_seen_ms.cmp(&a.last_seen_ms).then(a.id.cmp(&b.id)));
+        list
+    }
+
     fn apply_now(&self, id: &SessionId, changes: &Changes, now: u64, policy: &Policy) -> Applied {
         let inner = &self.inner;
         if !changes.regenerate {
             let Some(mut e) = inner.sessions.get_mut(id) else {
                 return Applied::Missing;
             };
-            return match self.write_changes(&mut e, changes, now, policy) {
-                Ok(()) => Applied::Stored,
-                Err(refused) => refused,
-            };
+            if let Err(refused) = self.write_changes(&mut e, changes, now, policy) {
+                return refused;
+            }
+            let joined = self.reindex(*id, &e);
+            drop(e);
+            if let Some(user) = joined {
+                self.enforce_limit(&user, id, policy);
+            }
+            return Applied::Stored;
         }
         // Regenerate: the data moves to a new ID, the old one dies now and is
         // remembered for the grace period. The write and the removal happen under
@@ -390,6 +639,26 @@ impl MemoryStore {
         if grace > 0 {
             inner.regenerated.insert(*id, now + grace);
         }
+        let moving = inner.users.as_ref().map(|u| {
+            u.moving.fetch_add(1, Ordering::AcqRel);
+            &u.moving
+        });
+        let applied = self.regenerate_now(id, changes, now, policy);
+        if let Some(moving) = moving {
+            moving.fetch_sub(1, Ordering::AcqRel);
+        }
+        applied
+    }
+
+    /// The regeneration half of [`MemoryStore::apply_now`].
+    fn regenerate_now(
+        &self,
+        id: &SessionId,
+        changes: &Changes,
+        now: u64,
+        policy: &Policy,
+    ) -> Applied {
+        let inner = &self.inner;
         let mut written = Err(Applied::Missing);
         let removed = inner.sessions.remove_if_mut(id, |_, e| {
             written = self.write_changes(e, changes, now, policy);
@@ -414,14 +683,31 @@ impl MemoryStore {
             }
         };
         inner.counters.add(SessionCount::Regenerated, 1);
+        let previous = inner.users.as_ref().and_then(|u| u.remove(id));
+        let mut joined = None;
+        let mut user = None;
+        if let Some(e) = inner.sessions.get(&new_id) {
+            joined = self.reindex(new_id, &e);
+            user = (inner.users.as_ref()).and_then(|u| u.user_in(e.data.as_deref()));
+        }
+        if inner.events.enabled() {
+            let mut event = Event::new(EventKind::Regenerated, &new_id, user.clone(), None);
+            event.previous = Some(id.tag());
+            inner.events.emit(event);
+        }
+        // A login that came with the regeneration counts against the limit.
+        if let Some(user) = joined.filter(|u| previous.as_ref() != Some(u)) {
+            self.enforce_limit(&user, &new_id, policy);
+        }
         Applied::Regenerated(new_id)
     }
 
-    fn destroy_now(&self, id: &SessionId) -> bool {
+    fn destroy_now(&self, id: &SessionId, reason: Reason) -> bool {
         let inner = &self.inner;
         if inner.sessions.remove(id).is_some() {
             inner.count.fetch_sub(1, Ordering::AcqRel);
             inner.counters.add(SessionCount::Destroyed, 1);
+            self.gone(id, EventKind::Destroyed, reason);
             true
         } else {
             false
@@ -527,6 +813,12 @@ impl MemoryStore {
         for (_, id) in fresh {
             inner.fresh.push(id);
         }
+        if let Some(users) = &inner.users {
+            users.clear();
+            for e in inner.sessions.iter() {
+                users.set(*e.key(), users.user_in(e.data.as_deref()));
+            }
+        }
         let mut evicted = 0;
         while self.len() > max_sessions && self.evict_one() {
             evicted += 1;
@@ -538,6 +830,9 @@ impl MemoryStore {
     pub(crate) fn clear(&self) {
         let inner = &self.inner;
         inner.sessions.clear();
+        if let Some(users) = &inner.users {
+            users.clear();
+        }
         inner.count.store(0, Ordering::Release);
         while inner.fresh.pop().is_some() {}
         inner.regenerated.clear();
@@ -572,8 +867,21 @@ impl SessionStore for MemoryStore {
         Ok(self.apply_now(id, changes, now_ms(), policy))
     }
 
-    async fn destroy(&self, id: &SessionId) -> Result<bool, StoreError> {
-        Ok(self.destroy_now(id))
+    async fn destroy(&self, id: &SessionId, reason: Reason) -> Result<bool, StoreError> {
+        Ok(self.destroy_now(id, reason))
+    }
+
+    async fn user_sessions(&self, user: &str) -> Result<Vec<UserSession>, StoreError> {
+        Ok(self.user_sessions_now(user, now_ms()))
+    }
+
+    async fn destroy_user(
+        &self,
+        user: &str,
+        except: Option<&SessionId>,
+        reason: Reason,
+    ) -> Result<u64, StoreError> {
+        Ok(self.destroy_user_now(user, except, reason))
     }
 
     async fn inspect(&self, id: &SessionId) -> Result<Option<SessionInfo>, StoreError> {
@@ -591,7 +899,7 @@ impl SessionStore for MemoryStore {
         let ids = self.matching(key, value);
         let mut n = 0;
         for id in &ids {
-            n += self.destroy_now(id) as u64;
+            n += self.destroy_now(id, Reason::Admin) as u64;
         }
         Ok(n)
     }
@@ -610,6 +918,10 @@ impl SessionStore for MemoryStore {
 
     fn counters(&self) -> &Arc<SessionCounters> {
         &self.inner.counters
+    }
+
+    fn events(&self) -> &EventSink {
+        &self.inner.events
     }
 }
 
@@ -656,6 +968,7 @@ mod tests {
                 max_sessions: max,
                 max_data_bytes: 64,
                 regenerate_grace: Duration::from_secs(10),
+                max_per_user: None,
             },
         }
     }
@@ -797,7 +1110,7 @@ mod tests {
         let f = store(10_000);
         let ids: Vec<_> = (0..3000).map(|_| f.insert(0)).collect();
         for id in &ids[..2000] {
-            f.s.destroy_now(id);
+            f.s.destroy_now(id, Reason::Admin);
         }
         f.load(&ids[2000], 1);
         f.s.sweep(1);

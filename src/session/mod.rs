@@ -6,6 +6,7 @@
 
 mod counters;
 mod data;
+pub mod events;
 pub mod memory;
 pub(crate) mod redis;
 pub mod snapshot;
@@ -21,9 +22,10 @@ use http::HeaderValue;
 pub use self::redis::RedisStore;
 pub use counters::{SessionCount, SessionCounters};
 pub use data::{
-    affinity_key, decode_component, encoded, form_to_json, is_true, split_reserved, Changes,
-    ChangesError, SessionData,
+    affinity_key, decode_component, encoded, form_to_json, is_false, is_true, split_reserved,
+    value_of, Changes, ChangesError, SessionData, LOGIN_IP_KEY, LOGIN_UA_KEY, PERSIST_KEY,
 };
+pub use events::{Event, EventCounters, EventKind, EventSink, Reason};
 pub(crate) use memory::MemoryStore;
 
 /// A session ID: 32 bytes from the OS CSPRNG. Shown as 43 base64url characters.
@@ -84,6 +86,15 @@ impl SessionId {
         (again.as_bytes() == text).then_some(canonical)
     }
 
+    /// A short, one-way tag of the ID for logs and events: the first 8 bytes of
+    /// its SHA-256, in hex. Lets an operator follow one visitor without anything
+    /// that could be turned into a cookie.
+    pub fn tag(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.0);
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     pub(crate) fn encode_into(&self, out: &mut String) {
         URL_SAFE_NO_PAD.encode_string(self.0, out);
     }
@@ -137,6 +148,9 @@ pub struct Policy {
     pub max_data_bytes: usize,
     /// How long after a regeneration the old ID is still recognised.
     pub regenerate_grace: Duration,
+    /// `session.max_per_user`: a login beyond it ends the user's least
+    /// recently used session.
+    pub max_per_user: Option<usize>,
 }
 
 impl Policy {
@@ -276,7 +290,24 @@ pub trait SessionStore: Send + Sync + 'static {
         policy: &Policy,
     ) -> impl Future<Output = Result<Applied, StoreError>> + Send;
     /// Deletes the session; `true` when it existed.
-    fn destroy(&self, id: &SessionId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn destroy(
+        &self,
+        id: &SessionId,
+        reason: Reason,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// The sessions of `user` (`session.user_key`'s value), most recently seen
+    /// first; empty without a user key. Costs the user's sessions, not a scan.
+    fn user_sessions(
+        &self,
+        user: &str,
+    ) -> impl Future<Output = Result<Vec<UserSession>, StoreError>> + Send;
+    /// Destroys every session of `user` but `except`; how many.
+    fn destroy_user(
+        &self,
+        user: &str,
+        except: Option<&SessionId>,
+        reason: Reason,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// The session's data and times, without touching it (admin API).
     fn inspect(
         &self,
@@ -300,6 +331,8 @@ pub trait SessionStore: Send + Sync + 'static {
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// What this store has counted: the one source of the session metrics.
     fn counters(&self) -> &Arc<SessionCounters>;
+    /// Where this store tells what happens to sessions.
+    fn events(&self) -> &EventSink;
     /// Before a new visitor's request goes upstream: fails when the store is known
     /// to be out of reach (its last command failed and a `PING` fails too), so that
     /// such a request gets `503` without reaching the application, as a returning
@@ -317,6 +350,20 @@ pub struct SessionInfo {
     pub created_ms: u64,
     /// Unix milliseconds (to the second).
     pub last_seen_ms: u64,
+}
+
+/// One of a user's sessions, as the admin API lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserSession {
+    pub id: SessionId,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+    /// Unix milliseconds (to the second).
+    pub last_seen_ms: u64,
+    /// The client address of the request that logged the user in.
+    pub client_ip: Option<String>,
+    /// Its `User-Agent`.
+    pub user_agent: Option<String>,
 }
 
 /// The store the proxy runs with, chosen by `store.type`. The request path talks
@@ -357,8 +404,19 @@ impl SessionStore for Store {
     ) -> Result<Applied, StoreError> {
         each_store!(self, s => s.apply(id, changes, policy))
     }
-    async fn destroy(&self, id: &SessionId) -> Result<bool, StoreError> {
-        each_store!(self, s => s.destroy(id))
+    async fn destroy(&self, id: &SessionId, reason: Reason) -> Result<bool, StoreError> {
+        each_store!(self, s => s.destroy(id, reason))
+    }
+    async fn user_sessions(&self, user: &str) -> Result<Vec<UserSession>, StoreError> {
+        each_store!(self, s => s.user_sessions(user))
+    }
+    async fn destroy_user(
+        &self,
+        user: &str,
+        except: Option<&SessionId>,
+        reason: Reason,
+    ) -> Result<u64, StoreError> {
+        each_store!(self, s => s.destroy_user(user, except, reason))
     }
     async fn inspect(&self, id: &SessionId) -> Result<Option<SessionInfo>, StoreError> {
         each_store!(self, s => s.inspect(id))
@@ -382,6 +440,12 @@ impl SessionStore for Store {
         match self {
             Store::Memory(s) => s.counters(),
             Store::Redis(s) => s.counters(),
+        }
+    }
+    fn events(&self) -> &EventSink {
+        match self {
+            Store::Memory(s) => s.events(),
+            Store::Redis(s) => s.events(),
         }
     }
 }

@@ -40,15 +40,18 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
 
+use super::data::{LOGIN_IP_KEY, LOGIN_UA_KEY};
+use super::events::{Event, EventKind, EventSink, Reason};
 use super::{
     Applied, Changes, Inserted, Lookup, Policy, SessionCount, SessionCounters, SessionData,
-    SessionId, SessionInfo, SessionStore, SessionView, StoreError,
+    SessionId, SessionInfo, SessionStore, SessionView, StoreError, UserSession,
 };
 
 /// Reads a session and refreshes its TTL, at most once a second. A session past
 /// the given timeouts (shorter than those its TTL was set by) is deleted.
-/// KEYS: session, tombstone. ARGV: idle ms, absolute ms.
-/// Returns the hash's fields, 0 (missing) or 2 (regenerated).
+/// KEYS: session, tombstone. ARGV: idle ms, absolute ms, the user field ('' for none).
+/// Returns the hash's fields, 0 (missing), 2 (regenerated) or, for a session
+/// this call found expired and deleted, {'!expired', 'idle'|'absolute', user}.
 const LOAD: &str = r#"
 local fields = redis.call('HGETALL', KEYS[1])
 if #fields == 0 then
@@ -66,7 +69,13 @@ local idle = tonumber(ARGV[1]) + 1000
 local ttl = math.min(idle, created + tonumber(ARGV[2]) - now)
 if ttl <= 0 or now - seen > idle then
   redis.call('DEL', KEYS[1])
-  return 0
+  local user = ''
+  for i = 1, #fields, 2 do
+    if fields[i] == ARGV[3] then user = fields[i + 1] end
+  end
+  local why = 'idle'
+  if now - seen <= idle then why = 'absolute' end
+  return {'!expired', why, user}
 end
 if now - seen >= 1000 then
   redis.call('HSET', KEYS[1], 'm:s', string.format('%d', now))
@@ -102,10 +111,11 @@ return now
 /// Applies removals then sets, refusing the whole write when the encoded data
 /// would exceed the limit, then, when asked, moves the session to a new ID.
 /// KEYS: session, new session, tombstone of the session.
-/// ARGV: max bytes, idle ms, absolute ms, grace ms, regenerate (0/1), number of
-/// removals, the removed keys, then set key, value, ...
-/// Returns {0} missing, {1, 0} stored, {1, 1} regenerated, {2, bytes} too large,
-/// {3} new ID taken. The new ID is fresh (2^-232 odds of meeting another), so a
+/// ARGV: max bytes, idle ms, absolute ms, grace ms, regenerate (0/1), the user
+/// field ('' for none), number of removals, the removed keys, then set key,
+/// value, ...
+/// Returns {0} missing, {1, 0, user before, user after} stored, {1, 1, user
+/// before, user after} regenerated, {2, bytes} too large, {3} new ID taken. The new ID is fresh (2^-232 odds of meeting another), so a
 /// moved session found under it is this regeneration's own earlier try.
 ///
 /// The size is that of the `x-www-form-urlencoded` form `SessionData` builds: every
@@ -116,19 +126,29 @@ local regenerate = ARGV[5] == '1'
 local fields = redis.call('HGETALL', key)
 if #fields == 0 then
   -- A retried regeneration whose first try moved the data already.
-  if regenerate and redis.call('EXISTS', KEYS[2]) == 1 then return {1, 1} end
+  if regenerate and redis.call('EXISTS', KEYS[2]) == 1 then
+    local user = ''
+    if ARGV[6] ~= '' then user = redis.call('HGET', KEYS[2], ARGV[6]) or '' end
+    return {1, 1, user, user}
+  end
   return {0}
 end
 if regenerate and redis.call('EXISTS', KEYS[2]) == 1 then return {3} end
-local nrem = tonumber(ARGV[6])
-local first_set = 7 + nrem
+local user_field = ARGV[6]
+local before = ''
+for i = 1, #fields, 2 do
+  if fields[i] == user_field then before = fields[i + 1] end
+end
+local after = before
+local nrem = tonumber(ARGV[7])
+local first_set = 8 + nrem
 if nrem > 0 or first_set <= #ARGV then
   local data = {}
   for i = 1, #fields, 2 do
     local f = fields[i]
     if string.sub(f, 1, 2) == 'd:' then data[string.sub(f, 3)] = fields[i + 1] end
   end
-  for i = 7, first_set - 1 do data[ARGV[i]] = nil end
+  for i = 8, first_set - 1 do data[ARGV[i]] = nil end
   for i = first_set, #ARGV, 2 do data[ARGV[i]] = ARGV[i + 1] end
   local size, n = 0, 0
   for k, v in pairs(data) do
@@ -139,9 +159,10 @@ if nrem > 0 or first_set <= #ARGV then
   end
   if n > 1 then size = size + n - 1 end
   if size > tonumber(ARGV[1]) then return {2, size} end
+  if user_field ~= '' then after = data[string.sub(user_field, 3)] or '' end
   if nrem > 0 then
     local del = {}
-    for i = 7, first_set - 1 do del[#del + 1] = 'd:' .. ARGV[i] end
+    for i = 8, first_set - 1 do del[#del + 1] = 'd:' .. ARGV[i] end
     redis.call('HDEL', key, unpack(del))
   end
   if first_set <= #ARGV then
@@ -153,7 +174,7 @@ if nrem > 0 or first_set <= #ARGV then
     redis.call('HSET', key, unpack(set))
   end
 end
-if not regenerate then return {1, 0} end
+if not regenerate then return {1, 0, before, after} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local stamp = string.format('%d', now)
@@ -163,17 +184,21 @@ local ttl = math.min(tonumber(ARGV[2]) + 1000, tonumber(ARGV[3]))
 redis.call('PEXPIRE', KEYS[2], string.format('%d', ttl))
 local grace = tonumber(ARGV[4])
 if grace > 0 then redis.call('SET', KEYS[3], '1', 'PX', string.format('%d', grace)) end
-return {1, 1}
+return {1, 1, before, after}
 "#;
 
-/// Destroys the session if its data still has the key and value (revoke: the data
-/// may have changed since the scan found it).
-/// KEYS: session. ARGV: `d:<key>`, value. Returns 1 when destroyed.
-const REVOKE: &str = r#"
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  return redis.call('DEL', KEYS[1])
+/// Destroys a session, if its data still has the key and value when one is given
+/// (revoke: the data may have changed since the scan or the index found it).
+/// KEYS: session. ARGV: `d:<key>` or '', value, the user field or ''.
+/// Returns {1, user} when destroyed, else {0}.
+const DESTROY: &str = r#"
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+  return {0}
 end
-return 0
+local user = ''
+if ARGV[3] ~= '' then user = redis.call('HGET', KEYS[1], ARGV[3]) or '' end
+if redis.call('DEL', KEYS[1]) == 0 then return {0} end
+return {1, user}
 "#;
 
 /// Keys asked for per `SCAN` call in the admin path.
@@ -253,7 +278,11 @@ struct Inner {
     load: Script,
     create: Script,
     apply: Script,
-    revoke: Script,
+    destroy: Script,
+    /// `d:` and `session.user_key`, when sessions are indexed by user.
+    user_field: Option<Vec<u8>>,
+    /// Lifecycle events.
+    events: EventSink,
 }
 
 /// A cheap-to-clone handle to the Redis store. It holds no session rules: each
@@ -285,7 +314,11 @@ fn ms(d: Duration) -> u64 {
 impl RedisStore {
     /// Connects (lazily: the proxy starts while Redis is down, and answers 503
     /// until it is back). Fails only on settings that can never work.
-    pub async fn open(r: &RedisConfig) -> Result<RedisStore, StoreError> {
+    pub async fn open(
+        r: &RedisConfig,
+        user_key: Option<&str>,
+        events: EventSink,
+    ) -> Result<RedisStore, StoreError> {
         let invalid = |e: RedisError| StoreError::Misconfigured(Box::new(e));
         let uses_tls =
             r.url.starts_with("rediss://") || r.nodes.iter().any(|n| n.starts_with("rediss://"));
@@ -330,7 +363,9 @@ impl RedisStore {
                 load: Script::new(LOAD),
                 create: Script::new(CREATE),
                 apply: Script::new(APPLY),
-                revoke: Script::new(REVOKE),
+                destroy: Script::new(DESTROY),
+                user_field: user_key.map(data_field),
+                events,
             }),
         };
         match store.ping().await {
@@ -409,6 +444,213 @@ impl RedisStore {
         text[..4].copy_from_slice(&rest[1..5]);
         text[4..].copy_from_slice(&rest[6..]);
         SessionId::decode(&text)
+    }
+
+    /// The set of `user`'s session IDs.
+    fn user_index(&self, user: &str) -> String {
+        format!("{}user:{user}", self.inner.prefix)
+    }
+
+    fn user_field(&self) -> &[u8] {
+        self.inner.user_field.as_deref().unwrap_or_default()
+    }
+
+    /// `SADD` or `SREM` of session IDs to or from `user`'s set.
+    async fn index(&self, add: bool, user: &str, ids: &[SessionId]) -> Result<(), StoreError> {
+        if user.is_empty() || ids.is_empty() || self.inner.user_field.is_none() {
+            return Ok(());
+        }
+        let key = self.user_index(user);
+        let members: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        let (key, members) = (&key, &members);
+        let _: i64 = self
+            .run(|mut c| async move {
+                redis::cmd(if add { "SADD" } else { "SREM" })
+                    .arg(key)
+                    .arg(members)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The IDs `user`'s set holds (some may have ended since).
+    async fn members(&self, user: &str) -> Result<Vec<SessionId>, StoreError> {
+        let key = self.user_index(user);
+        let key = &key;
+        let members: Vec<Vec<u8>> = self
+            .run(|mut c| async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await })
+            .await?;
+        Ok(members
+            .iter()
+            .filter_map(|m| SessionId::decode(m))
+            .collect())
+    }
+
+    /// Destroys `id`, when given only if its data holds `field` = `value`;
+    /// `Some(user)` when it was destroyed. Counted and told as an event.
+    async fn destroy_one(
+        &self,
+        id: &SessionId,
+        only_if: Option<(&[u8], &str)>,
+        reason: Reason,
+    ) -> Result<Option<String>, StoreError> {
+        let inner = &self.inner;
+        let key = self.key(id);
+        let (field, value) = only_if.unwrap_or((b"", ""));
+        let user_field = self.user_field();
+        let key = &key;
+        let reply: Vec<Value> = self
+            .run(|mut c| async move {
+                inner
+                    .destroy
+                    .key(key)
+                    .arg(field)
+                    .arg(value)
+                    .arg(user_field)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if !matches!(reply.first(), Some(Value::Int(1))) {
+            return Ok(None);
+        }
+        let user = reply
+            .get(1)
+            .and_then(bytes_of)
+            .map(|u| String::from_utf8_lossy(u).into_owned())
+            .unwrap_or_default();
+        inner.counters.add(SessionCount::Destroyed, 1);
+        if !user.is_empty() {
+            // The set forgets it; a failure here only leaves a member that
+            // every reader skips.
+            let _ = self.index(false, &user, &[*id]).await;
+        }
+        let named = (!user.is_empty()).then(|| user.clone());
+        inner
+            .events
+            .session(EventKind::Destroyed, id, named, Some(reason));
+        Ok(Some(user))
+    }
+
+    /// What the admin API shows of one of `user`'s sessions; `None` when it has
+    /// ended or belongs to somebody else now.
+    async fn user_session(
+        &self,
+        id: SessionId,
+        user: &str,
+    ) -> Result<Option<UserSession>, StoreError> {
+        let key = self.key(&id);
+        let key = &key;
+        let user_field = self.user_field();
+        let ip = data_field(LOGIN_IP_KEY);
+        let ua = data_field(LOGIN_UA_KEY);
+        let (ip, ua) = (&ip, &ua);
+        let values: Vec<Option<Vec<u8>>> = self
+            .run(|mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg("m:c")
+                    .arg("m:s")
+                    .arg(user_field)
+                    .arg(ip)
+                    .arg(ua)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let text = |i: usize| {
+            values
+                .get(i)
+                .cloned()
+                .flatten()
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        };
+        let number = |i: usize| text(i).and_then(|t| t.parse::<u64>().ok());
+        let (Some(created_ms), Some(last_seen_ms)) = (number(0), number(1)) else {
+            return Ok(None);
+        };
+        if text(2).as_deref() != Some(user) {
+            return Ok(None);
+        }
+        Ok(Some(UserSession {
+            id,
+            created_ms,
+            last_seen_ms: last_seen_ms / 1000 * 1000,
+            client_ip: text(3),
+            user_agent: text(4),
+        }))
+    }
+
+    /// `user`'s live sessions, most recently seen first; members of the set
+    /// that ended are taken out of it.
+    async fn live_sessions(&self, user: &str) -> Result<Vec<UserSession>, StoreError> {
+        let mut live = Vec::new();
+        let mut stale = Vec::new();
+        for id in self.members(user).await? {
+            match self.user_session(id, user).await? {
+                Some(s) => live.push(s),
+                None => stale.push(id),
+            }
+        }
+        self.index(false, user, &stale).await?;
+        live.sort_by(|a, b| b.last_seen_ms.cmp(&a.last_seen_ms).then(a.id.cmp(&b.id)));
+        Ok(live)
+    }
+
+    /// `session.max_per_user`, after `keep` joined `user`.
+    async fn enforce_limit(
+        &self,
+        user: &str,
+        keep: &SessionId,
+        policy: &Policy,
+    ) -> Result<(), StoreError> {
+        let Some(max) = policy.max_per_user else {
+            return Ok(());
+        };
+        if user.is_empty() || self.inner.user_field.is_none() {
+            return Ok(());
+        }
+        let mut others: Vec<UserSession> = self
+            .live_sessions(user)
+            .await?
+            .into_iter()
+            .filter(|s| s.id != *keep)
+            .collect();
+        // Least recently seen last.
+        while others.len() + 1 > max {
+            let Some(oldest) = others.pop() else { break };
+            let field = self.user_field();
+            self.destroy_one(&oldest.id, Some((field, user)), Reason::Limit)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Appends lifecycle events to the stream `key` (one `XADD` each, field
+    /// `event`, the stream trimmed to about `max_len` entries), in one round trip.
+    pub(crate) async fn append_events(
+        &self,
+        key: &str,
+        lines: &[Vec<u8>],
+        max_len: usize,
+    ) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for line in lines {
+            pipe.cmd("XADD")
+                .arg(key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(max_len)
+                .arg("*")
+                .arg("event")
+                .arg(line)
+                .ignore();
+        }
+        let pipe = &pipe;
+        self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .await
     }
 
     /// A fresh ID for regenerated data: on a Cluster it keeps the hash tag so that
@@ -636,11 +878,29 @@ impl SessionStore for RedisStore {
                     .key(tombstone)
                     .arg(ms(policy.idle_timeout))
                     .arg(ms(policy.absolute_timeout))
+                    .arg(self.user_field())
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
         Ok(match value {
+            Value::Array(items) if items.first().and_then(bytes_of) == Some(&b"!expired"[..]) => {
+                let reason = match items.get(1).and_then(bytes_of) {
+                    Some(b"absolute") => Reason::Absolute,
+                    _ => Reason::Idle,
+                };
+                let user = (items.get(2).and_then(bytes_of))
+                    .map(|u| String::from_utf8_lossy(u).into_owned())
+                    .filter(|u| !u.is_empty());
+                if let Some(user) = &user {
+                    let _ = self.index(false, user, &[*id]).await;
+                }
+                inner.counters.add(SessionCount::Expired, 1);
+                inner
+                    .events
+                    .session(EventKind::Expired, id, user, Some(reason));
+                Lookup::Missing
+            }
             Value::Array(items) => {
                 let fields = parse_fields(&items);
                 Lookup::Found(SessionView {
@@ -664,6 +924,15 @@ impl SessionStore for RedisStore {
             return Ok(Inserted::TooLarge { bytes });
         }
         let inner = &self.inner;
+        // Filed under its user before it is stored: the index never misses a
+        // session, and a member that never came to be is skipped by readers.
+        let user = (inner.user_field.as_ref())
+            .and_then(|f| data.get(std::str::from_utf8(&f[2..]).unwrap_or_default()))
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned);
+        if let Some(user) = &user {
+            self.index(true, user, &[*id]).await?;
+        }
         let mut args: Vec<&[u8]> = Vec::new();
         push_pairs(&mut args, data.pairs().iter());
         let args = &args;
@@ -685,9 +954,18 @@ impl SessionStore for RedisStore {
         // write having landed (a random ID taken by another visitor has odds of
         // 2^-256).
         if created < 0 && !retried {
+            if let Some(user) = &user {
+                self.index(false, user, &[*id]).await?;
+            }
             return Ok(Inserted::Taken);
         }
         inner.counters.add(SessionCount::Created, 1);
+        inner
+            .events
+            .session(EventKind::Created, id, user.clone(), None);
+        if let Some(user) = &user {
+            self.enforce_limit(user, id, policy).await?;
+        }
         Ok(Inserted::Stored)
     }
 
@@ -705,12 +983,21 @@ impl SessionStore for RedisStore {
         push_pairs(&mut args, changes.set.iter());
         let nrem = changes.remove.len();
         let regenerate = changes.regenerate;
+        let user_field = self.user_field();
+        // A login is filed under its user before it is written (see `insert`).
+        let login = (inner.user_field.as_ref())
+            .and_then(|f| changes.touches(std::str::from_utf8(&f[2..]).unwrap_or_default()))
+            .flatten()
+            .filter(|u| !u.is_empty());
         for _ in 0..3 {
             // A retry reuses the new ID: the script recognises a move it already made.
             let new_id = if regenerate { self.next_id(id) } else { *id };
+            if let Some(user) = login {
+                self.index(true, user, &[new_id]).await?;
+            }
             let new_key = self.key(&new_id);
             let (key, new_key, tombstone, args) = (&key, &new_key, &tombstone, &args);
-            let reply: Vec<i64> = self
+            let reply: Vec<Value> = self
                 .run(|mut c| async move {
                     let mut call = inner.apply.key(key);
                     call.key(new_key)
@@ -720,6 +1007,7 @@ impl SessionStore for RedisStore {
                         .arg(ms(policy.absolute_timeout))
                         .arg(ms(policy.regenerate_grace))
                         .arg(u8::from(regenerate))
+                        .arg(user_field)
                         .arg(nrem);
                     for a in args {
                         call.arg(*a);
@@ -727,19 +1015,61 @@ impl SessionStore for RedisStore {
                     call.invoke_async(&mut c).await
                 })
                 .await?;
-            let applied = match reply.as_slice() {
-                [1, 1] => Applied::Regenerated(new_id),
-                [1, _] => Applied::Stored,
-                [2, bytes] => Applied::TooLarge {
-                    bytes: *bytes as usize,
+            let int = |i: usize| match reply.get(i) {
+                Some(Value::Int(n)) => Some(*n),
+                _ => None,
+            };
+            let text = |i: usize| {
+                (reply.get(i).and_then(bytes_of))
+                    .map(|u| String::from_utf8_lossy(u).into_owned())
+                    .unwrap_or_default()
+            };
+            let applied = match (int(0), int(1)) {
+                (Some(1), Some(1)) => Applied::Regenerated(new_id),
+                (Some(1), _) => Applied::Stored,
+                (Some(2), Some(bytes)) => Applied::TooLarge {
+                    bytes: bytes as usize,
                 },
-                [3] => continue,
+                (Some(3), _) => {
+                    if let Some(user) = login {
+                        self.index(false, user, &[new_id]).await?;
+                    }
+                    continue;
+                }
                 _ => Applied::Missing,
             };
+            let (before, after) = (text(2), text(3));
             match applied {
                 Applied::Regenerated(_) => inner.counters.add(SessionCount::Regenerated, 1),
                 Applied::TooLarge { .. } => inner.counters.add(SessionCount::RefusedTooLarge, 1),
                 Applied::Stored | Applied::Missing => {}
+            }
+            if let Applied::Regenerated(new_id) = applied {
+                self.index(true, &after, &[new_id]).await?;
+                self.index(false, &before, &[*id]).await?;
+                if inner.events.enabled() {
+                    let user = (!after.is_empty()).then(|| after.clone());
+                    let mut event = Event::new(EventKind::Regenerated, &new_id, user, None);
+                    event.previous = Some(id.tag());
+                    inner.events.emit(event);
+                }
+            } else if before != after {
+                self.index(false, &before, &[*id]).await?;
+            }
+            if matches!(applied, Applied::Stored | Applied::Regenerated(_))
+                && !after.is_empty()
+                && (before != after || login.is_some())
+            {
+                let current = match applied {
+                    Applied::Regenerated(new_id) => new_id,
+                    _ => *id,
+                };
+                self.enforce_limit(&after, &current, policy).await?;
+            }
+            if matches!(applied, Applied::Missing | Applied::TooLarge { .. }) {
+                if let Some(user) = login {
+                    self.index(false, user, &[new_id]).await?;
+                }
             }
             return Ok(applied);
         }
@@ -748,16 +1078,54 @@ impl SessionStore for RedisStore {
         ))
     }
 
-    async fn destroy(&self, id: &SessionId) -> Result<bool, StoreError> {
-        let key = self.key(id);
-        let key = &key;
-        let n: i64 = self
-            .run(|mut c| async move { redis::cmd("DEL").arg(key).query_async(&mut c).await })
-            .await?;
-        self.inner
-            .counters
-            .add(SessionCount::Destroyed, n.max(0) as u64);
-        Ok(n > 0)
+    async fn destroy(&self, id: &SessionId, reason: Reason) -> Result<bool, StoreError> {
+        Ok(self.destroy_one(id, None, reason).await?.is_some())
+    }
+
+    async fn user_sessions(&self, user: &str) -> Result<Vec<UserSession>, StoreError> {
+        if self.inner.user_field.is_none() {
+            return Ok(Vec::new());
+        }
+        self.live_sessions(user).await
+    }
+
+    async fn destroy_user(
+        &self,
+        user: &str,
+        except: Option<&SessionId>,
+        reason: Reason,
+    ) -> Result<u64, StoreError> {
+        if self.inner.user_field.is_none() || user.is_empty() {
+            return Ok(0);
+        }
+        let mut n = 0;
+        // A regeneration files its new ID under the user right after it moved
+        // the data: a second look catches one that raced with the first.
+        for round in 0..3 {
+            let mut found = 0;
+            let mut stale = Vec::new();
+            for id in self.members(user).await? {
+                if Some(&id) == except {
+                    continue;
+                }
+                match self
+                    .destroy_one(&id, Some((self.user_field(), user)), reason)
+                    .await?
+                {
+                    Some(_) => found += 1,
+                    None => stale.push(id),
+                }
+            }
+            self.index(false, user, &stale).await?;
+            n += found;
+            if found == 0 && round > 0 {
+                break;
+            }
+            if round == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        Ok(n)
     }
 
     async fn inspect(&self, id: &SessionId) -> Result<Option<SessionInfo>, StoreError> {
@@ -785,26 +1153,20 @@ impl SessionStore for RedisStore {
     }
 
     async fn revoke(&self, key: &str, value: &str) -> Result<u64, StoreError> {
-        let inner = &self.inner;
         let field = data_field(key);
-        let field = &field;
         let mut n = 0;
         for session in self.matching(key, value).await? {
-            let session = &session;
-            let destroyed: i64 = self
-                .run(|mut c| async move {
-                    inner
-                        .revoke
-                        .key(session)
-                        .arg(field)
-                        .arg(value)
-                        .invoke_async(&mut c)
-                        .await
-                })
-                .await?;
-            n += destroyed as u64;
+            let Some(id) = self.id_of(&session) else {
+                continue;
+            };
+            if self
+                .destroy_one(&id, Some((&field, value)), Reason::Admin)
+                .await?
+                .is_some()
+            {
+                n += 1;
+            }
         }
-        inner.counters.add(SessionCount::Destroyed, n);
         Ok(n)
     }
 
@@ -849,6 +1211,10 @@ impl SessionStore for RedisStore {
 
     fn counters(&self) -> &Arc<SessionCounters> {
         &self.inner.counters
+    }
+
+    fn events(&self) -> &EventSink {
+        &self.inner.events
     }
 }
 

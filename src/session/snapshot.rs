@@ -439,6 +439,7 @@ mod tests {
         max_sessions: 100,
         max_data_bytes: 4096,
         regenerate_grace: Duration::from_secs(10),
+        max_per_user: None,
     };
 
     fn store() -> MemoryStore {

@@ -1,0 +1,339 @@
+//! The signed assertion (`assertion.header`): a compact JWS (RFC 7515) on every
+//! request with a session, so an application reachable by other paths than the
+//! proxy can tell the proxy's session headers from forged ones.
+//!
+//! Protected header `{"alg":…,"typ":"JWT","kid":…}`, where `kid` is the first 8
+//! bytes of the SHA-256 of the key material in hex (the secret for HS256, the
+//! raw public key for EdDSA). Claims: `sid`, `sub` (the `session.user_key`
+//! value, when there is one), `data`, `iat`, `exp`, `aud` (the `Host` the
+//! upstream gets), `htm` (the method) and `htu` (the target the upstream gets).
+//! The first key signs; the others are listed so applications can be given the
+//! next key before it signs (rotation, as with `session.secrets`).
+
+use std::fmt;
+use std::time::Duration;
+
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use hmac::{KeyInit, Mac};
+use http::{HeaderName, HeaderValue};
+use sha2::{Digest, Sha256};
+
+/// `assertion.alg`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Alg {
+    HS256,
+    EdDSA,
+}
+
+impl Alg {
+    fn name(self) -> &'static str {
+        match self {
+            Alg::HS256 => "HS256",
+            Alg::EdDSA => "EdDSA",
+        }
+    }
+}
+
+/// Why a key was refused (never quoting it).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("an HS256 key must be at least 32 bytes; this one is {0}")]
+    Short(usize),
+    #[error("not a PEM private key (-----BEGIN PRIVATE KEY----- … -----END PRIVATE KEY-----)")]
+    NotPem,
+    #[error("not an Ed25519 private key in PKCS#8 form (make one with `openssl genpkey -algorithm ed25519`)")]
+    NotEd25519,
+}
+
+enum Key {
+    Hs256(hmac::Hmac<Sha256>),
+    EdDSA(Box<Ed25519KeyPair>),
+}
+
+/// Signs assertions with the first configured key.
+pub struct Signer {
+    pub(crate) header: HeaderName,
+    ttl_s: u64,
+    key: Key,
+    /// The protected header, base64url, then `.`.
+    prefix: String,
+    /// The `kid` of every configured key, signing key first.
+    kids: Vec<String>,
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signer")
+            .field("header", &self.header)
+            .field("kids", &self.kids)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Signer {
+    fn eq(&self, other: &Self) -> bool {
+        self.header == other.header && self.ttl_s == other.ttl_s && self.prefix == other.prefix
+    }
+}
+
+fn kid(material: &[u8]) -> String {
+    Sha256::digest(material)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The DER inside a PEM block.
+fn pem_der(text: &str) -> Option<Vec<u8>> {
+    let begin = text.find("-----BEGIN PRIVATE KEY-----")?;
+    let rest = &text[begin + "-----BEGIN PRIVATE KEY-----".len()..];
+    let end = rest.find("-----END PRIVATE KEY-----")?;
+    let b64: String = rest[..end]
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    STANDARD.decode(b64).ok()
+}
+
+/// One key's `kid` and, for the first, the signing key.
+fn read_key(alg: Alg, text: &str) -> Result<(String, Key), KeyError> {
+    match alg {
+        Alg::HS256 => {
+            if text.len() < 32 {
+                return Err(KeyError::Short(text.len()));
+            }
+            let mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(text.as_bytes())
+                .expect("HMAC takes a key of any length");
+            Ok((kid(text.as_bytes()), Key::Hs256(mac)))
+        }
+        Alg::EdDSA => {
+            let der = pem_der(text).ok_or(KeyError::NotPem)?;
+            let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+                .map_err(|_| KeyError::NotEd25519)?;
+            let kid = kid(pair.public_key().as_ref());
+            Ok((kid, Key::EdDSA(Box::new(pair))))
+        }
+    }
+}
+
+/// A request's facts the claims are made of.
+pub struct Claims<'a> {
+    /// The session ID, as `X-Session-Id` carries it.
+    pub sid: &'a str,
+    /// The `session.user_key` value.
+    pub sub: Option<&'a str>,
+    /// The session data as a JSON object (`{}` when empty).
+    pub data_json: &'a [u8],
+    pub aud: &'a [u8],
+    pub htm: &'a str,
+    pub htu: &'a [u8],
+    /// Unix seconds.
+    pub now_s: u64,
+}
+
+impl Signer {
+    /// Reads the keys (`keys[i]` is named in errors by its index).
+    pub fn new(
+        header: HeaderName,
+        alg: Alg,
+        keys: &[&str],
+        ttl: Duration,
+    ) -> Result<Signer, (usize, KeyError)> {
+        let mut kids = Vec::new();
+        let mut signing = None;
+        for (i, text) in keys.iter().enumerate() {
+            let (kid, key) = read_key(alg, text).map_err(|e| (i, e))?;
+            kids.push(kid);
+            if signing.is_none() {
+                signing = Some(key);
+            }
+        }
+        let key = signing.ok_or((0, KeyError::Short(0)))?;
+        let protected = format!(
+            r#"{{"alg":"{}","typ":"JWT","kid":"{}"}}"#,
+            alg.name(),
+            kids[0]
+        );
+        let mut prefix = URL_SAFE_NO_PAD.encode(protected);
+        prefix.push('.');
+        Ok(Signer {
+            header,
+            ttl_s: ttl.as_secs().max(1),
+            key,
+            prefix,
+            kids,
+        })
+    }
+
+    /// The `kid` of every key, signing key first.
+    pub fn kids(&self) -> &[String] {
+        &self.kids
+    }
+
+    /// The compact JWS for one request.
+    pub fn sign(&self, c: &Claims<'_>) -> HeaderValue {
+        let mut claims = Vec::with_capacity(160 + c.data_json.len() + c.htu.len());
+        claims.extend_from_slice(b"{\"sid\":");
+        json_bytes(c.sid.as_bytes(), &mut claims);
+        if let Some(sub) = c.sub {
+            claims.extend_from_slice(b",\"sub\":");
+            json_bytes(sub.as_bytes(), &mut claims);
+        }
+        claims.extend_from_slice(b",\"data\":");
+        claims.extend_from_slice(c.data_json);
+        claims.extend_from_slice(b",\"iat\":");
+        let mut n = itoa::Buffer::new();
+        claims.extend_from_slice(n.format(c.now_s).as_bytes());
+        claims.extend_from_slice(b",\"exp\":");
+        claims.extend_from_slice(n.format(c.now_s + self.ttl_s).as_bytes());
+        claims.extend_from_slice(b",\"aud\":");
+        json_bytes(c.aud, &mut claims);
+        claims.extend_from_slice(b",\"htm\":");
+        json_bytes(c.htm.as_bytes(), &mut claims);
+        claims.extend_from_slice(b",\"htu\":");
+        json_bytes(c.htu, &mut claims);
+        claims.push(b'}');
+
+        let mut token = String::with_capacity(self.prefix.len() + claims.len() * 4 / 3 + 100);
+        token.push_str(&self.prefix);
+        URL_SAFE_NO_PAD.encode_string(&claims, &mut token);
+        let signature: Vec<u8> = match &self.key {
+            Key::Hs256(mac) => {
+                let mut mac = mac.clone();
+                mac.update(token.as_bytes());
+                mac.finalize().into_bytes().to_vec()
+            }
+            Key::EdDSA(pair) => pair.sign(token.as_bytes()).as_ref().to_vec(),
+        };
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(token))
+            .expect("base64url is a valid header value")
+    }
+}
+
+/// A JSON string of bytes that are text or nearly so: ASCII printable as it is,
+/// the rest escaped (invalid UTF-8 as U+FFFD), so the claims are ASCII JSON.
+fn json_bytes(bytes: &[u8], out: &mut Vec<u8>) {
+    out.push(b'"');
+    for c in String::from_utf8_lossy(bytes).chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            ' '..='~' => out.push(c as u8),
+            c => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.extend_from_slice(format!("\\u{unit:04x}").as_bytes());
+                }
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "assertion-test-secret-0123456789abcdef";
+
+    fn parts(token: &HeaderValue) -> (serde_json::Value, serde_json::Value, Vec<u8>) {
+        let text = token.to_str().unwrap();
+        let mut it = text.split('.');
+        let dec = |s: &str| URL_SAFE_NO_PAD.decode(s).unwrap();
+        let h = serde_json::from_slice(&dec(it.next().unwrap())).unwrap();
+        let c = serde_json::from_slice(&dec(it.next().unwrap())).unwrap();
+        let s = dec(it.next().unwrap());
+        assert!(it.next().is_none());
+        (h, c, s)
+    }
+
+    fn claims<'a>(sub: Option<&'a str>) -> Claims<'a> {
+        Claims {
+            sid: "abc",
+            sub,
+            data_json: br#"{"role":"admin"}"#,
+            aud: b"app.example",
+            htm: "POST",
+            htu: b"/a?b=\"c\"\xff",
+            now_s: 1_000,
+        }
+    }
+
+    #[test]
+    fn hs256_token_verifies_and_carries_the_claims() {
+        let signer = Signer::new(
+            HeaderName::from_static("x-session-assertion"),
+            Alg::HS256,
+            &[SECRET, "another-secret-0123456789abcdef-xyz"],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let token = signer.sign(&claims(Some("alice")));
+        let (h, c, sig) = parts(&token);
+        assert_eq!(h["alg"], "HS256");
+        assert_eq!(h["kid"], signer.kids()[0].as_str());
+        assert_eq!(signer.kids().len(), 2);
+        assert_eq!(c["sub"], "alice");
+        assert_eq!(c["data"]["role"], "admin");
+        assert_eq!(c["exp"], 1_060);
+        assert_eq!(c["htu"], "/a?b=\"c\"\u{fffd}");
+        let text = token.to_str().unwrap();
+        let signed = &text[..text.rfind('.').unwrap()];
+        let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(signed.as_bytes());
+        mac.verify_slice(&sig).unwrap();
+        let (_, c, _) = parts(&signer.sign(&claims(None)));
+        assert!(c.get("sub").is_none());
+    }
+
+    #[test]
+    fn eddsa_token_verifies_with_the_public_key() {
+        let der = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).unwrap();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            STANDARD.encode(der.as_ref())
+        );
+        let signer = Signer::new(
+            HeaderName::from_static("x-session-assertion"),
+            Alg::EdDSA,
+            &[&pem],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(der.as_ref()).unwrap();
+        let token = signer.sign(&claims(None));
+        let text = token.to_str().unwrap();
+        let (h, _, sig) = parts(&token);
+        assert_eq!(h["alg"], "EdDSA");
+        let public = aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::ED25519,
+            pair.public_key().as_ref(),
+        );
+        public
+            .verify(&text.as_bytes()[..text.rfind('.').unwrap()], &sig)
+            .unwrap();
+    }
+
+    #[test]
+    fn bad_keys_are_refused_by_index() {
+        let h = HeaderName::from_static("x-session-assertion");
+        let d = Duration::from_secs(60);
+        assert_eq!(
+            Signer::new(h.clone(), Alg::HS256, &[SECRET, "short"], d).unwrap_err(),
+            (1, KeyError::Short(5))
+        );
+        assert_eq!(
+            Signer::new(h.clone(), Alg::EdDSA, &["not a pem"], d).unwrap_err(),
+            (0, KeyError::NotPem)
+        );
+        let junk = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----";
+        assert_eq!(
+            Signer::new(h, Alg::EdDSA, &[junk], d).unwrap_err(),
+            (0, KeyError::NotEd25519)
+        );
+    }
+}

@@ -288,6 +288,48 @@ mod tests {
     }
 
     #[test]
+    fn users_events_and_assertion_errors_name_their_key() {
+        let base = format!("session:\n  secrets: [\"{SECRET}\"]\n");
+        let (line, _, key, msg) = invalid(&format!("{base}  max_per_user: 3\n"));
+        assert_eq!((line, key.as_str()), (3, "session.max_per_user"), "{msg}");
+        assert!(msg.contains("session.user_key"), "{msg}");
+        let (line, _, key, msg) = invalid(&format!(
+            "{base}assertion:\n  header: X-Assertion\n  keys: [\"{SECRET}\"]\n"
+        ));
+        assert_eq!((line, key.as_str()), (4, "assertion.header"), "{msg}");
+        assert!(msg.contains("x-session-"), "{msg}");
+        let (line, _, key, msg) = invalid(&format!(
+            "{base}assertion:\n  header: X-Session-Assertion\n  keys: [\"{SECRET}\", \"short\"]\n"
+        ));
+        assert_eq!((line, key.as_str()), (5, "assertion.keys[1]"), "{msg}");
+        assert!(!msg.contains(SECRET), "a key is never quoted: {msg}");
+        let (_, _, key, msg) = invalid(&format!(
+            "{base}assertion:\n  header: X-Session-Data\n  keys: [\"{SECRET}\"]\n"
+        ));
+        assert_eq!(key, "assertion.header", "{msg}");
+        let (line, _, key, msg) = invalid(&format!(
+            "{base}events:\n  redis_stream: sessiongate:events\n"
+        ));
+        assert_eq!((line, key.as_str()), (4, "events.redis_stream"), "{msg}");
+        let (_, _, key, msg) = invalid(&format!(
+            "{base}events:\n  webhook: \"ftp://x/?token=s3cret\"\n"
+        ));
+        assert_eq!(key, "events.webhook", "{msg}");
+        assert!(!msg.contains("s3cret"), "{msg}");
+        let c = parse(&format!(
+            "{base}  user_key: user\n  max_per_user: 3\nassertion:\n  header: X-Session-Assertion\n  keys: [\"{SECRET}\"]\nevents:\n  webhook: \"http://127.0.0.1:9/hook?token=s3cret\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.session.user_key.as_deref(), Some("user"));
+        assert!(c.assertion.is_some() && c.events.enabled());
+        let shown = c.to_redacted_yaml();
+        assert!(
+            !shown.contains("s3cret") && !shown.contains(SECRET),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn unknown_key_names_line_column_and_key() {
         let (line, col, key, msg) = invalid(&format!(
             "session:\n  secrets: [\"{SECRET}\"]\n  cookie_nam: x\n"

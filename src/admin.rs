@@ -9,6 +9,7 @@
 //! | `DELETE /sessions/{id}` | destroy one session (`204`; `404` when absent) |
 //! | `GET /sessions?key=K&value=V` | the IDs of sessions whose data has K=V, as JSON |
 //! | `DELETE /sessions?key=K&value=V` | destroy every such session; answers the count as JSON |
+//! | `GET /upstreams` | every upstream group and server: state, requests, errors and (under affinity) sessions, as JSON |
 //! | `GET /users/{value}/sessions` | the sessions of the user (`session.user_key` = value), as JSON |
 //! | `DELETE /users/{value}/sessions` | destroy every session of the user; answers the count as JSON |
 //!
@@ -107,8 +108,9 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
 async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     match (req.method(), path) {
-        (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => return readiness(state).await,
+        // Probes answer HEAD too: some health checkers send it.
+        (&Method::GET | &Method::HEAD, "/healthz") => return text(StatusCode::OK, "ok\n"),
+        (&Method::GET | &Method::HEAD, "/readyz") => return readiness(state).await,
         _ => {}
     }
     let settings = state.settings.load();
@@ -186,14 +188,20 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
 async fn by_key(state: &State, find: bool, query: &str) -> Response<Full<Bytes>> {
     let mut key = None;
     let mut value = None;
-    for (k, v) in form_pairs(query) {
+    let Some(pairs) = form_pairs(query) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: malformed percent-encoding in the query\n",
+        );
+    };
+    for (k, v) in pairs {
         match k.as_str() {
             "key" => key = Some(v),
             "value" => value = Some(v),
             _ => {}
         }
     }
-    let (Some(key), Some(value)) = (key, value) else {
+    let (Some(key), Some(value)) = (key.filter(|k| !k.is_empty()), value) else {
         return text(
             StatusCode::BAD_REQUEST,
             "400 Bad Request: needs ?key=K&value=V\n",
@@ -272,7 +280,11 @@ fn percent_decode(segment: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let hex = std::str::from_utf8(hex).ok()?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -388,18 +400,21 @@ async fn metrics(state: &State) -> Response<Full<Bytes>> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
-/// `application/x-www-form-urlencoded` query pairs, leniently decoded.
-fn form_pairs(query: &str) -> Vec<(String, String)> {
+/// `application/x-www-form-urlencoded` query pairs; `None` when one is not
+/// well formed (so a bad value never stands for another, such as the empty one).
+fn form_pairs(query: &str) -> Option<Vec<(String, String)>> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let dec = |s: &str| crate::session::decode_component(s.as_bytes()).unwrap_or_default();
-            (dec(k), dec(v))
+            let dec = |s: &str| crate::session::decode_component(s.as_bytes()).ok();
+            Some((dec(k)?, dec(v)?))
         })
         .collect()
 }
@@ -413,6 +428,7 @@ mod tests {
         assert_eq!(percent_decode("al%20ice+x").as_deref(), Some("al ice+x"));
         assert_eq!(percent_decode("j%C3%BCrgen").as_deref(), Some("jürgen"));
         assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("%+A"), None);
         assert_eq!(percent_decode("%FF"), None);
         assert_eq!(percent_decode("a%0Ab"), None);
     }

@@ -38,6 +38,7 @@ fn main() {
         max_sessions: n,
         max_data_bytes: 4096,
         regenerate_grace: Duration::from_secs(10),
+        max_per_user: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()

@@ -1108,21 +1108,15 @@ impl SessionStore for RedisStore {
                 if Some(&id) == except {
                     continue;
                 }
-                match self
-                    .destroy_one(&id, Some((self.user_field(), user)), reason)
-                    .await?
-                {
+                match (self.destroy_one(&id, Some((self.user_field(), user)), reason)).await? {
                     Some(_) => found += 1,
                     None => stale.push(id),
                 }
             }
             self.index(false, user, &stale).await?;
             n += found;
-            if found == 0 && round > 0 {
+            if round > 0 && found == 0 {
                 break;
-            }
-            if round == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         Ok(n)

@@ -12,6 +12,9 @@
 # nginx, haproxy and caddy only). sessiongate-routes has 50 routes, the last
 # one matching, to a group of two servers with session affinity;
 # sessiongate-gate has every path behind the login gate, its visitor logged in.
+# sessiongate-login is the plain proxy with a logged-in visitor (user=bench);
+# sessiongate-users adds session.user_key (and max_per_user), and
+# sessiongate-assertion the signed assertion (HS256), each with that visitor.
 #
 # Prints a markdown table (medians over repetitions) and writes every raw oha JSON
 # under bench/results/<timestamp>/. Every process it starts is stopped by pid on exit.
@@ -24,7 +27,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=10s
 REPS=3
 CONNS=64
-TARGETS="direct sessiongate sessiongate-redis sessiongate-routes sessiongate-gate nginx nginx-cookie haproxy caddy apache"
+TARGETS="direct sessiongate sessiongate-redis sessiongate-routes sessiongate-gate sessiongate-login sessiongate-users sessiongate-assertion nginx nginx-cookie haproxy caddy apache"
 SCENARIOS="returning new writeback single h2 tls"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -40,7 +43,7 @@ done
 
 for t in $TARGETS; do
   case "$t" in
-    direct|sessiongate|sessiongate-redis|sessiongate-routes|sessiongate-gate|nginx|nginx-cookie|haproxy|caddy|apache) ;;
+    direct|sessiongate|sessiongate-redis|sessiongate-routes|sessiongate-gate|sessiongate-login|sessiongate-users|sessiongate-assertion|nginx|nginx-cookie|haproxy|caddy|apache) ;;
     *) echo "unknown target $t (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -95,10 +98,11 @@ for s in socks:
 PY
 }
 read -r P_UP P_SG P_SG_TLS P_SGR P_REDIS P_NGX P_NGX_H2 P_NGX_TLS P_NGX_COOKIE \
-  P_HA P_HA_H2 P_HA_TLS P_CADDY P_CADDY_H2 P_CADDY_TLS P_AP P_UP2 P_SGRT P_SGG < <(free_ports 19)
-[ -n "${P_SGG:-}" ] || { echo "error: could not find 19 free ports on 127.0.0.1" >&2; exit 1; }
+  P_HA P_HA_H2 P_HA_TLS P_CADDY P_CADDY_H2 P_CADDY_TLS P_AP P_UP2 P_SGRT P_SGG \
+  P_SGL P_SGU P_SGA < <(free_ports 22)
+[ -n "${P_SGA:-}" ] || { echo "error: could not find 22 free ports on 127.0.0.1" >&2; exit 1; }
 for v in P_UP P_SG P_SG_TLS P_SGR P_REDIS P_NGX P_NGX_H2 P_NGX_TLS P_NGX_COOKIE \
-  P_HA P_HA_H2 P_HA_TLS P_CADDY P_CADDY_H2 P_CADDY_TLS P_AP P_UP2 P_SGRT P_SGG; do echo "$v=${!v}"; done > "$RUN/ports"
+  P_HA P_HA_H2 P_HA_TLS P_CADDY P_CADDY_H2 P_CADDY_TLS P_AP P_UP2 P_SGRT P_SGG P_SGL P_SGU P_SGA; do echo "$v=${!v}"; done > "$RUN/ports"
 
 # listen_state PID PORT: 0 if process PID (or a descendant) listens on PORT; 1 if
 # nobody does yet; 3 if another process does; 2 if PID is gone (or a zombie), 4 if
@@ -249,6 +253,27 @@ log: { level: warn, access: false }
 CONF
 "$SG" --config "$RUN/sessiongate-gate.yaml" 2>"$RUN/sessiongate-gate.err" & PIDS+=($!)
 wait_listen sessiongate-gate $! "$P_SGG" "$RUN/sessiongate-gate.err"
+
+# --- a logged-in visitor: the plain proxy, then with the per-user index, then
+# with the signed assertion --------------------------------------------------------
+for variant in login users assertion; do
+  case $variant in
+    login) port=$P_SGL; extra=""; top="" ;;
+    users) port=$P_SGU; extra=", user_key: user, max_per_user: 5"; top="" ;;
+    assertion) port=$P_SGA; extra=""
+      top="assertion: { header: X-Session-Assertion, keys: [\"bench-assertion-key-0123456789abcdef01234\"] }" ;;
+  esac
+  cat > "$RUN/sessiongate-$variant.yaml" <<CONF
+listen: 127.0.0.1:$port
+upstream: { url: "http://127.0.0.1:$P_UP" }
+session: { secrets: ["bench-secret-0123456789abcdef0123456789"], max_sessions: 2000000$extra }
+admin: { listen: null }
+log: { level: warn, access: false }
+$top
+CONF
+  "$SG" --config "$RUN/sessiongate-$variant.yaml" 2>"$RUN/sessiongate-$variant.err" & PIDS+=($!)
+  wait_listen "sessiongate-$variant" $! "$port" "$RUN/sessiongate-$variant.err"
+done
 
 # --- sessiongate on Redis, with its own Redis ----------------------------------------
 redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
@@ -405,10 +430,13 @@ SGR_COOKIE=$(cookie_of "http://127.0.0.1:$P_SGR/" 'sessiongate')
 SGRT_COOKIE=$(cookie_of "http://127.0.0.1:$P_SGRT/" 'sessiongate')
 # Logged in: the login page (never gated) sets user=bench.
 SGG_COOKIE=$(cookie_of "http://127.0.0.1:$P_SGG/login" 'sessiongate')
+SGL_COOKIE=$(cookie_of "http://127.0.0.1:$P_SGL/login" 'sessiongate')
+SGU_COOKIE=$(cookie_of "http://127.0.0.1:$P_SGU/login" 'sessiongate')
+SGA_COOKIE=$(cookie_of "http://127.0.0.1:$P_SGA/login" 'sessiongate')
 HA_COOKIE="SRV=s1"
 AP_COOKIE=$(cookie_of "http://127.0.0.1:$P_AP/write" session)
 [ -n "$SG_COOKIE" ] && [ -n "$NGX_COOKIE" ] && [ -n "$AP_COOKIE" ] && [ -n "$SGRT_COOKIE" ] \
-  && [ -n "$SGG_COOKIE" ] || {
+  && [ -n "$SGG_COOKIE" ] && [ -n "$SGL_COOKIE" ] && [ -n "$SGU_COOKIE" ] && [ -n "$SGA_COOKIE" ] || {
   echo "could not obtain a cookie from every target" >&2; exit 1; }
 
 url_of() { # target scenario -> URL
@@ -416,6 +444,7 @@ url_of() { # target scenario -> URL
   case "$1" in
     direct) port=$P_UP ;; sessiongate) port=$P_SG ;; sessiongate-redis) port=$P_SGR ;; nginx) port=$P_NGX ;;
     sessiongate-routes) port=$P_SGRT ;; sessiongate-gate) port=$P_SGG ;;
+    sessiongate-login) port=$P_SGL ;; sessiongate-users) port=$P_SGU ;; sessiongate-assertion) port=$P_SGA ;;
     nginx-cookie) port=$P_NGX_COOKIE ;; haproxy) port=$P_HA ;; caddy) port=$P_CADDY ;; apache) port=$P_AP ;;
     *) echo "unknown target $1" >&2; return 1 ;;
   esac
@@ -426,8 +455,11 @@ url_of() { # target scenario -> URL
   case "$1" in sessiongate-routes|sessiongate-gate)
     case "$2" in returning|new|writeback) ;; *) return 1 ;; esac ;;
   esac
-  # The gate answers a new visitor 401: only returning visitors are measured.
-  [ "$1" = sessiongate-gate ] && [ "$2" != returning ] && return 1
+  # The gate answers a new visitor 401, and the logged-in variants measure a
+  # logged-in visitor: only returning visitors.
+  case "$1" in sessiongate-gate|sessiongate-login|sessiongate-users|sessiongate-assertion)
+    [ "$2" != returning ] && return 1 ;;
+  esac
   local path=/ scheme=http
   if [ "$2" = tls ]; then
     scheme=https
@@ -445,6 +477,8 @@ cookie_for() { # target scenario -> cookie header value or empty
     sessiongate) if [ "$2" = tls ]; then echo "$SG_TLS_COOKIE"; else echo "$SG_COOKIE"; fi ;;
     sessiongate-redis) echo "$SGR_COOKIE" ;; nginx-cookie) echo "$NGX_COOKIE" ;;
     sessiongate-routes) echo "$SGRT_COOKIE" ;; sessiongate-gate) echo "$SGG_COOKIE" ;;
+    sessiongate-login) echo "$SGL_COOKIE" ;; sessiongate-users) echo "$SGU_COOKIE" ;;
+    sessiongate-assertion) echo "$SGA_COOKIE" ;;
     haproxy) echo "$HA_COOKIE" ;; apache) echo "$AP_COOKIE" ;;
   esac
 }

@@ -9,6 +9,7 @@
 #   KEEP=DIR bench/instructions.sh ...     # keeps both callgrind outputs in DIR
 #   CONFIG_EXTRA="routes: [...]" bench/...  # YAML appended to sessiongate's config
 #                                          # (its upstream is 127.0.0.1:18100)
+#   SESSION_EXTRA="user_key: user" bench/... # keys added to sessiongate's session:
 #   COOKIE_PATH=/login bench/...           # the cookie from /login, whose answer
 #                                          # sets user=bench (a logged-in visitor)
 #   TARGET=nginx bench/instructions.sh     # nginx as a plain reverse proxy instead,
@@ -44,7 +45,7 @@ wait_port 18100
 cat > "$RUN/sg.yaml" <<CONF
 listen: 127.0.0.1:18180
 upstream: { url: "http://127.0.0.1:18100" }
-session: { secrets: ["bench-secret-0123456789abcdef0123456789"] }
+session: { secrets: ["bench-secret-0123456789abcdef0123456789"]${SESSION_EXTRA:+, $SESSION_EXTRA} }
 log: { level: warn, access: false }
 ${CONFIG_EXTRA:-}
 CONF

@@ -39,8 +39,13 @@ for scenario in scenarios:
         non200 = sum(v for k, v in statuses.items() if k != "200")
         cells[target] = (rps, p50, p99, ok, non200, len(data))
     base = cells.get("nginx")
-    own = cells.get("sessiongate")
     for target, (rps, p50, p99, ok, non200, n) in cells.items():
+        # Features measured on a logged-in visitor compare with the same proxy
+        # and visitor without them.
+        if target in ("sessiongate-users", "sessiongate-assertion"):
+            own = cells.get("sessiongate-login")
+        else:
+            own = cells.get("sessiongate")
         ratio = f"{rps / base[0]:.2f}" if base and base[0] else "n/a"
         mine = f"{rps / own[0]:.3f}" if own and own[0] else "n/a"
         rows.append(
@@ -48,6 +53,8 @@ for scenario in scenarios:
             f"| {ok * 100:.1f}% | {non200} | {ratio} | {mine} | {n} |"
         )
 
-print("| scenario | target | req/s | p50 ms | p99 ms | success | non-200 | × nginx | × sessiongate | runs |")
+print("| scenario | target | req/s | p50 ms | p99 ms | success | non-200 | × nginx | × sessiongate (¹) | runs |")
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 print("\n".join(rows))
+print()
+print("(¹) sessiongate-users and sessiongate-assertion: × sessiongate-login (the same logged-in visitor, without the feature).")

@@ -234,7 +234,9 @@ async fn users(state: &State, list: bool, encoded: &str) -> Response<Full<Bytes>
             "404 Not Found: session.user_key is not set\n",
         );
     }
-    let Some(user) = percent_decode(encoded).filter(|u| !u.is_empty() && !u.contains('/')) else {
+    // One segment: a `/` in the value is written `%2F`.
+    let segment = Some(encoded).filter(|e| !e.contains('/'));
+    let Some(user) = segment.and_then(percent_decode).filter(|u| !u.is_empty()) else {
         return text(
             StatusCode::BAD_REQUEST,
             "400 Bad Request: the user is one percent-encoded path segment\n",

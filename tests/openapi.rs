@@ -609,10 +609,10 @@ async fn memory_store(calls: &mut Calls, spec: &Value) {
             200,
         )
         .await;
-    // Not one percent-encoded segment: malformed, or a slash.
+    // Not one percent-encoded segment: malformed, or not UTF-8.
     for (method, url) in [
         ("GET", "/users/%ZZ/sessions"),
-        ("DELETE", "/users/a%2Fb/sessions"),
+        ("DELETE", "/users/%FF/sessions"),
     ] {
         calls
             .call(

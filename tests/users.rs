@@ -122,7 +122,9 @@ async fn listed(proxy: &AdminProxy, user: &str) -> (Vec<String>, Value) {
 }
 
 fn percent_decoded(s: &str) -> String {
-    s.replace("%20", " ").replace("%C3%BC", "ü")
+    s.replace("%20", " ")
+        .replace("%C3%BC", "ü")
+        .replace("%2F", "/")
 }
 
 fn sorted(mut ids: Vec<String>) -> Vec<String> {

@@ -992,6 +992,38 @@ mod tests {
     }
 
     #[test]
+    fn the_user_index_forgets_evicted_and_swept_sessions() {
+        let s = MemoryStore::with(Some("user"), EventSink::default());
+        let p = Policy {
+            max_sessions: 3,
+            ..store(3).p
+        };
+        let user = |name: &str| SessionData::default().with_changes(&set(&format!("user={name}")));
+        let ids: Vec<SessionId> = (0..3)
+            .map(|_| {
+                let id = SessionId::random();
+                assert_eq!(s.insert_now(id, user("ann"), 0, &p), Inserted::Stored);
+                id
+            })
+            .collect();
+        assert_eq!(s.user_sessions_now("ann", 0).len(), 3);
+        // Full: a new visitor evicts the oldest never-returned session.
+        s.insert_now(SessionId::random(), SessionData::default(), 0, &p);
+        let left: Vec<SessionId> = s.user_sessions_now("ann", 0).iter().map(|u| u.id).collect();
+        assert_eq!(left.len(), 2);
+        assert!(
+            !left.contains(&ids[0]),
+            "the evicted session left the index"
+        );
+        assert!(s.inner.users.as_ref().unwrap().owner.get(&ids[0]).is_none());
+        // Expired and swept: gone from the index, and its user's entry with it.
+        assert_eq!(s.sweep(1_000_000), 3);
+        assert!(s.user_sessions_now("ann", 1_000_000).is_empty());
+        let users = s.inner.users.as_ref().unwrap();
+        assert!(users.by_user.is_empty() && users.owner.is_empty());
+    }
+
+    #[test]
     fn an_entry_stays_32_bytes() {
         assert!(std::mem::size_of::<Entry>() <= 32);
     }

@@ -35,7 +35,7 @@ use crate::route::{self, Gate};
 use crate::session::{form_to_json, split_reserved, value_of};
 use crate::session::{
     now_ms, Applied, Changes, Created, Inserted, Lookup, Reason, SessionData, SessionId,
-    SessionStore, Store, StoreError, LOGIN_IP_KEY, LOGIN_UA_KEY, PERSIST_KEY,
+    SessionStore, Store, StoreError, LOGIN_IP_KEY, LOGIN_UA_KEY, PERSIST_KEY, PERSIST_KEY_ENCODED,
 };
 use crate::upstream::{self, UpstreamFailure};
 use crate::upstreams::{Group, Sent};
@@ -917,17 +917,12 @@ pub(crate) async fn prepare<'a>(
         .choose(group.index, pinned)
         .ok_or(ProxyError::NoServer)?;
     let server = &settings.upstreams.targets[choice.target];
-    // The assertion is made of the data as JSON whatever the format.
     let assertion = (settings.config.assertion.as_deref()).filter(|_| live);
-    let json = match (settings.config.session.data_format, assertion) {
-        (DataFormat::Json, _) | (_, Some(_)) => shown.as_ref().map(form_to_json),
-        _ => None,
-    };
     // `session.data_format: json`: the same data, as a JSON object.
     let full = data;
-    let data = match settings.config.session.data_format {
-        DataFormat::Form => shown,
-        DataFormat::Json => json.clone(),
+    let (data, shown) = match settings.config.session.data_format {
+        DataFormat::Form => (shown.clone(), shown),
+        DataFormat::Json => (shown.as_ref().map(form_to_json), shown),
     };
 
     // 3. Tell the upstream.
@@ -956,21 +951,15 @@ pub(crate) async fn prepare<'a>(
     } else {
         Cow::Owned([server.base_path.as_bytes(), target].concat())
     };
-    let user = match (&settings.user_key, &full) {
-        (Some(key), Some(d)) if live => value_of(d.as_bytes(), key).filter(|u| !u.is_empty()),
-        _ => None,
-    };
     if let (Some(signer), SessionState::Live { id, .. }) = (assertion, &session) {
-        let mut sid = String::with_capacity(43);
-        id.encode_into(&mut sid);
         let aud = match scan.host() {
             Some(h) if rules.preserve_host => h,
             _ => rules.upstream_host.map_or(&b""[..], |h| h.as_bytes()),
         };
         let token = signer.sign(&crate::assertion::Claims {
-            sid: &sid,
-            sub: user.as_deref(),
-            data_json: json.as_ref().map_or(&b"{}"[..], |j| j.as_bytes()),
+            id: id.as_bytes(),
+            user_key: settings.user_key.as_deref(),
+            data: shown.as_ref(),
             aud,
             htm: method.as_str(),
             htu: &target,
@@ -978,7 +967,12 @@ pub(crate) async fn prepare<'a>(
         });
         extras.add(&signer.header, token);
     }
-    let login = (settings.user_key.is_some() && live).then(|| {
+    // A login's client details are kept only for a session not logged in.
+    let logged_in = || {
+        let key = settings.user_key.as_deref();
+        (full.as_ref().zip(key)).is_some_and(|(d, k)| crate::session::has_value(d.as_bytes(), k))
+    };
+    let login = (settings.user_key.is_some() && live && !logged_in()).then(|| {
         let ip = String::from_utf8_lossy(scan.client_ip(conn)).into_owned();
         let ua = (view.lines.iter())
             .find(|(name, _)| name.eq_ignore_ascii_case(b"user-agent"))
@@ -1052,27 +1046,47 @@ pub(crate) async fn respond<'a>(
         let flag = if persist { "1" } else { "0" };
         changes.set.push((PERSIST_KEY.to_owned(), flag.to_owned()));
     }
+    // Who the session belongs to after this write: looked at only when the
+    // write touches the user key or ends the user's other sessions.
     let user_key = settings.config.session.user_key.as_deref();
-    let user_before = exchange.data.as_ref().and_then(|d| {
-        value_of(d.as_bytes(), settings.user_key.as_deref()?).filter(|u| !u.is_empty())
-    });
-    let user_after = match user_key.and_then(|k| changes.touches(k)) {
+    let touched = user_key.and_then(|k| changes.touches(k));
+    let user_after = match touched {
         Some(set) => set.filter(|u| !u.is_empty()).map(str::to_owned),
-        None => user_before.clone(),
+        None if changes.destroy_others => exchange.data.as_ref().and_then(|d| {
+            value_of(d.as_bytes(), settings.user_key.as_deref()?).filter(|u| !u.is_empty())
+        }),
+        None => None,
     };
-    if let (Some(user), Some((ip, ua))) = (&user_after, exchange.login.take()) {
-        if user_before.as_ref() != Some(user) && !changes.destroy {
-            changes.set.push((LOGIN_IP_KEY.to_owned(), ip));
-            match ua {
-                Some(ua) => changes.set.push((LOGIN_UA_KEY.to_owned(), ua)),
-                None => changes.remove.push(LOGIN_UA_KEY.to_owned()),
+    if touched.is_some() && !changes.destroy {
+        let before = exchange.data.as_ref().and_then(|d| {
+            value_of(d.as_bytes(), settings.user_key.as_deref()?).filter(|u| !u.is_empty())
+        });
+        // A login keeps where it came from. The details were taken only for a
+        // session that was not logged in: one that changes users, or logs out,
+        // loses the old ones.
+        if before != user_after {
+            match (&user_after, exchange.login.take()) {
+                (Some(_), Some((ip, ua))) => {
+                    changes.set.push((LOGIN_IP_KEY.to_owned(), ip));
+                    match ua {
+                        Some(ua) => changes.set.push((LOGIN_UA_KEY.to_owned(), ua)),
+                        None => changes.remove.push(LOGIN_UA_KEY.to_owned()),
+                    }
+                }
+                _ => {
+                    (changes.remove).extend([LOGIN_IP_KEY, LOGIN_UA_KEY].map(str::to_owned));
+                }
             }
         }
     }
+    // The cookie's kind is looked up only when a cookie is to be sent.
+    let resign = matches!(exchange.session, SessionState::Live { resign: true, .. });
     let persist = changes.persist.or_else(|| {
+        if !changes.regenerate && !resign {
+            return None;
+        }
         let d = exchange.data.as_ref()?;
-        let flag = value_of(d.as_bytes(), &crate::session::encoded(PERSIST_KEY))?;
-        Some(flag == "1")
+        Some(value_of(d.as_bytes(), PERSIST_KEY_ENCODED)? == "1")
     });
     let mut set_cookie = if matches!(exchange.session, SessionState::Live { new: true, .. }) {
         store_new(state, settings, flavor, &mut exchange.session, &changes).await?

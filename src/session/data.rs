@@ -216,6 +216,8 @@ fn json_string(s: &str, out: &mut String) {
 /// The proxy's own keys: the visitor's choice of a persistent cookie, and the
 /// client address and user agent of the request that logged the user in.
 pub const PERSIST_KEY: &str = " sessiongate.persist";
+/// [`PERSIST_KEY`] in the encoded form.
+pub const PERSIST_KEY_ENCODED: &[u8] = b"+sessiongate.persist";
 pub const LOGIN_IP_KEY: &str = " sessiongate.ip";
 pub const LOGIN_UA_KEY: &str = " sessiongate.ua";
 
@@ -224,6 +226,16 @@ pub fn value_of(data: &[u8], key: &[u8]) -> Option<String> {
     data.split(|&b| b == b'&').find_map(|pair| {
         let v = pair.strip_prefix(key)?.strip_prefix(b"=")?;
         decode_component(v).ok()
+    })
+}
+
+/// Whether encoded session data holds `key` (given encoded) with a non-empty
+/// value: no decoding, no allocation.
+pub fn has_value(data: &[u8], key: &[u8]) -> bool {
+    data.split(|&b| b == b'&').any(|pair| {
+        (pair.strip_prefix(key))
+            .and_then(|rest| rest.strip_prefix(b"="))
+            .is_some_and(|v| !v.is_empty())
     })
 }
 

@@ -60,10 +60,13 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
+    /// Stops every destination at once; each gets its final flush together,
+    /// so shutdown waits at most about `FINAL_FLUSH` however many there are.
     pub(crate) async fn shutdown(self) {
         let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + FINAL_FLUSH + Duration::from_secs(1);
         for task in self.tasks {
-            let _ = tokio::time::timeout(FINAL_FLUSH + Duration::from_secs(1), task).await;
+            let _ = tokio::time::timeout_at(deadline, task).await;
         }
     }
 }
@@ -204,7 +207,13 @@ impl Run {
         let mut pause = Duration::from_millis(100);
         let mut failures = 0u32;
         loop {
-            match self.destination.deliver(batch).await {
+            // A delivery under way when the proxy stops is given up: the
+            // batch goes to the final flush, which is bounded.
+            let tried = tokio::select! {
+                tried = self.destination.deliver(batch) => tried,
+                _ = crate::shutdown::stopped(stop) => return false,
+            };
+            match tried {
                 Ok(()) => {
                     self.delivered.inc_by(batch.len() as u64);
                     if failures > 0 {

@@ -8,8 +8,9 @@
 # Options: --duration D (oha -z), --reps N, --conns N (oha -c), --targets "...",
 # --scenarios "...". Targets: direct sessiongate sessiongate-redis
 # sessiongate-routes sessiongate-gate nginx nginx-cookie haproxy caddy apache.
-# Scenarios: returning new writeback single h2 tls (h2 and tls: sessiongate,
-# nginx, haproxy and caddy only). sessiongate-routes has 50 routes, the last
+# Scenarios: returning new writeback single h2 tls unique (h2 and tls: sessiongate,
+# nginx, haproxy and caddy only; unique: returning visitors, each request to a
+# path of its own, so nothing a proxy keeps per request can be reused). sessiongate-routes has 50 routes, the last
 # one matching, to a group of two servers with session affinity;
 # sessiongate-gate has every path behind the login gate, its visitor logged in.
 # sessiongate-login is the plain proxy with a logged-in visitor (user=bench);
@@ -49,7 +50,7 @@ for t in $TARGETS; do
 done
 for sc in $SCENARIOS; do
   case "$sc" in
-    returning|new|writeback|single|h2|tls) ;;
+    returning|new|writeback|single|h2|tls|unique) ;;
     *) echo "unknown scenario $sc (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -458,7 +459,7 @@ url_of() { # target scenario -> URL
   # The gate answers a new visitor 401, and the logged-in variants measure a
   # logged-in visitor: only returning visitors.
   case "$1" in sessiongate-gate|sessiongate-login|sessiongate-users|sessiongate-assertion)
-    [ "$2" != returning ] && return 1 ;;
+    case "$2" in returning|unique) ;; *) return 1 ;; esac ;;
   esac
   local path=/ scheme=http
   if [ "$2" = tls ]; then
@@ -491,6 +492,8 @@ run_one() { # target scenario rep
   [ "$2" = single ] && args=(--no-tui --output-format json -z "$DURATION" -c 1 ${cookie:+-H "Cookie: $cookie"})
   [ "$2" = h2 ] && args+=(--http2)
   [ "$2" = tls ] && args+=(--insecure)
+  # oha's regex takes a dot literally.
+  [ "$2" = unique ] && args+=(--rand-regex-url) && url="${url%/}/[a-z]{16}"
   oha "${args[@]}" "$url" > "$OUT/$2.$1.$3.json" 2>>"$OUT/oha.err" || echo "oha failed for $1 $2" >&2
 }
 

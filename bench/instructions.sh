@@ -10,6 +10,7 @@
 #   CONFIG_EXTRA="routes: [...]" bench/...  # YAML appended to sessiongate's config
 #                                          # (its upstream is 127.0.0.1:18100)
 #   SESSION_EXTRA="user_key: user" bench/... # keys added to sessiongate's session:
+#   RAND_PATH=1 bench/...                  # each request to a random path of its own
 #   COOKIE_PATH=/login bench/...           # the cookie from /login, whose answer
 #                                          # sets user=bench (a logged-in visitor)
 #   TARGET=nginx bench/instructions.sh     # nginx as a plain reverse proxy instead,
@@ -89,7 +90,13 @@ count() { # requests -> total Ir
   [ "$SCENARIO" = writeback ] && path=/write
   [ "$SCENARIO" != new ] && args=(-H "Cookie: $cookie")
   [ "$SCENARIO" = h2 ] && args+=(--http2)
-  oha --no-tui -n "$n" -c 4 "${args[@]}" "http://127.0.0.1:18180$path" >/dev/null
+  if [ -n "${RAND_PATH:-}" ]; then
+    # Every request to a path of its own (nothing repeats). oha's regex
+    # takes a dot literally.
+    oha --no-tui -n "$n" -c 4 "${args[@]}" --rand-regex-url 'http://127.0.0.1:18180/[a-z]{16}' >/dev/null
+  else
+    oha --no-tui -n "$n" -c 4 "${args[@]}" "http://127.0.0.1:18180$path" >/dev/null
+  fi
   case "${TARGET:-sessiongate}" in
     nginx) kill -QUIT "$pid" ;; haproxy) kill -USR1 "$pid" ;; *) kill -INT "$pid" ;;
   esac

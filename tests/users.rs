@@ -441,3 +441,30 @@ async fn two_proxies_on_one_redis_share_the_index() {
     assert_eq!(whoami(&one, &upstream, &v2).await.0, None);
     assert!(listed(&one, "ida").await.0.is_empty());
 }
+
+#[tokio::test]
+async fn login_details_follow_the_login_not_every_write() {
+    let upstream = app().await;
+    let proxy = AdminProxy::start(users_config(&upstream)).await;
+    let v = Visitor::new("First/1");
+    login(&proxy, &upstream, &v, "jay").await;
+    // Writing the same user again (many applications do it on every page)
+    // keeps the details of the login.
+    v.get(&proxy.url("/login?user=jay")).await;
+    let (_, body) = listed(&proxy, "jay").await;
+    assert_eq!(body["sessions"][0]["user_agent"], "First/1", "{body}");
+    assert_eq!(body["sessions"][0]["client_ip"], "127.0.0.1", "{body}");
+    // Switching to another user without logging out: the old login's details
+    // are not shown as the new one's.
+    v.get(&proxy.url("/login?user=kay")).await;
+    assert!(listed(&proxy, "jay").await.0.is_empty());
+    let (ids, body) = listed(&proxy, "kay").await;
+    assert_eq!(ids.len(), 1, "{body}");
+    assert_eq!(body["sessions"][0]["user_agent"], Value::Null, "{body}");
+    assert_eq!(body["sessions"][0]["client_ip"], Value::Null, "{body}");
+    // Another visitor logging in: its own details.
+    let w = Visitor::new("Second/2");
+    login(&proxy, &upstream, &w, "lee").await;
+    let (_, body) = listed(&proxy, "lee").await;
+    assert_eq!(body["sessions"][0]["user_agent"], "Second/2", "{body}");
+}

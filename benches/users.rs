@@ -117,6 +117,7 @@ fn main() {
             timeout: Duration::from_secs(30),
             cluster: false,
             nodes: Vec::new(),
+            sentinel: None,
         };
         let store = RedisStore::open(&config, Some("user"), EventSink::default())
             .await

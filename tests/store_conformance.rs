@@ -75,6 +75,7 @@ async fn redis_store_on(
         timeout: Duration::from_secs(2),
         cluster: !nodes.is_empty(),
         nodes,
+        sentinel: None,
     };
     let store = RedisStore::open(&settings, Some(USER_KEY), events)
         .await

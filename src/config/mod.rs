@@ -40,7 +40,7 @@ pub(crate) use self::limits::LimitsConfig;
 pub use self::log::{LogConfig, LogFormat};
 pub use self::session::{CreateMode, DataFormat, SessionConfig};
 pub use self::source::ConfigError;
-pub use self::store::{RedisConfig, StoreConfig, StoreType};
+pub use self::store::{RedisConfig, SentinelConfig, StoreConfig, StoreType};
 pub(crate) use self::tls::TlsConfig;
 pub(crate) use self::upstream::{Balance, HealthConfig, ServerConfig, UpstreamConfig};
 use source::Source;

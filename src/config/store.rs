@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::source::{ConfigError, Source};
 use super::values::{expanded, Dur, Text, Timeout};
-pub use crate::session::redis::RedisConfig;
+pub use crate::session::redis::{RedisConfig, SentinelConfig};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -55,6 +55,15 @@ struct RawRedis {
     timeout: Dur,
     cluster: bool,
     nodes: Vec<RedisUrl>,
+    sentinel: Option<RawSentinel>,
+}
+
+/// `store.redis.sentinel`: the master's name and the Sentinels to ask for it.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSentinel {
+    master: Text,
+    nodes: Vec<RedisUrl>,
 }
 
 impl Default for RawRedis {
@@ -65,6 +74,7 @@ impl Default for RawRedis {
             timeout: Dur(Duration::from_millis(500)),
             cluster: false,
             nodes: Vec::new(),
+            sentinel: None,
         }
     }
 }
@@ -81,6 +91,34 @@ impl RawStore {
                         &format!("store.redis.nodes[{i}]"),
                         "expected a redis:// or rediss:// URL",
                     ));
+                }
+            }
+            if let Some(sentinel) = &r.sentinel {
+                if r.cluster || !r.nodes.is_empty() {
+                    return Err(src.error(
+                        "store.redis.sentinel",
+                        "a Redis Cluster fails over by itself: use sentinel or cluster, not both",
+                    ));
+                }
+                if sentinel.master.0.is_empty() {
+                    return Err(src.error(
+                        "store.redis.sentinel.master",
+                        "needs the name the Sentinels monitor the master by (sentinel monitor NAME ...)",
+                    ));
+                }
+                if sentinel.nodes.is_empty() {
+                    return Err(src.error(
+                        "store.redis.sentinel.nodes",
+                        "needs at least one Sentinel, e.g. [\"redis://10.0.0.5:26379\"]",
+                    ));
+                }
+                for (i, node) in sentinel.nodes.iter().enumerate() {
+                    if !(node.0.starts_with("redis://") || node.0.starts_with("rediss://")) {
+                        return Err(src.error(
+                            &format!("store.redis.sentinel.nodes[{i}]"),
+                            "expected a redis:// or rediss:// URL",
+                        ));
+                    }
                 }
             }
             let url = r.url.0.as_str();
@@ -114,6 +152,10 @@ impl RawStore {
                 timeout: r.timeout.0,
                 cluster: r.cluster,
                 nodes: r.nodes.iter().map(|n| n.0.clone()).collect(),
+                sentinel: r.sentinel.as_ref().map(|s| SentinelConfig {
+                    master: s.master.0.clone(),
+                    nodes: s.nodes.iter().map(|n| n.0.clone()).collect(),
+                }),
             },
         })
     }

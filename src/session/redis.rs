@@ -217,6 +217,17 @@ pub struct RedisConfig {
     pub cluster: bool,
     /// Cluster seed nodes; when set, the store is a Cluster.
     pub nodes: Vec<String>,
+    /// The master is found through Redis Sentinel, and followed after a failover.
+    pub sentinel: Option<SentinelConfig>,
+}
+
+/// `store.redis.sentinel`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// The name the Sentinels monitor the master by.
+    pub master: String,
+    /// `redis://host:port` of each Sentinel.
+    pub nodes: Vec<String>,
 }
 
 /// A connection to one Redis or to a Cluster. Both are multiplexed handles, cheap
@@ -225,6 +236,48 @@ pub struct RedisConfig {
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    /// The master Redis Sentinel names, asked again after a failure.
+    Sentinel(Arc<SentinelConn>),
+}
+
+/// A connection to the master the Sentinels name. A command that finds the
+/// connection dropped, or the server demoted to a replica (`READONLY`), drops
+/// it; the next command asks the Sentinels for the master again.
+struct SentinelConn {
+    client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    current: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    config: redis::AsyncConnectionConfig,
+}
+
+impl SentinelConn {
+    async fn connection(&self) -> RedisResult<redis::aio::MultiplexedConnection> {
+        let cached = || self.current.lock().ok().and_then(|c| c.clone());
+        if let Some(c) = cached() {
+            return Ok(c);
+        }
+        let mut client = self.client.lock().await;
+        // Another command may have found the master while this one waited.
+        if let Some(c) = cached() {
+            return Ok(c);
+        }
+        let c = client
+            .get_async_connection_with_config(&self.config)
+            .await?;
+        if let Ok(mut current) = self.current.lock() {
+            *current = Some(c.clone());
+        }
+        tracing::info!("connected to the Redis master the Sentinels name");
+        Ok(c)
+    }
+
+    /// After `e`: drops the connection when the master may have moved.
+    fn check(&self, e: &RedisError) {
+        if is_dropped(e) || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
+            if let Ok(mut current) = self.current.lock() {
+                *current = None;
+            }
+        }
+    }
 }
 
 impl ConnectionLike for Conn {
@@ -232,6 +285,14 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(s) => Box::pin(async move {
+                let mut c = s.connection().await?;
+                let reply = c.req_packed_command(cmd).await;
+                if let Err(e) = &reply {
+                    s.check(e);
+                }
+                reply
+            }),
         }
     }
 
@@ -244,6 +305,14 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Sentinel(s) => Box::pin(async move {
+                let mut c = s.connection().await?;
+                let reply = c.req_packed_commands(pipeline, offset, count).await;
+                if let Err(e) = &reply {
+                    s.check(e);
+                }
+                reply
+            }),
         }
     }
 
@@ -251,6 +320,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(_) => 0,
         }
     }
 }
@@ -303,7 +373,12 @@ fn unavailable(e: RedisError) -> StoreError {
 /// The error a dropped or not-yet-reconnected connection gives: the command never
 /// ran, or ran and its answer was lost.
 fn is_dropped(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || e.is_connection_refusal()
+        // A master demoted by a failover: the command never ran.
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
 }
 
 /// Milliseconds, as the scripts take them.
@@ -327,7 +402,26 @@ impl RedisStore {
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         }
         let cluster = r.cluster || !r.nodes.is_empty();
-        let conn = if cluster {
+        let conn = if let Some(sentinel) = &r.sentinel {
+            let client = redis::sentinel::SentinelClient::build(
+                sentinel
+                    .nodes
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+                sentinel.master.as_str(),
+                None,
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .map_err(invalid)?;
+            Conn::Sentinel(Arc::new(SentinelConn {
+                client: tokio::sync::Mutex::new(client),
+                current: std::sync::Mutex::new(None),
+                config: redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(r.timeout))
+                    .set_response_timeout(Some(r.timeout)),
+            }))
+        } else if cluster {
             let nodes: Vec<&str> = if r.nodes.is_empty() {
                 vec![r.url.as_str()]
             } else {

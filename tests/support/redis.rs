@@ -85,7 +85,7 @@ impl RedisServer {
         .await
     }
 
-    async fn start_with(test: &str, args: &[&str]) -> Option<RedisServer> {
+    pub async fn start_with(test: &str, args: &[&str]) -> Option<RedisServer> {
         if !redis_available(test) {
             return None;
         }

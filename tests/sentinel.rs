@@ -1,0 +1,369 @@
+//! Redis Sentinel (`store.redis.sentinel`): real `redis-server` processes, a
+//! master and a replica, watched by three real Sentinels. The proxy finds the
+//! master through the Sentinels and follows it through a failover, planned or
+//! after the master is killed, with the sessions it replicated.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::redis::{text, RedisServer};
+use support::*;
+
+const MASTER: &str = "sessions";
+
+/// One `redis-server --sentinel`, stopped when dropped.
+struct Sentinel {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    fn start(master_port: u16) -> Sentinel {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
+                 logfile {dir}/sentinel.log\n\
+                 sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {MASTER} 1000\n\
+                 sentinel failover-timeout {MASTER} 5000\n",
+                dir = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server --sentinel");
+        Sentinel {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn command(&self, args: &[&str]) -> ::redis::RedisResult<::redis::Value> {
+        let client = ::redis::Client::open(self.url())?;
+        let mut c = client.get_multiplexed_async_connection().await?;
+        let mut cmd = ::redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut c).await
+    }
+
+    /// The master's port as this Sentinel names it.
+    async fn master_port(&self) -> Option<u16> {
+        let reply = self
+            .command(&["SENTINEL", "get-master-addr-by-name", MASTER])
+            .await
+            .ok()?;
+        match reply {
+            ::redis::Value::Array(parts) => parts.get(1).map(text)?.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A master, its replica and three Sentinels that agree on the master.
+async fn topology(test: &str) -> Option<(RedisServer, RedisServer, Vec<Sentinel>)> {
+    let master = RedisServer::start(test).await?;
+    let port = master.port().to_string();
+    let replica = RedisServer::start_with(
+        test,
+        &[
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--replicaof",
+            "127.0.0.1",
+            &port,
+        ],
+    )
+    .await?;
+    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(master.port())).collect();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut agreed = 0;
+        for s in &sentinels {
+            if s.master_port().await == Some(master.port()) {
+                agreed += 1;
+            }
+        }
+        // The replica is in sync, and every Sentinel knows it and its peers.
+        let synced = text(&replica.command(&["INFO", "replication"]).await)
+            .contains("master_link_status:up");
+        let known = match sentinels[0].command(&["SENTINEL", "master", MASTER]).await {
+            Ok(::redis::Value::Array(fields)) => {
+                let fields: Vec<String> = fields.iter().map(text).collect();
+                let at = |name: &str| {
+                    fields
+                        .iter()
+                        .position(|f| f == name)
+                        .and_then(|i| fields.get(i + 1))
+                        .and_then(|v| v.parse::<u32>().ok())
+                };
+                at("num-slaves") == Some(1) && at("num-other-sentinels") == Some(2)
+            }
+            _ => false,
+        };
+        if agreed == 3 && synced && known {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Sentinels never agreed on the master"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Some((master, replica, sentinels))
+}
+
+fn sentinel_config(upstream: &Upstream, sentinels: &[Sentinel]) -> ConfigYaml {
+    let nodes: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("\"{}\"", s.url()))
+        .collect();
+    config(&upstream.url())
+        .set("store.type", "redis")
+        .set("store.redis.timeout", "1s")
+        .set("store.redis.sentinel.master", MASTER)
+        .set(
+            "store.redis.sentinel.nodes",
+            &format!("[{}]", nodes.join(", ")),
+        )
+}
+
+/// `/login?user=NAME` writes the user; everything else answers with what it saw.
+async fn app() -> Upstream {
+    Upstream::start(|seen| match seen.uri.path() {
+        "/login" => Reply::ok().session_set(&format!("user={}", seen.query("user").unwrap())),
+        "/write" => Reply::ok().session_set(&format!("n={}", seen.query("n").unwrap())),
+        _ => Reply::ok(),
+    })
+    .await
+}
+
+/// Waits until every Sentinel names `port` as the master.
+async fn master_moved_to(sentinels: &[Sentinel], port: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut agreed = 0;
+        for s in sentinels {
+            if s.master_port().await == Some(port) {
+                agreed += 1;
+            }
+        }
+        if agreed == sentinels.len() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover to port {port} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Eight visitors logged in, each writing its counter in a loop until `stop`:
+/// how many requests were answered 200, and how many were not.
+async fn load(
+    proxy: &Proxy,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(usize, usize, Vec<u16>)>> {
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let browser = Browser::new();
+        let login = browser.get(&proxy.url(&format!("/login?user=u{i}"))).await;
+        assert_eq!(login.status(), 200);
+        let url = proxy.url("/write");
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut statuses) = (0, 0, Vec::new());
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 5_000 {
+                n += 1;
+                let response = browser.get(&format!("{url}?n={n}")).await;
+                if response.status() == 200 {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                    statuses.push(response.status().as_u16());
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            (ok, failed, statuses)
+        }));
+    }
+    tasks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_planned_failover_costs_at_most_the_requests_in_flight() {
+    let Some((master, replica, sentinels)) =
+        topology("a_planned_failover_costs_at_most_the_requests_in_flight").await
+    else {
+        return;
+    };
+    let upstream = app().await;
+    let proxy = Proxy::start(sentinel_config(&upstream, &sentinels)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&proxy, stop.clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = upstream.count();
+    sentinels[0]
+        .command(&["SENTINEL", "FAILOVER", MASTER])
+        .await
+        .expect("SENTINEL FAILOVER");
+    master_moved_to(&sentinels, replica.port(), PATIENCE).await;
+    // The load runs on well past the switch.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed, mut statuses) = (0, 0, Vec::new());
+    for t in tasks {
+        let (o, f, s) = t.await.unwrap();
+        ok += o;
+        failed += f;
+        statuses.extend(s);
+    }
+    eprintln!("planned failover: {ok} answered 200, {failed} failed {statuses:?}");
+    assert!(
+        upstream.count() > before + 100,
+        "the load ran through the failover"
+    );
+    assert!(
+        failed <= 8,
+        "at most the 8 requests in flight may fail, {failed} did: {statuses:?}"
+    );
+    assert!(statuses.iter().all(|&s| s == 503), "{statuses:?}");
+    // The new master holds the sessions, and takes the writes.
+    let role = replica.command(&["ROLE"]).await;
+    assert!(
+        matches!(&role, ::redis::Value::Array(r) if r.first().map(text).as_deref() == Some("master")),
+        "{role:?}"
+    );
+    let browser = Browser::new();
+    browser.get(&proxy.url("/login?user=after")).await;
+    let response = browser.get(&proxy.url("/whoami")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        upstream.last().data().get("user").map(String::as_str),
+        Some("after")
+    );
+    drop(master);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_proxy_follows_the_master_after_it_is_killed() {
+    let Some((mut master, replica, sentinels)) =
+        topology("the_proxy_follows_the_master_after_it_is_killed").await
+    else {
+        return;
+    };
+    let upstream = app().await;
+    let proxy = Proxy::start(sentinel_config(&upstream, &sentinels)).await;
+    let browser = Browser::new();
+    assert_eq!(
+        browser.get(&proxy.url("/login?user=alice")).await.status(),
+        200
+    );
+    let id = upstream.last().expect_session_id();
+    // Replicated before the master dies.
+    master.command(&["WAIT", "1", "2000"]).await;
+    master.kill();
+    let killed = Instant::now();
+    // Until the Sentinels promote the replica, the visitor gets 503 with
+    // Retry-After, never a new session.
+    let (mut refused, mut served) = (0, 0);
+    let deadline = killed + Duration::from_secs(30);
+    loop {
+        let response = browser.get(&proxy.url("/whoami")).await;
+        match response.status().as_u16() {
+            503 => {
+                assert!(response.headers().get("retry-after").is_some());
+                assert!(
+                    response.headers().get("set-cookie").is_none(),
+                    "a store outage never hands out a new session"
+                );
+                refused += 1;
+            }
+            200 => {
+                let seen = upstream.last();
+                assert_eq!(
+                    seen.expect_session_id(),
+                    id,
+                    "the same session, not a new one"
+                );
+                assert_eq!(seen.data().get("user").map(String::as_str), Some("alice"));
+                served += 1;
+                if served == 3 {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never followed the new master"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let outage = killed.elapsed();
+    eprintln!("killed master: {refused} requests refused with 503 over {outage:?} until the proxy followed");
+    master_moved_to(&sentinels, replica.port(), Duration::from_secs(1)).await;
+    // Writes land on the new master.
+    let browser2 = Browser::new();
+    assert_eq!(
+        browser2.get(&proxy.url("/login?user=bob")).await.status(),
+        200
+    );
+    let keys = replica.command(&["DBSIZE"]).await;
+    assert!(matches!(keys, ::redis::Value::Int(n) if n >= 2), "{keys:?}");
+}
+
+#[test]
+fn sentinel_with_cluster_is_refused_by_key() {
+    let yaml = config("http://127.0.0.1:9")
+        .set("store.type", "redis")
+        .set("store.redis.cluster", "true")
+        .set("store.redis.sentinel.master", MASTER)
+        .set(
+            "store.redis.sentinel.nodes",
+            "[\"redis://127.0.0.1:26379\"]",
+        )
+        .to_string();
+    let error = sessiongate::config::Config::parse(&yaml, std::path::Path::new("t.yaml"), false)
+        .expect_err("refused");
+    assert!(
+        error.to_string().contains("store.redis.sentinel"),
+        "{error}"
+    );
+}

@@ -110,7 +110,9 @@ async fn topology(test: &str) -> Option<(RedisServer, RedisServer, Vec<Sentinel>
     )
     .await?;
     let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(master.port())).collect();
-    let deadline = Instant::now() + PATIENCE;
+    // Sentinels find each other by hello messages every 2 s, and the replica
+    // by INFO: on a busy machine this takes a while.
+    let deadline = Instant::now() + Duration::from_secs(45);
     loop {
         let mut agreed = 0;
         for s in &sentinels {
@@ -289,13 +291,27 @@ async fn the_proxy_follows_the_master_after_it_is_killed() {
         return;
     };
     let upstream = app().await;
-    let proxy = Proxy::start(sentinel_config(&upstream, &sentinels)).await;
+    // The per-user index and the event stream ride along: ordinary keys.
+    let (proxy, admin) = support::redis::start_proxy_with_admin(
+        sentinel_config(&upstream, &sentinels)
+            .set("session.user_key", "user")
+            .set("events.redis_stream", "sessiongate:events")
+            .set("events.flush_interval", "100ms"),
+    )
+    .await;
     let browser = Browser::new();
     assert_eq!(
         browser.get(&proxy.url("/login?user=alice")).await.status(),
         200
     );
     let id = upstream.last().expect_session_id();
+    // The created event is in the stream before the master dies.
+    let deadline = Instant::now() + PATIENCE;
+    while !matches!(master.command(&["XLEN", "sessiongate:events"]).await, ::redis::Value::Int(n) if n >= 1)
+    {
+        assert!(Instant::now() < deadline, "no event reached the stream");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Replicated before the master dies.
     master.command(&["WAIT", "1", "2000"]).await;
     master.kill();
@@ -347,6 +363,31 @@ async fn the_proxy_follows_the_master_after_it_is_killed() {
     );
     let keys = replica.command(&["DBSIZE"]).await;
     assert!(matches!(keys, ::redis::Value::Int(n) if n >= 2), "{keys:?}");
+    // The new master has the index and the stream.
+    let listed = plain_client()
+        .get(format!("http://{admin}/users/alice/sessions"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(
+        listed["sessions"][0]["id"],
+        serde_json::Value::from(id),
+        "{listed}"
+    );
+    // bob's created event goes to the new master's stream.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let events = replica.command(&["XLEN", "sessiongate:events"]).await;
+        if matches!(events, ::redis::Value::Int(n) if n >= 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[test]

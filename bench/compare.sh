@@ -16,6 +16,8 @@
 # sessiongate-login is the plain proxy with a logged-in visitor (user=bench);
 # sessiongate-users adds session.user_key (and max_per_user), and
 # sessiongate-assertion the signed assertion (HS256), each with that visitor.
+# sessiongate-cluster is sessiongate-redis on a three-node Redis Cluster (started
+# only when that target is asked for).
 #
 # Prints a markdown table (medians over repetitions) and writes every raw oha JSON
 # under bench/results/<timestamp>/. Every process it starts is stopped by pid on exit.
@@ -44,7 +46,7 @@ done
 
 for t in $TARGETS; do
   case "$t" in
-    direct|sessiongate|sessiongate-redis|sessiongate-routes|sessiongate-gate|sessiongate-login|sessiongate-users|sessiongate-assertion|nginx|nginx-cookie|haproxy|caddy|apache) ;;
+    direct|sessiongate|sessiongate-redis|sessiongate-cluster|sessiongate-routes|sessiongate-gate|sessiongate-login|sessiongate-users|sessiongate-assertion|nginx|nginx-cookie|haproxy|caddy|apache) ;;
     *) echo "unknown target $t (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -291,6 +293,54 @@ CONF
 "$SG" --config "$RUN/sessiongate-redis.yaml" 2>"$RUN/sessiongate-redis.err" & PIDS+=($!)
 wait_listen sessiongate-redis $! "$P_SGR" "$RUN/sessiongate-redis.err"
 
+# --- sessiongate on a three-node Redis Cluster, when asked for ----------------------
+if [[ " $TARGETS " == *" sessiongate-cluster "* ]]; then
+  # Each node also needs its port + 10000 free (the cluster bus).
+  read -r P_SGC P_RC1 P_RC2 P_RC3 < <(python3 - <<'PY'
+import socket
+def free(port):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port)); return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+found = []
+while len(found) < 4:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    if port in found:
+        continue
+    if not found or (port <= 55535 and free(port + 10000)):
+        found.append(port)
+print(*found)
+PY
+)
+  for port in "$P_RC1" "$P_RC2" "$P_RC3"; do
+    mkdir -p "$RUN/cluster-$port"
+    redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+      --cluster-config-file "$RUN/cluster-$port/nodes.conf" --dir "$RUN/cluster-$port" \
+      --save "" --appendonly no --daemonize no >"$RUN/cluster-$port.log" 2>&1 & PIDS+=($!)
+    wait_listen "redis cluster node" $! "$port" "$RUN/cluster-$port.log"
+  done
+  redis-cli --cluster create "127.0.0.1:$P_RC1" "127.0.0.1:$P_RC2" "127.0.0.1:$P_RC3" \
+    --cluster-replicas 0 --cluster-yes >"$RUN/cluster-create.log" 2>&1
+  for _ in $(seq 1 100); do
+    redis-cli -p "$P_RC1" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break
+    sleep 0.1
+  done
+  cat > "$RUN/sessiongate-cluster.yaml" <<CONF
+listen: 127.0.0.1:$P_SGC
+upstream: { url: "http://127.0.0.1:$P_UP" }
+session: { secrets: ["bench-secret-0123456789abcdef0123456789"] }
+store: { type: redis, redis: { cluster: true, nodes: ["redis://127.0.0.1:$P_RC1", "redis://127.0.0.1:$P_RC2", "redis://127.0.0.1:$P_RC3"] } }
+admin: { listen: null }
+log: { level: warn, access: false }
+CONF
+  "$SG" --config "$RUN/sessiongate-cluster.yaml" 2>"$RUN/sessiongate-cluster.err" & PIDS+=($!)
+  wait_listen sessiongate-cluster $! "$P_SGC" "$RUN/sessiongate-cluster.err"
+fi
+
 # --- nginx, a plain reverse proxy (h1, h2c, TLS) ------------------------------------
 # --- nginx issuing a random unsigned id cookie --------------------------------------
 cat > "$RUN/nginx.conf" <<'CONF'
@@ -425,6 +475,11 @@ cookie_of() { # url name -> "name=value" from the first Set-Cookie of that name
   curl -s -o /dev/null -D - "$1" | tr -d '\r' | sed -n "s/^[Ss]et-[Cc]ookie: \($2=[^;]*\).*/\1/p" | head -1
 }
 SG_COOKIE=$(cookie_of "http://127.0.0.1:$P_SG/" 'sessiongate')
+SGC_COOKIE=""
+if [ -n "${P_SGC:-}" ]; then
+  SGC_COOKIE=$(cookie_of "http://127.0.0.1:$P_SGC/" 'sessiongate')
+  [ -n "$SGC_COOKIE" ] || { echo "could not obtain a cookie from sessiongate-cluster" >&2; exit 1; }
+fi
 SG_TLS_COOKIE=$(curl -sk -o /dev/null -D - "https://127.0.0.1:$P_SG_TLS/" | tr -d '\r' | sed -n "s/^[Ss]et-[Cc]ookie: \(__Host-sessiongate=[^;]*\).*/\1/p" | head -1)
 NGX_COOKIE=$(cookie_of "http://127.0.0.1:$P_NGX_COOKIE/" sid)
 SGR_COOKIE=$(cookie_of "http://127.0.0.1:$P_SGR/" 'sessiongate')
@@ -444,6 +499,7 @@ url_of() { # target scenario -> URL
   local port
   case "$1" in
     direct) port=$P_UP ;; sessiongate) port=$P_SG ;; sessiongate-redis) port=$P_SGR ;; nginx) port=$P_NGX ;;
+    sessiongate-cluster) port=$P_SGC ;;
     sessiongate-routes) port=$P_SGRT ;; sessiongate-gate) port=$P_SGG ;;
     sessiongate-login) port=$P_SGL ;; sessiongate-users) port=$P_SGU ;; sessiongate-assertion) port=$P_SGA ;;
     nginx-cookie) port=$P_NGX_COOKIE ;; haproxy) port=$P_HA ;; caddy) port=$P_CADDY ;; apache) port=$P_AP ;;
@@ -452,7 +508,7 @@ url_of() { # target scenario -> URL
   if [ "$2" = h2 ]; then
     case "$1" in nginx) port=$P_NGX_H2 ;; haproxy) port=$P_HA_H2 ;; caddy) port=$P_CADDY_H2 ;; sessiongate) ;; *) return 1 ;; esac
   fi
-  [ "$1" = sessiongate-redis ] && [ "$2" = single ] && return 1
+  case "$1" in sessiongate-redis|sessiongate-cluster) [ "$2" = single ] && return 1 ;; esac
   case "$1" in sessiongate-routes|sessiongate-gate)
     case "$2" in returning|new|writeback) ;; *) return 1 ;; esac ;;
   esac
@@ -477,6 +533,7 @@ cookie_for() { # target scenario -> cookie header value or empty
   case "$1" in
     sessiongate) if [ "$2" = tls ]; then echo "$SG_TLS_COOKIE"; else echo "$SG_COOKIE"; fi ;;
     sessiongate-redis) echo "$SGR_COOKIE" ;; nginx-cookie) echo "$NGX_COOKIE" ;;
+    sessiongate-cluster) echo "$SGC_COOKIE" ;;
     sessiongate-routes) echo "$SGRT_COOKIE" ;; sessiongate-gate) echo "$SGG_COOKIE" ;;
     sessiongate-login) echo "$SGL_COOKIE" ;; sessiongate-users) echo "$SGU_COOKIE" ;;
     sessiongate-assertion) echo "$SGA_COOKIE" ;;

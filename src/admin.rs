@@ -236,7 +236,8 @@ async fn users(state: &State, list: bool, encoded: &str) -> Response<Full<Bytes>
     }
     // One segment: a `/` in the value is written `%2F`.
     let segment = Some(encoded).filter(|e| !e.contains('/'));
-    let Some(user) = segment.and_then(percent_decode).filter(|u| !u.is_empty()) else {
+    let decoded = segment.and_then(|e| crate::session::decode_segment(e.as_bytes()).ok());
+    let Some(user) = decoded.filter(|u| !u.is_empty()) else {
         return text(
             StatusCode::BAD_REQUEST,
             "400 Bad Request: the user is one percent-encoded path segment\n",
@@ -272,31 +273,6 @@ async fn users(state: &State, list: bool, encoded: &str) -> Response<Full<Bytes>
         }
         Err(_) => store_down(),
     }
-}
-
-/// `%XX` decoding of a path segment (`+` stays `+`); `None` when malformed or
-/// not UTF-8.
-fn percent_decode(segment: &str) -> Option<String> {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                return None;
-            }
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out)
-        .ok()
-        .filter(|s| !s.chars().any(char::is_control))
 }
 
 fn store_down() -> Response<Full<Bytes>> {
@@ -424,16 +400,6 @@ fn form_pairs(query: &str) -> Option<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn path_segments_decode_percent_only() {
-        assert_eq!(percent_decode("al%20ice+x").as_deref(), Some("al ice+x"));
-        assert_eq!(percent_decode("j%C3%BCrgen").as_deref(), Some("jürgen"));
-        assert_eq!(percent_decode("bad%2"), None);
-        assert_eq!(percent_decode("%+A"), None);
-        assert_eq!(percent_decode("%FF"), None);
-        assert_eq!(percent_decode("a%0Ab"), None);
-    }
 
     #[test]
     fn bearer_token_compare() {

@@ -158,34 +158,35 @@ impl Claims<'_> {
 
     /// The JSON claims.
     fn json(&self, ttl_s: u64) -> Vec<u8> {
+        use crate::session::json_string;
+        let text = |bytes| String::from_utf8_lossy(bytes);
         let data = self.data.map(crate::session::form_to_json);
-        let data = data.as_ref().map_or(&b"{}"[..], |d| d.as_bytes());
-        let mut claims = Vec::with_capacity(160 + data.len() + self.htu.len());
-        claims.extend_from_slice(b"{\"sid\":\"");
-        base64_into(self.id, &mut claims);
-        claims.push(b'"');
+        let data = data.as_ref().map_or("{}", |d| d.to_str().unwrap_or("{}"));
+        let mut claims = String::with_capacity(160 + data.len() + self.htu.len());
+        claims.push_str("{\"sid\":\"");
+        URL_SAFE_NO_PAD.encode_string(self.id, &mut claims);
+        claims.push('"');
         let sub = (self.user_key.zip(self.data))
-            .and_then(|(k, d)| crate::session::value_of(d.as_bytes(), k))
-            .filter(|u| !u.is_empty());
+            .and_then(|(k, d)| crate::session::user_of(d.as_bytes(), k));
         if let Some(sub) = sub {
-            claims.extend_from_slice(b",\"sub\":");
-            json_bytes(sub.as_bytes(), &mut claims);
+            claims.push_str(",\"sub\":");
+            json_string(&sub, &mut claims);
         }
-        claims.extend_from_slice(b",\"data\":");
-        claims.extend_from_slice(data);
-        claims.extend_from_slice(b",\"iat\":");
+        claims.push_str(",\"data\":");
+        claims.push_str(data);
         let mut n = itoa::Buffer::new();
-        claims.extend_from_slice(n.format(self.now_s).as_bytes());
-        claims.extend_from_slice(b",\"exp\":");
-        claims.extend_from_slice(n.format(self.now_s + ttl_s).as_bytes());
-        claims.extend_from_slice(b",\"aud\":");
-        json_bytes(self.aud, &mut claims);
-        claims.extend_from_slice(b",\"htm\":");
-        json_bytes(self.htm.as_bytes(), &mut claims);
-        claims.extend_from_slice(b",\"htu\":");
-        json_bytes(self.htu, &mut claims);
-        claims.push(b'}');
-        claims
+        claims.push_str(",\"iat\":");
+        claims.push_str(n.format(self.now_s));
+        claims.push_str(",\"exp\":");
+        claims.push_str(n.format(self.now_s + ttl_s));
+        claims.push_str(",\"aud\":");
+        json_string(&text(self.aud), &mut claims);
+        claims.push_str(",\"htm\":");
+        json_string(self.htm, &mut claims);
+        claims.push_str(",\"htu\":");
+        json_string(&text(self.htu), &mut claims);
+        claims.push('}');
+        claims.into_bytes()
     }
 }
 
@@ -299,34 +300,6 @@ fn base64_into(bytes: &[u8], out: &mut Vec<u8>) {
         .encode_slice(bytes, &mut out[at..])
         .expect("room for the encoding");
     out.truncate(at + n);
-}
-
-/// A JSON string of bytes that are text or nearly so: ASCII printable as it is,
-/// the rest escaped (invalid UTF-8 as U+FFFD), so the claims are ASCII JSON.
-fn json_bytes(bytes: &[u8], out: &mut Vec<u8>) {
-    out.push(b'"');
-    if bytes
-        .iter()
-        .all(|&b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
-    {
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-        return;
-    }
-    for c in String::from_utf8_lossy(bytes).chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            ' '..='~' => out.push(c as u8),
-            c => {
-                let mut units = [0u16; 2];
-                for unit in c.encode_utf16(&mut units) {
-                    out.extend_from_slice(format!("\\u{unit:04x}").as_bytes());
-                }
-            }
-        }
-    }
-    out.push(b'"');
 }
 
 #[cfg(test)]

@@ -529,7 +529,6 @@ pub fn scan_request<'a>(
 }
 
 impl<'a> RequestScan<'a> {
-    /// The host the client asked for (`Host`, or the authority of an absolute target).
     /// The client's address: the peer's, or when the peer is a trusted proxy,
     /// the last address its `X-Forwarded-For` names.
     pub(crate) fn client_ip(&self, conn: &'a ConnInfo) -> &'a [u8] {
@@ -540,6 +539,7 @@ impl<'a> RequestScan<'a> {
         forwarded.unwrap_or(conn.peer_header.as_bytes())
     }
 
+    /// The host the client asked for (`Host`, or the authority of an absolute target).
     pub(crate) fn host(&self) -> Option<&'a [u8]> {
         self.host
     }

@@ -32,7 +32,7 @@ use crate::io;
 use crate::metrics::{CookieRejection, Metrics};
 use crate::redirect::ClientOrigin;
 use crate::route::{self, Gate};
-use crate::session::{form_to_json, split_reserved, value_of};
+use crate::session::{form_to_json, split_reserved, user_of, value_of};
 use crate::session::{
     now_ms, Applied, Changes, Created, Inserted, Lookup, Reason, SessionData, SessionId,
     SessionStore, Store, StoreError, LOGIN_IP_KEY, LOGIN_UA_KEY, PERSIST_KEY, PERSIST_KEY_ENCODED,
@@ -918,11 +918,13 @@ pub(crate) async fn prepare<'a>(
         .ok_or(ProxyError::NoServer)?;
     let server = &settings.upstreams.targets[choice.target];
     let assertion = (settings.config.assertion.as_deref()).filter(|_| live);
-    // `session.data_format: json`: the same data, as a JSON object.
+    // `session.data_format: json`: the same data, as a JSON object. The form
+    // is kept for the assertion only.
     let full = data;
-    let (data, shown) = match settings.config.session.data_format {
-        DataFormat::Form => (shown.clone(), shown),
-        DataFormat::Json => (shown.as_ref().map(form_to_json), shown),
+    let (data, shown) = match (settings.config.session.data_format, assertion) {
+        (DataFormat::Form, None) => (shown, None),
+        (DataFormat::Form, Some(_)) => (shown.clone(), shown),
+        (DataFormat::Json, _) => (shown.as_ref().map(form_to_json), shown),
     };
 
     // 3. Tell the upstream.
@@ -970,7 +972,9 @@ pub(crate) async fn prepare<'a>(
     // A login's client details are kept only for a session not logged in.
     let logged_in = || {
         let key = settings.user_key.as_deref();
-        (full.as_ref().zip(key)).is_some_and(|(d, k)| crate::session::has_value(d.as_bytes(), k))
+        (full.as_ref().zip(key)).is_some_and(|(d, k)| {
+            crate::session::encoded_value(d.as_bytes(), k).is_some_and(|v| !v.is_empty())
+        })
     };
     let login = (settings.user_key.is_some() && live && !logged_in()).then(|| {
         let ip = String::from_utf8_lossy(scan.client_ip(conn)).into_owned();
@@ -1046,39 +1050,7 @@ pub(crate) async fn respond<'a>(
         let flag = if persist { "1" } else { "0" };
         changes.set.push((PERSIST_KEY.to_owned(), flag.to_owned()));
     }
-    // Who the session belongs to after this write: looked at only when the
-    // write touches the user key or ends the user's other sessions.
-    let user_key = settings.config.session.user_key.as_deref();
-    let touched = user_key.and_then(|k| changes.touches(k));
-    let user_after = match touched {
-        Some(set) => set.filter(|u| !u.is_empty()).map(str::to_owned),
-        None if changes.destroy_others => exchange.data.as_ref().and_then(|d| {
-            value_of(d.as_bytes(), settings.user_key.as_deref()?).filter(|u| !u.is_empty())
-        }),
-        None => None,
-    };
-    if touched.is_some() && !changes.destroy {
-        let before = exchange.data.as_ref().and_then(|d| {
-            value_of(d.as_bytes(), settings.user_key.as_deref()?).filter(|u| !u.is_empty())
-        });
-        // A login keeps where it came from. The details were taken only for a
-        // session that was not logged in: one that changes users, or logs out,
-        // loses the old ones.
-        if before != user_after {
-            match (&user_after, exchange.login.take()) {
-                (Some(_), Some((ip, ua))) => {
-                    changes.set.push((LOGIN_IP_KEY.to_owned(), ip));
-                    match ua {
-                        Some(ua) => changes.set.push((LOGIN_UA_KEY.to_owned(), ua)),
-                        None => changes.remove.push(LOGIN_UA_KEY.to_owned()),
-                    }
-                }
-                _ => {
-                    (changes.remove).extend([LOGIN_IP_KEY, LOGIN_UA_KEY].map(str::to_owned));
-                }
-            }
-        }
-    }
+    let user_after = login_keys(settings, exchange, &mut changes);
     // The cookie's kind is looked up only when a cookie is to be sent.
     let resign = matches!(exchange.session, SessionState::Live { resign: true, .. });
     let persist = changes.persist.or_else(|| {
@@ -1142,6 +1114,41 @@ pub(crate) async fn respond<'a>(
         headers::rewrite_redirects(lines, &kinds, &mut keep, &mut extras, upstream, client);
     }
     Ok((keep, extras))
+}
+
+/// With `session.user_key`: who the session belongs to after this write,
+/// looked at only when the write touches the user key or ends the user's other
+/// sessions. A login keeps where it came from among the proxy's own keys (the
+/// details were taken only for a session not logged in); a session that
+/// changes users, or logs out, loses the old ones.
+fn login_keys(
+    settings: &Settings,
+    exchange: &mut Exchange,
+    changes: &mut Changes,
+) -> Option<String> {
+    let (name, key) = (
+        settings.config.session.user_key.as_deref()?,
+        settings.user_key.as_deref()?,
+    );
+    let user_before = || (exchange.data.as_ref()).and_then(|d| user_of(d.as_bytes(), key));
+    let Some(touched) = changes.touches(name) else {
+        return changes.destroy_others.then(user_before).flatten();
+    };
+    let after = touched.filter(|u| !u.is_empty()).map(str::to_owned);
+    if changes.destroy || user_before() == after {
+        return after;
+    }
+    match (&after, exchange.login.take()) {
+        (Some(_), Some((ip, ua))) => {
+            changes.set.push((LOGIN_IP_KEY.to_owned(), ip));
+            match ua {
+                Some(ua) => changes.set.push((LOGIN_UA_KEY.to_owned(), ua)),
+                None => changes.remove.push(LOGIN_UA_KEY.to_owned()),
+            }
+        }
+        _ => (changes.remove).extend([LOGIN_IP_KEY, LOGIN_UA_KEY].map(str::to_owned)),
+    }
+    after
 }
 
 /// The first candidate naming a live session wins; a later cookie can never displace

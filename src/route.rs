@@ -188,7 +188,7 @@ impl Routes {
         }
         // A key set to nothing counts as absent: apps log out by emptying it.
         let held = data
-            .and_then(|d| value_of(d.as_bytes(), &require.key))
+            .and_then(|d| crate::session::encoded_value(d.as_bytes(), &require.key))
             .filter(|v| !v.is_empty());
         if let Some(value) = held {
             return match &require.values {
@@ -203,34 +203,13 @@ impl Routes {
     }
 }
 
-/// The encoded value of the encoded `key` in encoded session data. The data's
-/// encoding is canonical (the proxy wrote it), so keys compare as bytes.
-fn value_of<'a>(data: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    data.split(|&b| b == b'&').find_map(|pair| {
-        let rest = pair.strip_prefix(key)?;
-        match rest.first() {
-            Some(b'=') => Some(&rest[1..]),
-            None => Some(rest),
-            Some(_) => None,
-        }
-    })
-}
-
 /// `{"error":"login required","login_url":"/login"}` (without `login_url` when the
 /// route has none).
 fn unauthorized_body(route: &Route) -> Bytes {
     let mut body = String::from(r#"{"error":"login required""#);
     if let Some(url) = &route.login_url {
-        body.push_str(r#","login_url":""#);
-        for c in url.chars() {
-            match c {
-                '"' => body.push_str("\\\""),
-                '\\' => body.push_str("\\\\"),
-                c if (c as u32) < 0x20 => body.push_str(&format!("\\u{:04x}", c as u32)),
-                c => body.push(c),
-            }
-        }
-        body.push('"');
+        body.push_str(r#","login_url":"#);
+        crate::session::json_string(url, &mut body);
     }
     body.push_str("}\n");
     Bytes::from(body)

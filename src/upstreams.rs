@@ -232,13 +232,12 @@ impl Upstreams {
                 members.push(targets.len());
                 targets.push(target(g, config, server, state));
             }
+            let pin_key = crate::session::affinity_key(&config.name);
             groups.push(Group {
                 name: config.name.clone(),
                 index: g,
-                pin_key: crate::session::affinity_key(&config.name),
-                pin_key_encoded: crate::session::encoded(&crate::session::affinity_key(
-                    &config.name,
-                )),
+                pin_key_encoded: crate::session::encoded(&pin_key),
+                pin_key,
                 total_weight: config.servers.iter().map(|s| s.weight as usize).sum(),
                 targets: members,
                 balance: config.balance,

@@ -195,8 +195,16 @@ pub fn form_to_json(encoded: &HeaderValue) -> HeaderValue {
     HeaderValue::from_str(&out).expect("escaped JSON is printable ASCII")
 }
 
-fn json_string(s: &str, out: &mut String) {
+/// `s` as a JSON string, everything outside printable ASCII as `\u` escapes.
+pub(crate) fn json_string(s: &str, out: &mut String) {
     out.push('"');
+    if s.bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -221,22 +229,30 @@ pub const PERSIST_KEY_ENCODED: &[u8] = b"+sessiongate.persist";
 pub const LOGIN_IP_KEY: &str = " sessiongate.ip";
 pub const LOGIN_UA_KEY: &str = " sessiongate.ua";
 
-/// The decoded value of `key` (given encoded) in encoded session data.
-pub fn value_of(data: &[u8], key: &[u8]) -> Option<String> {
+/// The encoded value of `key` (given encoded) in encoded session data. The
+/// data's encoding is canonical (the proxy wrote it), so keys compare as bytes.
+pub fn encoded_value<'a>(data: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     data.split(|&b| b == b'&').find_map(|pair| {
-        let v = pair.strip_prefix(key)?.strip_prefix(b"=")?;
-        decode_component(v).ok()
+        let rest = pair.strip_prefix(key)?;
+        match rest.first() {
+            Some(b'=') => Some(&rest[1..]),
+            None => Some(rest),
+            Some(_) => None,
+        }
     })
 }
 
-/// Whether encoded session data holds `key` (given encoded) with a non-empty
-/// value: no decoding, no allocation.
-pub fn has_value(data: &[u8], key: &[u8]) -> bool {
-    data.split(|&b| b == b'&').any(|pair| {
-        (pair.strip_prefix(key))
-            .and_then(|rest| rest.strip_prefix(b"="))
-            .is_some_and(|v| !v.is_empty())
-    })
+/// The decoded value of `key` (given encoded) in encoded session data.
+pub fn value_of(data: &[u8], key: &[u8]) -> Option<String> {
+    encoded_value(data, key).and_then(|v| decode_component(v).ok())
+}
+
+/// The user encoded session data belongs to: the value of the user key (given
+/// encoded); an empty value is nobody.
+pub fn user_of(data: &[u8], key: &[u8]) -> Option<String> {
+    (encoded_value(data, key))
+        .filter(|v| !v.is_empty())
+        .and_then(|v| decode_component(v).ok())
 }
 
 /// The key that holds which server of the group `group` a session stays on.
@@ -409,11 +425,21 @@ pub fn is_true(value: &[u8]) -> bool {
 /// Strict form decoding: `+` is a space, `%XX` a byte, the result UTF-8 without
 /// control characters.
 pub fn decode_component(input: &[u8]) -> Result<String, ChangesError> {
+    percent_decode(input, true)
+}
+
+/// Strict decoding of one URL path segment: as [`decode_component`], but `+`
+/// stays `+`.
+pub fn decode_segment(input: &[u8]) -> Result<String, ChangesError> {
+    percent_decode(input, false)
+}
+
+fn percent_decode(input: &[u8], plus_is_space: bool) -> Result<String, ChangesError> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
         match input[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => {
                 let hex = |b: u8| (b as char).to_digit(16);
                 let (Some(h), Some(l)) = (
@@ -514,6 +540,18 @@ mod tests {
             json,
             r#"{"a b":"x&y=z","user":"J\u00fcrgen \"J\" \\ \ud83d\ude00"}"#
         );
+    }
+
+    #[test]
+    fn path_segments_decode_percent_only() {
+        let dec = |s: &str| decode_segment(s.as_bytes()).ok();
+        assert_eq!(dec("al%20ice+x").as_deref(), Some("al ice+x"));
+        assert_eq!(dec("j%C3%BCrgen").as_deref(), Some("jürgen"));
+        assert_eq!(dec("team%2Fops").as_deref(), Some("team/ops"));
+        assert_eq!(dec("bad%2"), None);
+        assert_eq!(dec("%+A"), None);
+        assert_eq!(dec("%FF"), None);
+        assert_eq!(dec("a%0Ab"), None);
     }
 
     #[test]

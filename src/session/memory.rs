@@ -19,7 +19,7 @@ use crossbeam_queue::SegQueue;
 use dashmap::DashMap;
 use http::HeaderValue;
 
-use super::data::{value_of, LOGIN_IP_KEY, LOGIN_UA_KEY};
+use super::data::{user_of, value_of, LOGIN_IP_KEY, LOGIN_UA_KEY};
 use super::events::{Event, EventKind, EventSink, Reason};
 use super::{
     now_ms, Applied, Changes, Inserted, Lookup, Policy, SessionCount, SessionCounters, SessionData,
@@ -151,8 +151,7 @@ impl Users {
 
     /// The user encoded data belongs to (an empty value is nobody).
     fn user_in(&self, data: Option<&[u8]>) -> Option<String> {
-        data.and_then(|d| value_of(d, &self.key))
-            .filter(|u| !u.is_empty())
+        data.and_then(|d| user_of(d, &self.key))
     }
 
     /// Files `id` under `user` (or under nobody); true when it joined a user.

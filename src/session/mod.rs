@@ -21,10 +21,11 @@ use http::HeaderValue;
 
 pub use self::redis::RedisStore;
 pub use counters::{SessionCount, SessionCounters};
+pub(crate) use data::json_string;
 pub use data::{
-    affinity_key, decode_component, encoded, form_to_json, has_value, is_false, is_true,
-    split_reserved, value_of, Changes, ChangesError, SessionData, LOGIN_IP_KEY, LOGIN_UA_KEY,
-    PERSIST_KEY, PERSIST_KEY_ENCODED,
+    affinity_key, decode_component, decode_segment, encoded, encoded_value, form_to_json, is_false,
+    is_true, split_reserved, user_of, value_of, Changes, ChangesError, SessionData, LOGIN_IP_KEY,
+    LOGIN_UA_KEY, PERSIST_KEY, PERSIST_KEY_ENCODED,
 };
 pub use events::{Event, EventCounters, EventKind, EventSink, Reason};
 pub(crate) use memory::MemoryStore;

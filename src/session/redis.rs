@@ -349,7 +349,9 @@ struct Inner {
     create: Script,
     apply: Script,
     destroy: Script,
-    /// `d:` and `session.user_key`, when sessions are indexed by user.
+    /// `session.user_key`, when sessions are indexed by user, and its hash
+    /// field (`d:` and the key).
+    user_key: Option<String>,
     user_field: Option<Vec<u8>>,
     /// Lifecycle events.
     events: EventSink,
@@ -458,6 +460,7 @@ impl RedisStore {
                 create: Script::new(CREATE),
                 apply: Script::new(APPLY),
                 destroy: Script::new(DESTROY),
+                user_key: user_key.map(str::to_owned),
                 user_field: user_key.map(data_field),
                 events,
             }),
@@ -1020,8 +1023,8 @@ impl SessionStore for RedisStore {
         let inner = &self.inner;
         // Filed under its user before it is stored: the index never misses a
         // session, and a member that never came to be is skipped by readers.
-        let user = (inner.user_field.as_ref())
-            .and_then(|f| data.get(std::str::from_utf8(&f[2..]).unwrap_or_default()))
+        let user = (inner.user_key.as_deref())
+            .and_then(|k| data.get(k))
             .filter(|u| !u.is_empty())
             .map(str::to_owned);
         if let Some(user) = &user {
@@ -1079,8 +1082,8 @@ impl SessionStore for RedisStore {
         let regenerate = changes.regenerate;
         let user_field = self.user_field();
         // A login is filed under its user before it is written (see `insert`).
-        let login = (inner.user_field.as_ref())
-            .and_then(|f| changes.touches(std::str::from_utf8(&f[2..]).unwrap_or_default()))
+        let login = (inner.user_key.as_deref())
+            .and_then(|k| changes.touches(k))
             .flatten()
             .filter(|u| !u.is_empty());
         for _ in 0..3 {

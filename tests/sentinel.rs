@@ -23,7 +23,26 @@ struct Sentinel {
 }
 
 impl Sentinel {
-    fn start(master_port: u16) -> Sentinel {
+    /// Starts a Sentinel on a free port, trying another port when the one
+    /// picked was taken meanwhile (the process then exits at once).
+    async fn start(master_port: u16) -> Sentinel {
+        for _ in 0..5 {
+            let mut sentinel = Sentinel::spawn(master_port);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if sentinel.child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if sentinel.command(&["PING"]).await.is_ok() {
+                    return sentinel;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("no Sentinel started on any of five ports");
+    }
+
+    fn spawn(master_port: u16) -> Sentinel {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -56,6 +75,11 @@ impl Sentinel {
             child,
             _dir: dir,
         }
+    }
+
+    /// Its log, for a failure's message.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("sentinel.log")).unwrap_or_default()
     }
 
     fn url(&self) -> String {
@@ -109,7 +133,10 @@ async fn topology(test: &str) -> Option<(RedisServer, RedisServer, Vec<Sentinel>
         ],
     )
     .await?;
-    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(master.port())).collect();
+    let mut sentinels = Vec::new();
+    for _ in 0..3 {
+        sentinels.push(Sentinel::start(master.port()).await);
+    }
     // Sentinels find each other by hello messages every 2 s, and the replica
     // by INFO: on a busy machine this takes a while.
     let deadline = Instant::now() + Duration::from_secs(45);
@@ -140,10 +167,14 @@ async fn topology(test: &str) -> Option<(RedisServer, RedisServer, Vec<Sentinel>
         if agreed == 3 && synced && known {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the Sentinels never agreed on the master"
-        );
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = sentinels.iter().map(Sentinel::log).collect();
+            panic!(
+                "the Sentinels never agreed on the master ({agreed} of 3, replica synced: \
+                 {synced}, peers and replica known: {known}); their logs:\n{}",
+                logs.join("\n---\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Some((master, replica, sentinels))

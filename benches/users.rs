@@ -118,6 +118,7 @@ fn main() {
             cluster: false,
             nodes: Vec::new(),
             sentinel: None,
+            near_cache: true,
         };
         let store = RedisStore::open(&config, Some("user"), EventSink::default())
             .await

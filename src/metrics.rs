@@ -523,6 +523,24 @@ impl Metrics {
             SessionCount::RefusedTooLarge,
             Some(&writes_malformed),
         );
+        store_counter(
+            "near_cache_hits",
+            "Sessions served from the Redis store's near cache",
+            SessionCount::NearHit,
+            None,
+        );
+        store_counter(
+            "near_cache_misses",
+            "Session lookups the near cache could not serve (a round trip to Redis)",
+            SessionCount::NearMiss,
+            None,
+        );
+        store_counter(
+            "near_cache_invalidations",
+            "Near-cache entries dropped because Redis told of a change or the connection was lost",
+            SessionCount::NearInvalidated,
+            None,
+        );
         let cookies_rejected = PerLabel::register(
             &mut registry,
             "cookies_rejected",

@@ -76,6 +76,7 @@ async fn redis_store_on(
         cluster: !nodes.is_empty(),
         nodes,
         sentinel: None,
+        near_cache: true,
     };
     let store = RedisStore::open(&settings, Some(USER_KEY), events)
         .await

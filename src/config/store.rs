@@ -56,6 +56,7 @@ struct RawRedis {
     cluster: bool,
     nodes: Vec<RedisUrl>,
     sentinel: Option<RawSentinel>,
+    near_cache: bool,
 }
 
 /// `store.redis.sentinel`: the master's name and the Sentinels to ask for it.
@@ -75,6 +76,7 @@ impl Default for RawRedis {
             cluster: false,
             nodes: Vec::new(),
             sentinel: None,
+            near_cache: true,
         }
     }
 }
@@ -156,6 +158,7 @@ impl RawStore {
                     master: s.master.0.clone(),
                     nodes: s.nodes.iter().map(|n| n.0.clone()).collect(),
                 }),
+                near_cache: r.near_cache,
             },
         })
     }

@@ -16,17 +16,27 @@ pub enum SessionCount {
     Evicted,
     /// A write refused as over `max_data_bytes`.
     RefusedTooLarge,
+    /// A session served from the Redis store's near cache.
+    NearHit,
+    /// A lookup the near cache could not serve (it went to Redis).
+    NearMiss,
+    /// Near-cache entries dropped because Redis told of a change, or the
+    /// connection that tracked them was lost.
+    NearInvalidated,
 }
 
 impl SessionCount {
     /// Every event, in the order of their discriminants.
-    pub const ALL: [SessionCount; 6] = [
+    pub const ALL: [SessionCount; 9] = [
         SessionCount::Created,
         SessionCount::Destroyed,
         SessionCount::Regenerated,
         SessionCount::Expired,
         SessionCount::Evicted,
         SessionCount::RefusedTooLarge,
+        SessionCount::NearHit,
+        SessionCount::NearMiss,
+        SessionCount::NearInvalidated,
     ];
 }
 

@@ -8,6 +8,7 @@ mod counters;
 mod data;
 pub mod events;
 pub mod memory;
+mod near;
 pub(crate) mod redis;
 pub mod snapshot;
 

@@ -37,11 +37,15 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{
+    Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, PushKind, RedisError,
+    RedisFuture, RedisResult, Script, Value,
+};
 
 use super::data::{LOGIN_IP_KEY, LOGIN_UA_KEY};
 use super::events::{Event, EventKind, EventSink, Reason};
+use super::near::NearCache;
 use super::{
     Applied, Changes, Inserted, Lookup, Policy, SessionCount, SessionCounters, SessionData,
     SessionId, SessionInfo, SessionStore, SessionView, StoreError, UserSession,
@@ -50,8 +54,11 @@ use super::{
 /// Reads a session and refreshes its TTL, at most once a second. A session past
 /// the given timeouts (shorter than those its TTL was set by) is deleted.
 /// KEYS: session, tombstone. ARGV: idle ms, absolute ms, the user field ('' for none).
-/// Returns the hash's fields, 0 (missing), 2 (regenerated) or, for a session
+/// Returns the hash's fields and a last pseudo-field `m:a`, the milliseconds
+/// since the last refresh; 0 (missing); 2 (regenerated); or, for a session
 /// this call found expired and deleted, {'!expired', 'idle'|'absolute', user}.
+/// After its own refresh it reads the key again: with `CLIENT TRACKING ... NOLOOP`
+/// a connection's own write stops the tracking of a key, a read restarts it.
 const LOAD: &str = r#"
 local fields = redis.call('HGETALL', KEYS[1])
 if #fields == 0 then
@@ -77,16 +84,22 @@ if ttl <= 0 or now - seen > idle then
   if now - seen <= idle then why = 'absolute' end
   return {'!expired', why, user}
 end
-if now - seen >= 1000 then
+local age = math.max(0, now - seen)
+if age >= 1000 then
   redis.call('HSET', KEYS[1], 'm:s', string.format('%d', now))
   redis.call('PEXPIRE', KEYS[1], string.format('%d', ttl))
+  redis.call('EXISTS', KEYS[1])
+  age = 0
 end
+fields[#fields + 1] = 'm:a'
+fields[#fields + 1] = string.format('%d', age)
 return fields
 "#;
 
 /// Creates a session unless the ID is taken.
 /// KEYS: session. ARGV: idle ms, absolute ms, then data key, value, ...
-/// Returns the creation time (Unix ms), or -1 when the ID exists.
+/// Returns the creation time (Unix ms), or -1 when the ID exists. Reads the key
+/// last, so that a tracking connection tracks it (see `LOAD`).
 const CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local t = redis.call('TIME')
@@ -105,6 +118,7 @@ end
 if #batch > 0 then redis.call('HSET', KEYS[1], unpack(batch)) end
 local ttl = math.min(tonumber(ARGV[1]) + 1000, tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[1], string.format('%d', ttl))
+redis.call('EXISTS', KEYS[1])
 return now
 "#;
 
@@ -112,15 +126,31 @@ return now
 /// would exceed the limit, then, when asked, moves the session to a new ID.
 /// KEYS: session, new session, tombstone of the session.
 /// ARGV: max bytes, idle ms, absolute ms, grace ms, regenerate (0/1), the user
-/// field ('' for none), number of removals, the removed keys, then set key,
-/// value, ...
+/// field ('' for none), number of removals, the state wanted back (0/1), the
+/// removed keys, then set key, value, ...
 /// Returns {0} missing, {1, 0, user before, user after} stored, {1, 1, user
 /// before, user after} regenerated, {2, bytes} too large, {3} new ID taken. The new ID is fresh (2^-232 odds of meeting another), so a
 /// moved session found under it is this regeneration's own earlier try.
+/// With the state wanted, a stored or regenerated reply has two more items:
+/// the milliseconds since the session's last refresh and its hash as it now
+/// is, read last (which also keeps it tracked, see `LOAD`).
 ///
 /// The size is that of the `x-www-form-urlencoded` form `SessionData` builds: every
 /// byte outside `[A-Za-z0-9-_.* ]` takes three.
 const APPLY: &str = r#"
+local function reply(at, r)
+  if ARGV[8] ~= '1' then return r end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local f = redis.call('HGETALL', at)
+  local seen = now
+  for i = 1, #f, 2 do
+    if f[i] == 'm:s' then seen = tonumber(f[i + 1]) end
+  end
+  r[5] = math.max(0, now - seen)
+  r[6] = f
+  return r
+end
 local key = KEYS[1]
 local regenerate = ARGV[5] == '1'
 local fields = redis.call('HGETALL', key)
@@ -141,14 +171,14 @@ for i = 1, #fields, 2 do
 end
 local after = before
 local nrem = tonumber(ARGV[7])
-local first_set = 8 + nrem
+local first_set = 9 + nrem
 if nrem > 0 or first_set <= #ARGV then
   local data = {}
   for i = 1, #fields, 2 do
     local f = fields[i]
     if string.sub(f, 1, 2) == 'd:' then data[string.sub(f, 3)] = fields[i + 1] end
   end
-  for i = 8, first_set - 1 do data[ARGV[i]] = nil end
+  for i = 9, first_set - 1 do data[ARGV[i]] = nil end
   for i = first_set, #ARGV, 2 do data[ARGV[i]] = ARGV[i + 1] end
   local size, n = 0, 0
   for k, v in pairs(data) do
@@ -162,7 +192,7 @@ if nrem > 0 or first_set <= #ARGV then
   if user_field ~= '' then after = data[string.sub(user_field, 3)] or '' end
   if nrem > 0 then
     local del = {}
-    for i = 8, first_set - 1 do del[#del + 1] = 'd:' .. ARGV[i] end
+    for i = 9, first_set - 1 do del[#del + 1] = 'd:' .. ARGV[i] end
     redis.call('HDEL', key, unpack(del))
   end
   if first_set <= #ARGV then
@@ -174,7 +204,7 @@ if nrem > 0 or first_set <= #ARGV then
     redis.call('HSET', key, unpack(set))
   end
 end
-if not regenerate then return {1, 0, before, after} end
+if not regenerate then return reply(key, {1, 0, before, after}) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local stamp = string.format('%d', now)
@@ -184,7 +214,7 @@ local ttl = math.min(tonumber(ARGV[2]) + 1000, tonumber(ARGV[3]))
 redis.call('PEXPIRE', KEYS[2], string.format('%d', ttl))
 local grace = tonumber(ARGV[4])
 if grace > 0 then redis.call('SET', KEYS[3], '1', 'PX', string.format('%d', grace)) end
-return {1, 1, before, after}
+return reply(KEYS[2], {1, 1, before, after})
 "#;
 
 /// Destroys a session, if its data still has the key and value when one is given
@@ -219,6 +249,9 @@ pub struct RedisConfig {
     pub nodes: Vec<String>,
     /// The master is found through Redis Sentinel, and followed after a failover.
     pub sentinel: Option<SentinelConfig>,
+    /// Keep the sessions used in the last second on this proxy, kept true by
+    /// Redis's client-side caching (RESP3, Redis 7 or later).
+    pub near_cache: bool,
 }
 
 /// `store.redis.sentinel`.
@@ -247,6 +280,8 @@ struct SentinelConn {
     client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
     current: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     config: redis::AsyncConnectionConfig,
+    /// Emptied with each connection dropped: the next master tracks nothing yet.
+    near: Option<Arc<NearCache>>,
 }
 
 impl SentinelConn {
@@ -275,6 +310,9 @@ impl SentinelConn {
         if is_dropped(e) || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
             if let Ok(mut current) = self.current.lock() {
                 *current = None;
+            }
+            if let Some(near) = &self.near {
+                near.clear();
             }
         }
     }
@@ -355,6 +393,8 @@ struct Inner {
     user_field: Option<Vec<u8>>,
     /// Lifecycle events.
     events: EventSink,
+    /// `store.redis.near_cache`.
+    near: Option<Arc<NearCache>>,
 }
 
 /// A cheap-to-clone handle to the Redis store. It holds no session rules: each
@@ -388,6 +428,166 @@ fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
 
+/// `EVALSHA` of `script` with its keys; the caller adds the arguments.
+fn evalsha(script: &Script, keys: &[&[u8]]) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len());
+    for k in keys {
+        cmd.arg(*k);
+    }
+    cmd
+}
+
+/// Runs `call`, an `EVALSHA` of `script`; with `track`, right after
+/// `CLIENT TRACKING ON NOLOOP` in one pipeline, so the keys it reads are
+/// tracked on whichever connection it runs on (a new one after a reconnection
+/// too). Loads the script and tries again when Redis does not have it. On a
+/// Cluster the pipeline goes to the primary of `key`'s slot.
+async fn eval(
+    c: &mut Conn,
+    script: &Script,
+    track: bool,
+    key: &[u8],
+    call: impl Fn() -> Cmd,
+) -> RedisResult<Value> {
+    async fn once(c: &mut Conn, call: Cmd, track: bool, key: &[u8]) -> RedisResult<Value> {
+        if !track {
+            return call.query_async(c).await;
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP");
+        pipe.add_command(call);
+        let replies = match c {
+            // The client would route `CLIENT TRACKING` by `TRACKING` as a key.
+            Conn::Cluster(cluster) => {
+                let route = Route::new(key_slot(key), SlotAddr::Master);
+                cluster
+                    .route_pipeline(pipe, 1, 1, SingleNodeRoutingInfo::SpecificNode(route))
+                    .await?
+            }
+            _ => c.req_packed_commands(&pipe, 1, 1).await?,
+        };
+        let reply = replies.into_iter().next().ok_or_else(|| {
+            RedisError::from((redis::ErrorKind::Client, "no reply to a script call"))
+        })?;
+        // A pipeline hands a command's error back as a value.
+        reply.extract_error()
+    }
+    match once(c, call(), track, key).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.prepare_invoke().load_async(c).await?;
+            once(c, call(), track, key).await
+        }
+        other => other,
+    }
+}
+
+/// The Cluster slot of `key`: CRC16 (XMODEM) of its hash tag, or of the whole
+/// key when it has none, modulo 16384.
+fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    let mut crc: u16 = 0;
+    for &b in tagged.unwrap_or(key) {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// Hands what Redis pushes to the near cache: an invalidated session is
+/// forgotten; a flush (no keys) or a lost connection forgets them all. Ends
+/// when the store's connections are gone.
+async fn forget(
+    near: Arc<NearCache>,
+    prefix: String,
+    mut pushed: tokio::sync::mpsc::UnboundedReceiver<PushInfo>,
+) {
+    while let Some(push) = pushed.recv().await {
+        match push.kind {
+            PushKind::Invalidate => match push.data.first() {
+                Some(Value::Array(keys)) => {
+                    for key in keys {
+                        if let Some(id) = bytes_of(key).and_then(|k| id_of(&prefix, k)) {
+                            near.invalidate(&id);
+                        }
+                    }
+                }
+                _ => near.clear(),
+            },
+            PushKind::Disconnection => near.clear(),
+            _ => {}
+        }
+    }
+}
+
+/// The lowest major version of Redis an `INFO server` answer names (one per
+/// node on a Cluster).
+fn major_version(info: &Value) -> Option<u32> {
+    let texts: Vec<&[u8]> = match info {
+        Value::Map(nodes) => nodes.iter().filter_map(|(_, v)| bytes_of(v)).collect(),
+        v => bytes_of(v).into_iter().collect(),
+    };
+    texts
+        .iter()
+        .flat_map(|t| {
+            String::from_utf8_lossy(t)
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|line| {
+            let version = line.strip_prefix("redis_version:")?;
+            version.split('.').next()?.trim().parse().ok()
+        })
+        .min()
+}
+
+/// Turns the near cache on once Redis is known to track the keys its scripts
+/// read (7.0 and later), then sweeps it every second, while the store lives.
+async fn keep_near(inner: std::sync::Weak<Inner>) {
+    let mut checked = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(if checked { 1000 } else { 200 })).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(near) = inner.near.clone() else {
+            return;
+        };
+        if !checked {
+            match (RedisStore { inner }).check_version().await {
+                Some(true) => checked = true,
+                Some(false) => return,
+                None => {}
+            }
+            continue;
+        }
+        drop(inner);
+        near.sweep();
+    }
+}
+
+/// The session ID a key under `prefix` names; `None` for tombstones and
+/// foreign keys.
+fn id_of(prefix: &str, key: &[u8]) -> Option<SessionId> {
+    let rest = key.strip_prefix(prefix.as_bytes())?;
+    if rest.len() != 45 || rest[0] != b'{' || rest[5] != b'}' {
+        return None;
+    }
+    let mut text = [0u8; 43];
+    text[..4].copy_from_slice(&rest[1..5]);
+    text[4..].copy_from_slice(&rest[6..]);
+    SessionId::decode(&text)
+}
+
 impl RedisStore {
     /// Connects (lazily: the proxy starts while Redis is down, and answers 503
     /// until it is back). Fails only on settings that can never work.
@@ -404,7 +604,24 @@ impl RedisStore {
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         }
         let cluster = r.cluster || !r.nodes.is_empty();
+        let counters: Arc<SessionCounters> = Arc::default();
+        // With the near cache, connections speak RESP3, and what Redis pushes on
+        // them (invalidations, and the client's own word of a lost connection)
+        // goes to `forget`.
+        let near = r
+            .near_cache
+            .then(|| Arc::new(NearCache::new(counters.clone())));
+        let (pushes, pushed) = tokio::sync::mpsc::unbounded_channel::<PushInfo>();
+        let protocol = if near.is_some() {
+            ProtocolVersion::RESP3
+        } else {
+            ProtocolVersion::RESP2
+        };
         let conn = if let Some(sentinel) = &r.sentinel {
+            let node = redis::sentinel::SentinelNodeConnectionInfo::default()
+                .set_redis_connection_info(
+                    redis::RedisConnectionInfo::default().set_protocol(protocol),
+                );
             let client = redis::sentinel::SentinelClient::build(
                 sentinel
                     .nodes
@@ -412,16 +629,21 @@ impl RedisStore {
                     .map(String::as_str)
                     .collect::<Vec<_>>(),
                 sentinel.master.as_str(),
-                None,
+                Some(node),
                 redis::sentinel::SentinelServerType::Master,
             )
             .map_err(invalid)?;
+            let mut config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(r.timeout))
+                .set_response_timeout(Some(r.timeout));
+            if near.is_some() {
+                config = config.set_push_sender(pushes);
+            }
             Conn::Sentinel(Arc::new(SentinelConn {
                 client: tokio::sync::Mutex::new(client),
                 current: std::sync::Mutex::new(None),
-                config: redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(r.timeout))
-                    .set_response_timeout(Some(r.timeout)),
+                config,
+                near: near.clone(),
             }))
         } else if cluster {
             let nodes: Vec<&str> = if r.nodes.is_empty() {
@@ -429,22 +651,30 @@ impl RedisStore {
             } else {
                 r.nodes.iter().map(String::as_str).collect()
             };
-            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+            let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
                 .connection_timeout(r.timeout)
                 .response_timeout(r.timeout)
-                .build()
-                .map_err(invalid)?;
+                .use_protocol(protocol);
+            if near.is_some() {
+                builder = builder.push_sender(pushes);
+            }
+            let client = builder.build().map_err(invalid)?;
             let config = redis::cluster::ClusterConfig::new()
                 .set_connection_timeout(r.timeout)
                 .set_response_timeout(r.timeout);
             Conn::Cluster(client.get_pending_async_connection_with_config(config))
         } else {
-            let client = redis::Client::open(r.url.as_str()).map_err(invalid)?;
-            let config = ConnectionManagerConfig::new()
+            let info = r.url.as_str().into_connection_info().map_err(invalid)?;
+            let settings = info.redis_settings().clone().set_protocol(protocol);
+            let client = redis::Client::open(info.set_redis_settings(settings)).map_err(invalid)?;
+            let mut config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(r.timeout))
                 .set_response_timeout(Some(r.timeout))
                 .set_max_delay(Duration::from_secs(1))
                 .set_number_of_retries(3);
+            if near.is_some() {
+                config = config.set_push_sender(pushes);
+            }
             Conn::Single(ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?)
         };
         let store = RedisStore {
@@ -452,7 +682,7 @@ impl RedisStore {
                 conn,
                 cluster,
                 reachable: AtomicBool::new(false),
-                counters: Arc::default(),
+                counters,
                 pattern: format!("{}*", escape_glob(&r.key_prefix)),
                 prefix: r.key_prefix.clone(),
                 timeout: r.timeout,
@@ -463,10 +693,18 @@ impl RedisStore {
                 user_key: user_key.map(str::to_owned),
                 user_field: user_key.map(data_field),
                 events,
+                near,
             }),
         };
+        if let Some(near) = &store.inner.near {
+            tokio::spawn(forget(near.clone(), r.key_prefix.clone(), pushed));
+            tokio::spawn(keep_near(Arc::downgrade(&store.inner)));
+        }
         match store.ping().await {
-            Ok(()) => tracing::info!(cluster, "connected to the Redis session store"),
+            Ok(()) => {
+                tracing::info!(cluster, "connected to the Redis session store");
+                store.check_version().await;
+            }
             Err(e) => tracing::warn!(
                 cluster,
                 error = %crate::chain::Chain(&e),
@@ -533,14 +771,38 @@ impl RedisStore {
 
     /// The session ID a key names; `None` for tombstones and foreign keys.
     fn id_of(&self, key: &[u8]) -> Option<SessionId> {
-        let rest = key.strip_prefix(self.inner.prefix.as_bytes())?;
-        if rest.len() != 45 || rest[0] != b'{' || rest[5] != b'}' {
-            return None;
+        id_of(&self.inner.prefix, key)
+    }
+
+    /// Asks Redis its version and turns the near cache on when it is 7 or
+    /// later; `None` while Redis does not answer.
+    async fn check_version(&self) -> Option<bool> {
+        let near = self.inner.near.as_ref()?;
+        if near.active() {
+            return Some(true);
         }
-        let mut text = [0u8; 43];
-        text[..4].copy_from_slice(&rest[1..5]);
-        text[4..].copy_from_slice(&rest[6..]);
-        SessionId::decode(&text)
+        let info = self
+            .run(|mut c| async move { redis::cmd("INFO").arg("server").query_async(&mut c).await })
+            .await;
+        let major = major_version(info.as_ref().ok()?)?;
+        if major >= 7 {
+            near.activate();
+            tracing::info!(
+                "near cache on: Redis tells this proxy of every change to a session it holds"
+            );
+            Some(true)
+        } else {
+            tracing::warn!(
+                major,
+                "near cache off: it needs Redis 7 or later; every request goes to Redis"
+            );
+            Some(false)
+        }
+    }
+
+    /// The near cache, when it is on.
+    fn near(&self) -> Option<&Arc<NearCache>> {
+        self.inner.near.as_ref().filter(|n| n.active())
     }
 
     /// The set of `user`'s session IDs.
@@ -598,6 +860,9 @@ impl RedisStore {
         let (field, value) = only_if.unwrap_or((b"", ""));
         let user_field = self.user_field();
         let key = &key;
+        // Out of the near cache before the call and again after its reply
+        // (when this is dropped): a read in flight cannot bring it back.
+        let _pending = self.near().and_then(|n| n.write(id));
         let reply: Vec<Value> = self
             .run(|mut c| async move {
                 inner
@@ -916,19 +1181,22 @@ struct Fields {
     data: SessionData,
     created_ms: u64,
     seen_ms: u64,
+    /// `LOAD`'s pseudo-field `m:a`: milliseconds since the last refresh.
+    age_ms: u64,
 }
 
 fn bytes_of(v: &Value) -> Option<&[u8]> {
     match v {
         Value::BulkString(b) => Some(b),
         Value::SimpleString(s) => Some(s.as_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
         _ => None,
     }
 }
 
 fn parse_fields(items: &[Value]) -> Fields {
     let mut pairs = Vec::new();
-    let (mut created_ms, mut seen_ms) = (0, 0);
+    let (mut created_ms, mut seen_ms, mut age_ms) = (0, 0, 0);
     for pair in items.chunks_exact(2) {
         let (Some(f), Some(v)) = (bytes_of(&pair[0]), bytes_of(&pair[1])) else {
             continue;
@@ -937,6 +1205,7 @@ fn parse_fields(items: &[Value]) -> Fields {
         match f {
             b"m:c" => created_ms = number().unwrap_or(0),
             b"m:s" => seen_ms = number().unwrap_or(0),
+            b"m:a" => age_ms = number().unwrap_or(0),
             _ => {
                 if let (Some(k), Ok(v)) = (f.strip_prefix(b"d:"), std::str::from_utf8(v)) {
                     if let Ok(k) = std::str::from_utf8(k) {
@@ -950,6 +1219,7 @@ fn parse_fields(items: &[Value]) -> Fields {
         data: SessionData::from_pairs(pairs),
         created_ms,
         seen_ms,
+        age_ms,
     }
 }
 
@@ -963,23 +1233,46 @@ fn push_pairs<'a>(args: &mut Vec<&'a [u8]>, pairs: impl Iterator<Item = &'a (Str
 
 impl SessionStore for RedisStore {
     async fn load(&self, id: &SessionId, policy: &Policy) -> Result<Lookup, StoreError> {
+        let near = self.near();
+        if let Some(near) = near {
+            if let Some(view) = near.get(id, ms(policy.absolute_timeout), super::now_ms()) {
+                return Ok(Lookup::Found(view));
+            }
+        }
+        let pending = near.and_then(|n| n.read(id));
         let key = self.key(id);
         let tombstone = Self::tombstone(&key);
         let inner = &self.inner;
         let (key, tombstone) = (&key, &tombstone);
+        let track = pending.is_some();
         let value: Value = self
             .run(|mut c| async move {
-                inner
-                    .load
-                    .key(key)
-                    .key(tombstone)
-                    .arg(ms(policy.idle_timeout))
-                    .arg(ms(policy.absolute_timeout))
-                    .arg(self.user_field())
-                    .invoke_async(&mut c)
-                    .await
+                eval(&mut c, &inner.load, track, key.as_bytes(), || {
+                    let mut call = evalsha(&inner.load, &[key.as_bytes(), tombstone.as_bytes()]);
+                    call.arg(ms(policy.idle_timeout))
+                        .arg(ms(policy.absolute_timeout))
+                        .arg(self.user_field());
+                    call
+                })
+                .await
             })
             .await?;
+        if let Value::Array(items) = &value {
+            if items.first().and_then(bytes_of) != Some(&b"!expired"[..]) {
+                let fields = parse_fields(items);
+                let view = SessionView {
+                    data: fields.data.header().cloned(),
+                    created_ms: fields.created_ms,
+                };
+                if let Some(pending) = pending {
+                    pending.fill(view.clone(), Duration::from_millis(fields.age_ms));
+                }
+                return Ok(Lookup::Found(view));
+            }
+        }
+        if let Some(pending) = pending {
+            pending.gone();
+        }
         Ok(match value {
             Value::Array(items) if items.first().and_then(bytes_of) == Some(&b"!expired"[..]) => {
                 let reason = match items.get(1).and_then(bytes_of) {
@@ -997,13 +1290,6 @@ impl SessionStore for RedisStore {
                     .events
                     .session(EventKind::Expired, id, user, Some(reason));
                 Lookup::Missing
-            }
-            Value::Array(items) => {
-                let fields = parse_fields(&items);
-                Lookup::Found(SessionView {
-                    data: fields.data.header().cloned(),
-                    created_ms: fields.created_ms,
-                })
             }
             Value::Int(2) => Lookup::Regenerated,
             _ => Lookup::Missing,
@@ -1035,18 +1321,35 @@ impl SessionStore for RedisStore {
         let args = &args;
         let key = &self.key(id);
         let tries = &std::sync::atomic::AtomicU32::new(0);
+        let pending = self.near().and_then(|n| n.write(id));
+        let track = pending.is_some();
         let (created, retried): (i64, bool) = self
             .run(|mut c| async move {
                 let retried = tries.fetch_add(1, Ordering::Relaxed) > 0;
-                let mut call = inner.create.key(key);
-                call.arg(ms(policy.idle_timeout))
-                    .arg(ms(policy.absolute_timeout));
-                for a in args {
-                    call.arg(*a);
-                }
-                Ok((call.invoke_async(&mut c).await?, retried))
+                let reply = eval(&mut c, &inner.create, track, key.as_bytes(), || {
+                    let mut call = evalsha(&inner.create, &[key.as_bytes()]);
+                    call.arg(ms(policy.idle_timeout))
+                        .arg(ms(policy.absolute_timeout));
+                    for a in args {
+                        call.arg(*a);
+                    }
+                    call
+                })
+                .await?;
+                Ok((redis::from_redis_value(reply)?, retried))
             })
             .await?;
+        if let Some(pending) = pending {
+            if created >= 0 {
+                let view = SessionView {
+                    data: data.header().cloned(),
+                    created_ms: created as u64,
+                };
+                pending.fill(view, Duration::ZERO);
+            } else {
+                pending.gone();
+            }
+        }
         // On a retry after a dropped connection, an existing key is the first try's
         // write having landed (a random ID taken by another visitor has odds of
         // 2^-256).
@@ -1094,24 +1397,54 @@ impl SessionStore for RedisStore {
             }
             let new_key = self.key(&new_id);
             let (key, new_key, tombstone, args) = (&key, &new_key, &tombstone, &args);
+            // The session as the script leaves it goes to the near cache: the
+            // next request needs no round trip of its own.
+            let near = self.near();
+            let pending = near.and_then(|n| n.write(id));
+            let pending_new = near.filter(|_| regenerate).and_then(|n| n.write(&new_id));
+            let track = pending.is_some();
             let reply: Vec<Value> = self
                 .run(|mut c| async move {
-                    let mut call = inner.apply.key(key);
-                    call.key(new_key)
-                        .key(tombstone)
-                        .arg(policy.max_data_bytes)
-                        .arg(ms(policy.idle_timeout))
-                        .arg(ms(policy.absolute_timeout))
-                        .arg(ms(policy.regenerate_grace))
-                        .arg(u8::from(regenerate))
-                        .arg(user_field)
-                        .arg(nrem);
-                    for a in args {
-                        call.arg(*a);
-                    }
-                    call.invoke_async(&mut c).await
+                    let reply = eval(&mut c, &inner.apply, track, key.as_bytes(), || {
+                        let mut call = evalsha(
+                            &inner.apply,
+                            &[key.as_bytes(), new_key.as_bytes(), tombstone.as_bytes()],
+                        );
+                        call.arg(policy.max_data_bytes)
+                            .arg(ms(policy.idle_timeout))
+                            .arg(ms(policy.absolute_timeout))
+                            .arg(ms(policy.regenerate_grace))
+                            .arg(u8::from(regenerate))
+                            .arg(user_field)
+                            .arg(nrem)
+                            .arg(u8::from(track));
+                        for a in args {
+                            call.arg(*a);
+                        }
+                        call
+                    })
+                    .await?;
+                    Ok(redis::from_redis_value(reply)?)
                 })
                 .await?;
+            if let (Some(Value::Int(age)), Some(Value::Array(fields))) =
+                (reply.get(4), reply.get(5))
+            {
+                let fields = parse_fields(fields);
+                let view = SessionView {
+                    data: fields.data.header().cloned(),
+                    created_ms: fields.created_ms,
+                };
+                let age = Duration::from_millis((*age).max(0) as u64);
+                match (pending_new, pending) {
+                    (Some(new), Some(old)) => {
+                        old.gone();
+                        new.fill(view, age);
+                    }
+                    (None, Some(old)) => old.fill(view, age),
+                    _ => {}
+                }
+            }
             let int = |i: usize| match reply.get(i) {
                 Some(Value::Int(n)) => Some(*n),
                 _ => None,
@@ -1312,6 +1645,16 @@ impl SessionStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_slots_are_those_redis_computes() {
+        // CLUSTER KEYSLOT on a real Redis Cluster.
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"123456789"), 12739);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"foo{}{bar}"), 8363);
+        assert_eq!(key_slot(b"sessiongate:{AbCd}rest"), key_slot(b"AbCd"));
+    }
 
     #[test]
     fn glob_characters_are_escaped() {

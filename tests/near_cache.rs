@@ -1,0 +1,402 @@
+//! The Redis store's near cache, seen from outside: what it saves (round trips
+//! Redis counts in `INFO commandstats`), and that it never keeps a proxy on a
+//! session another proxy changed, destroyed, regenerated or revoked, on one
+//! Redis and on a Redis Cluster.
+//!
+//! "At once" is checked against a bound well under the second an entry may
+//! live: a cache that missed an invalidation would keep the old session for up
+//! to that second, and the check would fail. Each change is made right after
+//! the watching proxy cached the session anew, so the entry is fresh.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use sessiongate::config::RedisConfig;
+use sessiongate::session::{
+    Applied, Changes, Created, EventSink, Lookup, Policy, Reason, RedisStore, SessionCount,
+    SessionData, SessionId, SessionStore,
+};
+use support::redis::{RedisCluster, RedisServer};
+
+const POLICY: Policy = Policy {
+    idle_timeout: Duration::from_secs(60),
+    absolute_timeout: Duration::from_secs(3600),
+    max_sessions: 10_000,
+    max_data_bytes: 4096,
+    regenerate_grace: Duration::ZERO,
+    max_per_user: None,
+};
+
+/// Well under the second an entry may live without an invalidation.
+const AT_ONCE: Duration = Duration::from_millis(300);
+
+async fn store(url: &str, nodes: Vec<String>, prefix: &str, near_cache: bool) -> RedisStore {
+    let settings = RedisConfig {
+        url: url.to_owned(),
+        key_prefix: prefix.to_owned(),
+        timeout: Duration::from_secs(2),
+        cluster: !nodes.is_empty(),
+        nodes,
+        sentinel: None,
+        near_cache,
+    };
+    let store = RedisStore::open(&settings, Some("user"), EventSink::default())
+        .await
+        .expect("open the Redis store");
+    store.ping().await.expect("Redis answers");
+    store
+}
+
+fn prefix() -> String {
+    format!("near:{}:", SessionId::random())
+}
+
+/// The session's key, as an operator's `redis-cli` would name it.
+fn key(prefix: &str, id: &SessionId) -> String {
+    let id = id.to_string();
+    format!("{prefix}{{{}}}{}", &id[..4], &id[4..])
+}
+
+fn set(pairs: &str) -> Changes {
+    let mut c = Changes::default();
+    c.add_set(pairs.as_bytes()).expect("valid X-Session-Set");
+    c
+}
+
+fn data(pairs: &[(&str, &str)]) -> SessionData {
+    SessionData::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+}
+
+async fn create(s: &RedisStore, pairs: &[(&str, &str)]) -> SessionId {
+    match s.create(data(pairs), &POLICY).await.expect("store answers") {
+        Created::Stored(id) => id,
+        refused => panic!("session not created: {refused:?}"),
+    }
+}
+
+/// What a load shows: the data, or how the session is gone.
+async fn shown(s: &RedisStore, id: &SessionId) -> String {
+    match s.load(id, &POLICY).await.expect("store answers") {
+        Lookup::Found(view) => view
+            .data
+            .map(|d| d.to_str().unwrap().to_owned())
+            .unwrap_or_default(),
+        Lookup::Regenerated => "<regenerated>".into(),
+        Lookup::Missing => "<missing>".into(),
+    }
+}
+
+fn hits(s: &RedisStore) -> u64 {
+    s.counters().get(SessionCount::NearHit)
+}
+
+/// Calls of `EVALSHA` Redis has served so far.
+async fn evalsha_calls(redis: &RedisServer) -> u64 {
+    let info = support::redis::text(&redis.command(&["INFO", "commandstats"]).await);
+    // Calls that failed (NOSCRIPT, before the script is loaded) do not count.
+    let Some(line) = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+    else {
+        return 0;
+    };
+    let field = |name: &str| -> u64 {
+        line.split(',')
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    field("calls") - field("failed_calls") - field("rejected_calls")
+}
+
+/// Makes `watcher` hold `id` freshly: a write through it leaves the session
+/// in its cache for the next second, and a load is then a hit.
+async fn cache_fresh(watcher: &RedisStore, id: &SessionId) {
+    let applied = watcher
+        .apply(id, &set("seen=1"), &POLICY)
+        .await
+        .expect("store answers");
+    assert_eq!(applied, Applied::Stored);
+    let before = hits(watcher);
+    shown(watcher, id).await;
+    assert_eq!(
+        hits(watcher),
+        before + 1,
+        "the watcher did not serve it from its cache"
+    );
+}
+
+/// Loads through `watcher` until it shows `expected`; how long that took.
+async fn seen_at_once(watcher: &RedisStore, id: &SessionId, expected: &str, what: &str) {
+    let start = Instant::now();
+    loop {
+        let now = shown(watcher, id).await;
+        if now == expected {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{what}: the other proxy still shows {now:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let took = start.elapsed();
+    assert!(
+        took < AT_ONCE,
+        "{what}: the other proxy kept the old session for {took:?} (an invalidation was missed)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_used_again_within_a_second_costs_no_round_trip() {
+    let Some(redis) =
+        RedisServer::start("a_session_used_again_within_a_second_costs_no_round_trip").await
+    else {
+        return;
+    };
+    let p = prefix();
+    let a = store(&redis.url(), Vec::new(), &p, true).await;
+    let id = create(&a, &[("color", "blue")]).await;
+    let calls = evalsha_calls(&redis).await;
+    for _ in 0..20 {
+        assert_eq!(shown(&a, &id).await, "color=blue");
+    }
+    assert_eq!(
+        evalsha_calls(&redis).await,
+        calls,
+        "a session created a moment ago went to Redis again"
+    );
+    assert_eq!(hits(&a), 20);
+
+    // A second on, the next use goes to Redis, which refreshes the idle timeout.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let pttl = || async {
+        redis::from_redis_value::<i64>(redis.command(&["PTTL", &key(&p, &id)]).await).unwrap()
+    };
+    let before = pttl().await;
+    assert_eq!(shown(&a, &id).await, "color=blue");
+    assert_eq!(evalsha_calls(&redis).await, calls + 1);
+    let after = pttl().await;
+    assert!(
+        after > before,
+        "the idle timeout was not refreshed: PTTL {before} then {after}"
+    );
+
+    // A write answers with the session as written: no round trip to read it back.
+    assert_eq!(
+        a.apply(&id, &set("size=L"), &POLICY).await.unwrap(),
+        Applied::Stored
+    );
+    let calls = evalsha_calls(&redis).await;
+    assert_eq!(shown(&a, &id).await, "color=blue&size=L");
+    assert_eq!(evalsha_calls(&redis).await, calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_near_cache_every_use_goes_to_redis() {
+    let Some(redis) = RedisServer::start("without_the_near_cache_every_use_goes_to_redis").await
+    else {
+        return;
+    };
+    let a = store(&redis.url(), Vec::new(), &prefix(), false).await;
+    let id = create(&a, &[("color", "blue")]).await;
+    // The first use loads the script into Redis.
+    assert_eq!(shown(&a, &id).await, "color=blue");
+    let calls = evalsha_calls(&redis).await;
+    for _ in 0..5 {
+        assert_eq!(shown(&a, &id).await, "color=blue");
+    }
+    assert_eq!(evalsha_calls(&redis).await, calls + 5);
+    assert_eq!(hits(&a), 0);
+}
+
+/// Every change one proxy can make, watched by another that holds the session.
+async fn changes_reach_the_other_proxy_at_once(url: &str, nodes: Vec<String>) {
+    let p = prefix();
+    let a = store(url, nodes.clone(), &p, true).await;
+    let b = store(url, nodes, &p, true).await;
+
+    // A write.
+    let id = create(&a, &[("user", "alice")]).await;
+    cache_fresh(&b, &id).await;
+    a.apply(&id, &set("color=blue"), &POLICY).await.unwrap();
+    seen_at_once(&b, &id, "color=blue&seen=1&user=alice", "a write on A").await;
+
+    // A removal.
+    cache_fresh(&b, &id).await;
+    let mut remove = Changes::default();
+    remove.add_remove(b"color").unwrap();
+    a.apply(&id, &remove, &POLICY).await.unwrap();
+    seen_at_once(&b, &id, "seen=1&user=alice", "a removal on A").await;
+
+    // A regeneration: the old ID is gone for B, the new one shows the data.
+    cache_fresh(&b, &id).await;
+    let mut regenerate = Changes::default();
+    regenerate.regenerate = true;
+    let Applied::Regenerated(new_id) = a.apply(&id, &regenerate, &POLICY).await.unwrap() else {
+        panic!("not regenerated");
+    };
+    seen_at_once(&b, &id, "<missing>", "a regeneration on A (the old ID)").await;
+    assert_eq!(shown(&b, &new_id).await, "seen=1&user=alice");
+    let id = new_id;
+
+    // A logout (X-Session-Destroy).
+    cache_fresh(&b, &id).await;
+    assert!(a.destroy(&id, Reason::Logout).await.unwrap());
+    seen_at_once(&b, &id, "<missing>", "a logout on A").await;
+
+    // DELETE /sessions/{id} on the admin API.
+    let id = create(&a, &[("user", "bob")]).await;
+    cache_fresh(&b, &id).await;
+    assert!(a.destroy(&id, Reason::Admin).await.unwrap());
+    seen_at_once(&b, &id, "<missing>", "DELETE /sessions/{id} on A").await;
+
+    // DELETE /sessions?key=user&value=carol.
+    let id = create(&a, &[("user", "carol")]).await;
+    cache_fresh(&b, &id).await;
+    assert_eq!(a.revoke("user", "carol").await.unwrap(), 1);
+    seen_at_once(&b, &id, "<missing>", "a revoke on A").await;
+
+    // DELETE /users/dave/sessions.
+    let id = create(&a, &[("user", "dave")]).await;
+    cache_fresh(&b, &id).await;
+    assert_eq!(
+        a.destroy_user("dave", None, Reason::Admin).await.unwrap(),
+        1
+    );
+    seen_at_once(&b, &id, "<missing>", "logging a user out everywhere on A").await;
+
+    // And the watcher's own writes are never undone by a read of its own.
+    let id = create(&a, &[("n", "0")]).await;
+    for n in 1..=20 {
+        let write = set(&format!("n={n}"));
+        let (x, y) = tokio::join!(b.apply(&id, &write, &POLICY), b.load(&id, &POLICY));
+        assert_eq!(x.unwrap(), Applied::Stored);
+        y.unwrap();
+        assert_eq!(shown(&b, &id).await, format!("n={n}"), "write {n} undone");
+        seen_at_once(&a, &id, &format!("n={n}"), "a write on B").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_on_one_proxy_reach_another_at_once() {
+    let Some(redis) = RedisServer::start("changes_on_one_proxy_reach_another_at_once").await else {
+        return;
+    };
+    changes_reach_the_other_proxy_at_once(&redis.url(), Vec::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_on_one_proxy_reach_another_at_once_on_a_cluster() {
+    let Some(cluster) =
+        RedisCluster::start("changes_on_one_proxy_reach_another_at_once_on_a_cluster").await
+    else {
+        return;
+    };
+    let urls = cluster.urls();
+    changes_reach_the_other_proxy_at_once(&urls[0], urls.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_in_redis_itself_reach_the_proxy_at_once() {
+    let Some(redis) =
+        RedisServer::start("changes_made_in_redis_itself_reach_the_proxy_at_once").await
+    else {
+        return;
+    };
+    let p = prefix();
+    let a = store(&redis.url(), Vec::new(), &p, true).await;
+
+    // An operator's HSET, DEL and FLUSHALL in redis-cli.
+    let id = create(&a, &[("role", "user")]).await;
+    cache_fresh(&a, &id).await;
+    redis
+        .command(&["HSET", &key(&p, &id), "d:role", "admin"])
+        .await;
+    seen_at_once(&a, &id, "role=admin&seen=1", "HSET in redis-cli").await;
+    cache_fresh(&a, &id).await;
+    redis.command(&["DEL", &key(&p, &id)]).await;
+    seen_at_once(&a, &id, "<missing>", "DEL in redis-cli").await;
+    let id = create(&a, &[("role", "user")]).await;
+    cache_fresh(&a, &id).await;
+    redis.command(&["FLUSHALL"]).await;
+    seen_at_once(&a, &id, "<missing>", "FLUSHALL in redis-cli").await;
+
+    // Expiry by Redis (the key's TTL, shortened here to 50 ms).
+    let id = create(&a, &[("role", "user")]).await;
+    cache_fresh(&a, &id).await;
+    redis.command(&["PEXPIRE", &key(&p, &id), "50"]).await;
+    let start = Instant::now();
+    while shown(&a, &id).await != "<missing>" {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "an expired key is still served"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        start.elapsed() < AT_ONCE + Duration::from_millis(50),
+        "an expired key was served for {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_empties_the_near_cache() {
+    let Some(redis) = RedisServer::start("a_lost_connection_empties_the_near_cache").await else {
+        return;
+    };
+    let p = prefix();
+    let a = store(&redis.url(), Vec::new(), &p, true).await;
+    let id = create(&a, &[("role", "user")]).await;
+    cache_fresh(&a, &id).await;
+    // Redis drops every client; the key then changes while nobody tracks it.
+    redis
+        .command(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    redis
+        .command(&["HSET", &key(&p, &id), "d:role", "admin"])
+        .await;
+    seen_at_once(
+        &a,
+        &id,
+        "role=admin&seen=1",
+        "a change after a reconnection",
+    )
+    .await;
+}
+
+/// A proxy's own writes stop Redis tracking a key for it (`NOLOOP`); each
+/// script that writes reads the key again last, so it is tracked anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxys_own_writes_keep_the_session_tracked() {
+    let Some(redis) = RedisServer::start("a_proxys_own_writes_keep_the_session_tracked").await
+    else {
+        return;
+    };
+    let p = prefix();
+    let a = store(&redis.url(), Vec::new(), &p, true).await;
+
+    // Created here: cached as created, and tracked.
+    let id = create(&a, &[("role", "user")]).await;
+    let before = hits(&a);
+    assert_eq!(shown(&a, &id).await, "role=user");
+    assert_eq!(hits(&a), before + 1);
+    redis
+        .command(&["HSET", &key(&p, &id), "d:role", "admin"])
+        .await;
+    seen_at_once(&a, &id, "role=admin", "a change after the creation").await;
+
+    // A second on, a use refreshes the idle timeout (a write of this proxy).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(shown(&a, &id).await, "role=admin");
+    let before = hits(&a);
+    assert_eq!(shown(&a, &id).await, "role=admin");
+    assert_eq!(hits(&a), before + 1, "the refreshed session was not cached");
+    redis
+        .command(&["HSET", &key(&p, &id), "d:role", "guest"])
+        .await;
+    seen_at_once(&a, &id, "role=guest", "a change after a refresh").await;
+}

@@ -864,7 +864,8 @@ async fn a_redis_outage_is_a_store_error_not_an_upstream_error() {
     let before = proxy.scrape().await;
 
     redis.kill();
-    assert_eq!(browser.get(&proxy.url("/")).await.status(), 503);
+    let response = support::redis::once_noticed(&browser, &proxy.url("/")).await;
+    assert_eq!(response.status(), 503);
 
     let after = proxy.scrape().await;
     for (labels, value) in after.series_of("sessiongate_upstream_errors_total") {

@@ -341,3 +341,27 @@ pub async fn start_proxy_with_admin(yaml: impl std::fmt::Display) -> (Proxy, Soc
     };
     (proxy, admin)
 }
+
+/// After Redis went away, a returning visitor's next answer. A proxy with the
+/// near cache may serve a session it used in the last second until it notices
+/// (at once for a closed connection, within that second at most): this asks
+/// until the answer is no longer such a hit, checking that each hit was the
+/// session served whole (200, no new cookie), never a new session.
+pub async fn once_noticed(browser: &super::Browser, url: &str) -> reqwest::Response {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let response = browser.get(url).await;
+        if response.status() != 200 {
+            return response;
+        }
+        assert!(
+            super::session_set_cookie(response.headers()).is_none(),
+            "a new session was given while Redis was down"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the proxy still serves from its near cache 2 s after Redis went away"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

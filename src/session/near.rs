@@ -18,14 +18,16 @@
 //!   connection tracked is no longer watched.
 //!
 //! The race every client-side cache has to close is a reply that left Redis
-//! before a change, read by this proxy after that change's invalidation. Each
-//! key's slot carries a version: a read takes the version of the slot it found
-//! pending (or starts a new one), an invalidation removes the slot, a write
-//! starts a new version. A read's reply is kept only when its version is still
-//! the slot's and nothing was filled under it yet; a write's reply, likewise,
-//! and otherwise the write removes the slot. So whatever order replies and
-//! invalidations are handled in, the cache never keeps a value older than a
-//! change it was told of or made.
+//! before a change, handled by this proxy after that change's invalidation.
+//! Each key's slot carries an epoch, which only an invalidation (or a removal
+//! by this proxy) ends, and each session in Redis a stamp (`m:v`), which every
+//! write of its data raises. A reply is kept only when the slot's epoch is the
+//! one its call started in, and its stamp is no older than what the slot
+//! holds; a write of this proxy's whose reply cannot be kept removes the slot,
+//! as no invalidation will come for it. So whatever order replies and
+//! invalidations are handled in, the cache never keeps a session older than a
+//! change it was told of or made, and concurrent requests of one visitor
+//! (reads and writes alike) keep it filled with the latest.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -47,11 +49,17 @@ const ABANDONED: Duration = Duration::from_secs(10);
 const MAX_ENTRIES: usize = 1_000_000;
 
 struct Slot {
-    version: u64,
-    /// The session and the instant it stops being served; `None` while a read
-    /// or a write is in flight.
-    value: Option<(SessionView, Instant)>,
+    epoch: u64,
+    /// The session, the instant it stops being served, and its stamp; `None`
+    /// until a call fills it.
+    value: Option<Entry>,
     started: Instant,
+}
+
+struct Entry {
+    view: SessionView,
+    until: Instant,
+    stamp: u64,
 }
 
 pub(crate) struct NearCache {
@@ -80,10 +88,6 @@ impl NearCache {
         self.active.store(true, Ordering::Relaxed);
     }
 
-    fn version(&self) -> u64 {
-        self.next.fetch_add(1, Ordering::Relaxed)
-    }
-
     /// The session, when an entry for it is live and within `absolute_ms` of
     /// its creation by this machine's clock (Redis decides the rest).
     pub(crate) fn get(&self, id: &SessionId, absolute_ms: u64, now_ms: u64) -> Option<SessionView> {
@@ -91,11 +95,11 @@ impl NearCache {
             return None;
         }
         let hit = self.slots.get(id).and_then(|slot| match &slot.value {
-            Some((view, until))
-                if Instant::now() < *until
-                    && view.created_ms.saturating_add(absolute_ms) > now_ms =>
+            Some(e)
+                if Instant::now() < e.until
+                    && e.view.created_ms.saturating_add(absolute_ms) > now_ms =>
             {
-                Some(view.clone())
+                Some(e.view.clone())
             }
             _ => None,
         });
@@ -110,14 +114,13 @@ impl NearCache {
         hit
     }
 
-    /// Before a read of `id` from Redis: joins the read already in flight, or
-    /// starts a new version.
+    /// Before a read of `id` from Redis.
     pub(crate) fn read(self: &Arc<Self>, id: &SessionId) -> Option<Pending> {
         self.start(id, false)
     }
 
-    /// Before a write of `id` to Redis: always a new version, so a read in
-    /// flight from before the write can no longer fill the slot.
+    /// Before a write of `id` to Redis. What the slot holds is still served
+    /// while the write is in flight (a concurrent request of the visitor's).
     pub(crate) fn write(self: &Arc<Self>, id: &SessionId) -> Option<Pending> {
         self.start(id, true)
     }
@@ -127,35 +130,25 @@ impl NearCache {
             return None;
         }
         let now = Instant::now();
-        let version = match self.slots.get_mut(id) {
-            Some(mut slot) => {
-                if write || slot.value.is_some() {
-                    slot.version = self.version();
-                    slot.value = None;
-                    slot.started = now;
-                }
-                slot.version
-            }
+        let epoch = match self.slots.get(id) {
+            Some(slot) => slot.epoch,
             None => {
                 if self.slots.len() >= MAX_ENTRIES {
                     return None;
                 }
-                let version = self.version();
-                self.slots.insert(
-                    *id,
-                    Slot {
-                        version,
-                        value: None,
-                        started: now,
-                    },
-                );
-                version
+                let epoch = self.next.fetch_add(1, Ordering::Relaxed);
+                self.slots.entry(*id).or_insert(Slot {
+                    epoch,
+                    value: None,
+                    started: now,
+                });
+                self.slots.get(id)?.epoch
             }
         };
         Some(Pending {
             cache: self.clone(),
             id: *id,
-            version,
+            epoch,
             sent: now,
             write,
             done: false,
@@ -177,11 +170,11 @@ impl NearCache {
         self.counters.add(SessionCount::NearInvalidated, n as u64);
     }
 
-    /// Drops entries past their time and placeholders no reply came back for.
+    /// Drops entries past their time and slots no reply came back for.
     pub(crate) fn sweep(&self) {
         let now = Instant::now();
         self.slots.retain(|_, slot| match &slot.value {
-            Some((_, until)) => now < *until,
+            Some(e) => now < e.until,
             None => now.duration_since(slot.started) < ABANDONED,
         });
     }
@@ -193,12 +186,12 @@ impl NearCache {
 }
 
 /// A read or write of one session in flight. Settled by [`Pending::fill`] with
-/// what Redis answered; dropped without that (the session is gone, the call
-/// failed, the request was dropped), a write removes the slot.
+/// what Redis answered, or [`Pending::gone`]; a write dropped without either
+/// (the call failed, the request was dropped) removes the slot.
 pub(crate) struct Pending {
     cache: Arc<NearCache>,
     id: SessionId,
-    version: u64,
+    epoch: u64,
     /// When the call was sent: an entry's lifetime counts from here.
     sent: Instant,
     write: bool,
@@ -206,36 +199,43 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    /// Redis answered `view`, last refreshed `age` before it answered.
-    pub(crate) fn fill(mut self, view: SessionView, age: Duration) {
+    /// Redis answered `view` with its `stamp`, last refreshed `age` before it
+    /// answered.
+    pub(crate) fn fill(mut self, view: SessionView, stamp: u64, age: Duration) {
         self.done = true;
         let until = self.sent + MAX_AGE.saturating_sub(age);
-        let mut filled = false;
-        if let Some(mut slot) = self.cache.slots.get_mut(&self.id) {
-            if slot.version == self.version && slot.value.is_none() {
-                slot.value = Some((view, until));
-                slot.version = self.cache.version();
-                filled = true;
+        let kept = match self.cache.slots.get_mut(&self.id) {
+            Some(mut slot) if slot.epoch == self.epoch => {
+                if slot.value.as_ref().is_none_or(|e| e.stamp <= stamp) {
+                    slot.value = Some(Entry { view, until, stamp });
+                }
+                true
             }
-        }
-        if !filled && self.write {
-            self.cache.slots.remove(&self.id);
+            _ => false,
+        };
+        if !kept && self.write {
+            self.cache.remove(&self.id);
         }
     }
 
-    /// The session is gone, or the answer says nothing of it: a read or a
-    /// write alike removes the slot, as a reply from before that may come
-    /// later would otherwise fill it.
+    /// The session is gone, or the answer says nothing of it: removes the
+    /// slot, as a reply from before that may come later would otherwise fill it.
     pub(crate) fn gone(mut self) {
         self.done = true;
-        self.cache.slots.remove(&self.id);
+        self.cache.remove(&self.id);
+    }
+}
+
+impl NearCache {
+    fn remove(&self, id: &SessionId) {
+        self.slots.remove(id);
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
         if !self.done && self.write {
-            self.cache.slots.remove(&self.id);
+            self.cache.remove(&self.id);
         }
     }
 }
@@ -265,13 +265,13 @@ mod tests {
         let c = cache();
         let id = SessionId::random();
         assert!(c.get(&id, ABSOLUTE, NOW).is_none());
-        c.read(&id).unwrap().fill(view(NOW), Duration::ZERO);
+        c.read(&id).unwrap().fill(view(NOW), 0, Duration::ZERO);
         assert_eq!(c.get(&id, ABSOLUTE, NOW).unwrap().created_ms, NOW);
         // Past the absolute timeout by this clock: not served.
         assert!(c.get(&id, ABSOLUTE, NOW + ABSOLUTE).is_none());
         // Refreshed a whole second before the answer: never served.
         let other = SessionId::random();
-        c.read(&other).unwrap().fill(view(NOW), MAX_AGE);
+        c.read(&other).unwrap().fill(view(NOW), 0, MAX_AGE);
         assert!(c.get(&other, ABSOLUTE, NOW).is_none());
     }
 
@@ -281,67 +281,84 @@ mod tests {
         let id = SessionId::random();
         let read = c.read(&id).unwrap();
         c.invalidate(&id);
-        read.fill(view(NOW), Duration::ZERO);
+        read.fill(view(1), 0, Duration::ZERO);
         assert!(c.get(&id, ABSOLUTE, NOW).is_none());
+        // Not even once a newer call opened the slot again.
+        let read = c.read(&id).unwrap();
+        c.invalidate(&id);
+        let newer = c.read(&id).unwrap();
+        read.fill(view(1), 5, Duration::ZERO);
+        assert!(c.get(&id, ABSOLUTE, NOW).is_none());
+        newer.fill(view(2), 0, Duration::ZERO);
+        assert_eq!(c.get(&id, ABSOLUTE, NOW).unwrap().created_ms, 2);
         // And after it: the invalidation removes what was filled.
-        c.read(&id).unwrap().fill(view(NOW), Duration::ZERO);
         c.invalidate(&id);
         assert!(c.get(&id, ABSOLUTE, NOW).is_none());
     }
 
     #[test]
-    fn a_read_from_before_a_write_never_outlives_the_write() {
+    fn the_newest_stamp_wins_whatever_order_replies_come_in() {
         let c = cache();
         let id = SessionId::random();
-        // A read in flight, then a write: the read's (older) reply is refused.
-        let read = c.read(&id).unwrap();
-        let write = c.write(&id).unwrap();
-        read.fill(view(1), Duration::ZERO);
-        write.fill(view(2), Duration::ZERO);
-        assert_eq!(c.get(&id, ABSOLUTE, NOW).unwrap().created_ms, 2);
-
-        // A read joining the write's version and answered (with what Redis had
-        // before the write) first: the write then removes the slot.
-        let id = SessionId::random();
-        let write = c.write(&id).unwrap();
-        let read = c.read(&id).unwrap();
-        read.fill(view(1), Duration::ZERO);
-        write.fill(view(2), Duration::ZERO);
-        assert!(c.get(&id, ABSOLUTE, NOW).is_none());
-
-        // The same, the write answered first: the read cannot overwrite it.
-        let id = SessionId::random();
-        let write = c.write(&id).unwrap();
-        let read = c.read(&id).unwrap();
-        write.fill(view(2), Duration::ZERO);
-        read.fill(view(1), Duration::ZERO);
-        assert_eq!(c.get(&id, ABSOLUTE, NOW).unwrap().created_ms, 2);
+        let (r1, w2, w3) = (
+            c.read(&id).unwrap(),
+            c.write(&id).unwrap(),
+            c.write(&id).unwrap(),
+        );
+        w3.fill(view(3), 3, Duration::ZERO);
+        r1.fill(view(1), 1, Duration::ZERO);
+        w2.fill(view(2), 2, Duration::ZERO);
+        assert_eq!(c.get(&id, ABSOLUTE, NOW).unwrap().created_ms, 3);
+        // What the slot holds is served while a write is in flight.
+        let w4 = c.write(&id).unwrap();
+        assert_eq!(c.get(&id, ABSOLUTE, NOW).unwrap().created_ms, 3);
+        w4.fill(view(4), 4, Duration::ZERO);
+        assert_eq!(c.get(&id, ABSOLUTE, NOW).unwrap().created_ms, 4);
     }
 
     #[test]
-    fn a_failed_or_dropped_write_removes_what_a_read_filled_meanwhile() {
+    fn a_write_that_cannot_be_kept_removes_the_slot() {
+        // An invalidation while this proxy's write is in flight, then a read
+        // that began after it (but ran in Redis before the write) fills first:
+        // no invalidation will come for the write, so it removes the slot.
         let c = cache();
         let id = SessionId::random();
         let write = c.write(&id).unwrap();
-        c.read(&id).unwrap().fill(view(1), Duration::ZERO);
+        c.invalidate(&id);
+        c.read(&id).unwrap().fill(view(1), 1, Duration::ZERO);
+        write.fill(view(2), 2, Duration::ZERO);
+        assert!(c.get(&id, ABSOLUTE, NOW).is_none());
+        // A failed or dropped write too.
+        c.read(&id).unwrap().fill(view(1), 1, Duration::ZERO);
+        let write = c.write(&id).unwrap();
         drop(write);
         assert!(c.get(&id, ABSOLUTE, NOW).is_none());
-        // A session found gone by a read removes a fill from an older reply.
+    }
+
+    #[test]
+    fn a_session_found_gone_keeps_older_replies_out() {
+        let c = cache();
         let id = SessionId::random();
         let first = c.read(&id).unwrap();
         let second = c.read(&id).unwrap();
-        first.fill(view(1), Duration::ZERO);
+        second.gone();
+        first.fill(view(1), 1, Duration::ZERO);
+        assert!(c.get(&id, ABSOLUTE, NOW).is_none());
+        // And removes what an older reply filled before.
+        let first = c.read(&id).unwrap();
+        let second = c.read(&id).unwrap();
+        first.fill(view(1), 1, Duration::ZERO);
         second.gone();
         assert!(c.get(&id, ABSOLUTE, NOW).is_none());
     }
 
     #[test]
-    fn concurrent_reads_share_one_version_so_one_of_them_fills() {
+    fn concurrent_reads_all_fill() {
         let c = cache();
         let id = SessionId::random();
         let reads: Vec<Pending> = (0..5).map(|_| c.read(&id).unwrap()).collect();
         for r in reads {
-            r.fill(view(7), Duration::ZERO);
+            r.fill(view(7), 0, Duration::ZERO);
         }
         assert_eq!(c.get(&id, ABSOLUTE, NOW).unwrap().created_ms, 7);
     }
@@ -350,13 +367,13 @@ mod tests {
     fn clear_and_sweep_empty_the_cache() {
         let c = cache();
         let id = SessionId::random();
-        c.read(&id).unwrap().fill(view(1), Duration::ZERO);
+        c.read(&id).unwrap().fill(view(1), 0, Duration::ZERO);
         let pending = c.read(&SessionId::random()).unwrap();
         c.clear();
-        pending.fill(view(1), Duration::ZERO);
+        pending.fill(view(1), 0, Duration::ZERO);
         assert_eq!(c.len(), 0);
-        // A fill that ended before its time is swept.
-        c.read(&id).unwrap().fill(view(1), MAX_AGE);
+        // An entry whose second is over is swept.
+        c.read(&id).unwrap().fill(view(1), 0, MAX_AGE);
         c.sweep();
         assert_eq!(c.len(), 0);
     }

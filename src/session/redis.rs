@@ -6,7 +6,7 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `sessiongate:{AbCd}EfGh…` | hash | `m:c` created and `m:s` last refreshed (Unix ms), `d:<key>` one field per data key |
+//! | `sessiongate:{AbCd}EfGh…` | hash | `m:c` created and `m:s` last refreshed (Unix ms), `m:v` raised by each write of the data (for the near cache), `d:<key>` one field per data key |
 //! | `sessiongate:{AbCd}EfGh…:moved` | string | present for `regenerate_grace` after the ID was regenerated |
 //!
 //! The hash tag is the ID's first four characters: every key of one session hashes
@@ -98,8 +98,7 @@ return fields
 
 /// Creates a session unless the ID is taken.
 /// KEYS: session. ARGV: idle ms, absolute ms, then data key, value, ...
-/// Returns the creation time (Unix ms), or -1 when the ID exists. Reads the key
-/// last, so that a tracking connection tracks it (see `LOAD`).
+/// Returns the creation time (Unix ms), or -1 when the ID exists.
 const CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local t = redis.call('TIME')
@@ -118,7 +117,6 @@ end
 if #batch > 0 then redis.call('HSET', KEYS[1], unpack(batch)) end
 local ttl = math.min(tonumber(ARGV[1]) + 1000, tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[1], string.format('%d', ttl))
-redis.call('EXISTS', KEYS[1])
 return now
 "#;
 
@@ -132,25 +130,13 @@ return now
 /// before, user after} regenerated, {2, bytes} too large, {3} new ID taken. The new ID is fresh (2^-232 odds of meeting another), so a
 /// moved session found under it is this regeneration's own earlier try.
 /// With the state wanted, a stored or regenerated reply has two more items:
-/// the milliseconds since the session's last refresh and its hash as it now
-/// is, read last (which also keeps it tracked, see `LOAD`).
+/// the session's creation time, stamp and data as they now are (`m:c`, `m:v`,
+/// `d:` fields), and the milliseconds since its last refresh. The key is read
+/// last, so it stays tracked (see `LOAD`).
 ///
 /// The size is that of the `x-www-form-urlencoded` form `SessionData` builds: every
 /// byte outside `[A-Za-z0-9-_.* ]` takes three.
 const APPLY: &str = r#"
-local function reply(at, r)
-  if ARGV[8] ~= '1' then return r end
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local f = redis.call('HGETALL', at)
-  local seen = now
-  for i = 1, #f, 2 do
-    if f[i] == 'm:s' then seen = tonumber(f[i + 1]) end
-  end
-  r[5] = math.max(0, now - seen)
-  r[6] = f
-  return r
-end
 local key = KEYS[1]
 local regenerate = ARGV[5] == '1'
 local fields = redis.call('HGETALL', key)
@@ -165,15 +151,20 @@ if #fields == 0 then
 end
 if regenerate and redis.call('EXISTS', KEYS[2]) == 1 then return {3} end
 local user_field = ARGV[6]
-local before = ''
+local before, created, seen, stamp = '', '0', nil, 0
 for i = 1, #fields, 2 do
-  if fields[i] == user_field then before = fields[i + 1] end
+  local f = fields[i]
+  if f == user_field then before = fields[i + 1]
+  elseif f == 'm:c' then created = fields[i + 1]
+  elseif f == 'm:s' then seen = tonumber(fields[i + 1])
+  elseif f == 'm:v' then stamp = tonumber(fields[i + 1]) end
 end
 local after = before
 local nrem = tonumber(ARGV[7])
 local first_set = 9 + nrem
+local data = nil
 if nrem > 0 or first_set <= #ARGV then
-  local data = {}
+  data = {}
   for i = 1, #fields, 2 do
     local f = fields[i]
     if string.sub(f, 1, 2) == 'd:' then data[string.sub(f, 3)] = fields[i + 1] end
@@ -195,26 +186,50 @@ if nrem > 0 or first_set <= #ARGV then
     for i = 9, first_set - 1 do del[#del + 1] = 'd:' .. ARGV[i] end
     redis.call('HDEL', key, unpack(del))
   end
-  if first_set <= #ARGV then
-    local set = {}
-    for i = first_set, #ARGV, 2 do
-      set[#set + 1] = 'd:' .. ARGV[i]
-      set[#set + 1] = ARGV[i + 1]
-    end
-    redis.call('HSET', key, unpack(set))
+  stamp = stamp + 1
+  local set = {'m:v', string.format('%d', stamp)}
+  for i = first_set, #ARGV, 2 do
+    set[#set + 1] = 'd:' .. ARGV[i]
+    set[#set + 1] = ARGV[i + 1]
   end
+  redis.call('HSET', key, unpack(set))
 end
-if not regenerate then return reply(key, {1, 0, before, after}) end
+local at, refreshed = key, 0
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local stamp = string.format('%d', now)
-redis.call('RENAME', key, KEYS[2])
-redis.call('HSET', KEYS[2], 'm:c', stamp, 'm:s', stamp)
-local ttl = math.min(tonumber(ARGV[2]) + 1000, tonumber(ARGV[3]))
-redis.call('PEXPIRE', KEYS[2], string.format('%d', ttl))
-local grace = tonumber(ARGV[4])
-if grace > 0 then redis.call('SET', KEYS[3], '1', 'PX', string.format('%d', grace)) end
-return reply(KEYS[2], {1, 1, before, after})
+if regenerate then
+  created = string.format('%d', now)
+  seen = now
+  redis.call('RENAME', key, KEYS[2])
+  redis.call('HSET', KEYS[2], 'm:c', created, 'm:s', created)
+  local ttl = math.min(tonumber(ARGV[2]) + 1000, tonumber(ARGV[3]))
+  redis.call('PEXPIRE', KEYS[2], string.format('%d', ttl))
+  local grace = tonumber(ARGV[4])
+  if grace > 0 then redis.call('SET', KEYS[3], '1', 'PX', string.format('%d', grace)) end
+  at, refreshed = KEYS[2], 1
+end
+local r = {1, refreshed, before, after}
+if ARGV[8] == '1' then
+  -- Tracked again after this connection's own write (see LOAD).
+  redis.call('EXISTS', at)
+  local state = {'m:c', created, 'm:v', string.format('%d', stamp)}
+  if data == nil then
+    for i = 1, #fields, 2 do
+      if string.sub(fields[i], 1, 2) == 'd:' then
+        state[#state + 1] = fields[i]
+        state[#state + 1] = fields[i + 1]
+      end
+    end
+  else
+    for k, v in pairs(data) do
+      state[#state + 1] = 'd:' .. k
+      state[#state + 1] = v
+    end
+  end
+  r[5] = state
+  r[6] = math.max(0, now - (seen or now))
+end
+return r
 "#;
 
 /// Destroys a session, if its data still has the key and value when one is given
@@ -395,6 +410,8 @@ struct Inner {
     events: EventSink,
     /// `store.redis.near_cache`.
     near: Option<Arc<NearCache>>,
+    /// The request path's script calls, sent in batches (not on a Cluster).
+    batcher: Batcher,
 }
 
 /// A cheap-to-clone handle to the Redis store. It holds no session rules: each
@@ -441,44 +458,145 @@ fn evalsha(script: &Script, keys: &[&[u8]]) -> Cmd {
 /// Runs `call`, an `EVALSHA` of `script`; with `track`, right after
 /// `CLIENT TRACKING ON NOLOOP` in one pipeline, so the keys it reads are
 /// tracked on whichever connection it runs on (a new one after a reconnection
-/// too). Loads the script and tries again when Redis does not have it. On a
-/// Cluster the pipeline goes to the primary of `key`'s slot.
+/// too). Loads the script and tries again when Redis does not have it. On one
+/// Redis (or the master the Sentinels name) the call joins the next batch of
+/// `batches`; on a Cluster it goes alone to the primary of `key`'s slot.
 async fn eval(
     c: &mut Conn,
+    batcher: &Batcher,
     script: &Script,
     track: bool,
     key: &[u8],
     call: impl Fn() -> Cmd,
 ) -> RedisResult<Value> {
-    async fn once(c: &mut Conn, call: Cmd, track: bool, key: &[u8]) -> RedisResult<Value> {
+    async fn once(
+        c: &mut Conn,
+        batcher: &Batcher,
+        call: Cmd,
+        track: bool,
+        key: &[u8],
+    ) -> RedisResult<Value> {
+        let Conn::Cluster(cluster) = c else {
+            return batcher.call(call, track).await;
+        };
         if !track {
-            return call.query_async(c).await;
+            return call.query_async(cluster).await;
         }
         let mut pipe = redis::pipe();
         pipe.cmd("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP");
         pipe.add_command(call);
-        let replies = match c {
-            // The client would route `CLIENT TRACKING` by `TRACKING` as a key.
-            Conn::Cluster(cluster) => {
-                let route = Route::new(key_slot(key), SlotAddr::Master);
-                cluster
-                    .route_pipeline(pipe, 1, 1, SingleNodeRoutingInfo::SpecificNode(route))
-                    .await?
-            }
-            _ => c.req_packed_commands(&pipe, 1, 1).await?,
-        };
+        // The client would route `CLIENT TRACKING` by `TRACKING` as a key.
+        let route = Route::new(key_slot(key), SlotAddr::Master);
+        let replies = cluster
+            .route_pipeline(pipe, 1, 1, SingleNodeRoutingInfo::SpecificNode(route))
+            .await?;
         let reply = replies.into_iter().next().ok_or_else(|| {
             RedisError::from((redis::ErrorKind::Client, "no reply to a script call"))
         })?;
         // A pipeline hands a command's error back as a value.
         reply.extract_error()
     }
-    match once(c, call(), track, key).await {
+    match once(c, batcher, call(), track, key).await {
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
             script.prepare_invoke().load_async(c).await?;
-            once(c, call(), track, key).await
+            once(c, batcher, call(), track, key).await
         }
         other => other,
+    }
+}
+
+/// Calls of the request path waiting for the next batch.
+struct Batcher {
+    jobs: tokio::sync::mpsc::UnboundedSender<Job>,
+}
+
+struct Job {
+    call: Cmd,
+    track: bool,
+    reply: tokio::sync::oneshot::Sender<RedisResult<Value>>,
+}
+
+/// Calls in one batch at most.
+const MAX_BATCH: usize = 256;
+
+/// Batches in flight at once; calls made meanwhile wait for the next one.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+impl Batcher {
+    /// Starts the task that sends the batches on `conn`; it ends with the
+    /// last `Batcher` handle.
+    fn start(conn: Conn) -> Batcher {
+        let (jobs, queued) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(batches(conn, queued));
+        Batcher { jobs }
+    }
+
+    async fn call(&self, call: Cmd, track: bool) -> RedisResult<Value> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || RedisError::from((redis::ErrorKind::Io, "the Redis batch task ended"));
+        self.jobs
+            .send(Job { call, track, reply })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// Sends the calls queued while the previous batches were in flight as one
+/// pipeline: one write for many calls, one `CLIENT TRACKING` before them all,
+/// and Redis reads them in one go. Under load, batches grow by themselves;
+/// alone, a call goes at once.
+async fn batches(conn: Conn, mut queued: tokio::sync::mpsc::UnboundedReceiver<Job>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = queued.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queued.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut conn = conn.clone();
+        tokio::spawn(async move {
+            send_batch(&mut conn, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn send_batch(conn: &mut Conn, batch: Vec<Job>) {
+    let track = batch.iter().any(|j| j.track);
+    let mut pipe = redis::pipe();
+    if track {
+        pipe.cmd("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP");
+    }
+    let mut replies = Vec::with_capacity(batch.len());
+    for job in batch {
+        pipe.add_command(job.call);
+        replies.push(job.reply);
+    }
+    let n = replies.len();
+    match conn.req_packed_commands(&pipe, usize::from(track), n).await {
+        Ok(values) if values.len() == n => {
+            for (reply, value) in replies.into_iter().zip(values) {
+                let _ = reply.send(value.extract_error());
+            }
+        }
+        Ok(_) => {
+            for reply in replies {
+                let _ = reply.send(Err(RedisError::from((
+                    redis::ErrorKind::Client,
+                    "a batch came back short",
+                ))));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
     }
 }
 
@@ -677,6 +795,7 @@ impl RedisStore {
             }
             Conn::Single(ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?)
         };
+        let batcher = Batcher::start(conn.clone());
         let store = RedisStore {
             inner: Arc::new(Inner {
                 conn,
@@ -694,6 +813,7 @@ impl RedisStore {
                 user_field: user_key.map(data_field),
                 events,
                 near,
+                batcher,
             }),
         };
         if let Some(near) = &store.inner.near {
@@ -1183,6 +1303,8 @@ struct Fields {
     seen_ms: u64,
     /// `LOAD`'s pseudo-field `m:a`: milliseconds since the last refresh.
     age_ms: u64,
+    /// `m:v`, raised by every write of the data (0 before the first).
+    stamp: u64,
 }
 
 fn bytes_of(v: &Value) -> Option<&[u8]> {
@@ -1196,7 +1318,7 @@ fn bytes_of(v: &Value) -> Option<&[u8]> {
 
 fn parse_fields(items: &[Value]) -> Fields {
     let mut pairs = Vec::new();
-    let (mut created_ms, mut seen_ms, mut age_ms) = (0, 0, 0);
+    let (mut created_ms, mut seen_ms, mut age_ms, mut stamp) = (0, 0, 0, 0);
     for pair in items.chunks_exact(2) {
         let (Some(f), Some(v)) = (bytes_of(&pair[0]), bytes_of(&pair[1])) else {
             continue;
@@ -1206,6 +1328,7 @@ fn parse_fields(items: &[Value]) -> Fields {
             b"m:c" => created_ms = number().unwrap_or(0),
             b"m:s" => seen_ms = number().unwrap_or(0),
             b"m:a" => age_ms = number().unwrap_or(0),
+            b"m:v" => stamp = number().unwrap_or(0),
             _ => {
                 if let (Some(k), Ok(v)) = (f.strip_prefix(b"d:"), std::str::from_utf8(v)) {
                     if let Ok(k) = std::str::from_utf8(k) {
@@ -1220,6 +1343,7 @@ fn parse_fields(items: &[Value]) -> Fields {
         created_ms,
         seen_ms,
         age_ms,
+        stamp,
     }
 }
 
@@ -1247,13 +1371,21 @@ impl SessionStore for RedisStore {
         let track = pending.is_some();
         let value: Value = self
             .run(|mut c| async move {
-                eval(&mut c, &inner.load, track, key.as_bytes(), || {
-                    let mut call = evalsha(&inner.load, &[key.as_bytes(), tombstone.as_bytes()]);
-                    call.arg(ms(policy.idle_timeout))
-                        .arg(ms(policy.absolute_timeout))
-                        .arg(self.user_field());
-                    call
-                })
+                eval(
+                    &mut c,
+                    &inner.batcher,
+                    &inner.load,
+                    track,
+                    key.as_bytes(),
+                    || {
+                        let mut call =
+                            evalsha(&inner.load, &[key.as_bytes(), tombstone.as_bytes()]);
+                        call.arg(ms(policy.idle_timeout))
+                            .arg(ms(policy.absolute_timeout))
+                            .arg(self.user_field());
+                        call
+                    },
+                )
                 .await
             })
             .await?;
@@ -1265,7 +1397,11 @@ impl SessionStore for RedisStore {
                     created_ms: fields.created_ms,
                 };
                 if let Some(pending) = pending {
-                    pending.fill(view.clone(), Duration::from_millis(fields.age_ms));
+                    pending.fill(
+                        view.clone(),
+                        fields.stamp,
+                        Duration::from_millis(fields.age_ms),
+                    );
                 }
                 return Ok(Lookup::Found(view));
             }
@@ -1321,35 +1457,32 @@ impl SessionStore for RedisStore {
         let args = &args;
         let key = &self.key(id);
         let tries = &std::sync::atomic::AtomicU32::new(0);
-        let pending = self.near().and_then(|n| n.write(id));
-        let track = pending.is_some();
+        // Not cached or tracked: most new visitors never come back, and one
+        // that does costs a single read, which is then cached.
+        let track = false;
         let (created, retried): (i64, bool) = self
             .run(|mut c| async move {
                 let retried = tries.fetch_add(1, Ordering::Relaxed) > 0;
-                let reply = eval(&mut c, &inner.create, track, key.as_bytes(), || {
-                    let mut call = evalsha(&inner.create, &[key.as_bytes()]);
-                    call.arg(ms(policy.idle_timeout))
-                        .arg(ms(policy.absolute_timeout));
-                    for a in args {
-                        call.arg(*a);
-                    }
-                    call
-                })
+                let reply = eval(
+                    &mut c,
+                    &inner.batcher,
+                    &inner.create,
+                    track,
+                    key.as_bytes(),
+                    || {
+                        let mut call = evalsha(&inner.create, &[key.as_bytes()]);
+                        call.arg(ms(policy.idle_timeout))
+                            .arg(ms(policy.absolute_timeout));
+                        for a in args {
+                            call.arg(*a);
+                        }
+                        call
+                    },
+                )
                 .await?;
                 Ok((redis::from_redis_value(reply)?, retried))
             })
             .await?;
-        if let Some(pending) = pending {
-            if created >= 0 {
-                let view = SessionView {
-                    data: data.header().cloned(),
-                    created_ms: created as u64,
-                };
-                pending.fill(view, Duration::ZERO);
-            } else {
-                pending.gone();
-            }
-        }
         // On a retry after a dropped connection, an existing key is the first try's
         // write having landed (a random ID taken by another visitor has odds of
         // 2^-256).
@@ -1405,29 +1538,36 @@ impl SessionStore for RedisStore {
             let track = pending.is_some();
             let reply: Vec<Value> = self
                 .run(|mut c| async move {
-                    let reply = eval(&mut c, &inner.apply, track, key.as_bytes(), || {
-                        let mut call = evalsha(
-                            &inner.apply,
-                            &[key.as_bytes(), new_key.as_bytes(), tombstone.as_bytes()],
-                        );
-                        call.arg(policy.max_data_bytes)
-                            .arg(ms(policy.idle_timeout))
-                            .arg(ms(policy.absolute_timeout))
-                            .arg(ms(policy.regenerate_grace))
-                            .arg(u8::from(regenerate))
-                            .arg(user_field)
-                            .arg(nrem)
-                            .arg(u8::from(track));
-                        for a in args {
-                            call.arg(*a);
-                        }
-                        call
-                    })
+                    let reply = eval(
+                        &mut c,
+                        &inner.batcher,
+                        &inner.apply,
+                        track,
+                        key.as_bytes(),
+                        || {
+                            let mut call = evalsha(
+                                &inner.apply,
+                                &[key.as_bytes(), new_key.as_bytes(), tombstone.as_bytes()],
+                            );
+                            call.arg(policy.max_data_bytes)
+                                .arg(ms(policy.idle_timeout))
+                                .arg(ms(policy.absolute_timeout))
+                                .arg(ms(policy.regenerate_grace))
+                                .arg(u8::from(regenerate))
+                                .arg(user_field)
+                                .arg(nrem)
+                                .arg(u8::from(track));
+                            for a in args {
+                                call.arg(*a);
+                            }
+                            call
+                        },
+                    )
                     .await?;
                     Ok(redis::from_redis_value(reply)?)
                 })
                 .await?;
-            if let (Some(Value::Int(age)), Some(Value::Array(fields))) =
+            if let (Some(Value::Array(fields)), Some(Value::Int(age))) =
                 (reply.get(4), reply.get(5))
             {
                 let fields = parse_fields(fields);
@@ -1439,9 +1579,9 @@ impl SessionStore for RedisStore {
                 match (pending_new, pending) {
                     (Some(new), Some(old)) => {
                         old.gone();
-                        new.fill(view, age);
+                        new.fill(view, fields.stamp, age);
                     }
-                    (None, Some(old)) => old.fill(view, age),
+                    (None, Some(old)) => old.fill(view, fields.stamp, age),
                     _ => {}
                 }
             }

@@ -622,29 +622,31 @@ fn key_slot(key: &[u8]) -> u16 {
     crc % 16384
 }
 
-/// Hands what Redis pushes to the near cache: an invalidated session is
-/// forgotten; a flush (no keys) or a lost connection forgets them all. Ends
-/// when the store's connections are gone.
-async fn forget(
+/// Hands what Redis pushes to the near cache, as the connection reads it: an
+/// invalidated session is forgotten; a flush (no keys) or a lost connection
+/// forgets them all.
+struct Forget {
     near: Arc<NearCache>,
     prefix: String,
-    mut pushed: tokio::sync::mpsc::UnboundedReceiver<PushInfo>,
-) {
-    while let Some(push) = pushed.recv().await {
+}
+
+impl redis::aio::AsyncPushSender for Forget {
+    fn send(&self, push: PushInfo) -> Result<(), redis::aio::SendError> {
         match push.kind {
             PushKind::Invalidate => match push.data.first() {
                 Some(Value::Array(keys)) => {
                     for key in keys {
-                        if let Some(id) = bytes_of(key).and_then(|k| id_of(&prefix, k)) {
-                            near.invalidate(&id);
+                        if let Some(id) = bytes_of(key).and_then(|k| id_of(&self.prefix, k)) {
+                            self.near.invalidate(&id);
                         }
                     }
                 }
-                _ => near.clear(),
+                _ => self.near.clear(),
             },
-            PushKind::Disconnection => near.clear(),
+            PushKind::Disconnection => self.near.clear(),
             _ => {}
         }
+        Ok(())
     }
 }
 
@@ -725,11 +727,14 @@ impl RedisStore {
         let counters: Arc<SessionCounters> = Arc::default();
         // With the near cache, connections speak RESP3, and what Redis pushes on
         // them (invalidations, and the client's own word of a lost connection)
-        // goes to `forget`.
+        // goes straight to the cache (`Forget`).
         let near = r
             .near_cache
             .then(|| Arc::new(NearCache::new(counters.clone())));
-        let (pushes, pushed) = tokio::sync::mpsc::unbounded_channel::<PushInfo>();
+        let pushes = near.as_ref().map(|near| Forget {
+            near: near.clone(),
+            prefix: r.key_prefix.clone(),
+        });
         let protocol = if near.is_some() {
             ProtocolVersion::RESP3
         } else {
@@ -754,7 +759,7 @@ impl RedisStore {
             let mut config = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(r.timeout))
                 .set_response_timeout(Some(r.timeout));
-            if near.is_some() {
+            if let Some(pushes) = pushes {
                 config = config.set_push_sender(pushes);
             }
             Conn::Sentinel(Arc::new(SentinelConn {
@@ -773,7 +778,7 @@ impl RedisStore {
                 .connection_timeout(r.timeout)
                 .response_timeout(r.timeout)
                 .use_protocol(protocol);
-            if near.is_some() {
+            if let Some(pushes) = pushes {
                 builder = builder.push_sender(pushes);
             }
             let client = builder.build().map_err(invalid)?;
@@ -790,7 +795,7 @@ impl RedisStore {
                 .set_response_timeout(Some(r.timeout))
                 .set_max_delay(Duration::from_secs(1))
                 .set_number_of_retries(3);
-            if near.is_some() {
+            if let Some(pushes) = pushes {
                 config = config.set_push_sender(pushes);
             }
             Conn::Single(ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?)
@@ -816,8 +821,7 @@ impl RedisStore {
                 batcher,
             }),
         };
-        if let Some(near) = &store.inner.near {
-            tokio::spawn(forget(near.clone(), r.key_prefix.clone(), pushed));
+        if store.inner.near.is_some() {
             tokio::spawn(keep_near(Arc::downgrade(&store.inner)));
         }
         match store.ping().await {

@@ -1,6 +1,7 @@
 //! One conformance suite, written once as functions generic over
 //! `S: SessionStore`, run against every store: the memory store, the Redis store
-//! on one `redis-server`, and the Redis store on a three-node Redis Cluster.
+//! on one `redis-server` (with its near cache, and without), and the Redis store
+//! on a three-node Redis Cluster.
 //!
 //! Expiry can only be seen by letting real time pass, so the suite uses an idle
 //! timeout of 2s and an absolute one of 4s. A session must live at least its
@@ -60,6 +61,24 @@ fn unique_prefix() -> String {
 
 async fn redis_store(url: &str, nodes: Vec<String>) -> RedisStore {
     redis_store_on(url, nodes, &unique_prefix(), EventSink::default()).await
+}
+
+/// The Redis store with `store.redis.near_cache: false`.
+async fn uncached_redis_store(url: &str) -> RedisStore {
+    let settings = RedisConfig {
+        url: url.to_owned(),
+        key_prefix: unique_prefix(),
+        timeout: Duration::from_secs(2),
+        cluster: false,
+        nodes: Vec::new(),
+        sentinel: None,
+        near_cache: false,
+    };
+    let store = RedisStore::open(&settings, Some(USER_KEY), EventSink::default())
+        .await
+        .expect("open the Redis store");
+    store.ping().await.expect("Redis answers");
+    store
 }
 
 /// A Redis store under `prefix`: two of them on one prefix are two proxies.
@@ -716,6 +735,12 @@ async fn make_redis(test: &str) -> Option<(RedisStore, Box<dyn std::any::Any + S
     Some((store, Box::new(server)))
 }
 
+async fn make_uncached_redis(test: &str) -> Option<(RedisStore, Box<dyn std::any::Any + Send>)> {
+    let server = RedisServer::start(test).await?;
+    let store = uncached_redis_store(&server.url()).await;
+    Some((store, Box::new(server)))
+}
+
 /// One `#[tokio::test]` per case and store, so a failure names both.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
@@ -733,6 +758,15 @@ macro_rules! conformance {
                 async fn $case() {
                     let test = concat!("redis::", stringify!($case));
                     super::run_case(stringify!($case), || super::make_redis(test)).await;
+                }
+            )*
+        }
+        mod redis_without_near_cache {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let test = concat!("redis_without_near_cache::", stringify!($case));
+                    super::run_case(stringify!($case), || super::make_uncached_redis(test)).await;
                 }
             )*
         }

@@ -52,6 +52,14 @@ fn prefix() -> String {
     format!("near:{}:", SessionId::random())
 }
 
+/// A Redis server and one proxy's store on it, under a prefix of its own.
+async fn one_proxy(test: &str) -> Option<(RedisServer, String, RedisStore)> {
+    let redis = RedisServer::start(test).await?;
+    let p = prefix();
+    let a = store(&redis.url(), Vec::new(), &p, true).await;
+    Some((redis, p, a))
+}
+
 /// The session's key, as an operator's `redis-cli` would name it.
 fn key(prefix: &str, id: &SessionId) -> String {
     let id = id.to_string();
@@ -150,13 +158,11 @@ async fn seen_at_once(watcher: &RedisStore, id: &SessionId, expected: &str, what
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_used_again_within_a_second_costs_no_round_trip() {
-    let Some(redis) =
-        RedisServer::start("a_session_used_again_within_a_second_costs_no_round_trip").await
+    let Some((redis, p, a)) =
+        one_proxy("a_session_used_again_within_a_second_costs_no_round_trip").await
     else {
         return;
     };
-    let p = prefix();
-    let a = store(&redis.url(), Vec::new(), &p, true).await;
     let id = create(&a, &[("color", "blue")]).await;
     // A new session is not cached (most new visitors never come back): its
     // first use reads it, and the next ones within the second are served here.
@@ -302,13 +308,11 @@ async fn changes_on_one_proxy_reach_another_at_once_on_a_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_in_redis_itself_reach_the_proxy_at_once() {
-    let Some(redis) =
-        RedisServer::start("changes_made_in_redis_itself_reach_the_proxy_at_once").await
+    let Some((redis, p, a)) =
+        one_proxy("changes_made_in_redis_itself_reach_the_proxy_at_once").await
     else {
         return;
     };
-    let p = prefix();
-    let a = store(&redis.url(), Vec::new(), &p, true).await;
 
     // An operator's HSET, DEL and FLUSHALL in redis-cli.
     let id = create(&a, &[("role", "user")]).await;
@@ -346,11 +350,9 @@ async fn changes_made_in_redis_itself_reach_the_proxy_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_connection_empties_the_near_cache() {
-    let Some(redis) = RedisServer::start("a_lost_connection_empties_the_near_cache").await else {
+    let Some((redis, p, a)) = one_proxy("a_lost_connection_empties_the_near_cache").await else {
         return;
     };
-    let p = prefix();
-    let a = store(&redis.url(), Vec::new(), &p, true).await;
     let id = create(&a, &[("role", "user")]).await;
     cache_fresh(&a, &id).await;
     // Redis drops every client; the key then changes while nobody tracks it.
@@ -375,12 +377,10 @@ async fn a_lost_connection_empties_the_near_cache() {
 /// so it is tracked anew.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxys_own_writes_keep_the_session_tracked() {
-    let Some(redis) = RedisServer::start("a_proxys_own_writes_keep_the_session_tracked").await
+    let Some((redis, p, a)) = one_proxy("a_proxys_own_writes_keep_the_session_tracked").await
     else {
         return;
     };
-    let p = prefix();
-    let a = store(&redis.url(), Vec::new(), &p, true).await;
 
     // Created here, then used: cached, and tracked.
     let id = create(&a, &[("role", "user")]).await;

@@ -155,6 +155,10 @@ impl NearCache {
         })
     }
 
+    fn remove(&self, id: &SessionId) {
+        self.slots.remove(id);
+    }
+
     /// Redis says `key` changed: forgets it.
     pub(crate) fn invalidate(&self, id: &SessionId) {
         if self.slots.remove(id).is_some() {
@@ -223,12 +227,6 @@ impl Pending {
     pub(crate) fn gone(mut self) {
         self.done = true;
         self.cache.remove(&self.id);
-    }
-}
-
-impl NearCache {
-    fn remove(&self, id: &SessionId) {
-        self.slots.remove(id);
     }
 }
 

@@ -18,9 +18,13 @@
 //! comes first, so Redis itself removes expired sessions. A load refreshes it at
 //! most once a second, adding that second to the idle timeout so a session never
 //! expires early; it also holds the session to the timeouts of the request's
-//! policy, so one shortened by a reload applies at the next use. Every read-modify-write (load with refresh, apply with the size
-//! check, regenerate, create) is one Lua script, with Redis's clock, so proxies on
-//! skewed clocks agree and concurrent writers to different keys lose nothing.
+//! policy, so one shortened by a reload applies at the next use. Every
+//! read-modify-write (load with refresh, apply with the size check, regenerate) is
+//! one Lua script, with Redis's clock, so proxies on skewed clocks agree and
+//! concurrent writers to different keys lose nothing. Creation writes nothing
+//! that is read first, so it is a plain `MULTI`/`EXEC`, far cheaper for Redis;
+//! its times are Redis's clock as the proxy measures it every second (`TIME`,
+//! halfway through the round trip).
 //!
 //! Every round trip is bounded by `store.redis.timeout`; a failure becomes a
 //! [`StoreError`] (a 503 on the request path), never a fresh session. Every
@@ -31,7 +35,7 @@
 //! `volatile-*` eviction policy.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,30 +100,6 @@ fields[#fields + 1] = string.format('%d', age)
 return fields
 "#;
 
-/// Creates a session unless the ID is taken.
-/// KEYS: session. ARGV: idle ms, absolute ms, then data key, value, ...
-/// Returns the creation time (Unix ms), or -1 when the ID exists.
-const CREATE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local stamp = string.format('%d', now)
-redis.call('HSET', KEYS[1], 'm:c', stamp, 'm:s', stamp)
-local batch = {}
-for i = 3, #ARGV, 2 do
-  batch[#batch + 1] = 'd:' .. ARGV[i]
-  batch[#batch + 1] = ARGV[i + 1]
-  if #batch >= 1000 then
-    redis.call('HSET', KEYS[1], unpack(batch))
-    batch = {}
-  end
-end
-if #batch > 0 then redis.call('HSET', KEYS[1], unpack(batch)) end
-local ttl = math.min(tonumber(ARGV[1]) + 1000, tonumber(ARGV[2]))
-redis.call('PEXPIRE', KEYS[1], string.format('%d', ttl))
-return now
-"#;
-
 /// Applies removals then sets, refusing the whole write when the encoded data
 /// would exceed the limit, then, when asked, moves the session to a new ID.
 /// KEYS: session, new session, tombstone of the session.
@@ -131,8 +111,9 @@ return now
 /// moved session found under it is this regeneration's own earlier try.
 /// With the state wanted, a stored or regenerated reply has two more items:
 /// the session's creation time, stamp and data as they now are (`m:c`, `m:v`,
-/// `d:` fields), and the milliseconds since its last refresh. The key is read
-/// last, so it stays tracked (see `LOAD`).
+/// `d:` fields), and its last refresh (`m:s`, Unix ms; -1 when unknown). The
+/// key is read last, so it stays tracked (see `LOAD`). Only a regeneration
+/// asks Redis the time: `TIME` is among the dearest calls a script makes.
 ///
 /// The size is that of the `x-www-form-urlencoded` form `SessionData` builds: every
 /// byte outside `[A-Za-z0-9-_.* ]` takes three.
@@ -195,9 +176,9 @@ if nrem > 0 or first_set <= #ARGV then
   redis.call('HSET', key, unpack(set))
 end
 local at, refreshed = key, 0
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if regenerate then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   created = string.format('%d', now)
   seen = now
   redis.call('RENAME', key, KEYS[2])
@@ -227,7 +208,7 @@ if ARGV[8] == '1' then
     end
   end
   r[5] = state
-  r[6] = math.max(0, now - (seen or now))
+  r[6] = seen or -1
 end
 return r
 "#;
@@ -399,7 +380,6 @@ struct Inner {
     /// unseen: no expiry is counted here).
     counters: Arc<SessionCounters>,
     load: Script,
-    create: Script,
     apply: Script,
     destroy: Script,
     /// `session.user_key`, when sessions are indexed by user, and its hash
@@ -412,6 +392,12 @@ struct Inner {
     near: Option<Arc<NearCache>>,
     /// The request path's script calls, sent in batches (not on a Cluster).
     batcher: Batcher,
+    /// Redis's clock minus this proxy's, in milliseconds, as last measured
+    /// (see `measure_clock`); 0 until then.
+    clock: AtomicI64,
+    /// How far off that offset may be (half the round trip that measured it,
+    /// rounded up); `u64::MAX` until it is measured.
+    clock_error: AtomicU64,
 }
 
 /// A cheap-to-clone handle to the Redis store. It holds no session rules: each
@@ -455,12 +441,68 @@ fn evalsha(script: &Script, keys: &[&[u8]]) -> Cmd {
     cmd
 }
 
-/// Runs `call`, an `EVALSHA` of `script`; with `track`, right after
-/// `CLIENT TRACKING ON NOLOOP` in one pipeline, so the keys it reads are
-/// tracked on whichever connection it runs on (a new one after a reconnection
-/// too). Loads the script and tries again when Redis does not have it. On one
-/// Redis (or the master the Sentinels name) the call joins the next batch of
-/// `batches`; on a Cluster it goes alone to the primary of `key`'s slot.
+/// Sends `cmds` as one unit and returns the reply to the last of them; with
+/// `track`, right after `CLIENT TRACKING ON NOLOOP`, so the keys they read are
+/// tracked on whichever connection they run on (a new one after a reconnection
+/// too). On one Redis (or the master the Sentinels name) they join the next
+/// batch of `batches`; on a Cluster they go alone to the primary of `key`'s slot.
+async fn request(
+    c: &mut Conn,
+    batcher: &Batcher,
+    cmds: Vec<Cmd>,
+    track: bool,
+    key: &[u8],
+) -> RedisResult<Value> {
+    let Conn::Cluster(cluster) = c else {
+        return batcher.call(cmds, track).await;
+    };
+    let mut pipe = redis::pipe();
+    if track {
+        pipe.cmd("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP");
+    }
+    let n = cmds.len();
+    for cmd in cmds {
+        pipe.add_command(cmd);
+    }
+    // The client would route `CLIENT TRACKING` by `TRACKING` as a key, and
+    // `MULTI` by none.
+    let route = Route::new(key_slot(key), SlotAddr::Master);
+    let replies = cluster
+        .route_pipeline(
+            pipe,
+            usize::from(track),
+            n,
+            SingleNodeRoutingInfo::SpecificNode(route),
+        )
+        .await?;
+    last_reply(replies)
+}
+
+/// The reply to the last command of a unit; a pipeline hands a command's error
+/// back as a value.
+fn last_reply(replies: Vec<Value>) -> RedisResult<Value> {
+    let mut first_error = None;
+    let mut last = None;
+    for reply in replies {
+        match reply.extract_error() {
+            Ok(v) => last = Some(v),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match (first_error, last) {
+        (Some(e), _) => Err(e),
+        (None, Some(v)) => Ok(v),
+        (None, None) => Err(RedisError::from((
+            redis::ErrorKind::Client,
+            "no reply to a request",
+        ))),
+    }
+}
+
+/// Runs `call`, an `EVALSHA` of `script`, as [`request`] does. Loads the script
+/// and tries again when Redis does not have it.
 async fn eval(
     c: &mut Conn,
     batcher: &Batcher,
@@ -469,37 +511,10 @@ async fn eval(
     key: &[u8],
     call: impl Fn() -> Cmd,
 ) -> RedisResult<Value> {
-    async fn once(
-        c: &mut Conn,
-        batcher: &Batcher,
-        call: Cmd,
-        track: bool,
-        key: &[u8],
-    ) -> RedisResult<Value> {
-        let Conn::Cluster(cluster) = c else {
-            return batcher.call(call, track).await;
-        };
-        if !track {
-            return call.query_async(cluster).await;
-        }
-        let mut pipe = redis::pipe();
-        pipe.cmd("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP");
-        pipe.add_command(call);
-        // The client would route `CLIENT TRACKING` by `TRACKING` as a key.
-        let route = Route::new(key_slot(key), SlotAddr::Master);
-        let replies = cluster
-            .route_pipeline(pipe, 1, 1, SingleNodeRoutingInfo::SpecificNode(route))
-            .await?;
-        let reply = replies.into_iter().next().ok_or_else(|| {
-            RedisError::from((redis::ErrorKind::Client, "no reply to a script call"))
-        })?;
-        // A pipeline hands a command's error back as a value.
-        reply.extract_error()
-    }
-    match once(c, batcher, call(), track, key).await {
+    match request(c, batcher, vec![call()], track, key).await {
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
             script.prepare_invoke().load_async(c).await?;
-            once(c, batcher, call(), track, key).await
+            request(c, batcher, vec![call()], track, key).await
         }
         other => other,
     }
@@ -510,8 +525,10 @@ struct Batcher {
     jobs: tokio::sync::mpsc::UnboundedSender<Job>,
 }
 
+/// Commands that go together (a script call, or a transaction), answered with
+/// the reply to the last.
 struct Job {
-    call: Cmd,
+    cmds: Vec<Cmd>,
     track: bool,
     reply: tokio::sync::oneshot::Sender<RedisResult<Value>>,
 }
@@ -531,11 +548,11 @@ impl Batcher {
         Batcher { jobs }
     }
 
-    async fn call(&self, call: Cmd, track: bool) -> RedisResult<Value> {
+    async fn call(&self, cmds: Vec<Cmd>, track: bool) -> RedisResult<Value> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let gone = || RedisError::from((redis::ErrorKind::Io, "the Redis batch task ended"));
         self.jobs
-            .send(Job { call, track, reply })
+            .send(Job { cmds, track, reply })
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
@@ -573,19 +590,23 @@ async fn send_batch(conn: &mut Conn, batch: Vec<Job>) {
         pipe.cmd("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP");
     }
     let mut replies = Vec::with_capacity(batch.len());
+    let mut n = 0;
     for job in batch {
-        pipe.add_command(job.call);
-        replies.push(job.reply);
+        n += job.cmds.len();
+        replies.push((job.cmds.len(), job.reply));
+        for cmd in job.cmds {
+            pipe.add_command(cmd);
+        }
     }
-    let n = replies.len();
     match conn.req_packed_commands(&pipe, usize::from(track), n).await {
         Ok(values) if values.len() == n => {
-            for (reply, value) in replies.into_iter().zip(values) {
-                let _ = reply.send(value.extract_error());
+            let mut values = values.into_iter();
+            for (count, reply) in replies {
+                let _ = reply.send(last_reply(values.by_ref().take(count).collect()));
             }
         }
         Ok(_) => {
-            for reply in replies {
+            for (_, reply) in replies {
                 let _ = reply.send(Err(RedisError::from((
                     redis::ErrorKind::Client,
                     "a batch came back short",
@@ -593,7 +614,7 @@ async fn send_batch(conn: &mut Conn, batch: Vec<Job>) {
             }
         }
         Err(e) => {
-            for reply in replies {
+            for (_, reply) in replies {
                 let _ = reply.send(Err(e.clone()));
             }
         }
@@ -672,26 +693,29 @@ fn major_version(info: &Value) -> Option<u32> {
         .min()
 }
 
-/// Turns the near cache on once Redis is known to track the keys its scripts
-/// read (7.0 and later), then sweeps it every second, while the store lives.
-async fn keep_near(inner: std::sync::Weak<Inner>) {
+/// While the store lives, measures Redis's clock every second and, with the
+/// near cache, turns it on once Redis is known to track the keys its scripts
+/// read (7.0 and later), then sweeps it.
+async fn upkeep(inner: std::sync::Weak<Inner>) {
     let mut checked = false;
     loop {
         tokio::time::sleep(Duration::from_millis(if checked { 1000 } else { 200 })).await;
         let Some(inner) = inner.upgrade() else { return };
-        let Some(near) = inner.near.clone() else {
-            return;
+        let store = RedisStore { inner };
+        store.measure_clock().await;
+        let Some(near) = store.inner.near.clone() else {
+            checked = true;
+            continue;
         };
         if !checked {
-            match (RedisStore { inner }).check_version().await {
-                Some(true) => checked = true,
-                Some(false) => return,
-                None => {}
-            }
+            // Known either way once Redis answers; off (older Redis) is for good.
+            checked = store.check_version().await.is_some();
             continue;
         }
-        drop(inner);
-        near.sweep();
+        drop(store);
+        if near.active() {
+            near.sweep();
+        }
     }
 }
 
@@ -811,7 +835,6 @@ impl RedisStore {
                 prefix: r.key_prefix.clone(),
                 timeout: r.timeout,
                 load: Script::new(LOAD),
-                create: Script::new(CREATE),
                 apply: Script::new(APPLY),
                 destroy: Script::new(DESTROY),
                 user_key: user_key.map(str::to_owned),
@@ -819,14 +842,15 @@ impl RedisStore {
                 events,
                 near,
                 batcher,
+                clock: AtomicI64::new(0),
+                clock_error: AtomicU64::new(u64::MAX),
             }),
         };
-        if store.inner.near.is_some() {
-            tokio::spawn(keep_near(Arc::downgrade(&store.inner)));
-        }
+        tokio::spawn(upkeep(Arc::downgrade(&store.inner)));
         match store.ping().await {
             Ok(()) => {
                 tracing::info!(cluster, "connected to the Redis session store");
+                store.measure_clock().await;
                 store.check_version().await;
             }
             Err(e) => tracing::warn!(
@@ -922,6 +946,50 @@ impl RedisStore {
             );
             Some(false)
         }
+    }
+
+    /// Asks Redis the time and keeps its offset from this proxy's clock,
+    /// taking the answer as given halfway through the round trip. Leaves the
+    /// last offset while Redis does not answer.
+    async fn measure_clock(&self) {
+        let before = super::now_ms();
+        let time = self
+            .run(|mut c| async move { redis::cmd("TIME").query_async::<(u64, u64)>(&mut c).await })
+            .await;
+        let after = super::now_ms();
+        if let Ok((secs, micros)) = time {
+            let redis = secs.saturating_mul(1000).saturating_add(micros / 1000);
+            let local = before / 2 + after / 2;
+            let offset = i64::try_from(redis)
+                .unwrap_or(i64::MAX)
+                .saturating_sub(i64::try_from(local).unwrap_or(i64::MAX));
+            self.inner.clock.store(offset, Ordering::Relaxed);
+            let error = after.saturating_sub(before).div_ceil(2) + 1;
+            self.inner.clock_error.store(error, Ordering::Relaxed);
+        }
+    }
+
+    /// The time since a session's last refresh at `seen` (Unix ms on Redis's
+    /// clock), never less than it is: it bounds how long the near cache keeps
+    /// the session. Unknown (`seen` < 0, or the clock not measured yet) is
+    /// taken as too old to keep.
+    fn age(&self, seen: i64) -> Duration {
+        let error = self.inner.clock_error.load(Ordering::Relaxed);
+        let (Ok(seen), true) = (u64::try_from(seen), error != u64::MAX) else {
+            return Duration::MAX;
+        };
+        Duration::from_millis(
+            self.redis_now_ms()
+                .saturating_sub(seen)
+                .saturating_add(error),
+        )
+    }
+
+    /// Now on Redis's clock (Unix ms), from this proxy's and the last offset
+    /// measured: within a few milliseconds of what Redis's `TIME` would say.
+    fn redis_now_ms(&self) -> u64 {
+        let offset = self.inner.clock.load(Ordering::Relaxed);
+        super::now_ms().saturating_add_signed(offset)
     }
 
     /// The near cache, when it is on.
@@ -1456,45 +1524,35 @@ impl SessionStore for RedisStore {
         if let Some(user) = &user {
             self.index(true, user, &[*id]).await?;
         }
-        let mut args: Vec<&[u8]> = Vec::new();
-        push_pairs(&mut args, data.pairs().iter());
-        let args = &args;
         let key = &self.key(id);
-        let tries = &std::sync::atomic::AtomicU32::new(0);
+        // Plain commands in one transaction: cheaper for Redis than a script.
+        // The ID is fresh (2^-256 odds of meeting another), so nothing is
+        // checked first, and a retry after a dropped connection writes the same.
+        // The times are Redis's clock, as this proxy last measured it.
+        let now = self.redis_now_ms().to_string();
+        let ttl = ms(policy.idle_timeout.saturating_add(Duration::from_secs(1)))
+            .min(ms(policy.absolute_timeout));
+        let transaction = || {
+            let mut hset = redis::cmd("HSET");
+            hset.arg(key).arg("m:c").arg(&now).arg("m:s").arg(&now);
+            for (k, v) in data.pairs() {
+                hset.arg(data_field(k)).arg(v);
+            }
+            let mut pexpire = redis::cmd("PEXPIRE");
+            pexpire.arg(key).arg(ttl);
+            vec![redis::cmd("MULTI"), hset, pexpire, redis::cmd("EXEC")]
+        };
         // Not cached or tracked: most new visitors never come back, and one
         // that does costs a single read, which is then cached.
-        let track = false;
-        let (created, retried): (i64, bool) = self
+        let reply = self
             .run(|mut c| async move {
-                let retried = tries.fetch_add(1, Ordering::Relaxed) > 0;
-                let reply = eval(
-                    &mut c,
-                    &inner.batcher,
-                    &inner.create,
-                    track,
-                    key.as_bytes(),
-                    || {
-                        let mut call = evalsha(&inner.create, &[key.as_bytes()]);
-                        call.arg(ms(policy.idle_timeout))
-                            .arg(ms(policy.absolute_timeout));
-                        for a in args {
-                            call.arg(*a);
-                        }
-                        call
-                    },
-                )
-                .await?;
-                Ok((redis::from_redis_value(reply)?, retried))
+                request(&mut c, &inner.batcher, transaction(), false, key.as_bytes()).await
             })
             .await?;
-        // On a retry after a dropped connection, an existing key is the first try's
-        // write having landed (a random ID taken by another visitor has odds of
-        // 2^-256).
-        if created < 0 && !retried {
-            if let Some(user) = &user {
-                self.index(false, user, &[*id]).await?;
-            }
-            return Ok(Inserted::Taken);
+        if !matches!(reply, Value::Array(_)) {
+            return Err(StoreError::Unavailable(
+                "Redis did not run the transaction that creates a session".into(),
+            ));
         }
         inner.counters.add(SessionCount::Created, 1);
         inner
@@ -1571,7 +1629,7 @@ impl SessionStore for RedisStore {
                     Ok(redis::from_redis_value(reply)?)
                 })
                 .await?;
-            if let (Some(Value::Array(fields)), Some(Value::Int(age))) =
+            if let (Some(Value::Array(fields)), Some(Value::Int(seen))) =
                 (reply.get(4), reply.get(5))
             {
                 let fields = parse_fields(fields);
@@ -1579,7 +1637,7 @@ impl SessionStore for RedisStore {
                     data: fields.data.header().cloned(),
                     created_ms: fields.created_ms,
                 };
-                let age = Duration::from_millis((*age).max(0) as u64);
+                let age = self.age(*seen);
                 match (pending_new, pending) {
                     (Some(new), Some(old)) => {
                         old.gone();

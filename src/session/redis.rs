@@ -39,7 +39,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
@@ -390,8 +392,8 @@ struct Inner {
     events: EventSink,
     /// `store.redis.near_cache`.
     near: Option<Arc<NearCache>>,
-    /// The request path's script calls, sent in batches (not on a Cluster).
-    batcher: Batcher,
+    /// How the request path's calls reach Redis.
+    lanes: Lanes,
     /// Redis's clock minus this proxy's, in milliseconds, as last measured
     /// (see `measure_clock`); 0 until then.
     clock: AtomicI64,
@@ -444,17 +446,22 @@ fn evalsha(script: &Script, keys: &[&[u8]]) -> Cmd {
 /// Sends `cmds` as one unit and returns the reply to the last of them; with
 /// `track`, right after `CLIENT TRACKING ON NOLOOP`, so the keys they read are
 /// tracked on whichever connection they run on (a new one after a reconnection
-/// too). On one Redis (or the master the Sentinels name) they join the next
-/// batch of `batches`; on a Cluster they go alone to the primary of `key`'s slot.
+/// too). Untracked (not on Sentinel), they go on the calling thread's own
+/// connection ([`Local`]). Otherwise, on one Redis (or the master the Sentinels
+/// name) they join the next batch of `batches`; on a Cluster they go alone to
+/// the primary of `key`'s slot.
 async fn request(
     c: &mut Conn,
-    batcher: &Batcher,
+    lanes: &Lanes,
     cmds: Vec<Cmd>,
     track: bool,
     key: &[u8],
 ) -> RedisResult<Value> {
+    if let (false, Some(local)) = (track, &lanes.local) {
+        return local.call(cmds, key).await;
+    }
     let Conn::Cluster(cluster) = c else {
-        return batcher.call(cmds, track).await;
+        return lanes.batcher.call(cmds, track).await;
     };
     let mut pipe = redis::pipe();
     if track {
@@ -505,18 +512,138 @@ fn last_reply(replies: Vec<Value>) -> RedisResult<Value> {
 /// and tries again when Redis does not have it.
 async fn eval(
     c: &mut Conn,
-    batcher: &Batcher,
+    lanes: &Lanes,
     script: &Script,
     track: bool,
     key: &[u8],
     call: impl Fn() -> Cmd,
 ) -> RedisResult<Value> {
-    match request(c, batcher, vec![call()], track, key).await {
+    match request(c, lanes, vec![call()], track, key).await {
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
             script.prepare_invoke().load_async(c).await?;
-            request(c, batcher, vec![call()], track, key).await
+            request(c, lanes, vec![call()], track, key).await
         }
         other => other,
+    }
+}
+
+/// How the request path's calls reach Redis: tracked ones (and all of them on
+/// Sentinel) through the store's one connection, so the keys the near cache
+/// holds are tracked on one connection and one proxy's own writes do not
+/// invalidate its copies; untracked ones through the calling thread's own.
+struct Lanes {
+    batcher: Batcher,
+    local: Option<Local>,
+}
+
+/// Connections of the calling thread, one per store. On a proxy worker thread
+/// (one runtime per thread) a call goes out and its answer comes back on the
+/// thread that asked, with no wake-up of another thread on either way: a new
+/// visitor's session costs no more than that round trip.
+struct Local {
+    client: LocalClient,
+    /// Tells this store's connections from those of another in a thread's list
+    /// (stores come and go in tests).
+    id: u64,
+    alive: Arc<()>,
+}
+
+enum LocalClient {
+    Single(redis::Client, redis::AsyncConnectionConfig),
+    Cluster(redis::cluster::ClusterClient, Duration),
+}
+
+#[derive(Clone)]
+enum LocalConn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+thread_local! {
+    static LOCAL: std::cell::RefCell<Vec<(u64, std::sync::Weak<()>, LocalConn)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Local {
+    fn new(client: LocalClient) -> Local {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Local {
+            client,
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            alive: Arc::new(()),
+        }
+    }
+
+    /// This thread's connection, after forgetting those of stores gone.
+    fn current(&self) -> Option<LocalConn> {
+        LOCAL.with_borrow_mut(|conns| {
+            conns.retain(|(_, alive, _)| alive.strong_count() > 0);
+            (conns.iter())
+                .find(|(id, ..)| *id == self.id)
+                .map(|(.., c)| c.clone())
+        })
+    }
+
+    async fn connection(&self) -> RedisResult<LocalConn> {
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let made = match &self.client {
+            LocalClient::Single(client, config) => LocalConn::Single(
+                client
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await?,
+            ),
+            LocalClient::Cluster(client, timeout) => {
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(*timeout)
+                    .set_response_timeout(*timeout);
+                LocalConn::Cluster(client.get_async_connection_with_config(config).await?)
+            }
+        };
+        // Another task of this thread may have connected meanwhile.
+        Ok(
+            LOCAL.with_borrow_mut(|conns| match conns.iter().find(|(id, ..)| *id == self.id) {
+                Some((.., c)) => c.clone(),
+                None => {
+                    conns.push((self.id, Arc::downgrade(&self.alive), made.clone()));
+                    made
+                }
+            }),
+        )
+    }
+
+    fn forget(&self) {
+        LOCAL.with_borrow_mut(|conns| conns.retain(|(id, ..)| *id != self.id));
+    }
+
+    /// Sends `cmds` as one unit; on a Cluster, to the primary of `key`'s slot.
+    async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Value> {
+        let mut pipe = redis::pipe();
+        let n = cmds.len();
+        for cmd in cmds {
+            pipe.add_command(cmd);
+        }
+        let reply = match self.connection().await? {
+            LocalConn::Single(mut c) => c.req_packed_commands(&pipe, 0, n).await,
+            LocalConn::Cluster(mut c) => {
+                let route = Route::new(key_slot(key), SlotAddr::Master);
+                c.route_pipeline(pipe, 0, n, SingleNodeRoutingInfo::SpecificNode(route))
+                    .await
+            }
+        };
+        match reply {
+            Ok(values) => last_reply(values),
+            Err(e) => {
+                // Anything but Redis's own refusal may have left the connection
+                // unusable (a runtime that ended takes its driver with it): the
+                // next call makes a new one.
+                if !matches!(e.kind(), redis::ErrorKind::Server(_)) {
+                    self.forget();
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -764,6 +891,7 @@ impl RedisStore {
         } else {
             ProtocolVersion::RESP2
         };
+        let mut local = None;
         let conn = if let Some(sentinel) = &r.sentinel {
             let node = redis::sentinel::SentinelNodeConnectionInfo::default()
                 .set_redis_connection_info(
@@ -806,6 +934,7 @@ impl RedisStore {
                 builder = builder.push_sender(pushes);
             }
             let client = builder.build().map_err(invalid)?;
+            local = Some(Local::new(LocalClient::Cluster(client.clone(), r.timeout)));
             let config = redis::cluster::ClusterConfig::new()
                 .set_connection_timeout(r.timeout)
                 .set_response_timeout(r.timeout);
@@ -814,6 +943,12 @@ impl RedisStore {
             let info = r.url.as_str().into_connection_info().map_err(invalid)?;
             let settings = info.redis_settings().clone().set_protocol(protocol);
             let client = redis::Client::open(info.set_redis_settings(settings)).map_err(invalid)?;
+            local = Some(Local::new(LocalClient::Single(
+                client.clone(),
+                redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(r.timeout))
+                    .set_response_timeout(Some(r.timeout)),
+            )));
             let mut config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(r.timeout))
                 .set_response_timeout(Some(r.timeout))
@@ -824,7 +959,10 @@ impl RedisStore {
             }
             Conn::Single(ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?)
         };
-        let batcher = Batcher::start(conn.clone());
+        let lanes = Lanes {
+            batcher: Batcher::start(conn.clone()),
+            local,
+        };
         let store = RedisStore {
             inner: Arc::new(Inner {
                 conn,
@@ -841,7 +979,7 @@ impl RedisStore {
                 user_field: user_key.map(data_field),
                 events,
                 near,
-                batcher,
+                lanes,
                 clock: AtomicI64::new(0),
                 clock_error: AtomicU64::new(u64::MAX),
             }),
@@ -1445,7 +1583,7 @@ impl SessionStore for RedisStore {
             .run(|mut c| async move {
                 eval(
                     &mut c,
-                    &inner.batcher,
+                    &inner.lanes,
                     &inner.load,
                     track,
                     key.as_bytes(),
@@ -1546,7 +1684,7 @@ impl SessionStore for RedisStore {
         // that does costs a single read, which is then cached.
         let reply = self
             .run(|mut c| async move {
-                request(&mut c, &inner.batcher, transaction(), false, key.as_bytes()).await
+                request(&mut c, &inner.lanes, transaction(), false, key.as_bytes()).await
             })
             .await?;
         if !matches!(reply, Value::Array(_)) {
@@ -1602,7 +1740,7 @@ impl SessionStore for RedisStore {
                 .run(|mut c| async move {
                     let reply = eval(
                         &mut c,
-                        &inner.batcher,
+                        &inner.lanes,
                         &inner.apply,
                         track,
                         key.as_bytes(),

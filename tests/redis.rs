@@ -1,7 +1,8 @@
 //! The Redis store through the proxy: several proxies sharing sessions on one
 //! Redis and on a three-node Redis Cluster, Redis stopped, stalled or not yet up
 //! (503 with Retry-After, never a new session, then recovery on its own), and the
-//! key and TTL Redis keeps.
+//! key and TTL Redis keeps; a proxy whose clock is off still stamps sessions with
+//! Redis's.
 //!
 //! Every test starts its own `redis-server` processes on free loopback ports and
 //! kills them when it ends (tests/support/redis.rs).
@@ -383,4 +384,70 @@ async fn redis_keeps_each_session_in_one_hash_with_a_ttl_from_the_timeouts() {
         (1..=5000).contains(&ttl),
         "TTL {ttl}ms, absolute timeout 5s"
     );
+}
+
+/// libfaketime, which moves a process's clock (Debian's `faketime`).
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[tokio::test]
+async fn a_proxy_whose_clock_is_an_hour_behind_keeps_redis_time() {
+    let Some(redis) = RedisServer::start("a_proxy_whose_clock_is_behind").await else {
+        return;
+    };
+    if !std::path::Path::new(FAKETIME).exists() {
+        // As for redis-server: CI installs it (.ci/run), and requires it.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{FAKETIME} is missing: apt-get install faketime"
+        );
+        eprintln!("skipped: {FAKETIME} is missing (apt-get install faketime)");
+        return;
+    }
+    let upstream = app().await;
+    let yaml = config(&upstream.url())
+        .with_redis(&redis.url())
+        .set("log.level", "info")
+        .set("session.idle_timeout", "30m")
+        .to_string();
+    // Its wall clock an hour behind Redis's; timers (the monotonic clock) as is.
+    let proxy = ops::Binary::start_with_env(
+        &yaml,
+        &[
+            ("LD_PRELOAD", FAKETIME),
+            ("FAKETIME", "-1h"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    )
+    .await;
+
+    let first = get_without_cookie(&proxy.url("/?set=n%3D1")).await;
+    assert_eq!(first.status(), 200);
+    let cookie = expect_session_cookie(first.headers());
+    let id = cookie.id();
+    let key = format!("sessiongate:{{{}}}{}", &id[..4], &id[4..]);
+
+    // Created on Redis's clock: within a couple of seconds of Redis's TIME,
+    // not an hour before it.
+    let stamp: i64 = text(&redis.command(&["HGET", &key, "m:c"]).await)
+        .parse()
+        .expect("m:c is a number");
+    let now = match redis.command(&["TIME"]).await {
+        ::redis::Value::Array(parts) => {
+            let secs: i64 = text(&parts[0]).parse().expect("seconds");
+            secs * 1000
+        }
+        other => panic!("TIME: {other:?}"),
+    };
+    assert!(
+        (stamp - now).abs() < 3000,
+        "m:c {stamp} is {} ms from Redis's clock",
+        stamp - now
+    );
+
+    // Stamped with the proxy's own clock, an idle timeout of 30 minutes
+    // would have ended the session already: it goes on.
+    let again = get_with_cookie(&proxy.url("/"), &cookie.pair()).await;
+    assert_eq!(again.status(), 200);
+    assert!(again.headers().get("set-cookie").is_none(), "a new session");
+    assert_eq!(again.text().await.expect("body"), "n=1");
 }

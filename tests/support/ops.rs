@@ -336,6 +336,14 @@ impl Binary {
         Binary::launch(config_path, extra_args, Some(dir)).await
     }
 
+    /// [`Binary::start`] with extra environment variables (`LD_PRELOAD`, ...).
+    pub async fn start_with_env(yaml: impl fmt::Display, env: &[(&str, &str)]) -> Binary {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("sessiongate.yaml");
+        std::fs::write(&config_path, yaml.to_string()).expect("write config");
+        Binary::launch_with(config_path, &[], env, Some(dir)).await
+    }
+
     /// Writes `yaml` to `dir/sessiongate.yaml` (a directory the test keeps, for
     /// files that outlive one run) and starts the binary on it.
     pub async fn start_in(dir: &std::path::Path, yaml: impl fmt::Display) -> Binary {
@@ -349,10 +357,20 @@ impl Binary {
         extra_args: &[&str],
         dir: Option<tempfile::TempDir>,
     ) -> Binary {
+        Binary::launch_with(config_path, extra_args, &[], dir).await
+    }
+
+    async fn launch_with(
+        config_path: PathBuf,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        dir: Option<tempfile::TempDir>,
+    ) -> Binary {
         let mut child = Command::new(BIN)
             .arg("--config")
             .arg(&config_path)
             .args(extra_args)
+            .envs(env.iter().copied())
             .env_remove("SESSIONGATE_SECRET")
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")

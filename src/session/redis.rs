@@ -446,10 +446,8 @@ fn evalsha(script: &Script, keys: &[&[u8]]) -> Cmd {
 /// Sends `cmds` as one unit and returns the reply to the last of them; with
 /// `track`, right after `CLIENT TRACKING ON NOLOOP`, so the keys they read are
 /// tracked on whichever connection they run on (a new one after a reconnection
-/// too). Untracked (not on Sentinel), they go on the calling thread's own
-/// connection ([`Local`]). Otherwise, on one Redis (or the master the Sentinels
-/// name) they join the next batch of `batches`; on a Cluster they go alone to
-/// the primary of `key`'s slot.
+/// too; on one Redis the shard connections have tracking on from the start).
+/// See [`Lanes`] for which connection carries them.
 async fn request(
     c: &mut Conn,
     lanes: &Lanes,
@@ -459,6 +457,9 @@ async fn request(
 ) -> RedisResult<Value> {
     if let (false, Some(local)) = (track, &lanes.local) {
         return local.call(cmds, key).await;
+    }
+    if let (true, Some(shards)) = (track, &lanes.shards) {
+        return shards.call(cmds, key).await;
     }
     let Conn::Cluster(cluster) = c else {
         return lanes.batcher.call(cmds, track).await;
@@ -527,13 +528,110 @@ async fn eval(
     }
 }
 
-/// How the request path's calls reach Redis: tracked ones (and all of them on
-/// Sentinel) through the store's one connection, so the keys the near cache
-/// holds are tracked on one connection and one proxy's own writes do not
-/// invalidate its copies; untracked ones through the calling thread's own.
+/// How the request path's calls reach Redis: untracked ones through the
+/// calling thread's own connection ([`Local`]); tracked ones, on one Redis,
+/// through their session's shard ([`Shards`]), on a Cluster to their slot's
+/// primary; on Sentinel all of them in batches on the one connection to the
+/// master ([`Batcher`]).
 struct Lanes {
     batcher: Batcher,
     local: Option<Local>,
+    shards: Option<Shards>,
+}
+
+/// The connections for the calls the near cache tracks, on one Redis: one per
+/// core, and each session's calls always on the same one (by its key's slot),
+/// so every key is tracked on one connection and this proxy's own writes
+/// (`NOLOOP`) never invalidate its own copy. Each is opened by the first call
+/// that needs it, on that caller's runtime (a proxy worker's), with tracking
+/// on, and again after a failure; what Redis pushes on it goes to the near
+/// cache (`Forget`), and its loss empties the cache.
+struct Shards {
+    client: redis::Client,
+    /// With the `Forget` push sender.
+    config: redis::AsyncConnectionConfig,
+    near: Arc<NearCache>,
+    shards: Vec<Shard>,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// The open connection and its generation.
+    current: std::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// Held while one call opens the connection; the others wait for it.
+    opening: tokio::sync::Mutex<u64>,
+}
+
+impl Shards {
+    fn new(
+        client: redis::Client,
+        config: redis::AsyncConnectionConfig,
+        near: Arc<NearCache>,
+    ) -> Shards {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Shards {
+            client,
+            config,
+            near,
+            shards: (0..n).map(|_| Shard::default()).collect(),
+        }
+    }
+
+    fn current(shard: &Shard) -> Option<(u64, MultiplexedConnection)> {
+        shard.current.lock().ok()?.clone()
+    }
+
+    async fn connection(&self, shard: &Shard) -> RedisResult<(u64, MultiplexedConnection)> {
+        if let Some(c) = Self::current(shard) {
+            return Ok(c);
+        }
+        let mut generation = shard.opening.lock().await;
+        if let Some(c) = Self::current(shard) {
+            return Ok(c);
+        }
+        let mut conn = (self.client)
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .arg("NOLOOP")
+            .query_async::<()>(&mut conn)
+            .await?;
+        *generation += 1;
+        let opened = (*generation, conn);
+        if let Ok(mut current) = shard.current.lock() {
+            *current = Some(opened.clone());
+        }
+        Ok(opened)
+    }
+
+    /// Sends `cmds` as one unit on the connection of `key`'s shard.
+    async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Value> {
+        let shard = &self.shards[usize::from(key_slot(key)) % self.shards.len()];
+        let mut pipe = redis::pipe();
+        let n = cmds.len();
+        for cmd in cmds {
+            pipe.add_command(cmd);
+        }
+        let (generation, mut conn) = self.connection(shard).await?;
+        match conn.req_packed_commands(&pipe, 0, n).await {
+            Ok(values) => last_reply(values),
+            Err(e) => {
+                if !matches!(e.kind(), redis::ErrorKind::Server(_)) {
+                    // The keys tracked on it are no longer: forget them all,
+                    // and open another at the next call.
+                    if let Ok(mut current) = shard.current.lock() {
+                        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+                            *current = None;
+                        }
+                    }
+                    self.near.clear();
+                }
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Connections of the calling thread, one per store. On a proxy worker thread
@@ -891,7 +989,7 @@ impl RedisStore {
         } else {
             ProtocolVersion::RESP2
         };
-        let mut local = None;
+        let (mut local, mut shards) = (None, None);
         let conn = if let Some(sentinel) = &r.sentinel {
             let node = redis::sentinel::SentinelNodeConnectionInfo::default()
                 .set_redis_connection_info(
@@ -943,12 +1041,23 @@ impl RedisStore {
             let info = r.url.as_str().into_connection_info().map_err(invalid)?;
             let settings = info.redis_settings().clone().set_protocol(protocol);
             let client = redis::Client::open(info.set_redis_settings(settings)).map_err(invalid)?;
+            let base = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(r.timeout))
+                .set_response_timeout(Some(r.timeout));
             local = Some(Local::new(LocalClient::Single(
                 client.clone(),
-                redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(r.timeout))
-                    .set_response_timeout(Some(r.timeout)),
+                base.clone(),
             )));
+            if let Some(near) = &near {
+                shards = Some(Shards::new(
+                    client.clone(),
+                    base.set_push_sender(Forget {
+                        near: near.clone(),
+                        prefix: r.key_prefix.clone(),
+                    }),
+                    near.clone(),
+                ));
+            }
             let mut config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(r.timeout))
                 .set_response_timeout(Some(r.timeout))
@@ -962,6 +1071,7 @@ impl RedisStore {
         let lanes = Lanes {
             batcher: Batcher::start(conn.clone()),
             local,
+            shards,
         };
         let store = RedisStore {
             inner: Arc::new(Inner {

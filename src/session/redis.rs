@@ -443,47 +443,16 @@ fn evalsha(script: &Script, keys: &[&[u8]]) -> Cmd {
     cmd
 }
 
-/// Sends `cmds` as one unit and returns the reply to the last of them; with
-/// `track`, right after `CLIENT TRACKING ON NOLOOP`, so the keys they read are
-/// tracked on whichever connection they run on (a new one after a reconnection
-/// too; on one Redis the shard connections have tracking on from the start).
-/// See [`Lanes`] for which connection carries them.
-async fn request(
-    c: &mut Conn,
-    lanes: &Lanes,
-    cmds: Vec<Cmd>,
-    track: bool,
-    key: &[u8],
-) -> RedisResult<Value> {
-    if let (false, Some(local)) = (track, &lanes.local) {
-        return local.call(cmds, key).await;
+/// Sends `cmds` as one unit and returns the reply to the last of them. With
+/// `track`, the keys they read are tracked on the connection they run on, so
+/// the near cache hears of every change to them (see [`Lanes`] for which
+/// connection that is).
+async fn request(lanes: &Lanes, cmds: Vec<Cmd>, track: bool, key: &[u8]) -> RedisResult<Value> {
+    match (track, &lanes.local, &lanes.shards) {
+        (false, Some(local), _) => local.call(cmds, key).await,
+        (true, _, Some(shards)) => shards.call(cmds, key).await,
+        _ => lanes.batcher.call(cmds, track).await,
     }
-    if let (true, Some(shards)) = (track, &lanes.shards) {
-        return shards.call(cmds, key).await;
-    }
-    let Conn::Cluster(cluster) = c else {
-        return lanes.batcher.call(cmds, track).await;
-    };
-    let mut pipe = redis::pipe();
-    if track {
-        pipe.cmd("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP");
-    }
-    let n = cmds.len();
-    for cmd in cmds {
-        pipe.add_command(cmd);
-    }
-    // The client would route `CLIENT TRACKING` by `TRACKING` as a key, and
-    // `MULTI` by none.
-    let route = Route::new(key_slot(key), SlotAddr::Master);
-    let replies = cluster
-        .route_pipeline(
-            pipe,
-            usize::from(track),
-            n,
-            SingleNodeRoutingInfo::SpecificNode(route),
-        )
-        .await?;
-    last_reply(replies)
 }
 
 /// The reply to the last command of a unit; a pipeline hands a command's error
@@ -519,37 +488,37 @@ async fn eval(
     key: &[u8],
     call: impl Fn() -> Cmd,
 ) -> RedisResult<Value> {
-    match request(c, lanes, vec![call()], track, key).await {
+    match request(lanes, vec![call()], track, key).await {
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
             script.prepare_invoke().load_async(c).await?;
-            request(c, lanes, vec![call()], track, key).await
+            request(lanes, vec![call()], track, key).await
         }
         other => other,
     }
 }
 
-/// How the request path's calls reach Redis: untracked ones through the
-/// calling thread's own connection ([`Local`]); tracked ones, on one Redis,
-/// through their session's shard ([`Shards`]), on a Cluster to their slot's
-/// primary; on Sentinel all of them in batches on the one connection to the
-/// master ([`Batcher`]).
+/// How the request path's calls reach Redis, on one Redis or a Cluster:
+/// untracked ones through the calling thread's own connection ([`Local`]),
+/// tracked ones through their session's shard ([`Shards`]). On Sentinel, all
+/// of them in batches on the one connection to the master ([`Batcher`]).
 struct Lanes {
     batcher: Batcher,
     local: Option<Local>,
     shards: Option<Shards>,
 }
 
-/// The connections for the calls the near cache tracks, on one Redis: one per
-/// core, and each session's calls always on the same one (by its key's slot),
-/// so every key is tracked on one connection and this proxy's own writes
-/// (`NOLOOP`) never invalidate its own copy. Each is opened by the first call
-/// that needs it, on that caller's runtime (a proxy worker's), with tracking
-/// on, and again after a failure; what Redis pushes on it goes to the near
-/// cache (`Forget`), and its loss empties the cache.
+/// The connections for the calls the near cache tracks, on one Redis or a
+/// Cluster: one per core, and each session's calls always on the same one (by
+/// its key's slot), so every key is tracked on one connection and this
+/// proxy's own writes (`NOLOOP`) never invalidate its own copy. Each is opened
+/// by the first call that needs it, on that caller's runtime (a proxy
+/// worker's), and again after a failure; what Redis pushes on it goes to the
+/// near cache (`Forget`), and its loss empties the cache. On one Redis,
+/// tracking is turned on as it opens; on a Cluster, whose node connections
+/// come and go inside the client, before every call.
 struct Shards {
-    client: redis::Client,
     /// With the `Forget` push sender.
-    config: redis::AsyncConnectionConfig,
+    client: LocalClient,
     near: Arc<NearCache>,
     shards: Vec<Shard>,
 }
@@ -557,31 +526,26 @@ struct Shards {
 #[derive(Default)]
 struct Shard {
     /// The open connection and its generation.
-    current: std::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    current: std::sync::Mutex<Option<(u64, LocalConn)>>,
     /// Held while one call opens the connection; the others wait for it.
     opening: tokio::sync::Mutex<u64>,
 }
 
 impl Shards {
-    fn new(
-        client: redis::Client,
-        config: redis::AsyncConnectionConfig,
-        near: Arc<NearCache>,
-    ) -> Shards {
+    fn new(client: LocalClient, near: Arc<NearCache>) -> Shards {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         Shards {
             client,
-            config,
             near,
             shards: (0..n).map(|_| Shard::default()).collect(),
         }
     }
 
-    fn current(shard: &Shard) -> Option<(u64, MultiplexedConnection)> {
+    fn current(shard: &Shard) -> Option<(u64, LocalConn)> {
         shard.current.lock().ok()?.clone()
     }
 
-    async fn connection(&self, shard: &Shard) -> RedisResult<(u64, MultiplexedConnection)> {
+    async fn connection(&self, shard: &Shard) -> RedisResult<(u64, LocalConn)> {
         if let Some(c) = Self::current(shard) {
             return Ok(c);
         }
@@ -589,15 +553,15 @@ impl Shards {
         if let Some(c) = Self::current(shard) {
             return Ok(c);
         }
-        let mut conn = (self.client)
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
-        redis::cmd("CLIENT")
-            .arg("TRACKING")
-            .arg("ON")
-            .arg("NOLOOP")
-            .query_async::<()>(&mut conn)
-            .await?;
+        let mut conn = self.client.open().await?;
+        if let LocalConn::Single(c) = &mut conn {
+            redis::cmd("CLIENT")
+                .arg("TRACKING")
+                .arg("ON")
+                .arg("NOLOOP")
+                .query_async::<()>(c)
+                .await?;
+        }
         *generation += 1;
         let opened = (*generation, conn);
         if let Ok(mut current) = shard.current.lock() {
@@ -609,13 +573,9 @@ impl Shards {
     /// Sends `cmds` as one unit on the connection of `key`'s shard.
     async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Value> {
         let shard = &self.shards[usize::from(key_slot(key)) % self.shards.len()];
-        let mut pipe = redis::pipe();
-        let n = cmds.len();
-        for cmd in cmds {
-            pipe.add_command(cmd);
-        }
         let (generation, mut conn) = self.connection(shard).await?;
-        match conn.req_packed_commands(&pipe, 0, n).await {
+        let track = matches!(conn, LocalConn::Cluster(_));
+        match conn.send(cmds, track, key).await {
             Ok(values) => last_reply(values),
             Err(e) => {
                 if !matches!(e.kind(), redis::ErrorKind::Server(_)) {
@@ -657,6 +617,51 @@ enum LocalConn {
     Cluster(ClusterConnection),
 }
 
+impl LocalClient {
+    async fn open(&self) -> RedisResult<LocalConn> {
+        Ok(match self {
+            LocalClient::Single(client, config) => LocalConn::Single(
+                client
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await?,
+            ),
+            LocalClient::Cluster(client, timeout) => {
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(*timeout)
+                    .set_response_timeout(*timeout);
+                LocalConn::Cluster(client.get_async_connection_with_config(config).await?)
+            }
+        })
+    }
+}
+
+impl LocalConn {
+    /// Sends `cmds` in one pipeline, on a Cluster to the primary of `key`'s
+    /// slot; with `track`, after `CLIENT TRACKING ON NOLOOP`. Returns the
+    /// replies to `cmds`.
+    async fn send(&mut self, cmds: Vec<Cmd>, track: bool, key: &[u8]) -> RedisResult<Vec<Value>> {
+        let mut pipe = redis::pipe();
+        if track {
+            pipe.cmd("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP");
+        }
+        let n = cmds.len();
+        for cmd in cmds {
+            pipe.add_command(cmd);
+        }
+        let skip = usize::from(track);
+        match self {
+            LocalConn::Single(c) => c.req_packed_commands(&pipe, skip, n).await,
+            LocalConn::Cluster(c) => {
+                // The client would route `CLIENT TRACKING` by `TRACKING` as a
+                // key, and `MULTI` by none.
+                let route = Route::new(key_slot(key), SlotAddr::Master);
+                c.route_pipeline(pipe, skip, n, SingleNodeRoutingInfo::SpecificNode(route))
+                    .await
+            }
+        }
+    }
+}
+
 thread_local! {
     static LOCAL: std::cell::RefCell<Vec<(u64, std::sync::Weak<()>, LocalConn)>> =
         const { std::cell::RefCell::new(Vec::new()) };
@@ -686,19 +691,7 @@ impl Local {
         if let Some(c) = self.current() {
             return Ok(c);
         }
-        let made = match &self.client {
-            LocalClient::Single(client, config) => LocalConn::Single(
-                client
-                    .get_multiplexed_async_connection_with_config(config)
-                    .await?,
-            ),
-            LocalClient::Cluster(client, timeout) => {
-                let config = redis::cluster::ClusterConfig::new()
-                    .set_connection_timeout(*timeout)
-                    .set_response_timeout(*timeout);
-                LocalConn::Cluster(client.get_async_connection_with_config(config).await?)
-            }
-        };
+        let made = self.client.open().await?;
         // Another task of this thread may have connected meanwhile.
         Ok(
             LOCAL.with_borrow_mut(|conns| match conns.iter().find(|(id, ..)| *id == self.id) {
@@ -717,19 +710,7 @@ impl Local {
 
     /// Sends `cmds` as one unit; on a Cluster, to the primary of `key`'s slot.
     async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Value> {
-        let mut pipe = redis::pipe();
-        let n = cmds.len();
-        for cmd in cmds {
-            pipe.add_command(cmd);
-        }
-        let reply = match self.connection().await? {
-            LocalConn::Single(mut c) => c.req_packed_commands(&pipe, 0, n).await,
-            LocalConn::Cluster(mut c) => {
-                let route = Route::new(key_slot(key), SlotAddr::Master);
-                c.route_pipeline(pipe, 0, n, SingleNodeRoutingInfo::SpecificNode(route))
-                    .await
-            }
-        };
+        let reply = self.connection().await?.send(cmds, false, key).await;
         match reply {
             Ok(values) => last_reply(values),
             Err(e) => {
@@ -1032,7 +1013,13 @@ impl RedisStore {
                 builder = builder.push_sender(pushes);
             }
             let client = builder.build().map_err(invalid)?;
+            // The client carries the `Forget` push sender: the shards'
+            // connections tell the near cache what Redis pushes.
             local = Some(Local::new(LocalClient::Cluster(client.clone(), r.timeout)));
+            if let Some(near) = &near {
+                let client = LocalClient::Cluster(client.clone(), r.timeout);
+                shards = Some(Shards::new(client, near.clone()));
+            }
             let config = redis::cluster::ClusterConfig::new()
                 .set_connection_timeout(r.timeout)
                 .set_response_timeout(r.timeout);
@@ -1049,14 +1036,12 @@ impl RedisStore {
                 base.clone(),
             )));
             if let Some(near) = &near {
-                shards = Some(Shards::new(
-                    client.clone(),
-                    base.set_push_sender(Forget {
-                        near: near.clone(),
-                        prefix: r.key_prefix.clone(),
-                    }),
-                    near.clone(),
-                ));
+                let pushes = base.set_push_sender(Forget {
+                    near: near.clone(),
+                    prefix: r.key_prefix.clone(),
+                });
+                let client = LocalClient::Single(client.clone(), pushes);
+                shards = Some(Shards::new(client, near.clone()));
             }
             let mut config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(r.timeout))
@@ -1792,9 +1777,9 @@ impl SessionStore for RedisStore {
         };
         // Not cached or tracked: most new visitors never come back, and one
         // that does costs a single read, which is then cached.
-        let reply = self
-            .run(|mut c| async move {
-                request(&mut c, &inner.lanes, transaction(), false, key.as_bytes()).await
+        let reply =
+            self.run(|_| async move {
+                request(&inner.lanes, transaction(), false, key.as_bytes()).await
             })
             .await?;
         if !matches!(reply, Value::Array(_)) {

@@ -45,8 +45,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-(cd "$ROOT" && cargo build --release --quiet)
-SG="$ROOT/target/release/sessiongate"
+# SESSIONGATE_BIN=path runs that binary instead of building target/release.
+if [ -n "${SESSIONGATE_BIN:-}" ]; then SG=$SESSIONGATE_BIN; else
+  (cd "$ROOT" && cargo build --release --quiet)
+  SG="$ROOT/target/release/sessiongate"
+fi
 
 read -r P_REDIS P_UP P_A P_B P_MEM P_LB P_LBM P_AA P_BA P_MA < <(python3 - <<'PY'
 import socket

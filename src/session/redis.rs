@@ -428,6 +428,15 @@ fn is_dropped(e: &RedisError) -> bool {
         || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
 }
 
+/// After `e`, a connection of [`Local`] or [`Shards`] is dropped: anything but
+/// Redis's own refusal may have left it unusable (a runtime that ended takes
+/// its driver with it), and a master demoted by a failover (`READONLY`) is
+/// left for the one the Sentinels name now.
+fn unusable(e: &RedisError) -> bool {
+    !matches!(e.kind(), redis::ErrorKind::Server(_))
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+}
+
 /// Milliseconds, as the scripts take them.
 fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
@@ -448,10 +457,10 @@ fn evalsha(script: &Script, keys: &[&[u8]]) -> Cmd {
 /// the near cache hears of every change to them (see [`Lanes`] for which
 /// connection that is).
 async fn request(lanes: &Lanes, cmds: Vec<Cmd>, track: bool, key: &[u8]) -> RedisResult<Value> {
-    match (track, &lanes.local, &lanes.shards) {
-        (false, Some(local), _) => local.call(cmds, key).await,
-        (true, _, Some(shards)) => shards.call(cmds, key).await,
-        _ => lanes.batcher.call(cmds, track).await,
+    match (track, &lanes.shards) {
+        (true, Some(shards)) => shards.call(cmds, key).await,
+        // Only the near cache asks for tracking, and it comes with shards.
+        _ => lanes.local.call(cmds, key).await,
     }
 }
 
@@ -497,13 +506,12 @@ async fn eval(
     }
 }
 
-/// How the request path's calls reach Redis, on one Redis or a Cluster:
-/// untracked ones through the calling thread's own connection ([`Local`]),
-/// tracked ones through their session's shard ([`Shards`]). On Sentinel, all
-/// of them in batches on the one connection to the master ([`Batcher`]).
+/// How the request path's calls reach Redis: untracked ones through the
+/// calling thread's own connection ([`Local`]), tracked ones through their
+/// session's shard ([`Shards`]); on Sentinel, to the master the Sentinels name.
+/// The store's shared connection serves the admin path and the index.
 struct Lanes {
-    batcher: Batcher,
-    local: Option<Local>,
+    local: Local,
     shards: Option<Shards>,
 }
 
@@ -578,7 +586,7 @@ impl Shards {
         match conn.send(cmds, track, key).await {
             Ok(values) => last_reply(values),
             Err(e) => {
-                if !matches!(e.kind(), redis::ErrorKind::Server(_)) {
+                if unusable(&e) {
                     // The keys tracked on it are no longer: forget them all,
                     // and open another at the next call.
                     if let Ok(mut current) = shard.current.lock() {
@@ -609,6 +617,11 @@ struct Local {
 enum LocalClient {
     Single(redis::Client, redis::AsyncConnectionConfig),
     Cluster(redis::cluster::ClusterClient, Duration),
+    /// Opens a connection to the master the Sentinels name at that moment.
+    Sentinel(
+        tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+        redis::AsyncConnectionConfig,
+    ),
 }
 
 #[derive(Clone)]
@@ -631,6 +644,11 @@ impl LocalClient {
                     .set_response_timeout(*timeout);
                 LocalConn::Cluster(client.get_async_connection_with_config(config).await?)
             }
+            LocalClient::Sentinel(client, config) => LocalConn::Single(
+                (client.lock().await)
+                    .get_async_connection_with_config(config)
+                    .await?,
+            ),
         })
     }
 }
@@ -714,114 +732,11 @@ impl Local {
         match reply {
             Ok(values) => last_reply(values),
             Err(e) => {
-                // Anything but Redis's own refusal may have left the connection
-                // unusable (a runtime that ended takes its driver with it): the
-                // next call makes a new one.
-                if !matches!(e.kind(), redis::ErrorKind::Server(_)) {
+                // The next call makes a new one.
+                if unusable(&e) {
                     self.forget();
                 }
                 Err(e)
-            }
-        }
-    }
-}
-
-/// Calls of the request path waiting for the next batch.
-struct Batcher {
-    jobs: tokio::sync::mpsc::UnboundedSender<Job>,
-}
-
-/// Commands that go together (a script call, or a transaction), answered with
-/// the reply to the last.
-struct Job {
-    cmds: Vec<Cmd>,
-    track: bool,
-    reply: tokio::sync::oneshot::Sender<RedisResult<Value>>,
-}
-
-/// Calls in one batch at most.
-const MAX_BATCH: usize = 256;
-
-/// Batches in flight at once; calls made meanwhile wait for the next one.
-const BATCHES_IN_FLIGHT: usize = 2;
-
-impl Batcher {
-    /// Starts the task that sends the batches on `conn`; it ends with the
-    /// last `Batcher` handle.
-    fn start(conn: Conn) -> Batcher {
-        let (jobs, queued) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(batches(conn, queued));
-        Batcher { jobs }
-    }
-
-    async fn call(&self, cmds: Vec<Cmd>, track: bool) -> RedisResult<Value> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let gone = || RedisError::from((redis::ErrorKind::Io, "the Redis batch task ended"));
-        self.jobs
-            .send(Job { cmds, track, reply })
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
-    }
-}
-
-/// Sends the calls queued while the previous batches were in flight as one
-/// pipeline: one write for many calls, one `CLIENT TRACKING` before them all,
-/// and Redis reads them in one go. Under load, batches grow by themselves;
-/// alone, a call goes at once.
-async fn batches(conn: Conn, mut queued: tokio::sync::mpsc::UnboundedReceiver<Job>) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
-    while let Some(first) = queued.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queued.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let mut conn = conn.clone();
-        tokio::spawn(async move {
-            send_batch(&mut conn, batch).await;
-            drop(permit);
-        });
-    }
-}
-
-async fn send_batch(conn: &mut Conn, batch: Vec<Job>) {
-    let track = batch.iter().any(|j| j.track);
-    let mut pipe = redis::pipe();
-    if track {
-        pipe.cmd("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP");
-    }
-    let mut replies = Vec::with_capacity(batch.len());
-    let mut n = 0;
-    for job in batch {
-        n += job.cmds.len();
-        replies.push((job.cmds.len(), job.reply));
-        for cmd in job.cmds {
-            pipe.add_command(cmd);
-        }
-    }
-    match conn.req_packed_commands(&pipe, usize::from(track), n).await {
-        Ok(values) if values.len() == n => {
-            let mut values = values.into_iter();
-            for (count, reply) in replies {
-                let _ = reply.send(last_reply(values.by_ref().take(count).collect()));
-            }
-        }
-        Ok(_) => {
-            for (_, reply) in replies {
-                let _ = reply.send(Err(RedisError::from((
-                    redis::ErrorKind::Client,
-                    "a batch came back short",
-                ))));
-            }
-        }
-        Err(e) => {
-            for (_, reply) in replies {
-                let _ = reply.send(Err(e.clone()));
             }
         }
     }
@@ -970,31 +885,48 @@ impl RedisStore {
         } else {
             ProtocolVersion::RESP2
         };
-        let (mut local, mut shards) = (None, None);
+        let local;
+        let mut shards = None;
         let conn = if let Some(sentinel) = &r.sentinel {
             let node = redis::sentinel::SentinelNodeConnectionInfo::default()
                 .set_redis_connection_info(
                     redis::RedisConnectionInfo::default().set_protocol(protocol),
                 );
-            let client = redis::sentinel::SentinelClient::build(
-                sentinel
-                    .nodes
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>(),
-                sentinel.master.as_str(),
-                Some(node),
-                redis::sentinel::SentinelServerType::Master,
-            )
-            .map_err(invalid)?;
-            let mut config = redis::AsyncConnectionConfig::new()
+            let build = || {
+                redis::sentinel::SentinelClient::build(
+                    sentinel
+                        .nodes
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>(),
+                    sentinel.master.as_str(),
+                    Some(node.clone()),
+                    redis::sentinel::SentinelServerType::Master,
+                )
+                .map(tokio::sync::Mutex::new)
+                .map_err(invalid)
+            };
+            let client = build()?;
+            let base = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(r.timeout))
                 .set_response_timeout(Some(r.timeout));
+            local = Local::new(LocalClient::Sentinel(build()?, base.clone()));
+            if let Some(near) = &near {
+                let pushes = base.clone().set_push_sender(Forget {
+                    near: near.clone(),
+                    prefix: r.key_prefix.clone(),
+                });
+                shards = Some(Shards::new(
+                    LocalClient::Sentinel(build()?, pushes),
+                    near.clone(),
+                ));
+            }
+            let mut config = base;
             if let Some(pushes) = pushes {
                 config = config.set_push_sender(pushes);
             }
             Conn::Sentinel(Arc::new(SentinelConn {
-                client: tokio::sync::Mutex::new(client),
+                client,
                 current: std::sync::Mutex::new(None),
                 config,
                 near: near.clone(),
@@ -1015,7 +947,7 @@ impl RedisStore {
             let client = builder.build().map_err(invalid)?;
             // The client carries the `Forget` push sender: the shards'
             // connections tell the near cache what Redis pushes.
-            local = Some(Local::new(LocalClient::Cluster(client.clone(), r.timeout)));
+            local = Local::new(LocalClient::Cluster(client.clone(), r.timeout));
             if let Some(near) = &near {
                 let client = LocalClient::Cluster(client.clone(), r.timeout);
                 shards = Some(Shards::new(client, near.clone()));
@@ -1031,10 +963,7 @@ impl RedisStore {
             let base = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(r.timeout))
                 .set_response_timeout(Some(r.timeout));
-            local = Some(Local::new(LocalClient::Single(
-                client.clone(),
-                base.clone(),
-            )));
+            local = Local::new(LocalClient::Single(client.clone(), base.clone()));
             if let Some(near) = &near {
                 let pushes = base.set_push_sender(Forget {
                     near: near.clone(),
@@ -1053,11 +982,7 @@ impl RedisStore {
             }
             Conn::Single(ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?)
         };
-        let lanes = Lanes {
-            batcher: Batcher::start(conn.clone()),
-            local,
-            shards,
-        };
+        let lanes = Lanes { local, shards };
         let store = RedisStore {
             inner: Arc::new(Inner {
                 conn,

@@ -39,15 +39,17 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{
-    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
-};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{
     Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, PushKind, RedisError,
     RedisFuture, RedisResult, Script, Value,
 };
+
+mod lanes;
+
+use lanes::{request, Lanes, Local, LocalClient, Shards};
 
 use super::data::{LOGIN_IP_KEY, LOGIN_UA_KEY};
 use super::events::{Event, EventKind, EventSink, Reason};
@@ -428,15 +430,6 @@ fn is_dropped(e: &RedisError) -> bool {
         || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
 }
 
-/// After `e`, a connection of [`Local`] or [`Shards`] is dropped: anything but
-/// Redis's own refusal may have left it unusable (a runtime that ended takes
-/// its driver with it), and a master demoted by a failover (`READONLY`) is
-/// left for the one the Sentinels name now.
-fn unusable(e: &RedisError) -> bool {
-    !matches!(e.kind(), redis::ErrorKind::Server(_))
-        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-}
-
 /// Milliseconds, as the scripts take them.
 fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
@@ -450,41 +443,6 @@ fn evalsha(script: &Script, keys: &[&[u8]]) -> Cmd {
         cmd.arg(*k);
     }
     cmd
-}
-
-/// Sends `cmds` as one unit and returns the reply to the last of them. With
-/// `track`, the keys they read are tracked on the connection they run on, so
-/// the near cache hears of every change to them (see [`Lanes`] for which
-/// connection that is).
-async fn request(lanes: &Lanes, cmds: Vec<Cmd>, track: bool, key: &[u8]) -> RedisResult<Value> {
-    match (track, &lanes.shards) {
-        (true, Some(shards)) => shards.call(cmds, key).await,
-        // Only the near cache asks for tracking, and it comes with shards.
-        _ => lanes.local.call(cmds, key).await,
-    }
-}
-
-/// The reply to the last command of a unit; a pipeline hands a command's error
-/// back as a value.
-fn last_reply(replies: Vec<Value>) -> RedisResult<Value> {
-    let mut first_error = None;
-    let mut last = None;
-    for reply in replies {
-        match reply.extract_error() {
-            Ok(v) => last = Some(v),
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    match (first_error, last) {
-        (Some(e), _) => Err(e),
-        (None, Some(v)) => Ok(v),
-        (None, None) => Err(RedisError::from((
-            redis::ErrorKind::Client,
-            "no reply to a request",
-        ))),
-    }
 }
 
 /// Runs `call`, an `EVALSHA` of `script`, as [`request`] does. Loads the script
@@ -504,264 +462,6 @@ async fn eval(
         }
         other => other,
     }
-}
-
-/// How the request path's calls reach Redis: untracked ones through the
-/// calling thread's own connection ([`Local`]), tracked ones through their
-/// session's shard ([`Shards`]); on Sentinel, to the master the Sentinels name.
-/// The store's shared connection serves the admin path and the index.
-struct Lanes {
-    local: Local,
-    shards: Option<Shards>,
-}
-
-/// The connections for the calls the near cache tracks, on one Redis or a
-/// Cluster: one per core, and each session's calls always on the same one (by
-/// its key's slot), so every key is tracked on one connection and this
-/// proxy's own writes (`NOLOOP`) never invalidate its own copy. Each is opened
-/// by the first call that needs it, on that caller's runtime (a proxy
-/// worker's), and again after a failure; what Redis pushes on it goes to the
-/// near cache (`Forget`), and its loss empties the cache. On one Redis,
-/// tracking is turned on as it opens; on a Cluster, whose node connections
-/// come and go inside the client, before every call.
-struct Shards {
-    /// With the `Forget` push sender.
-    client: LocalClient,
-    near: Arc<NearCache>,
-    shards: Vec<Shard>,
-}
-
-#[derive(Default)]
-struct Shard {
-    /// The open connection and its generation.
-    current: std::sync::Mutex<Option<(u64, LocalConn)>>,
-    /// Held while one call opens the connection; the others wait for it.
-    opening: tokio::sync::Mutex<u64>,
-}
-
-impl Shards {
-    fn new(client: LocalClient, near: Arc<NearCache>) -> Shards {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Shards {
-            client,
-            near,
-            shards: (0..n).map(|_| Shard::default()).collect(),
-        }
-    }
-
-    fn current(shard: &Shard) -> Option<(u64, LocalConn)> {
-        shard.current.lock().ok()?.clone()
-    }
-
-    async fn connection(&self, shard: &Shard) -> RedisResult<(u64, LocalConn)> {
-        if let Some(c) = Self::current(shard) {
-            return Ok(c);
-        }
-        let mut generation = shard.opening.lock().await;
-        if let Some(c) = Self::current(shard) {
-            return Ok(c);
-        }
-        let mut conn = self.client.open().await?;
-        if let LocalConn::Single(c) = &mut conn {
-            redis::cmd("CLIENT")
-                .arg("TRACKING")
-                .arg("ON")
-                .arg("NOLOOP")
-                .query_async::<()>(c)
-                .await?;
-        }
-        *generation += 1;
-        let opened = (*generation, conn);
-        if let Ok(mut current) = shard.current.lock() {
-            *current = Some(opened.clone());
-        }
-        Ok(opened)
-    }
-
-    /// Sends `cmds` as one unit on the connection of `key`'s shard.
-    async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Value> {
-        let shard = &self.shards[usize::from(key_slot(key)) % self.shards.len()];
-        let (generation, mut conn) = self.connection(shard).await?;
-        let track = matches!(conn, LocalConn::Cluster(_));
-        match conn.send(cmds, track, key).await {
-            Ok(values) => last_reply(values),
-            Err(e) => {
-                if unusable(&e) {
-                    // The keys tracked on it are no longer: forget them all,
-                    // and open another at the next call.
-                    if let Ok(mut current) = shard.current.lock() {
-                        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
-                            *current = None;
-                        }
-                    }
-                    self.near.clear();
-                }
-                Err(e)
-            }
-        }
-    }
-}
-
-/// Connections of the calling thread, one per store. On a proxy worker thread
-/// (one runtime per thread) a call goes out and its answer comes back on the
-/// thread that asked, with no wake-up of another thread on either way: a new
-/// visitor's session costs no more than that round trip.
-struct Local {
-    client: LocalClient,
-    /// Tells this store's connections from those of another in a thread's list
-    /// (stores come and go in tests).
-    id: u64,
-    alive: Arc<()>,
-}
-
-enum LocalClient {
-    Single(redis::Client, redis::AsyncConnectionConfig),
-    Cluster(redis::cluster::ClusterClient, Duration),
-    /// Opens a connection to the master the Sentinels name at that moment.
-    Sentinel(
-        tokio::sync::Mutex<redis::sentinel::SentinelClient>,
-        redis::AsyncConnectionConfig,
-    ),
-}
-
-#[derive(Clone)]
-enum LocalConn {
-    Single(MultiplexedConnection),
-    Cluster(ClusterConnection),
-}
-
-impl LocalClient {
-    async fn open(&self) -> RedisResult<LocalConn> {
-        Ok(match self {
-            LocalClient::Single(client, config) => LocalConn::Single(
-                client
-                    .get_multiplexed_async_connection_with_config(config)
-                    .await?,
-            ),
-            LocalClient::Cluster(client, timeout) => {
-                let config = redis::cluster::ClusterConfig::new()
-                    .set_connection_timeout(*timeout)
-                    .set_response_timeout(*timeout);
-                LocalConn::Cluster(client.get_async_connection_with_config(config).await?)
-            }
-            LocalClient::Sentinel(client, config) => LocalConn::Single(
-                (client.lock().await)
-                    .get_async_connection_with_config(config)
-                    .await?,
-            ),
-        })
-    }
-}
-
-impl LocalConn {
-    /// Sends `cmds` in one pipeline, on a Cluster to the primary of `key`'s
-    /// slot; with `track`, after `CLIENT TRACKING ON NOLOOP`. Returns the
-    /// replies to `cmds`.
-    async fn send(&mut self, cmds: Vec<Cmd>, track: bool, key: &[u8]) -> RedisResult<Vec<Value>> {
-        let mut pipe = redis::pipe();
-        if track {
-            pipe.cmd("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP");
-        }
-        let n = cmds.len();
-        for cmd in cmds {
-            pipe.add_command(cmd);
-        }
-        let skip = usize::from(track);
-        match self {
-            LocalConn::Single(c) => c.req_packed_commands(&pipe, skip, n).await,
-            LocalConn::Cluster(c) => {
-                // The client would route `CLIENT TRACKING` by `TRACKING` as a
-                // key, and `MULTI` by none.
-                let route = Route::new(key_slot(key), SlotAddr::Master);
-                c.route_pipeline(pipe, skip, n, SingleNodeRoutingInfo::SpecificNode(route))
-                    .await
-            }
-        }
-    }
-}
-
-thread_local! {
-    static LOCAL: std::cell::RefCell<Vec<(u64, std::sync::Weak<()>, LocalConn)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-impl Local {
-    fn new(client: LocalClient) -> Local {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        Local {
-            client,
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
-            alive: Arc::new(()),
-        }
-    }
-
-    /// This thread's connection, after forgetting those of stores gone.
-    fn current(&self) -> Option<LocalConn> {
-        LOCAL.with_borrow_mut(|conns| {
-            conns.retain(|(_, alive, _)| alive.strong_count() > 0);
-            (conns.iter())
-                .find(|(id, ..)| *id == self.id)
-                .map(|(.., c)| c.clone())
-        })
-    }
-
-    async fn connection(&self) -> RedisResult<LocalConn> {
-        if let Some(c) = self.current() {
-            return Ok(c);
-        }
-        let made = self.client.open().await?;
-        // Another task of this thread may have connected meanwhile.
-        Ok(
-            LOCAL.with_borrow_mut(|conns| match conns.iter().find(|(id, ..)| *id == self.id) {
-                Some((.., c)) => c.clone(),
-                None => {
-                    conns.push((self.id, Arc::downgrade(&self.alive), made.clone()));
-                    made
-                }
-            }),
-        )
-    }
-
-    fn forget(&self) {
-        LOCAL.with_borrow_mut(|conns| conns.retain(|(id, ..)| *id != self.id));
-    }
-
-    /// Sends `cmds` as one unit; on a Cluster, to the primary of `key`'s slot.
-    async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Value> {
-        let reply = self.connection().await?.send(cmds, false, key).await;
-        match reply {
-            Ok(values) => last_reply(values),
-            Err(e) => {
-                // The next call makes a new one.
-                if unusable(&e) {
-                    self.forget();
-                }
-                Err(e)
-            }
-        }
-    }
-}
-
-/// The Cluster slot of `key`: CRC16 (XMODEM) of its hash tag, or of the whole
-/// key when it has none, modulo 16384.
-fn key_slot(key: &[u8]) -> u16 {
-    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
-        let rest = &key[open + 1..];
-        let close = rest.iter().position(|&b| b == b'}')?;
-        (close > 0).then(|| &rest[..close])
-    });
-    let mut crc: u16 = 0;
-    for &b in tagged.unwrap_or(key) {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
 }
 
 /// Hands what Redis pushes to the near cache, as the connection reads it: an
@@ -2005,16 +1705,6 @@ impl SessionStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cluster_slots_are_those_redis_computes() {
-        // CLUSTER KEYSLOT on a real Redis Cluster.
-        assert_eq!(key_slot(b"foo"), 12182);
-        assert_eq!(key_slot(b"123456789"), 12739);
-        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
-        assert_eq!(key_slot(b"foo{}{bar}"), 8363);
-        assert_eq!(key_slot(b"sessiongate:{AbCd}rest"), key_slot(b"AbCd"));
-    }
 
     #[test]
     fn glob_characters_are_escaped() {

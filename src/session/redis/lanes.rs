@@ -4,8 +4,7 @@
 //! a connection (one Redis, a Cluster, the master the Sentinels name) and one
 //! way to send a unit of commands on it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -167,9 +166,9 @@ impl Shards {
 pub(super) struct Local {
     client: LocalClient,
     /// Tells this store's connections from those of another in a thread's list
-    /// (stores come and go in tests).
-    id: u64,
-    alive: Arc<()>,
+    /// (stores come and go in tests): an entry holds it weakly, so while the
+    /// entry lives no other store's token can take its address.
+    token: Arc<()>,
 }
 
 pub(super) enum LocalClient {
@@ -239,27 +238,28 @@ impl LocalConn {
 }
 
 thread_local! {
-    static LOCAL: std::cell::RefCell<Vec<(u64, std::sync::Weak<()>, LocalConn)>> =
+    static LOCAL: std::cell::RefCell<Vec<(Weak<()>, LocalConn)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Local {
     pub(super) fn new(client: LocalClient) -> Local {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
         Local {
             client,
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
-            alive: Arc::new(()),
+            token: Arc::new(()),
         }
     }
 
-    /// This thread's connection, after forgetting those of stores gone.
+    fn mine(&self, entry: &Weak<()>) -> bool {
+        std::ptr::eq(entry.as_ptr(), Arc::as_ptr(&self.token))
+    }
+
+    /// This thread's connection.
     fn current(&self) -> Option<LocalConn> {
-        LOCAL.with_borrow_mut(|conns| {
-            conns.retain(|(_, alive, _)| alive.strong_count() > 0);
+        LOCAL.with_borrow(|conns| {
             (conns.iter())
-                .find(|(id, ..)| *id == self.id)
-                .map(|(.., c)| c.clone())
+                .find(|(token, _)| self.mine(token))
+                .map(|(_, c)| c.clone())
         })
     }
 
@@ -268,20 +268,22 @@ impl Local {
             return Ok(c);
         }
         let made = self.client.open().await?;
-        // Another task of this thread may have connected meanwhile.
-        Ok(
-            LOCAL.with_borrow_mut(|conns| match conns.iter().find(|(id, ..)| *id == self.id) {
-                Some((.., c)) => c.clone(),
+        // Another task of this thread may have connected meanwhile; those of
+        // stores gone are forgotten here, off the path of every call.
+        Ok(LOCAL.with_borrow_mut(|conns| {
+            conns.retain(|(token, _)| token.strong_count() > 0);
+            match conns.iter().find(|(token, _)| self.mine(token)) {
+                Some((_, c)) => c.clone(),
                 None => {
-                    conns.push((self.id, Arc::downgrade(&self.alive), made.clone()));
+                    conns.push((Arc::downgrade(&self.token), made.clone()));
                     made
                 }
-            }),
-        )
+            }
+        }))
     }
 
     fn forget(&self) {
-        LOCAL.with_borrow_mut(|conns| conns.retain(|(id, ..)| *id != self.id));
+        LOCAL.with_borrow_mut(|conns| conns.retain(|(token, _)| !self.mine(token)));
     }
 
     /// Sends `cmds` as one unit; on a Cluster, to the primary of `key`'s slot.

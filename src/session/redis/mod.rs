@@ -307,7 +307,8 @@ impl SentinelConn {
 
     /// After `e`: drops the connection when the master may have moved.
     fn check(&self, e: &RedisError) {
-        if is_dropped(e) || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
+        // `is_dropped` counts a demoted master (`READONLY`) too.
+        if is_dropped(e) {
             if let Ok(mut current) = self.current.lock() {
                 *current = None;
             }
@@ -467,6 +468,7 @@ async fn eval(
 /// Hands what Redis pushes to the near cache, as the connection reads it: an
 /// invalidated session is forgotten; a flush (no keys) or a lost connection
 /// forgets them all.
+#[derive(Clone)]
 struct Forget {
     near: Arc<NearCache>,
     prefix: String,
@@ -585,9 +587,9 @@ impl RedisStore {
         } else {
             ProtocolVersion::RESP2
         };
-        let local;
-        let mut shards = None;
-        let conn = if let Some(sentinel) = &r.sentinel {
+        // Per topology: the shared connection, the client of the per-thread
+        // connections, and that of the shards (with the near cache).
+        let (conn, local, shard) = if let Some(sentinel) = &r.sentinel {
             let node = redis::sentinel::SentinelNodeConnectionInfo::default()
                 .set_redis_connection_info(
                     redis::RedisConnectionInfo::default().set_protocol(protocol),
@@ -610,27 +612,23 @@ impl RedisStore {
             let base = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(r.timeout))
                 .set_response_timeout(Some(r.timeout));
-            local = Local::new(LocalClient::Sentinel(build()?, base.clone()));
-            if let Some(near) = &near {
-                let pushes = base.clone().set_push_sender(Forget {
-                    near: near.clone(),
-                    prefix: r.key_prefix.clone(),
-                });
-                shards = Some(Shards::new(
-                    LocalClient::Sentinel(build()?, pushes),
-                    near.clone(),
-                ));
-            }
-            let mut config = base;
-            if let Some(pushes) = pushes {
-                config = config.set_push_sender(pushes);
-            }
-            Conn::Sentinel(Arc::new(SentinelConn {
+            let local = LocalClient::Sentinel(build()?, base.clone());
+            let with_pushes = |config: redis::AsyncConnectionConfig| match &pushes {
+                Some(p) => config.set_push_sender(p.clone()),
+                None => config,
+            };
+            let shard = if pushes.is_some() {
+                Some(LocalClient::Sentinel(build()?, with_pushes(base.clone())))
+            } else {
+                None
+            };
+            let conn = Conn::Sentinel(Arc::new(SentinelConn {
                 client,
                 current: std::sync::Mutex::new(None),
-                config,
+                config: with_pushes(base),
                 near: near.clone(),
-            }))
+            }));
+            (conn, local, shard)
         } else if cluster {
             let nodes: Vec<&str> = if r.nodes.is_empty() {
                 vec![r.url.as_str()]
@@ -647,15 +645,15 @@ impl RedisStore {
             let client = builder.build().map_err(invalid)?;
             // The client carries the `Forget` push sender: the shards'
             // connections tell the near cache what Redis pushes.
-            local = Local::new(LocalClient::Cluster(client.clone(), r.timeout));
-            if let Some(near) = &near {
-                let client = LocalClient::Cluster(client.clone(), r.timeout);
-                shards = Some(Shards::new(client, near.clone()));
-            }
+            let local = LocalClient::Cluster(client.clone(), r.timeout);
+            let shard = near
+                .as_ref()
+                .map(|_| LocalClient::Cluster(client.clone(), r.timeout));
             let config = redis::cluster::ClusterConfig::new()
                 .set_connection_timeout(r.timeout)
                 .set_response_timeout(r.timeout);
-            Conn::Cluster(client.get_pending_async_connection_with_config(config))
+            let conn = Conn::Cluster(client.get_pending_async_connection_with_config(config));
+            (conn, local, shard)
         } else {
             let info = r.url.as_str().into_connection_info().map_err(invalid)?;
             let settings = info.redis_settings().clone().set_protocol(protocol);
@@ -663,15 +661,9 @@ impl RedisStore {
             let base = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(r.timeout))
                 .set_response_timeout(Some(r.timeout));
-            local = Local::new(LocalClient::Single(client.clone(), base.clone()));
-            if let Some(near) = &near {
-                let pushes = base.set_push_sender(Forget {
-                    near: near.clone(),
-                    prefix: r.key_prefix.clone(),
-                });
-                let client = LocalClient::Single(client.clone(), pushes);
-                shards = Some(Shards::new(client, near.clone()));
-            }
+            let local = LocalClient::Single(client.clone(), base.clone());
+            let shard = (pushes.clone())
+                .map(|p| LocalClient::Single(client.clone(), base.set_push_sender(p)));
             let mut config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(r.timeout))
                 .set_response_timeout(Some(r.timeout))
@@ -680,9 +672,16 @@ impl RedisStore {
             if let Some(pushes) = pushes {
                 config = config.set_push_sender(pushes);
             }
-            Conn::Single(ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?)
+            let manager =
+                ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?;
+            (Conn::Single(manager), local, shard)
         };
-        let lanes = Lanes { local, shards };
+        let lanes = Lanes {
+            local: Local::new(local),
+            shards: shard
+                .zip(near.clone())
+                .map(|(c, near)| Shards::new(c, near)),
+        };
         let store = RedisStore {
             inner: Arc::new(Inner {
                 conn,

@@ -1,7 +1,7 @@
 //! One conformance suite, written once as functions generic over
 //! `S: SessionStore`, run against every store: the memory store, the Redis store
 //! on one `redis-server` (with its near cache, and without), and the Redis store
-//! on a three-node Redis Cluster.
+//! on a three-node Redis Cluster and on a master found through Redis Sentinel.
 //!
 //! Expiry can only be seen by letting real time pass, so the suite uses an idle
 //! timeout of 2s and an absolute one of 4s. A session must live at least its
@@ -15,13 +15,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sessiongate::config::RedisConfig;
+use sessiongate::config::{RedisConfig, SentinelConfig};
 use sessiongate::session::memory::MemoryStore;
 use sessiongate::session::{
     Applied, Changes, Created, Event, EventCounters, EventKind, EventSink, Lookup, Policy, Reason,
     RedisStore, SessionData, SessionId, SessionStore,
 };
-use support::redis::{RedisCluster, RedisServer};
+use support::redis::{RedisCluster, RedisSentinel, RedisServer};
 
 const IDLE: Duration = Duration::from_secs(2);
 const ABSOLUTE: Duration = Duration::from_secs(4);
@@ -815,6 +815,43 @@ async fn redis_cluster_passes_every_case() {
         }
     }
     assert!(failed.is_empty(), "cases failed on the Cluster: {failed:?}");
+}
+
+/// The master a Sentinel names: every case at once, each under its own key
+/// prefix, on the connections that follow a failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_sentinel_passes_every_case() {
+    let Some(master) = RedisServer::start("redis_sentinel_passes_every_case").await else {
+        return;
+    };
+    let sentinel = RedisSentinel::start("conformance", master.port()).await;
+    let mut running = Vec::new();
+    for (name, case) in cases::<RedisStore>() {
+        let settings = RedisConfig {
+            url: String::new(),
+            key_prefix: unique_prefix(),
+            timeout: Duration::from_secs(2),
+            cluster: false,
+            nodes: Vec::new(),
+            sentinel: Some(SentinelConfig {
+                master: "conformance".to_owned(),
+                nodes: vec![sentinel.url()],
+            }),
+            near_cache: true,
+        };
+        let store = RedisStore::open(&settings, Some(USER_KEY), EventSink::default())
+            .await
+            .expect("open the Redis store");
+        store.ping().await.expect("the master answers");
+        running.push((name, tokio::spawn(case(store))));
+    }
+    let mut failed = Vec::new();
+    for (name, task) in running {
+        if task.await.is_err() {
+            failed.push(name);
+        }
+    }
+    assert!(failed.is_empty(), "cases failed on Sentinel: {failed:?}");
 }
 
 // ---------------------------------------------------------------------------

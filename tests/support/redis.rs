@@ -168,7 +168,7 @@ impl RedisServer {
         std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }
 
-    async fn try_command(&self, args: &[&str]) -> ::redis::RedisResult<::redis::Value> {
+    pub async fn try_command(&self, args: &[&str]) -> ::redis::RedisResult<::redis::Value> {
         let client = ::redis::Client::open(self.url())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         let mut cmd = ::redis::cmd(args[0]);
@@ -215,6 +215,110 @@ impl Drop for RedisServer {
     }
 }
 
+/// One `redis-server --sentinel` watching one master, stopped when dropped.
+pub struct RedisSentinel {
+    master: String,
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisSentinel {
+    /// Starts a Sentinel on a free port, trying another port when the one
+    /// picked was taken meanwhile (the process then exits at once).
+    pub async fn start(master: &str, master_port: u16) -> RedisSentinel {
+        for _ in 0..5 {
+            let mut sentinel = RedisSentinel::spawn(master, master_port);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while tokio::time::Instant::now() < deadline {
+                if sentinel.child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if sentinel.command(&["PING"]).await.is_ok() {
+                    return sentinel;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("no Sentinel started on any of five ports");
+    }
+
+    fn spawn(master: &str, master_port: u16) -> RedisSentinel {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
+                 logfile {dir}/sentinel.log\n\
+                 sentinel monitor {master} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {master} 1000\n\
+                 sentinel failover-timeout {master} 5000\n",
+                dir = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server --sentinel");
+        RedisSentinel {
+            master: master.to_owned(),
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// Its log, for a failure's message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("sentinel.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn command(&self, args: &[&str]) -> ::redis::RedisResult<::redis::Value> {
+        let client = ::redis::Client::open(self.url())?;
+        let mut c = client.get_multiplexed_async_connection().await?;
+        let mut cmd = ::redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut c).await
+    }
+
+    /// The master's port as this Sentinel names it.
+    pub async fn master_port(&self) -> Option<u16> {
+        let reply = self
+            .command(&["SENTINEL", "get-master-addr-by-name", &self.master])
+            .await
+            .ok()?;
+        match reply {
+            ::redis::Value::Array(parts) => parts.get(1).map(text)?.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A master, its replica and three Sentinels that agree on the master.
 /// A three-primary Redis Cluster made with `redis-cli --cluster create`.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,

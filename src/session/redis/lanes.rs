@@ -12,6 +12,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, RedisError, RedisResult, Value};
 
+use super::sentinel::Master;
 use crate::session::near::NearCache;
 
 /// Sends `cmds` as one unit and returns the reply to the last of them. With
@@ -58,7 +59,7 @@ fn last_reply(replies: Vec<Value>) -> RedisResult<Value> {
 /// Redis's own refusal may have left it unusable (a runtime that ended takes
 /// its driver with it), and a master demoted by a failover (`READONLY`) is
 /// left for the one the Sentinels name now.
-fn unusable(e: &RedisError) -> bool {
+pub(super) fn unusable(e: &RedisError) -> bool {
     !matches!(e.kind(), redis::ErrorKind::Server(_))
         || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
 }
@@ -85,15 +86,7 @@ pub(super) struct Shards {
     /// With the `Forget` push sender.
     client: LocalClient,
     near: Arc<NearCache>,
-    shards: Vec<Shard>,
-}
-
-#[derive(Default)]
-struct Shard {
-    /// The open connection and its generation.
-    current: std::sync::Mutex<Option<(u64, LocalConn)>>,
-    /// Held while one call opens the connection; the others wait for it.
-    opening: tokio::sync::Mutex<u64>,
+    shards: Vec<Slot>,
 }
 
 impl Shards {
@@ -102,24 +95,72 @@ impl Shards {
         Shards {
             client,
             near,
-            shards: (0..n).map(|_| Shard::default()).collect(),
+            shards: (0..n).map(|_| Slot::default()).collect(),
         }
     }
 
-    fn current(shard: &Shard) -> Option<(u64, LocalConn)> {
-        shard.current.lock().ok()?.clone()
+    /// Sends `cmds` as one unit on the connection of `key`'s shard.
+    async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Value> {
+        let shard = &self.shards[usize::from(key_slot(key)) % self.shards.len()];
+        let epoch = self.client.epoch().await;
+        let mut opened = shard.get(&self.client, epoch, true).await?;
+        let track = matches!(opened.conn, LocalConn::Cluster(_));
+        match opened.conn.send(cmds, track, key).await {
+            Ok(values) => last_reply(values),
+            Err(e) => {
+                if unusable(&e) {
+                    // The keys tracked on it are no longer: forget them all,
+                    // and open another at the next call.
+                    shard.forget(&opened);
+                    self.near.clear();
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One connection, opened by the first call that needs it and again after it
+/// failed or its master moved; calls that come meanwhile wait for it.
+#[derive(Default)]
+pub(super) struct Slot {
+    current: std::sync::Mutex<Option<Opened>>,
+    /// Held while one call opens the connection; counts the connections opened.
+    opening: tokio::sync::Mutex<u64>,
+}
+
+/// A connection of a [`Slot`].
+#[derive(Clone)]
+pub(super) struct Opened {
+    generation: u64,
+    /// Of the master it goes to (see [`LocalClient::epoch`]).
+    epoch: u64,
+    pub(super) conn: LocalConn,
+}
+
+impl Slot {
+    fn current(&self, epoch: u64) -> Option<Opened> {
+        let current = self.current.lock().ok()?;
+        current.as_ref().filter(|o| o.epoch >= epoch).cloned()
     }
 
-    async fn connection(&self, shard: &Shard) -> RedisResult<(u64, LocalConn)> {
-        if let Some(c) = Self::current(shard) {
-            return Ok(c);
+    /// The connection, opened first when there is none for `epoch`; with
+    /// `track`, on one Redis, tracking keys from its first command.
+    pub(super) async fn get(
+        &self,
+        client: &LocalClient,
+        epoch: u64,
+        track: bool,
+    ) -> RedisResult<Opened> {
+        if let Some(o) = self.current(epoch) {
+            return Ok(o);
         }
-        let mut generation = shard.opening.lock().await;
-        if let Some(c) = Self::current(shard) {
-            return Ok(c);
+        let mut generation = self.opening.lock().await;
+        if let Some(o) = self.current(epoch) {
+            return Ok(o);
         }
-        let mut conn = self.client.open().await?;
-        if let LocalConn::Single(c) = &mut conn {
+        let (epoch, mut conn) = client.open().await?;
+        if let (true, LocalConn::Single(c)) = (track, &mut conn) {
             redis::cmd("CLIENT")
                 .arg("TRACKING")
                 .arg("ON")
@@ -128,32 +169,60 @@ impl Shards {
                 .await?;
         }
         *generation += 1;
-        let opened = (*generation, conn);
-        if let Ok(mut current) = shard.current.lock() {
+        let opened = Opened {
+            generation: *generation,
+            epoch,
+            conn,
+        };
+        if let Ok(mut current) = self.current.lock() {
             *current = Some(opened.clone());
         }
         Ok(opened)
     }
 
-    /// Sends `cmds` as one unit on the connection of `key`'s shard.
-    async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Value> {
-        let shard = &self.shards[usize::from(key_slot(key)) % self.shards.len()];
-        let (generation, mut conn) = self.connection(shard).await?;
-        let track = matches!(conn, LocalConn::Cluster(_));
-        match conn.send(cmds, track, key).await {
-            Ok(values) => last_reply(values),
-            Err(e) => {
-                if unusable(&e) {
-                    // The keys tracked on it are no longer: forget them all,
-                    // and open another at the next call.
-                    if let Ok(mut current) = shard.current.lock() {
-                        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
-                            *current = None;
-                        }
-                    }
-                    self.near.clear();
-                }
-                Err(e)
+    /// Drops `opened`, unless another connection took its place already.
+    pub(super) fn forget(&self, opened: &Opened) {
+        if let Ok(mut current) = self.current.lock() {
+            if current
+                .as_ref()
+                .is_some_and(|c| c.generation == opened.generation)
+            {
+                *current = None;
+            }
+        }
+    }
+}
+
+/// The store's shared connection on Sentinel (the admin path, the index, the
+/// clock): a [`Slot`] on the master the Sentinels name.
+pub(super) struct SentinelConn {
+    client: LocalClient,
+    slot: Slot,
+    /// Emptied with each connection dropped.
+    near: Option<Arc<NearCache>>,
+}
+
+impl SentinelConn {
+    pub(super) fn new(client: LocalClient, near: Option<Arc<NearCache>>) -> SentinelConn {
+        SentinelConn {
+            client,
+            slot: Slot::default(),
+            near,
+        }
+    }
+
+    /// The connection to use now; waits out a switch of master.
+    pub(super) async fn get(&self) -> RedisResult<Opened> {
+        let epoch = self.client.epoch().await;
+        self.slot.get(&self.client, epoch, false).await
+    }
+
+    /// After `opened` answered `e`: drops it when the master may have moved.
+    pub(super) fn failed(&self, opened: &Opened, e: &RedisError) {
+        if unusable(e) {
+            self.slot.forget(opened);
+            if let Some(near) = &self.near {
+                near.clear();
             }
         }
     }
@@ -175,37 +244,50 @@ pub(super) enum LocalClient {
     Single(redis::Client, redis::AsyncConnectionConfig),
     Cluster(redis::cluster::ClusterClient, Duration),
     /// Opens a connection to the master the Sentinels name at that moment.
-    Sentinel(
-        tokio::sync::Mutex<redis::sentinel::SentinelClient>,
-        redis::AsyncConnectionConfig,
-    ),
+    Sentinel(Arc<Master>, redis::AsyncConnectionConfig),
 }
 
 #[derive(Clone)]
-enum LocalConn {
+pub(super) enum LocalConn {
     Single(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
 
 impl LocalClient {
-    async fn open(&self) -> RedisResult<LocalConn> {
+    /// Which connections may be used now: those opened at this epoch or later.
+    /// It is always 0 but on Sentinel, where it moves with each switch of
+    /// master, and where a call waits while a replica is being promoted.
+    async fn epoch(&self) -> u64 {
+        match self {
+            LocalClient::Sentinel(master, _) => master.ready().await,
+            _ => 0,
+        }
+    }
+
+    /// A new connection, and the epoch it belongs to.
+    async fn open(&self) -> RedisResult<(u64, LocalConn)> {
         Ok(match self {
-            LocalClient::Single(client, config) => LocalConn::Single(
-                client
-                    .get_multiplexed_async_connection_with_config(config)
-                    .await?,
+            LocalClient::Single(client, config) => (
+                0,
+                LocalConn::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(config)
+                        .await?,
+                ),
             ),
             LocalClient::Cluster(client, timeout) => {
                 let config = redis::cluster::ClusterConfig::new()
                     .set_connection_timeout(*timeout)
                     .set_response_timeout(*timeout);
-                LocalConn::Cluster(client.get_async_connection_with_config(config).await?)
+                (
+                    0,
+                    LocalConn::Cluster(client.get_async_connection_with_config(config).await?),
+                )
             }
-            LocalClient::Sentinel(client, config) => LocalConn::Single(
-                (client.lock().await)
-                    .get_async_connection_with_config(config)
-                    .await?,
-            ),
+            LocalClient::Sentinel(master, config) => {
+                let (epoch, conn) = master.open(config).await?;
+                (epoch, LocalConn::Single(conn))
+            }
         })
     }
 }
@@ -237,8 +319,37 @@ impl LocalConn {
     }
 }
 
+impl ConnectionLike for LocalConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            LocalConn::Single(c) => c.req_packed_command(cmd),
+            LocalConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            LocalConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            LocalConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            LocalConn::Single(c) => c.get_db(),
+            LocalConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 thread_local! {
-    static LOCAL: std::cell::RefCell<Vec<(Weak<()>, LocalConn)>> =
+    /// Each store's connection on this thread, with the epoch it was opened at.
+    static LOCAL: std::cell::RefCell<Vec<(Weak<()>, u64, LocalConn)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -254,28 +365,31 @@ impl Local {
         std::ptr::eq(entry.as_ptr(), Arc::as_ptr(&self.token))
     }
 
-    /// This thread's connection.
-    fn current(&self) -> Option<LocalConn> {
+    /// This thread's connection, if it was opened at `epoch` or later.
+    fn current(&self, epoch: u64) -> Option<LocalConn> {
         LOCAL.with_borrow(|conns| {
             (conns.iter())
-                .find(|(token, _)| self.mine(token))
-                .map(|(_, c)| c.clone())
+                .find(|(token, opened, _)| self.mine(token) && *opened >= epoch)
+                .map(|(_, _, c)| c.clone())
         })
     }
 
-    async fn connection(&self) -> RedisResult<LocalConn> {
-        if let Some(c) = self.current() {
+    async fn connection(&self, epoch: u64) -> RedisResult<LocalConn> {
+        if let Some(c) = self.current(epoch) {
             return Ok(c);
         }
-        let made = self.client.open().await?;
+        let (opened, made) = self.client.open().await?;
         // Another task of this thread may have connected meanwhile; those of
-        // stores gone are forgotten here, off the path of every call.
+        // stores gone are forgotten here, off the path of every call, and so is
+        // this store's connection to a master left behind.
         Ok(LOCAL.with_borrow_mut(|conns| {
-            conns.retain(|(token, _)| token.strong_count() > 0);
-            match conns.iter().find(|(token, _)| self.mine(token)) {
-                Some((_, c)) => c.clone(),
+            conns.retain(|(token, e, _)| {
+                token.strong_count() > 0 && !(self.mine(token) && *e < epoch)
+            });
+            match conns.iter().find(|(token, _, _)| self.mine(token)) {
+                Some((_, _, c)) => c.clone(),
                 None => {
-                    conns.push((Arc::downgrade(&self.token), made.clone()));
+                    conns.push((Arc::downgrade(&self.token), opened, made.clone()));
                     made
                 }
             }
@@ -283,12 +397,13 @@ impl Local {
     }
 
     fn forget(&self) {
-        LOCAL.with_borrow_mut(|conns| conns.retain(|(token, _)| !self.mine(token)));
+        LOCAL.with_borrow_mut(|conns| conns.retain(|(token, _, _)| !self.mine(token)));
     }
 
     /// Sends `cmds` as one unit; on a Cluster, to the primary of `key`'s slot.
     async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Value> {
-        let reply = self.connection().await?.send(cmds, false, key).await;
+        let epoch = self.client.epoch().await;
+        let reply = self.connection(epoch).await?.send(cmds, false, key).await;
         match reply {
             Ok(values) => last_reply(values),
             Err(e) => {

@@ -48,8 +48,9 @@ use redis::{
 };
 
 mod lanes;
+mod sentinel;
 
-use lanes::{request, Lanes, Local, LocalClient, Shards};
+use lanes::{request, Lanes, Local, LocalClient, SentinelConn, Shards};
 
 use super::data::{LOGIN_IP_KEY, LOGIN_UA_KEY};
 use super::events::{Event, EventKind, EventSink, Reason};
@@ -273,62 +274,16 @@ enum Conn {
     Sentinel(Arc<SentinelConn>),
 }
 
-/// A connection to the master the Sentinels name. A command that finds the
-/// connection dropped, or the server demoted to a replica (`READONLY`), drops
-/// it; the next command asks the Sentinels for the master again.
-struct SentinelConn {
-    client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
-    current: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
-    config: redis::AsyncConnectionConfig,
-    /// Emptied with each connection dropped: the next master tracks nothing yet.
-    near: Option<Arc<NearCache>>,
-}
-
-impl SentinelConn {
-    async fn connection(&self) -> RedisResult<redis::aio::MultiplexedConnection> {
-        let cached = || self.current.lock().ok().and_then(|c| c.clone());
-        if let Some(c) = cached() {
-            return Ok(c);
-        }
-        let mut client = self.client.lock().await;
-        // Another command may have found the master while this one waited.
-        if let Some(c) = cached() {
-            return Ok(c);
-        }
-        let c = client
-            .get_async_connection_with_config(&self.config)
-            .await?;
-        if let Ok(mut current) = self.current.lock() {
-            *current = Some(c.clone());
-        }
-        tracing::info!("connected to the Redis master the Sentinels name");
-        Ok(c)
-    }
-
-    /// After `e`: drops the connection when the master may have moved.
-    fn check(&self, e: &RedisError) {
-        // `is_dropped` counts a demoted master (`READONLY`) too.
-        if is_dropped(e) {
-            if let Ok(mut current) = self.current.lock() {
-                *current = None;
-            }
-            if let Some(near) = &self.near {
-                near.clear();
-            }
-        }
-    }
-}
-
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
             Conn::Sentinel(s) => Box::pin(async move {
-                let mut c = s.connection().await?;
-                let reply = c.req_packed_command(cmd).await;
+                let mut opened = s.get().await?;
+                let reply = opened.conn.req_packed_command(cmd).await;
                 if let Err(e) = &reply {
-                    s.check(e);
+                    s.failed(&opened, e);
                 }
                 reply
             }),
@@ -345,10 +300,13 @@ impl ConnectionLike for Conn {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Sentinel(s) => Box::pin(async move {
-                let mut c = s.connection().await?;
-                let reply = c.req_packed_commands(pipeline, offset, count).await;
+                let mut opened = s.get().await?;
+                let reply = opened
+                    .conn
+                    .req_packed_commands(pipeline, offset, count)
+                    .await;
                 if let Err(e) = &reply {
-                    s.check(e);
+                    s.failed(&opened, e);
                 }
                 reply
             }),
@@ -397,6 +355,8 @@ struct Inner {
     near: Option<Arc<NearCache>>,
     /// How the request path's calls reach Redis.
     lanes: Lanes,
+    /// With `sentinel`: the master followed.
+    master: Option<Arc<sentinel::Master>>,
     /// Redis's clock minus this proxy's, in milliseconds, as last measured
     /// (see `measure_clock`); 0 until then.
     clock: AtomicI64,
@@ -525,6 +485,10 @@ async fn upkeep(inner: std::sync::Weak<Inner>) {
         tokio::time::sleep(Duration::from_millis(if checked { 1000 } else { 200 })).await;
         let Some(inner) = inner.upgrade() else { return };
         let store = RedisStore { inner };
+        if let Some(master) = &store.inner.master {
+            // A switch no Sentinel announced to this proxy, found within a second.
+            let _ = master.ask().await;
+        }
         store.measure_clock().await;
         let Some(near) = store.inner.near.clone() else {
             checked = true;
@@ -589,45 +553,25 @@ impl RedisStore {
         };
         // Per topology: the shared connection, the client of the per-thread
         // connections, and that of the shards (with the near cache).
+        let mut master = None;
         let (conn, local, shard) = if let Some(sentinel) = &r.sentinel {
-            let node = redis::sentinel::SentinelNodeConnectionInfo::default()
-                .set_redis_connection_info(
-                    redis::RedisConnectionInfo::default().set_protocol(protocol),
-                );
-            let build = || {
-                redis::sentinel::SentinelClient::build(
-                    sentinel
-                        .nodes
-                        .iter()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>(),
-                    sentinel.master.as_str(),
-                    Some(node.clone()),
-                    redis::sentinel::SentinelServerType::Master,
-                )
-                .map(tokio::sync::Mutex::new)
-                .map_err(invalid)
-            };
-            let client = build()?;
+            let settings = redis::RedisConnectionInfo::default().set_protocol(protocol);
+            let followed =
+                sentinel::Master::new(&sentinel.master, &sentinel.nodes, settings, near.clone())
+                    .map_err(invalid)?;
+            master = Some(followed.clone());
             let base = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(r.timeout))
                 .set_response_timeout(Some(r.timeout));
-            let local = LocalClient::Sentinel(build()?, base.clone());
             let with_pushes = |config: redis::AsyncConnectionConfig| match &pushes {
                 Some(p) => config.set_push_sender(p.clone()),
                 None => config,
             };
-            let shard = if pushes.is_some() {
-                Some(LocalClient::Sentinel(build()?, with_pushes(base.clone())))
-            } else {
-                None
-            };
-            let conn = Conn::Sentinel(Arc::new(SentinelConn {
-                client,
-                current: std::sync::Mutex::new(None),
-                config: with_pushes(base),
-                near: near.clone(),
-            }));
+            let local = LocalClient::Sentinel(followed.clone(), base.clone());
+            let shard = (pushes.is_some())
+                .then(|| LocalClient::Sentinel(followed.clone(), with_pushes(base.clone())));
+            let shared = LocalClient::Sentinel(followed, with_pushes(base));
+            let conn = Conn::Sentinel(Arc::new(SentinelConn::new(shared, near.clone())));
             (conn, local, shard)
         } else if cluster {
             let nodes: Vec<&str> = if r.nodes.is_empty() {
@@ -699,6 +643,7 @@ impl RedisStore {
                 events,
                 near,
                 lanes,
+                master,
                 clock: AtomicI64::new(0),
                 clock_error: AtomicU64::new(u64::MAX),
             }),

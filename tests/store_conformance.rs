@@ -65,20 +65,11 @@ async fn redis_store(url: &str, nodes: Vec<String>) -> RedisStore {
 
 /// The Redis store with `store.redis.near_cache: false`.
 async fn uncached_redis_store(url: &str) -> RedisStore {
-    let settings = RedisConfig {
-        url: url.to_owned(),
-        key_prefix: unique_prefix(),
-        timeout: Duration::from_secs(2),
-        cluster: false,
-        nodes: Vec::new(),
-        sentinel: None,
-        near_cache: false,
-    };
-    let store = RedisStore::open(&settings, Some(USER_KEY), EventSink::default())
-        .await
-        .expect("open the Redis store");
-    store.ping().await.expect("Redis answers");
-    store
+    open(
+        &settings(url, &unique_prefix(), false),
+        EventSink::default(),
+    )
+    .await
 }
 
 /// A Redis store under `prefix`: two of them on one prefix are two proxies.
@@ -89,15 +80,29 @@ async fn redis_store_on(
     events: EventSink,
 ) -> RedisStore {
     let settings = RedisConfig {
+        cluster: !nodes.is_empty(),
+        nodes,
+        ..settings(url, prefix, true)
+    };
+    open(&settings, events).await
+}
+
+/// One Redis at `url`, keys under `prefix`.
+fn settings(url: &str, prefix: &str, near_cache: bool) -> RedisConfig {
+    RedisConfig {
         url: url.to_owned(),
         key_prefix: prefix.to_owned(),
         timeout: Duration::from_secs(2),
-        cluster: !nodes.is_empty(),
-        nodes,
+        cluster: false,
+        nodes: Vec::new(),
         sentinel: None,
-        near_cache: true,
-    };
-    let store = RedisStore::open(&settings, Some(USER_KEY), events)
+        near_cache,
+    }
+}
+
+/// The store `settings` describe, once Redis answers.
+async fn open(settings: &RedisConfig, events: EventSink) -> RedisStore {
+    let store = RedisStore::open(settings, Some(USER_KEY), events)
         .await
         .expect("open the Redis store");
     store.ping().await.expect("Redis answers");
@@ -803,18 +808,12 @@ async fn redis_cluster_passes_every_case() {
         return;
     };
     let urls = cluster.urls();
-    let mut running = Vec::new();
-    for (name, case) in cases::<RedisStore>() {
-        let store = redis_store(&urls[0], urls.clone()).await;
-        running.push((name, tokio::spawn(case(store))));
-    }
-    let mut failed = Vec::new();
-    for (name, task) in running {
-        if task.await.is_err() {
-            failed.push(name);
-        }
-    }
-    assert!(failed.is_empty(), "cases failed on the Cluster: {failed:?}");
+    every_case_at_once("the Cluster", || RedisConfig {
+        cluster: true,
+        nodes: urls.clone(),
+        ..settings(&urls[0], &unique_prefix(), true)
+    })
+    .await;
 }
 
 /// The master a Sentinel names: every case at once, each under its own key
@@ -825,24 +824,22 @@ async fn redis_sentinel_passes_every_case() {
         return;
     };
     let sentinel = RedisSentinel::start("conformance", master.port()).await;
+    every_case_at_once("Sentinel", || RedisConfig {
+        sentinel: Some(SentinelConfig {
+            master: "conformance".to_owned(),
+            nodes: vec![sentinel.url()],
+        }),
+        ..settings("", &unique_prefix(), true)
+    })
+    .await;
+}
+
+/// Runs every case at once, each on a store of its own opened with
+/// `settings()`.
+async fn every_case_at_once(on: &str, settings: impl Fn() -> RedisConfig) {
     let mut running = Vec::new();
     for (name, case) in cases::<RedisStore>() {
-        let settings = RedisConfig {
-            url: String::new(),
-            key_prefix: unique_prefix(),
-            timeout: Duration::from_secs(2),
-            cluster: false,
-            nodes: Vec::new(),
-            sentinel: Some(SentinelConfig {
-                master: "conformance".to_owned(),
-                nodes: vec![sentinel.url()],
-            }),
-            near_cache: true,
-        };
-        let store = RedisStore::open(&settings, Some(USER_KEY), EventSink::default())
-            .await
-            .expect("open the Redis store");
-        store.ping().await.expect("the master answers");
+        let store = open(&settings(), EventSink::default()).await;
         running.push((name, tokio::spawn(case(store))));
     }
     let mut failed = Vec::new();
@@ -851,7 +848,7 @@ async fn redis_sentinel_passes_every_case() {
             failed.push(name);
         }
     }
-    assert!(failed.is_empty(), "cases failed on Sentinel: {failed:?}");
+    assert!(failed.is_empty(), "cases failed on {on}: {failed:?}");
 }
 
 // ---------------------------------------------------------------------------

@@ -168,14 +168,9 @@ impl RedisServer {
         std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }
 
+    /// Runs one command on a fresh connection; its error, if any.
     pub async fn try_command(&self, args: &[&str]) -> ::redis::RedisResult<::redis::Value> {
-        let client = ::redis::Client::open(self.url())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        let mut cmd = ::redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query_async(&mut conn).await
+        command_at(&self.url(), args).await
     }
 
     /// Runs one command on a fresh connection.
@@ -213,6 +208,17 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Runs one command on a fresh connection to `url`.
+async fn command_at(url: &str, args: &[&str]) -> ::redis::RedisResult<::redis::Value> {
+    let client = ::redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut cmd = ::redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(&mut conn).await
 }
 
 /// One `redis-server --sentinel` watching one master, stopped when dropped.
@@ -288,14 +294,9 @@ impl RedisSentinel {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Runs one command on a fresh connection.
     pub async fn command(&self, args: &[&str]) -> ::redis::RedisResult<::redis::Value> {
-        let client = ::redis::Client::open(self.url())?;
-        let mut c = client.get_multiplexed_async_connection().await?;
-        let mut cmd = ::redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query_async(&mut c).await
+        command_at(&self.url(), args).await
     }
 
     /// The master's port as this Sentinel names it.

@@ -421,24 +421,34 @@ async fn listen(master: Weak<Master>, i: usize) {
 mod tests {
     use super::*;
 
-    fn master() -> Arc<Master> {
+    /// Following master `m` at port 7001.
+    fn master(config_epoch: u64) -> Arc<Master> {
         let nodes = ["redis://127.0.0.1:1".to_owned()];
-        Master::new("m", &nodes, RedisConnectionInfo::default(), None).unwrap()
+        let m = Master::new("m", &nodes, RedisConnectionInfo::default(), None).unwrap();
+        m.follow(("127.0.0.1".into(), 7001), Some(config_epoch));
+        m
+    }
+
+    /// The leader of a failover of `master` starts promoting 7002.
+    fn promoting(m: &Arc<Master>, master: &str) {
+        m.heard(
+            "+failover-state-send-slaveof-noone",
+            &format!("slave 127.0.0.1:7002 127.0.0.1 7002 @ {master} 127.0.0.1 7001"),
+        );
+    }
+
+    /// A call that waits for the master.
+    fn call(m: &Arc<Master>) -> tokio::task::JoinHandle<u64> {
+        let m = m.clone();
+        tokio::spawn(async move { m.ready().await })
     }
 
     #[tokio::test]
     async fn a_switch_holds_calls_and_moves_the_epoch() {
-        let m = master();
-        m.follow(("127.0.0.1".into(), 7001), Some(3));
+        let m = master(3);
         let before = m.ready().await;
-        m.heard(
-            "+failover-state-send-slaveof-noone",
-            "slave 127.0.0.1:7002 127.0.0.1 7002 @ m 127.0.0.1 7001",
-        );
-        let waiting = tokio::spawn({
-            let m = m.clone();
-            async move { m.ready().await }
-        });
+        promoting(&m, "m");
+        let waiting = call(&m);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "a call waits during the switch");
         m.heard("+switch-master", "m 127.0.0.1 7001 127.0.0.1 7002");
@@ -463,16 +473,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_switch_found_by_asking_ends_the_wait() {
-        let m = master();
-        m.follow(("127.0.0.1".into(), 7001), Some(1));
-        m.heard(
-            "+failover-state-send-slaveof-noone",
-            "slave 127.0.0.1:7002 127.0.0.1 7002 @ m 127.0.0.1 7001",
-        );
-        let waiting = tokio::spawn({
-            let m = m.clone();
-            async move { m.ready().await }
-        });
+        let m = master(1);
+        promoting(&m, "m");
+        let waiting = call(&m);
         m.follow(("127.0.0.1".into(), 7002), Some(2));
         tokio::time::timeout(Duration::from_secs(1), waiting)
             .await
@@ -482,22 +485,17 @@ mod tests {
 
     #[tokio::test]
     async fn other_masters_and_abandoned_failovers_change_nothing() {
-        let m = master();
-        m.follow(("127.0.0.1".into(), 7001), Some(1));
+        let m = master(1);
         let epoch = m.ready().await;
-        m.heard(
-            "+failover-state-send-slaveof-noone",
-            "slave 127.0.0.1:7002 127.0.0.1 7002 @ other 127.0.0.1 7001",
-        );
+        promoting(&m, "other");
         m.heard("+switch-master", "other 127.0.0.1 7001 127.0.0.1 7002");
         assert_eq!(m.ready().await, epoch);
-        m.heard(
-            "+failover-state-send-slaveof-noone",
-            "slave 127.0.0.1:7002 127.0.0.1 7002 @ m 127.0.0.1 7001",
-        );
-        assert!(m.switching.load(Ordering::Acquire));
+        promoting(&m, "m");
+        let waiting = call(&m);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a call waits during the switch");
         m.heard("-failover-abort-slave-timeout", "master m 127.0.0.1 7001");
-        assert_eq!(m.ready().await, epoch);
+        assert_eq!(waiting.await.unwrap(), epoch);
         assert_eq!(m.current().unwrap().1, ("127.0.0.1".to_owned(), 7001));
     }
 }

@@ -1,6 +1,7 @@
 //! The Redis store through the proxy: several proxies sharing sessions on one
-//! Redis and on a three-node Redis Cluster, Redis stopped, stalled or not yet up
-//! (503 with Retry-After, never a new session, then recovery on its own), and the
+//! Redis and on a three-node Redis Cluster, Redis (or a Cluster's node) stopped,
+//! stalled or not yet up (503 with Retry-After, never a new session, then
+//! recovery on its own), and the
 //! key and TTL Redis keeps; a proxy whose clock is off still stamps sessions with
 //! Redis's.
 //!
@@ -198,8 +199,19 @@ async fn redis_stopped_answers_503_then_recovers_with_the_session_intact() {
     assert_eq!(ready(admin).await, 200);
 
     redis.kill();
+    refused_while_down(&browser, &proxy, &upstream).await;
+    assert_eq!(ready(admin).await, 503);
 
-    let returning = support::redis::once_noticed(&browser, &proxy.url("/")).await;
+    redis.restart().await;
+    served_again(&browser, &proxy, &upstream, &id).await;
+    assert_eq!(ready(admin).await, 200);
+}
+
+/// With the store down: a returning visitor, the same again and a new visitor
+/// each get 503 with `Retry-After: 1` and no new session, and the app sees
+/// none of them.
+async fn refused_while_down(browser: &Browser, proxy: &Proxy, upstream: &Upstream) {
+    let returning = support::redis::once_noticed(browser, &proxy.url("/")).await;
     let forwarded = upstream.count();
     for (who, response) in [
         ("a returning visitor", returning),
@@ -223,11 +235,11 @@ async fn redis_stopped_answers_503_then_recovers_with_the_session_intact() {
         assert!(body.contains("session store"), "{who}: {body}");
     }
     assert_eq!(upstream.count(), forwarded, "a request reached the app");
-    assert_eq!(ready(admin).await, 503);
+}
 
-    redis.restart().await;
-
-    // The proxy is not restarted: it reconnects on its own.
+/// Once the store is back, the proxy (not restarted) serves the visitor's
+/// session `id`, holding `user=alice`, with no new cookie.
+async fn served_again(browser: &Browser, proxy: &Proxy, upstream: &Upstream, id: &str) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let response = loop {
         let response = browser.get(&proxy.url("/")).await;
@@ -243,8 +255,53 @@ async fn redis_stopped_answers_503_then_recovers_with_the_session_intact() {
     assert_eq!(response.status(), 200);
     assert!(session_set_cookie(response.headers()).is_none());
     assert_eq!(response.text().await.unwrap(), "user=alice");
-    assert_eq!(app_saw(&upstream).session_id(), Some(id.as_str()));
-    assert_eq!(ready(admin).await, 200);
+    assert_eq!(app_saw(upstream).session_id(), Some(id));
+}
+
+/// On a Cluster, the primary holding a session dies: that visitor gets 503
+/// (never a new session) until the node is back with its data.
+#[tokio::test]
+async fn a_cluster_node_down_answers_503_then_recovers_with_the_session_intact() {
+    let test = "a_cluster_node_down_answers_503_then_recovers_with_the_session_intact";
+    let Some(mut cluster) = RedisCluster::start_durable(test).await else {
+        return;
+    };
+    let upstream = app().await;
+    let proxy = Proxy::start(
+        config(&upstream.url())
+            .with_redis_cluster(&cluster.urls())
+            .set("store.redis.timeout", "300ms"),
+    )
+    .await;
+    let browser = Browser::new();
+    assert_eq!(
+        browser.get(&proxy.url("/?set=user%3Dalice")).await.status(),
+        200
+    );
+    let id = app_saw(&upstream).expect_session_id();
+    let mut holders = Vec::new();
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        if matches!(node.command(&["DBSIZE"]).await, ::redis::Value::Int(n) if n > 0) {
+            holders.push(i);
+        }
+    }
+    assert_eq!(holders.len(), 1, "one node holds the session");
+    let node = &mut cluster.nodes_mut()[holders[0]];
+    node.kill();
+    // Within the node timeout (5 s) the others still serve their slots, so a
+    // new visitor may land on one of them: only the returning one is checked.
+    let response = support::redis::once_noticed(&browser, &proxy.url("/")).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    assert!(session_set_cookie(response.headers()).is_none());
+    node.restart().await;
+    served_again(&browser, &proxy, &upstream, &id).await;
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ use support::*;
 
 const MASTER: &str = "sessions";
 
+/// A master, its replica and three Sentinels that agree on the master.
 async fn topology(test: &str) -> Option<(RedisServer, RedisServer, Vec<Sentinel>)> {
     let master = RedisServer::start(test).await?;
     let port = master.port().to_string();

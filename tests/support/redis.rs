@@ -319,7 +319,6 @@ impl Drop for RedisSentinel {
     }
 }
 
-/// A master, its replica and three Sentinels that agree on the master.
 /// A three-primary Redis Cluster made with `redis-cli --cluster create`.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
@@ -327,13 +326,25 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub async fn start(test: &str) -> Option<RedisCluster> {
+        Self::start_with(test, false).await
+    }
+
+    /// A Cluster whose nodes write every command to their append-only file
+    /// before answering, so a node killed and restarted has every session.
+    pub async fn start_durable(test: &str) -> Option<RedisCluster> {
+        Self::start_with(test, true).await
+    }
+
+    async fn start_with(test: &str, durable: bool) -> Option<RedisCluster> {
         let mut nodes = Vec::new();
         for _ in 0..3 {
             let args = [
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                if durable { "yes" } else { "no" },
+                "--appendfsync",
+                "always",
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -399,6 +410,10 @@ impl RedisCluster {
 
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
+    }
+
+    pub fn nodes_mut(&mut self) -> &mut [RedisServer] {
+        &mut self.nodes
     }
 }
 

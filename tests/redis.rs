@@ -1,9 +1,8 @@
 //! The Redis store through the proxy: several proxies sharing sessions on one
 //! Redis and on a three-node Redis Cluster, Redis (or a Cluster's node) stopped,
 //! stalled or not yet up (503 with Retry-After, never a new session, then
-//! recovery on its own), and the
-//! key and TTL Redis keeps; a proxy whose clock is off still stamps sessions with
-//! Redis's.
+//! recovery on its own), and the key and TTL Redis keeps; a proxy whose clock is
+//! off still stamps sessions with Redis's.
 //!
 //! Every test starts its own `redis-server` processes on free loopback ports and
 //! kills them when it ends (tests/support/redis.rs).

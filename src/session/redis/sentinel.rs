@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{IntoConnectionInfo, RedisConnectionInfo, RedisError, RedisResult};
@@ -35,6 +36,9 @@ const LONGEST_SWITCH: Duration = Duration::from_secs(5);
 
 /// The Sentinels are asked at most this often.
 const ASK_EVERY: Duration = Duration::from_millis(100);
+
+/// How long the other Sentinels' answers are waited for once one has answered.
+const LATE_ANSWER: Duration = Duration::from_millis(50);
 
 /// What is heard from the Sentinels, and acted on.
 const CHANNELS: [&str; 5] = [
@@ -190,19 +194,33 @@ impl Master {
             }
             followed.asked = Some(Instant::now());
         }
-        let answers =
-            futures_util::future::join_all(self.sentinels.iter().map(|s| s.master(&self.name)))
-                .await;
+        // Every Sentinel at once; once one has answered, the others have
+        // [`LATE_ANSWER`] more: one that is down or cut off holds no call up.
+        let mut pending: FuturesUnordered<_> = self
+            .sentinels
+            .iter()
+            .map(|s| s.master(&self.name))
+            .collect();
         let mut best: Option<(u64, (String, u16))> = None;
         let mut error = None;
-        for answer in answers {
-            match answer {
-                Ok((epoch, addr)) => {
+        let mut until = None;
+        loop {
+            let next = match until {
+                Some(t) => match tokio::time::timeout_at(t, pending.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => pending.next().await,
+            };
+            match next {
+                Some(Ok((epoch, addr))) => {
                     if best.as_ref().is_none_or(|(e, _)| epoch > *e) {
                         best = Some((epoch, addr));
                     }
+                    until.get_or_insert(tokio::time::Instant::now() + LATE_ANSWER);
                 }
-                Err(e) => error = Some(e),
+                Some(Err(e)) => error = Some(e),
+                None => break,
             }
         }
         match (best, error) {
@@ -481,6 +499,74 @@ mod tests {
             .await
             .expect("the wait ended")
             .unwrap();
+    }
+
+    /// A Sentinel that answers `SENTINEL MASTER` with `port` at `config_epoch`
+    /// and `+OK` to anything else; with `None`, one that accepts connections
+    /// and never answers. Its URL.
+    async fn fake_sentinel(answer: Option<(u16, u64)>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = socket.read(&mut buf).await {
+                        let Some((port, epoch)) = answer.filter(|_| n > 0) else {
+                            if n == 0 {
+                                return;
+                            }
+                            continue;
+                        };
+                        seen.extend_from_slice(&buf[..n]);
+                        // Whole commands only: each ends where the next `*` begins.
+                        let text = String::from_utf8_lossy(&seen).into_owned();
+                        let mut reply = String::new();
+                        for command in text.split('*').skip(1) {
+                            if command.contains("SENTINEL") {
+                                let (port, epoch) = (port.to_string(), epoch.to_string());
+                                reply.push_str("*6\r\n");
+                                for f in ["ip", "127.0.0.1", "port", &port, "config-epoch", &epoch]
+                                {
+                                    reply.push_str(&format!("${}\r\n{f}\r\n", f.len()));
+                                }
+                            } else {
+                                reply.push_str("+OK\r\n");
+                            }
+                        }
+                        seen.clear();
+                        if socket.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn the_newest_answer_wins_and_a_silent_sentinel_holds_nothing_up() {
+        let nodes = [
+            fake_sentinel(None).await,
+            fake_sentinel(Some((7002, 4))).await,
+            fake_sentinel(Some((7003, 5))).await,
+        ];
+        let m = Master::new("m", &nodes, RedisConnectionInfo::default(), None).unwrap();
+        let asked = Instant::now();
+        m.ask().await.unwrap();
+        // The silent one would take its response timeout, a second.
+        assert!(
+            asked.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            asked.elapsed()
+        );
+        assert_eq!(m.current().unwrap().1, ("127.0.0.1".to_owned(), 7003));
     }
 
     #[tokio::test]

@@ -1060,9 +1060,10 @@ pub(crate) async fn respond<'a>(
         let d = exchange.data.as_ref()?;
         Some(value_of(d.as_bytes(), PERSIST_KEY_ENCODED)? == "1")
     });
+    let unchanged = || changes.changes_nothing_in(exchange.data.as_ref().map(|d| d.as_bytes()));
     let mut set_cookie = if matches!(exchange.session, SessionState::Live { new: true, .. }) {
         store_new(state, settings, flavor, &mut exchange.session, &changes).await?
-    } else if !changes.is_empty() {
+    } else if !changes.is_empty() && !unchanged() {
         apply_write_back(
             state,
             settings,

@@ -99,25 +99,6 @@ fn hits(s: &RedisStore) -> u64 {
     s.counters().get(SessionCount::NearHit)
 }
 
-/// Calls of `EVALSHA` Redis has served so far.
-async fn evalsha_calls(redis: &RedisServer) -> u64 {
-    let info = support::redis::text(&redis.command(&["INFO", "commandstats"]).await);
-    // Calls that failed (NOSCRIPT, before the script is loaded) do not count.
-    let Some(line) = info
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
-    else {
-        return 0;
-    };
-    let field = |name: &str| -> u64 {
-        line.split(',')
-            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    field("calls") - field("failed_calls") - field("rejected_calls")
-}
-
 /// Makes `watcher` hold `id` freshly: a write through it leaves the session
 /// in its cache for the next second, and a load is then a hit.
 async fn cache_fresh(watcher: &RedisStore, id: &SessionId) {
@@ -166,12 +147,12 @@ async fn a_session_used_again_within_a_second_costs_no_round_trip() {
     let id = create(&a, &[("color", "blue")]).await;
     // A new session is not cached (most new visitors never come back): its
     // first use reads it, and the next ones within the second are served here.
-    let calls = evalsha_calls(&redis).await;
+    let calls = redis.evalsha_calls().await;
     for _ in 0..20 {
         assert_eq!(shown(&a, &id).await, "color=blue");
     }
     assert_eq!(
-        evalsha_calls(&redis).await,
+        redis.evalsha_calls().await,
         calls + 1,
         "a session used a moment ago went to Redis again"
     );
@@ -184,7 +165,7 @@ async fn a_session_used_again_within_a_second_costs_no_round_trip() {
     };
     let before = pttl().await;
     assert_eq!(shown(&a, &id).await, "color=blue");
-    assert_eq!(evalsha_calls(&redis).await, calls + 2);
+    assert_eq!(redis.evalsha_calls().await, calls + 2);
     let after = pttl().await;
     assert!(
         after > before,
@@ -196,9 +177,9 @@ async fn a_session_used_again_within_a_second_costs_no_round_trip() {
         a.apply(&id, &set("size=L"), &POLICY).await.unwrap(),
         Applied::Stored
     );
-    let calls = evalsha_calls(&redis).await;
+    let calls = redis.evalsha_calls().await;
     assert_eq!(shown(&a, &id).await, "color=blue&size=L");
-    assert_eq!(evalsha_calls(&redis).await, calls);
+    assert_eq!(redis.evalsha_calls().await, calls);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,11 +192,11 @@ async fn without_the_near_cache_every_use_goes_to_redis() {
     let id = create(&a, &[("color", "blue")]).await;
     // The first use loads the script into Redis.
     assert_eq!(shown(&a, &id).await, "color=blue");
-    let calls = evalsha_calls(&redis).await;
+    let calls = redis.evalsha_calls().await;
     for _ in 0..5 {
         assert_eq!(shown(&a, &id).await, "color=blue");
     }
-    assert_eq!(evalsha_calls(&redis).await, calls + 5);
+    assert_eq!(redis.evalsha_calls().await, calls + 5);
     assert_eq!(hits(&a), 0);
 }
 

@@ -151,6 +151,53 @@ async fn two_proxies_on_a_redis_cluster_share_sessions() {
     assert!(holding >= 2, "every session landed on one node");
 }
 
+/// An app that writes its whole session back on every response (as PHP does)
+/// costs Redis nothing for the keys it did not change; a change is written.
+#[tokio::test]
+async fn a_write_that_changes_nothing_costs_no_call_to_redis() {
+    let test = "a_write_that_changes_nothing_costs_no_call_to_redis";
+    let Some(redis) = RedisServer::start(test).await else {
+        return;
+    };
+    let upstream = app().await;
+    // Without the near cache every request reads the session from Redis: one
+    // call each, and one more for each write.
+    let proxy = Proxy::start(
+        config(&upstream.url())
+            .with_redis(&redis.url())
+            .set("store.redis.near_cache", "false"),
+    )
+    .await;
+    let browser = Browser::new();
+    let url = |q: &str| proxy.url(&format!("/?set={q}"));
+    assert_eq!(
+        browser.get(&url("user%3Dalice%26n%3D1")).await.status(),
+        200
+    );
+    let calls = redis.evalsha_calls().await;
+    for _ in 0..10 {
+        let response = browser.get(&url("user%3Dalice%26n%3D1")).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "n=1&user=alice");
+    }
+    assert_eq!(redis.evalsha_calls().await, calls + 10, "reads only");
+    for n in 2..12 {
+        let response = browser.get(&url(&format!("user%3Dalice%26n%3D{n}"))).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.text().await.unwrap(),
+            format!("n={}&user=alice", n - 1)
+        );
+    }
+    assert_eq!(
+        redis.evalsha_calls().await,
+        calls + 30,
+        "a read and a write each"
+    );
+    let response = browser.get(&proxy.url("/")).await;
+    assert_eq!(response.text().await.unwrap(), "n=11&user=alice");
+}
+
 #[tokio::test]
 async fn old_cookie_gets_a_fresh_session_after_the_grace_period() {
     let Some(redis) = RedisServer::start("old_cookie_gets_a_fresh_session_after_the_grace").await

@@ -8,7 +8,9 @@
 //! - applying them matches a plain map model (removals first, then sets);
 //! - encoding then decoding gives back the same pairs, sorted, and the encoded
 //!   form is a valid header value that is also a valid `X-Session-Set`;
-//! - `from_encoded` of anything, re-encoded and decoded again, is a fixed point.
+//! - `from_encoded` of anything, re-encoded and decoded again, is a fixed point;
+//! - a write is skipped as changing nothing (`Changes::changes_nothing_in`)
+//!   exactly when the model after it equals the data before it.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -94,10 +96,30 @@ fuzz_target!(|input: &[u8]| {
             &model[..],
             "with_changes disagrees with the model"
         );
+        assert_eq!(
+            changes.changes_nothing_in(Some(encoded(&before))),
+            model == before.pairs(),
+            "a write skipped (or made) against the model"
+        );
         assert_round_trip(&after);
         assert_round_trip(&SessionData::default().with_changes(&changes));
     }
 
     let stored = SessionData::from_encoded(input);
     assert_round_trip(&stored);
+    if accepted {
+        let mut model: BTreeMap<String, String> = stored.pairs().iter().cloned().collect();
+        for k in &changes.remove {
+            model.remove(k);
+        }
+        for (k, v) in &changes.set {
+            model.insert(k.clone(), v.clone());
+        }
+        let unchanged = model.into_iter().eq(stored.pairs().iter().cloned());
+        assert_eq!(
+            changes.changes_nothing_in(Some(encoded(&stored))),
+            unchanged,
+            "a write skipped (or made) against the model, on stored data"
+        );
+    }
 });

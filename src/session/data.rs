@@ -364,6 +364,19 @@ impl Changes {
         !self.set.is_empty() || !self.remove.is_empty()
     }
 
+    /// Whether this write leaves `data` (encoded, as the store holds it) as it
+    /// is: it sets only values the data holds already, removes only keys it
+    /// does not hold, and ends or moves nothing. Such a write needs no call
+    /// to the store, as with PHP's `session.lazy_write`; the read that came
+    /// before it refreshed the session's idle timeout already.
+    pub fn changes_nothing_in(&self, data: Option<&[u8]>) -> bool {
+        if self.destroy || self.regenerate || self.destroy_others {
+            return false;
+        }
+        let before = SessionData::from_encoded(data.unwrap_or_default());
+        before.with_changes(self).pairs() == before.pairs()
+    }
+
     /// Adds one `X-Session-Set` value (`k=v&k2=v2`).
     pub fn add_set(&mut self, value: &[u8]) -> Result<(), ChangesError> {
         for pair in value.split(|&b| b == b'&') {
@@ -466,6 +479,37 @@ fn percent_decode(input: &[u8], plus_is_space: bool) -> Result<String, ChangesEr
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn changes(set: &str, remove: &str) -> Changes {
+        let mut c = Changes::default();
+        c.add_set(set.as_bytes()).unwrap();
+        c.add_remove(remove.as_bytes()).unwrap();
+        c
+    }
+
+    #[test]
+    fn a_write_changes_nothing_only_when_the_data_stays_as_it_is() {
+        let held = Some(&b"n=1&user=alice"[..]);
+        assert!(changes("user=alice", "").changes_nothing_in(held));
+        assert!(changes("n=1&user=alice", "gone").changes_nothing_in(held));
+        // A key removed and set again in one response ends up set.
+        assert!(changes("n=1", "n").changes_nothing_in(held));
+        assert!(!changes("user=bob", "").changes_nothing_in(held));
+        assert!(!changes("", "n").changes_nothing_in(held));
+        assert!(!changes("new=1", "").changes_nothing_in(held));
+        assert!(!changes("user=", "").changes_nothing_in(held));
+        assert!(changes("", "n").changes_nothing_in(None));
+        assert!(!changes("n=1", "").changes_nothing_in(None));
+        for end in [
+            |c: &mut Changes| c.destroy = true,
+            |c: &mut Changes| c.regenerate = true,
+            |c: &mut Changes| c.destroy_others = true,
+        ] {
+            let mut c = changes("user=alice", "");
+            end(&mut c);
+            assert!(!c.changes_nothing_in(held), "{c:?}");
+        }
+    }
 
     #[test]
     fn encodes_sorted() {

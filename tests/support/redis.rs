@@ -168,6 +168,25 @@ impl RedisServer {
         std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }
 
+    /// Calls of `EVALSHA` this server has served so far.
+    pub async fn evalsha_calls(&self) -> u64 {
+        let info = text(&self.command(&["INFO", "commandstats"]).await);
+        // Calls that failed (NOSCRIPT, before the script is loaded) do not count.
+        let Some(line) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+        else {
+            return 0;
+        };
+        let field = |name: &str| -> u64 {
+            line.split(',')
+                .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        field("calls") - field("failed_calls") - field("rejected_calls")
+    }
+
     /// Runs one command on a fresh connection; its error, if any.
     pub async fn try_command(&self, args: &[&str]) -> ::redis::RedisResult<::redis::Value> {
         command_at(&self.url(), args).await

@@ -197,7 +197,9 @@ http {
     listen 127.0.0.1:$P_UP backlog=4096;
     listen 127.0.0.1:$P_UP2 backlog=4096;
     location / { return 200 "hello\n"; }
-    location /write { add_header X-Session-Set "n=1" always; return 200 "hello\n"; }
+    # A new value on every response: each write-back is a write (one that sets
+    # what the session holds already is skipped by sessiongate).
+    location /write { add_header X-Session-Set "n=\$request_id" always; return 200 "hello\n"; }
     location /login { add_header X-Session-Set "user=bench" always; return 200 "hello\n"; }
   }
 }

@@ -38,7 +38,7 @@ events { worker_connections 1024; }
 http { access_log off;
   server { listen 127.0.0.1:18100;
     location / { return 200 "hello\n"; }
-    location /write { add_header X-Session-Set "n=1" always; return 200 "hello\n"; }
+    location /write { add_header X-Session-Set "n=\$request_id" always; return 200 "hello\n"; }
     location /login { add_header X-Session-Set "user=bench" always; return 200 "hello\n"; } } }
 CONF
 nginx -p "$RUN" -c "$RUN/upstream.conf" & PIDS+=($!)

@@ -4,7 +4,8 @@
 # microseconds of CPU per request for the proxy, the upstream, redis-server and
 # oha itself, read from /proc/PID/stat (oha's from /usr/bin/time) around each
 # run, with req/s. Scenarios: new (no cookie), writeback (a cookie; the upstream
-# sets a key on every response), returning (a cookie).
+# sets a key to a new value on every response), rewrite (the same, always to the
+# value it holds), returning (a cookie).
 #
 #   bench/redis_cpu.sh                         # all three, one repetition
 #   REPS=3 N=60000 bench/redis_cpu.sh new      # one scenario, three repetitions
@@ -38,7 +39,8 @@ events { worker_connections 8192; }
 http { access_log off; keepalive_requests 10000000;
   server { listen 127.0.0.1:$P_UP;
     location / { return 200 "hello\n"; }
-    location /write { add_header X-Session-Set "n=1" always; return 200 "hello\n"; } } }
+    location /write { add_header X-Session-Set "n=\$request_id" always; return 200 "hello\n"; }
+    location /rewrite { add_header X-Session-Set "n=1" always; return 200 "hello\n"; } } }
 CONF
 nginx -p "$RUN" -c "$RUN/upstream.conf" & PIDS+=($!)
 redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" --appendonly no >"$RUN/redis.log" 2>&1 & P_REDIS_PID=$!; PIDS+=("$P_REDIS_PID")
@@ -64,7 +66,7 @@ echo "# $(nproc) cores, $(uname -r), $(oha --version), oha -n $N -c 50, $REPS re
 echo "| scenario | store | req/s | proxy µs | upstream µs | redis µs | oha µs | total µs |"
 echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
 for scenario in $SCENARIOS; do
-  path=/; [ "$scenario" = writeback ] && path=/write
+  case $scenario in writeback) path=/write ;; rewrite) path=/rewrite ;; *) path=/ ;; esac
   for _ in $(seq 1 "$REPS"); do
     for kind in memory redis; do
       if [ $kind = memory ]; then port=$P_MEM pid=$PID_MEM; else port=$P_RED pid=$PID_RED; fi

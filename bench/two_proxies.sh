@@ -73,7 +73,8 @@ redis-server --port "$P_REDIS" --bind 127.0.0.1 --save '' --appendonly no \
   --dir "$RUN" --logfile "$RUN/redis.log" & PIDS+=($!)
 wait_port "$P_REDIS" redis-server
 
-# The application: echoes the session's data; /w/K/V writes K=V; /logout ends it.
+# The application: echoes the session's data; /w/K/V writes K=V; /write writes
+# n to a new value each time; /logout ends it.
 cat > "$RUN/upstream.conf" <<CONF
 worker_processes 1; daemon off; pid $RUN/upstream.pid; error_log $RUN/upstream.err warn;
 events { worker_connections 4096; }
@@ -83,6 +84,7 @@ http {
     listen 127.0.0.1:$P_UP; keepalive_requests 10000000;
     location / { return 200 "\$http_x_session_data\n"; }
     location ~ ^/w/(?<k>[a-z0-9]+)/(?<v>[0-9]+)\$ { add_header X-Session-Set "\$k=\$v" always; return 200 "ok\n"; }
+    location /write { add_header X-Session-Set "n=\$request_id" always; return 200 "ok\n"; }
     location /logout { add_header X-Session-Destroy "true" always; return 200 "bye\n"; }
   }
 }
@@ -148,7 +150,7 @@ echo "| --- | ---: | ---: | ---: | ---: | ---: |"
 for scenario in returning new writeback; do
   args=(--no-tui --output-format json -z "$DURATION" -c "$CONNS")
   path=/
-  [ "$scenario" = writeback ] && path=/w/n/1
+  [ "$scenario" = writeback ] && path=/write
   declare -A got=()
   for lb in "$P_LBM" "$P_LB"; do
     cookie=$(cookie_of "http://127.0.0.1:$lb$path")

@@ -417,3 +417,77 @@ fn sentinel_with_cluster_is_refused_by_key() {
         "{error}"
     );
 }
+
+/// A master that requires a password: `store.redis.sentinel.password` is its
+/// `AUTH`. Without it the proxy answers 503, never a new session; the
+/// password is never printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_that_requires_a_password_is_reached_with_it() {
+    const PASSWORD: &str = "master-password-3f9a";
+    let test = "a_master_that_requires_a_password_is_reached_with_it";
+    let Some(master) = RedisServer::start(test).await else {
+        return;
+    };
+    let sentinel = Sentinel::start(MASTER, master.port()).await;
+    sentinel
+        .command(&["SENTINEL", "SET", MASTER, "auth-pass", PASSWORD])
+        .await
+        .expect("SENTINEL SET auth-pass");
+    master
+        .command(&["CONFIG", "SET", "requirepass", PASSWORD])
+        .await;
+    let upstream = app().await;
+    let sentinels = [sentinel];
+
+    let with =
+        sentinel_config(&upstream, &sentinels).set("store.redis.sentinel.password", PASSWORD);
+    let printed = sessiongate::config::Config::parse(
+        &with.to_string(),
+        std::path::Path::new("t.yaml"),
+        false,
+    )
+    .expect("a valid config")
+    .to_redacted_yaml();
+    assert!(!printed.contains(PASSWORD), "{printed}");
+    let proxy = Proxy::start(with).await;
+    let browser = Browser::new();
+    assert_eq!(
+        browser.get(&proxy.url("/login?user=alice")).await.status(),
+        200
+    );
+    assert_eq!(browser.get(&proxy.url("/whoami")).await.status(), 200);
+    assert_eq!(
+        upstream.last().data().get("user").map(String::as_str),
+        Some("alice")
+    );
+
+    let without = Proxy::start(sentinel_config(&upstream, &sentinels)).await;
+    let forwarded = upstream.count();
+    let response = Browser::new().get(&without.url("/login?user=bob")).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().get("retry-after").is_some());
+    assert!(
+        support::session_set_cookie(response.headers()).is_none(),
+        "no session without the store"
+    );
+    assert_eq!(upstream.count(), forwarded, "the app saw no request");
+}
+
+#[test]
+fn a_sentinel_username_without_a_password_is_refused_by_key() {
+    let yaml = config("http://127.0.0.1:9")
+        .set("store.type", "redis")
+        .set("store.redis.sentinel.master", MASTER)
+        .set(
+            "store.redis.sentinel.nodes",
+            "[\"redis://127.0.0.1:26379\"]",
+        )
+        .set("store.redis.sentinel.username", "sessiongate")
+        .to_string();
+    let error = sessiongate::config::Config::parse(&yaml, std::path::Path::new("t.yaml"), false)
+        .expect_err("refused");
+    assert!(
+        error.to_string().contains("store.redis.sentinel.username"),
+        "{error}"
+    );
+}

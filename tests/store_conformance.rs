@@ -828,6 +828,8 @@ async fn redis_sentinel_passes_every_case() {
         sentinel: Some(SentinelConfig {
             master: "conformance".to_owned(),
             nodes: vec![sentinel.url()],
+            username: None,
+            password: None,
         }),
         ..settings("", &unique_prefix(), true)
     })

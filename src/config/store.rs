@@ -7,7 +7,7 @@ use serde::de::Deserializer;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::source::{ConfigError, Source};
-use super::values::{expanded, Dur, Text, Timeout};
+use super::values::{expanded, Dur, Secret, Text, Timeout};
 pub use crate::session::redis::{RedisConfig, SentinelConfig};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +65,11 @@ struct RawRedis {
 struct RawSentinel {
     master: Text,
     nodes: Vec<RedisUrl>,
+    /// The master's `AUTH`; the Sentinels' own go in their URLs.
+    #[serde(default)]
+    username: Option<Text>,
+    #[serde(default)]
+    password: Option<Secret>,
 }
 
 impl Default for RawRedis {
@@ -114,6 +119,12 @@ impl RawStore {
                         "needs at least one Sentinel, e.g. [\"redis://10.0.0.5:26379\"]",
                     ));
                 }
+                if sentinel.username.is_some() && sentinel.password.is_none() {
+                    return Err(src.error(
+                        "store.redis.sentinel.username",
+                        "needs store.redis.sentinel.password too (AUTH takes both)",
+                    ));
+                }
                 for (i, node) in sentinel.nodes.iter().enumerate() {
                     if !(node.0.starts_with("redis://") || node.0.starts_with("rediss://")) {
                         return Err(src.error(
@@ -157,6 +168,8 @@ impl RawStore {
                 sentinel: r.sentinel.as_ref().map(|s| SentinelConfig {
                     master: s.master.0.clone(),
                     nodes: s.nodes.iter().map(|n| n.0.clone()).collect(),
+                    username: s.username.as_ref().map(|u| u.0.clone()),
+                    password: s.password.as_ref().map(|p| p.0.clone()),
                 }),
                 near_cache: r.near_cache,
             },

@@ -256,12 +256,26 @@ pub struct RedisConfig {
 }
 
 /// `store.redis.sentinel`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SentinelConfig {
     /// The name the Sentinels monitor the master by.
     pub master: String,
     /// `redis://host:port` of each Sentinel.
     pub nodes: Vec<String>,
+    /// The master's `AUTH` (the Sentinels' own are in their URLs).
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SentinelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelConfig")
+            .field("master", &self.master)
+            .field("nodes", &self.nodes.len())
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// A connection to one Redis or to a Cluster. Both are multiplexed handles, cheap
@@ -555,7 +569,13 @@ impl RedisStore {
         // connections, and that of the shards (with the near cache).
         let mut master = None;
         let (conn, local, shard) = if let Some(sentinel) = &r.sentinel {
-            let settings = redis::RedisConnectionInfo::default().set_protocol(protocol);
+            let mut settings = redis::RedisConnectionInfo::default().set_protocol(protocol);
+            if let Some(password) = &sentinel.password {
+                settings = settings.set_password(password);
+            }
+            if let Some(username) = &sentinel.username {
+                settings = settings.set_username(username);
+            }
             let followed =
                 sentinel::Master::new(&sentinel.master, &sentinel.nodes, settings, near.clone())
                     .map_err(invalid)?;

@@ -554,3 +554,73 @@ async fn a_proxy_whose_clock_is_an_hour_behind_keeps_redis_time() {
     assert!(again.headers().get("set-cookie").is_none(), "a new session");
     assert_eq!(again.text().await.expect("body"), "n=1");
 }
+
+/// `rediss://`: the store reached over TLS, Redis's certificate checked
+/// against the system's roots (here a test CA, named by `SSL_CERT_FILE`). A
+/// proxy that does not trust it answers 503, never a new session.
+#[tokio::test]
+async fn a_redis_reached_over_tls_keeps_sessions_and_its_certificate_is_checked() {
+    let test = "a_redis_reached_over_tls_keeps_sessions_and_its_certificate_is_checked";
+    let ca = support::tls::TestCa::new("redis test CA");
+    let files = support::tls::TlsFiles::new(&ca.issue("redis"));
+    let ca_file = files.dir().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write the CA");
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+        .to_string();
+    let (cert, key) = (files.cert(), files.key());
+    let args = [
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-ca-cert-file",
+        ca_file.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+    ];
+    let Some(redis) = RedisServer::start_with(test, &args).await else {
+        return;
+    };
+    let upstream = app().await;
+    let yaml = config(&upstream.url())
+        .with_redis(&format!("rediss://127.0.0.1:{tls_port}"))
+        .set("log.level", "info")
+        .to_string();
+    let trusting =
+        ops::Binary::start_with_env(&yaml, &[("SSL_CERT_FILE", ca_file.to_str().unwrap())]).await;
+    let first = get_without_cookie(&trusting.url("/?set=user%3Dalice")).await;
+    assert_eq!(first.status(), 200);
+    let cookie = expect_session_cookie(first.headers());
+    let again = get_with_cookie(&trusting.url("/"), &cookie.pair()).await;
+    assert_eq!(again.status(), 200);
+    assert!(again.headers().get("set-cookie").is_none(), "a new session");
+    assert_eq!(again.text().await.expect("body"), "user=alice");
+    // The session is in that Redis (read over its plain port).
+    let key = format!("sessiongate:{{{}}}{}", &cookie.id()[..4], &cookie.id()[4..]);
+    assert_eq!(
+        text(&redis.command(&["HGET", &key, "d:user"]).await),
+        "alice"
+    );
+
+    // The system's own roots do not include the test CA.
+    let doubting = ops::Binary::start_with_env(
+        &yaml,
+        &[
+            ("SSL_CERT_FILE", cert.to_str().unwrap()),
+            ("SSL_CERT_DIR", "/nonexistent"),
+        ],
+    )
+    .await;
+    let refused = get_with_cookie(&doubting.url("/"), &cookie.pair()).await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().get("set-cookie").is_none());
+}

@@ -491,3 +491,81 @@ fn a_sentinel_username_without_a_password_is_refused_by_key() {
         "{error}"
     );
 }
+
+/// A master reached over TLS (`store.redis.sentinel.tls`), its certificate
+/// checked against the system's roots (a test CA, by `SSL_CERT_FILE`); the
+/// Sentinel announces its TLS port. Without `tls`, requests get 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_reached_over_tls() {
+    let test = "a_master_reached_over_tls";
+    let ca = support::tls::TestCa::new("redis test CA");
+    let files = support::tls::TlsFiles::new(&ca.issue("redis"));
+    let ca_file = files.dir().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write the CA");
+    let (cert, key) = (files.cert(), files.key());
+    let (cert, key, ca_path) = (
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+        ca_file.to_str().unwrap(),
+    );
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let tls_port_text = tls_port.to_string();
+    let args = [
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--tls-port",
+        &tls_port_text,
+        "--tls-cert-file",
+        cert,
+        "--tls-key-file",
+        key,
+        "--tls-ca-cert-file",
+        ca_path,
+        "--tls-auth-clients",
+        "no",
+    ];
+    let Some(master) = RedisServer::start_with(test, &args).await else {
+        return;
+    };
+    // The Sentinel itself is plain; it reaches the master over TLS.
+    let sentinel = Sentinel::start_with(
+        MASTER,
+        tls_port,
+        &format!(
+            "tls-replication yes\ntls-cert-file {cert}\ntls-key-file {key}\n\
+             tls-ca-cert-file {ca_path}\n"
+        ),
+    )
+    .await;
+    let upstream = app().await;
+    let sentinels = [sentinel];
+    let yaml = sentinel_config(&upstream, &sentinels).set("log.level", "info");
+    let env = [("SSL_CERT_FILE", ca_path)];
+
+    let proxy =
+        ops::Binary::start_with_env(yaml.clone().set("store.redis.sentinel.tls", "true"), &env)
+            .await;
+    let browser = Browser::new();
+    assert_eq!(
+        browser.get(&proxy.url("/login?user=alice")).await.status(),
+        200
+    );
+    assert_eq!(browser.get(&proxy.url("/whoami")).await.status(), 200);
+    assert_eq!(
+        upstream.last().data().get("user").map(String::as_str),
+        Some("alice")
+    );
+    let keys = master.command(&["DBSIZE"]).await;
+    assert!(matches!(keys, ::redis::Value::Int(n) if n >= 1), "{keys:?}");
+
+    // Plain TCP to a TLS port: no answer a proxy could use.
+    let plain = ops::Binary::start_with_env(yaml, &env).await;
+    let response = Browser::new().get(&plain.url("/login?user=bob")).await;
+    assert_eq!(response.status(), 503);
+    assert!(support::session_set_cookie(response.headers()).is_none());
+}

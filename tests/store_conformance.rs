@@ -830,6 +830,7 @@ async fn redis_sentinel_passes_every_case() {
             nodes: vec![sentinel.url()],
             username: None,
             password: None,
+            tls: false,
         }),
         ..settings("", &unique_prefix(), true)
     })

@@ -70,6 +70,9 @@ struct RawSentinel {
     username: Option<Text>,
     #[serde(default)]
     password: Option<Secret>,
+    /// Reach the master over TLS; by default, when the Sentinels are.
+    #[serde(default)]
+    tls: Option<bool>,
 }
 
 impl Default for RawRedis {
@@ -170,6 +173,9 @@ impl RawStore {
                     nodes: s.nodes.iter().map(|n| n.0.clone()).collect(),
                     username: s.username.as_ref().map(|u| u.0.clone()),
                     password: s.password.as_ref().map(|p| p.0.clone()),
+                    tls: s
+                        .tls
+                        .unwrap_or_else(|| s.nodes.iter().any(|n| n.0.starts_with("rediss://"))),
                 }),
                 near_cache: r.near_cache,
             },

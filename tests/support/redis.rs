@@ -252,8 +252,13 @@ impl RedisSentinel {
     /// Starts a Sentinel on a free port, trying another port when the one
     /// picked was taken meanwhile (the process then exits at once).
     pub async fn start(master: &str, master_port: u16) -> RedisSentinel {
+        Self::start_with(master, master_port, "").await
+    }
+
+    /// With `extra` lines in its configuration file.
+    pub async fn start_with(master: &str, master_port: u16, extra: &str) -> RedisSentinel {
         for _ in 0..5 {
-            let mut sentinel = RedisSentinel::spawn(master, master_port);
+            let mut sentinel = RedisSentinel::spawn(master, master_port, extra);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             while tokio::time::Instant::now() < deadline {
                 if sentinel.child.try_wait().ok().flatten().is_some() {
@@ -268,7 +273,7 @@ impl RedisSentinel {
         panic!("no Sentinel started on any of five ports");
     }
 
-    fn spawn(master: &str, master_port: u16) -> RedisSentinel {
+    fn spawn(master: &str, master_port: u16, extra: &str) -> RedisSentinel {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -283,7 +288,7 @@ impl RedisSentinel {
                  logfile {dir}/sentinel.log\n\
                  sentinel monitor {master} 127.0.0.1 {master_port} 2\n\
                  sentinel down-after-milliseconds {master} 1000\n\
-                 sentinel failover-timeout {master} 5000\n",
+                 sentinel failover-timeout {master} 5000\n{extra}\n",
                 dir = dir.path().display()
             ),
         )

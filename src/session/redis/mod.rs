@@ -265,6 +265,9 @@ pub struct SentinelConfig {
     /// The master's `AUTH` (the Sentinels' own are in their URLs).
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Reach the master over TLS, its certificate checked against the
+    /// system's roots for the address the Sentinels announce.
+    pub tls: bool,
 }
 
 impl std::fmt::Debug for SentinelConfig {
@@ -274,6 +277,7 @@ impl std::fmt::Debug for SentinelConfig {
             .field("nodes", &self.nodes.len())
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -542,8 +546,10 @@ impl RedisStore {
         events: EventSink,
     ) -> Result<RedisStore, StoreError> {
         let invalid = |e: RedisError| StoreError::Misconfigured(Box::new(e));
-        let uses_tls =
-            r.url.starts_with("rediss://") || r.nodes.iter().any(|n| n.starts_with("rediss://"));
+        let uses_tls = r.url.starts_with("rediss://")
+            || r.nodes.iter().any(|n| n.starts_with("rediss://"))
+            || (r.sentinel.as_ref())
+                .is_some_and(|s| s.tls || s.nodes.iter().any(|n| n.starts_with("rediss://")));
         if uses_tls {
             // The process-wide rustls provider; a no-op when the TLS listener set it.
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -576,9 +582,14 @@ impl RedisStore {
             if let Some(username) = &sentinel.username {
                 settings = settings.set_username(username);
             }
-            let followed =
-                sentinel::Master::new(&sentinel.master, &sentinel.nodes, settings, near.clone())
-                    .map_err(invalid)?;
+            let followed = sentinel::Master::new(
+                &sentinel.master,
+                &sentinel.nodes,
+                settings,
+                sentinel.tls,
+                near.clone(),
+            )
+            .map_err(invalid)?;
             master = Some(followed.clone());
             let base = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(r.timeout))

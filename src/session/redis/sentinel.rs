@@ -53,8 +53,10 @@ pub(super) struct Master {
     /// The name the Sentinels monitor it by.
     name: String,
     sentinels: Vec<Sentinel>,
-    /// How to speak to the master (the protocol), wherever it is.
+    /// How to speak to the master (the protocol, `AUTH`), wherever it is.
     settings: RedisConnectionInfo,
+    /// Over TLS.
+    tls: bool,
     followed: Mutex<Followed>,
     /// Raised with every new address: a connection opened at an older epoch
     /// is not used again.
@@ -84,11 +86,13 @@ struct Sentinel {
 }
 
 impl Master {
-    /// `nodes` are the Sentinels' URLs; `settings` how to speak to the master.
+    /// `nodes` are the Sentinels' URLs; `settings` how to speak to the master,
+    /// and `tls` whether over TLS.
     pub(super) fn new(
         name: &str,
         nodes: &[String],
         settings: RedisConnectionInfo,
+        tls: bool,
         near: Option<Arc<NearCache>>,
     ) -> RedisResult<Arc<Master>> {
         let sentinels = nodes
@@ -104,6 +108,7 @@ impl Master {
             name: name.to_owned(),
             sentinels,
             settings,
+            tls,
             followed: Mutex::new(Followed::default()),
             epoch: AtomicU64::new(0),
             switching: AtomicBool::new(false),
@@ -167,7 +172,17 @@ impl Master {
         (host, port): &(String, u16),
         config: &redis::AsyncConnectionConfig,
     ) -> RedisResult<MultiplexedConnection> {
-        let info = (host.as_str(), *port)
+        let addr = if self.tls {
+            redis::ConnectionAddr::TcpTls {
+                host: host.clone(),
+                port: *port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            redis::ConnectionAddr::Tcp(host.clone(), *port)
+        };
+        let info = addr
             .into_connection_info()?
             .set_redis_settings(self.settings.clone());
         let mut conn = redis::Client::open(info)?
@@ -442,7 +457,7 @@ mod tests {
     /// Following master `m` at port 7001.
     fn master(config_epoch: u64) -> Arc<Master> {
         let nodes = ["redis://127.0.0.1:1".to_owned()];
-        let m = Master::new("m", &nodes, RedisConnectionInfo::default(), None).unwrap();
+        let m = Master::new("m", &nodes, RedisConnectionInfo::default(), false, None).unwrap();
         m.follow(("127.0.0.1".into(), 7001), Some(config_epoch));
         m
     }
@@ -557,7 +572,7 @@ mod tests {
             fake_sentinel(Some((7002, 4))).await,
             fake_sentinel(Some((7003, 5))).await,
         ];
-        let m = Master::new("m", &nodes, RedisConnectionInfo::default(), None).unwrap();
+        let m = Master::new("m", &nodes, RedisConnectionInfo::default(), false, None).unwrap();
         let asked = Instant::now();
         m.ask().await.unwrap();
         // The silent one would take its response timeout, a second.

@@ -561,42 +561,16 @@ async fn a_proxy_whose_clock_is_an_hour_behind_keeps_redis_time() {
 #[tokio::test]
 async fn a_redis_reached_over_tls_keeps_sessions_and_its_certificate_is_checked() {
     let test = "a_redis_reached_over_tls_keeps_sessions_and_its_certificate_is_checked";
-    let ca = support::tls::TestCa::new("redis test CA");
-    let files = support::tls::TlsFiles::new(&ca.issue("redis"));
-    let ca_file = files.dir().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).expect("write the CA");
-    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-        .to_string();
-    let (cert, key) = (files.cert(), files.key());
-    let args = [
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--tls-port",
-        &tls_port,
-        "--tls-cert-file",
-        cert.to_str().unwrap(),
-        "--tls-key-file",
-        key.to_str().unwrap(),
-        "--tls-ca-cert-file",
-        ca_file.to_str().unwrap(),
-        "--tls-auth-clients",
-        "no",
-    ];
-    let Some(redis) = RedisServer::start_with(test, &args).await else {
+    let Some(tls) = support::redis::TlsRedis::start(test).await else {
         return;
     };
+    let (redis, tls_port, ca_file) = (&tls.server, tls.tls_port, tls.ca_file());
     let upstream = app().await;
     let yaml = config(&upstream.url())
         .with_redis(&format!("rediss://127.0.0.1:{tls_port}"))
         .set("log.level", "info")
         .to_string();
-    let trusting =
-        ops::Binary::start_with_env(&yaml, &[("SSL_CERT_FILE", ca_file.to_str().unwrap())]).await;
+    let trusting = ops::Binary::start_with_env(&yaml, &[("SSL_CERT_FILE", ca_file.as_str())]).await;
     let first = get_without_cookie(&trusting.url("/?set=user%3Dalice")).await;
     assert_eq!(first.status(), 200);
     let cookie = expect_session_cookie(first.headers());
@@ -615,7 +589,7 @@ async fn a_redis_reached_over_tls_keeps_sessions_and_its_certificate_is_checked(
     let doubting = ops::Binary::start_with_env(
         &yaml,
         &[
-            ("SSL_CERT_FILE", cert.to_str().unwrap()),
+            ("SSL_CERT_FILE", tls.cert_file().as_str()),
             ("SSL_CERT_DIR", "/nonexistent"),
         ],
     )

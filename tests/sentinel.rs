@@ -127,6 +127,19 @@ async fn master_moved_to(sentinels: &[Sentinel], port: u16, limit: Duration) {
     }
 }
 
+/// A visitor logs in as `user` through the proxy at `base`, and its next
+/// request carries the user.
+async fn logs_in(base: &str, upstream: &Upstream, user: &str) {
+    let browser = Browser::new();
+    let login = browser.get(&format!("{base}/login?user={user}")).await;
+    assert_eq!(login.status(), 200);
+    assert_eq!(browser.get(&format!("{base}/whoami")).await.status(), 200);
+    assert_eq!(
+        upstream.last().data().get("user").map(String::as_str),
+        Some(user)
+    );
+}
+
 /// What one visitor of [`load`] saw: requests answered 200, the statuses of
 /// the others, and the last value of its counter a 200 acknowledged.
 struct Visitor {
@@ -280,15 +293,7 @@ async fn a_planned_failover_costs_at_most_the_requests_in_flight() {
         lost.is_empty(),
         "acknowledged writes lost (visitor, acknowledged, held): {lost:?}"
     );
-    let browser = Browser::new();
-    let login = browser.get(&proxy.url("/login?user=after")).await;
-    assert_eq!(login.status(), 200);
-    let response = browser.get(&proxy.url("/whoami")).await;
-    assert_eq!(response.status(), 200);
-    assert_eq!(
-        upstream.last().data().get("user").map(String::as_str),
-        Some("after")
-    );
+    logs_in(&proxy.url(""), &upstream, "after").await;
     drop(master);
 }
 
@@ -399,22 +404,37 @@ async fn the_proxy_follows_the_master_after_it_is_killed() {
     }
 }
 
-#[test]
-fn sentinel_with_cluster_is_refused_by_key() {
-    let yaml = config("http://127.0.0.1:9")
+/// A Sentinel setting with `extra` keys set is refused, naming `key`.
+fn refused_by_key(extra: &[(&str, &str)], key: &str) {
+    let mut yaml = config("http://127.0.0.1:9")
         .set("store.type", "redis")
-        .set("store.redis.cluster", "true")
         .set("store.redis.sentinel.master", MASTER)
         .set(
             "store.redis.sentinel.nodes",
             "[\"redis://127.0.0.1:26379\"]",
-        )
-        .to_string();
-    let error = sessiongate::config::Config::parse(&yaml, std::path::Path::new("t.yaml"), false)
-        .expect_err("refused");
-    assert!(
-        error.to_string().contains("store.redis.sentinel"),
-        "{error}"
+        );
+    for (k, v) in extra {
+        yaml = yaml.set(k, v);
+    }
+    let error = sessiongate::config::Config::parse(
+        &yaml.to_string(),
+        std::path::Path::new("t.yaml"),
+        false,
+    )
+    .expect_err("refused");
+    assert!(error.to_string().contains(key), "{error}");
+}
+
+#[test]
+fn sentinel_with_cluster_is_refused_by_key() {
+    refused_by_key(&[("store.redis.cluster", "true")], "store.redis.sentinel");
+}
+
+#[test]
+fn a_sentinel_username_without_a_password_is_refused_by_key() {
+    refused_by_key(
+        &[("store.redis.sentinel.username", "sessiongate")],
+        "store.redis.sentinel.username",
     );
 }
 
@@ -450,16 +470,7 @@ async fn a_master_that_requires_a_password_is_reached_with_it() {
     .to_redacted_yaml();
     assert!(!printed.contains(PASSWORD), "{printed}");
     let proxy = Proxy::start(with).await;
-    let browser = Browser::new();
-    assert_eq!(
-        browser.get(&proxy.url("/login?user=alice")).await.status(),
-        200
-    );
-    assert_eq!(browser.get(&proxy.url("/whoami")).await.status(), 200);
-    assert_eq!(
-        upstream.last().data().get("user").map(String::as_str),
-        Some("alice")
-    );
+    logs_in(&proxy.url(""), &upstream, "alice").await;
 
     let without = Proxy::start(sentinel_config(&upstream, &sentinels)).await;
     let forwarded = upstream.count();
@@ -473,93 +484,27 @@ async fn a_master_that_requires_a_password_is_reached_with_it() {
     assert_eq!(upstream.count(), forwarded, "the app saw no request");
 }
 
-#[test]
-fn a_sentinel_username_without_a_password_is_refused_by_key() {
-    let yaml = config("http://127.0.0.1:9")
-        .set("store.type", "redis")
-        .set("store.redis.sentinel.master", MASTER)
-        .set(
-            "store.redis.sentinel.nodes",
-            "[\"redis://127.0.0.1:26379\"]",
-        )
-        .set("store.redis.sentinel.username", "sessiongate")
-        .to_string();
-    let error = sessiongate::config::Config::parse(&yaml, std::path::Path::new("t.yaml"), false)
-        .expect_err("refused");
-    assert!(
-        error.to_string().contains("store.redis.sentinel.username"),
-        "{error}"
-    );
-}
-
 /// A master reached over TLS (`store.redis.sentinel.tls`), its certificate
 /// checked against the system's roots (a test CA, by `SSL_CERT_FILE`); the
 /// Sentinel announces its TLS port. Without `tls`, requests get 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_master_reached_over_tls() {
     let test = "a_master_reached_over_tls";
-    let ca = support::tls::TestCa::new("redis test CA");
-    let files = support::tls::TlsFiles::new(&ca.issue("redis"));
-    let ca_file = files.dir().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).expect("write the CA");
-    let (cert, key) = (files.cert(), files.key());
-    let (cert, key, ca_path) = (
-        cert.to_str().unwrap(),
-        key.to_str().unwrap(),
-        ca_file.to_str().unwrap(),
-    );
-    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let tls_port_text = tls_port.to_string();
-    let args = [
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--tls-port",
-        &tls_port_text,
-        "--tls-cert-file",
-        cert,
-        "--tls-key-file",
-        key,
-        "--tls-ca-cert-file",
-        ca_path,
-        "--tls-auth-clients",
-        "no",
-    ];
-    let Some(master) = RedisServer::start_with(test, &args).await else {
+    let Some(tls) = support::redis::TlsRedis::start(test).await else {
         return;
     };
+    let (master, ca_path) = (&tls.server, tls.ca_file());
     // The Sentinel itself is plain; it reaches the master over TLS.
-    let sentinel = Sentinel::start_with(
-        MASTER,
-        tls_port,
-        &format!(
-            "tls-replication yes\ntls-cert-file {cert}\ntls-key-file {key}\n\
-             tls-ca-cert-file {ca_path}\n"
-        ),
-    )
-    .await;
+    let sentinel = Sentinel::start_with(MASTER, tls.tls_port, &tls.sentinel_lines()).await;
     let upstream = app().await;
     let sentinels = [sentinel];
     let yaml = sentinel_config(&upstream, &sentinels).set("log.level", "info");
-    let env = [("SSL_CERT_FILE", ca_path)];
+    let env = [("SSL_CERT_FILE", ca_path.as_str())];
 
     let proxy =
         ops::Binary::start_with_env(yaml.clone().set("store.redis.sentinel.tls", "true"), &env)
             .await;
-    let browser = Browser::new();
-    assert_eq!(
-        browser.get(&proxy.url("/login?user=alice")).await.status(),
-        200
-    );
-    assert_eq!(browser.get(&proxy.url("/whoami")).await.status(), 200);
-    assert_eq!(
-        upstream.last().data().get("user").map(String::as_str),
-        Some("alice")
-    );
+    logs_in(&proxy.url(""), &upstream, "alice").await;
     let keys = master.command(&["DBSIZE"]).await;
     assert!(matches!(keys, ::redis::Value::Int(n) if n >= 1), "{keys:?}");
 

@@ -229,6 +229,70 @@ impl Drop for RedisServer {
     }
 }
 
+/// A `redis-server` that listens for TLS too (its plain port stays for the
+/// tests' own commands), with a certificate for 127.0.0.1 from a test CA.
+pub struct TlsRedis {
+    pub server: RedisServer,
+    pub tls_port: u16,
+    files: super::tls::TlsFiles,
+}
+
+impl TlsRedis {
+    pub async fn start(test: &str) -> Option<TlsRedis> {
+        let ca = super::tls::TestCa::new("redis test CA");
+        let files = super::tls::TlsFiles::new(&ca.issue("redis"));
+        std::fs::write(files.dir().join("ca.pem"), ca.pem()).expect("write the CA");
+        let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut args = vec![
+            "--save".to_owned(),
+            String::new(),
+            "--appendonly".to_owned(),
+            "no".to_owned(),
+            "--tls-port".to_owned(),
+            tls_port.to_string(),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        for (flag, file) in [
+            ("--tls-cert-file", files.cert()),
+            ("--tls-key-file", files.key()),
+            ("--tls-ca-cert-file", files.dir().join("ca.pem")),
+        ] {
+            args.extend([flag.to_owned(), file.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = RedisServer::start_with(test, &args).await?;
+        Some(TlsRedis {
+            server,
+            tls_port,
+            files,
+        })
+    }
+
+    /// The CA's certificate file: what `SSL_CERT_FILE` names to trust it.
+    pub fn ca_file(&self) -> String {
+        self.files.dir().join("ca.pem").display().to_string()
+    }
+
+    /// The server's certificate file (not a CA: trusting it alone trusts nothing).
+    pub fn cert_file(&self) -> String {
+        self.files.cert().display().to_string()
+    }
+
+    /// What a Sentinel's configuration needs to reach this server over TLS.
+    pub fn sentinel_lines(&self) -> String {
+        format!(
+            "tls-replication yes\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n",
+            self.cert_file(),
+            self.files.key().display(),
+            self.ca_file()
+        )
+    }
+}
+
 /// Runs one command on a fresh connection to `url`.
 async fn command_at(url: &str, args: &[&str]) -> ::redis::RedisResult<::redis::Value> {
     let client = ::redis::Client::open(url)?;

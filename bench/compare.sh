@@ -5,6 +5,8 @@
 #   bench/compare.sh                      # defaults: -z 10s, -c 64, 3 repetitions
 #   bench/compare.sh --duration 5s --reps 1 --targets "sessiongate nginx caddy"
 #
+# SESSIONGATE_BIN=PATH runs that sessiongate binary instead of this tree's
+# release build (to compare two builds in turn).
 # Options: --duration D (oha -z), --reps N, --conns N (oha -c), --targets "...",
 # --scenarios "...". Targets: direct sessiongate sessiongate-redis
 # sessiongate-routes sessiongate-gate nginx nginx-cookie haproxy caddy apache.
@@ -84,7 +86,7 @@ fi
 command -v oha >/dev/null || { echo "installing oha (several minutes)" >&2; cargo install oha --locked; }
 export PATH="$HOME/.cargo/bin:$PATH"
 (cd "$ROOT" && cargo build --release --quiet)
-SG="$ROOT/target/release/sessiongate"
+SG=${SESSIONGATE_BIN:-$ROOT/target/release/sessiongate}
 
 # --- ports: every listener on a loopback port that is free at start-up ------------
 # free_ports N: N distinct ports free on 127.0.0.1 right now, on one line (bound to

@@ -479,15 +479,11 @@ fn decodes_to(encoded: &[u8], text: &str) -> bool {
         let byte = match encoded[i] {
             b'+' => b' ',
             b'%' => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                let (Some(h), Some(l)) = (
-                    encoded.get(i + 1).and_then(|&b| hex(b)),
-                    encoded.get(i + 2).and_then(|&b| hex(b)),
-                ) else {
+                let Some(byte) = escaped_byte(encoded, i) else {
                     return false;
                 };
                 i += 2;
-                (h * 16 + l) as u8
+                byte
             }
             b => b,
         };
@@ -499,6 +495,12 @@ fn decodes_to(encoded: &[u8], text: &str) -> bool {
     want.next().is_none()
 }
 
+/// The byte `%XX` at `input[i]` stands for; `None` unless both `X` are hex.
+fn escaped_byte(input: &[u8], i: usize) -> Option<u8> {
+    let hex = |at: usize| input.get(at).and_then(|&b| (b as char).to_digit(16));
+    Some((hex(i + 1)? * 16 + hex(i + 2)?) as u8)
+}
+
 fn percent_decode(input: &[u8], plus_is_space: bool) -> Result<String, ChangesError> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
@@ -506,14 +508,7 @@ fn percent_decode(input: &[u8], plus_is_space: bool) -> Result<String, ChangesEr
         match input[i] {
             b'+' if plus_is_space => out.push(b' '),
             b'%' => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                let (Some(h), Some(l)) = (
-                    input.get(i + 1).and_then(|&b| hex(b)),
-                    input.get(i + 2).and_then(|&b| hex(b)),
-                ) else {
-                    return Err(ChangesError::BadEncoding);
-                };
-                out.push((h * 16 + l) as u8);
+                out.push(escaped_byte(input, i).ok_or(ChangesError::BadEncoding)?);
                 i += 2;
             }
             b => out.push(b),

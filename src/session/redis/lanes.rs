@@ -59,7 +59,7 @@ fn last_reply(replies: Vec<Value>) -> RedisResult<Value> {
 /// Redis's own refusal may have left it unusable (a runtime that ended takes
 /// its driver with it), and a master demoted by a failover (`READONLY`) is
 /// left for the one the Sentinels name now.
-pub(super) fn unusable(e: &RedisError) -> bool {
+fn unusable(e: &RedisError) -> bool {
     !matches!(e.kind(), redis::ErrorKind::Server(_))
         || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
 }
@@ -108,12 +108,7 @@ impl Shards {
         match opened.conn.send(cmds, track, key).await {
             Ok(values) => last_reply(values),
             Err(e) => {
-                if unusable(&e) {
-                    // The keys tracked on it are no longer: forget them all,
-                    // and open another at the next call.
-                    shard.forget(&opened);
-                    self.near.clear();
-                }
+                shard.failed(&opened, &e, Some(&self.near));
                 Err(e)
             }
         }
@@ -180,8 +175,13 @@ impl Slot {
         Ok(opened)
     }
 
-    /// Drops `opened`, unless another connection took its place already.
-    pub(super) fn forget(&self, opened: &Opened) {
+    /// After `opened` answered `e`: when it may be unusable, drops it (unless
+    /// another connection took its place already), so the next call opens
+    /// another, and empties `near`, since the keys tracked on it are no longer.
+    pub(super) fn failed(&self, opened: &Opened, e: &RedisError, near: Option<&NearCache>) {
+        if !unusable(e) {
+            return;
+        }
         if let Ok(mut current) = self.current.lock() {
             if current
                 .as_ref()
@@ -189,6 +189,9 @@ impl Slot {
             {
                 *current = None;
             }
+        }
+        if let Some(near) = near {
+            near.clear();
         }
     }
 }
@@ -217,14 +220,9 @@ impl SentinelConn {
         self.slot.get(&self.client, epoch, false).await
     }
 
-    /// After `opened` answered `e`: drops it when the master may have moved.
+    /// After `opened` answered `e` (see [`Slot::failed`]).
     pub(super) fn failed(&self, opened: &Opened, e: &RedisError) {
-        if unusable(e) {
-            self.slot.forget(opened);
-            if let Some(near) = &self.near {
-                near.clear();
-            }
-        }
+        self.slot.failed(opened, e, self.near.as_deref());
     }
 }
 

@@ -385,3 +385,106 @@ async fn a_proxys_own_writes_keep_the_session_tracked() {
         .await;
     seen_at_once(&a, &id, "role=guest", "a change after a refresh").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_session_held_here_is_worked_out_here() {
+    let Some((redis, p, a)) = one_proxy("a_write_to_a_session_held_here_is_worked_out_here").await
+    else {
+        return;
+    };
+    let b = store(&redis.url(), Vec::new(), &p, true).await;
+    let id = create(&a, &[("color", "blue"), ("size", "M")]).await;
+    assert_eq!(shown(&a, &id).await, "color=blue&size=M");
+
+    // Held in A's cache, the session is at a stamp Redis can check: each write
+    // costs Redis a look at the stamp, not a read of the whole session.
+    let reads = redis.calls("hgetall").await;
+    let calls = redis.evalsha_calls().await;
+    let mut remove = Changes::default();
+    remove.add_remove(b"color").unwrap();
+    let writes = [
+        set("n=1"),
+        set("n=2&note=a+b%26c"),
+        remove,
+        set("user=alice"),
+        set("n=3&color=red"),
+    ];
+    for write in &writes {
+        assert_eq!(a.apply(&id, write, &POLICY).await.unwrap(), Applied::Stored);
+    }
+    assert_eq!(redis.evalsha_calls().await, calls + writes.len() as u64);
+    assert_eq!(
+        redis.calls("hgetall").await,
+        reads,
+        "a write to a session held here read it in Redis"
+    );
+
+    // What A worked out is what Redis holds: A serves it from its cache, B
+    // (which holds nothing) reads it from Redis.
+    let expected = "color=red&n=3&note=a+b%26c&size=M&user=alice";
+    let hits_before = hits(&a);
+    assert_eq!(shown(&a, &id).await, expected);
+    assert_eq!(hits(&a), hits_before + 1, "A did not keep what it wrote");
+    assert_eq!(shown(&b, &id).await, expected);
+    // The login was filed under its user.
+    let listed = b.user_sessions("alice").await.unwrap();
+    assert_eq!(listed.len(), 1, "alice's sessions: {listed:?}");
+    assert_eq!(listed[0].id, id);
+
+    // A write that would pass the size limit goes to Redis, which refuses it.
+    let big = set(&format!("big={}", "x".repeat(POLICY.max_data_bytes)));
+    assert!(matches!(
+        a.apply(&id, &big, &POLICY).await.unwrap(),
+        Applied::TooLarge { .. }
+    ));
+    assert_eq!(shown(&b, &id).await, expected);
+}
+
+/// Two proxies write one session in turn, each right after the other, near
+/// the size limit: a proxy whose copy another's write has just made stale
+/// (its invalidation not yet handled) must not work the write out from it.
+/// Redis sees the stamp moved, and checks the size and merges itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_from_a_copy_another_proxy_made_stale_is_checked_by_redis() {
+    let Some((redis, p, a)) =
+        one_proxy("a_write_from_a_copy_another_proxy_made_stale_is_checked_by_redis").await
+    else {
+        return;
+    };
+    let b = store(&redis.url(), Vec::new(), &p, true).await;
+    // Each value takes about 40% of the limit: any two fit, three do not.
+    let value = |c: char| c.to_string().repeat(POLICY.max_data_bytes * 2 / 5);
+    let mut refused = 0;
+    for round in 0..40 {
+        let id = create(&a, &[]).await;
+        let write = |k: &str, c: char| set(&format!("{k}={}", value(c)));
+        assert_eq!(
+            a.apply(&id, &write("a", 'a'), &POLICY).await.unwrap(),
+            Applied::Stored
+        );
+        assert_eq!(shown(&a, &id).await, format!("a={}", value('a')));
+        // B adds a second value; then at once A a third, from its copy that
+        // holds only the first.
+        assert_eq!(
+            b.apply(&id, &write("b", 'b'), &POLICY).await.unwrap(),
+            Applied::Stored
+        );
+        match a.apply(&id, &write("c", 'c'), &POLICY).await.unwrap() {
+            Applied::TooLarge { .. } => refused += 1,
+            other => panic!("round {round}: a third value was {other:?}"),
+        }
+        let held = redis.command(&["HLEN", &key(&p, &id)]).await;
+        // m:c, m:s, m:v, d:a, d:b.
+        assert_eq!(
+            redis::from_redis_value::<i64>(held).unwrap(),
+            5,
+            "round {round}"
+        );
+        assert_eq!(
+            shown(&a, &id).await,
+            format!("a={}&b={}", value('a'), value('b')),
+            "round {round}: A's cache"
+        );
+    }
+    assert_eq!(refused, 40);
+}

@@ -116,22 +116,34 @@ impl NearCache {
 
     /// Before a read of `id` from Redis.
     pub(crate) fn read(self: &Arc<Self>, id: &SessionId) -> Option<Pending> {
-        self.start(id, false)
+        Some(self.start(id, false)?.0)
     }
 
     /// Before a write of `id` to Redis. What the slot holds is still served
     /// while the write is in flight (a concurrent request of the visitor's).
-    pub(crate) fn write(self: &Arc<Self>, id: &SessionId) -> Option<Pending> {
+    /// Also returns the entry the slot holds, if live: as of this epoch, the
+    /// session as Redis held it at that stamp. A reply built from it is kept
+    /// only if no invalidation came since, as with any other.
+    pub(crate) fn write(self: &Arc<Self>, id: &SessionId) -> Option<(Pending, Option<Base>)> {
         self.start(id, true)
     }
 
-    fn start(self: &Arc<Self>, id: &SessionId, write: bool) -> Option<Pending> {
+    fn start(self: &Arc<Self>, id: &SessionId, write: bool) -> Option<(Pending, Option<Base>)> {
         if !self.active() {
             return None;
         }
         let now = Instant::now();
-        let epoch = match self.slots.get(id) {
-            Some(slot) => slot.epoch,
+        let (epoch, base) = match self.slots.get(id) {
+            Some(slot) => {
+                let base = (slot.value.as_ref())
+                    .filter(|e| write && now < e.until)
+                    .map(|e| Base {
+                        view: e.view.clone(),
+                        stamp: e.stamp,
+                        until: e.until,
+                    });
+                (slot.epoch, base)
+            }
             None => {
                 if self.slots.len() >= MAX_ENTRIES {
                     return None;
@@ -142,17 +154,18 @@ impl NearCache {
                     value: None,
                     started: now,
                 });
-                self.slots.get(id)?.epoch
+                (self.slots.get(id)?.epoch, None)
             }
         };
-        Some(Pending {
+        let pending = Pending {
             cache: self.clone(),
             id: *id,
             epoch,
             sent: now,
             write,
             done: false,
-        })
+        };
+        Some((pending, base))
     }
 
     fn remove(&self, id: &SessionId) {
@@ -189,6 +202,15 @@ impl NearCache {
     }
 }
 
+/// A live entry, as a write found it.
+pub(crate) struct Base {
+    pub(crate) view: SessionView,
+    /// The session's `m:v` in Redis when it was read or written.
+    pub(crate) stamp: u64,
+    /// When the entry stops being served: a write does not refresh the session.
+    pub(crate) until: Instant,
+}
+
 /// A read or write of one session in flight. Settled by [`Pending::fill`] with
 /// what Redis answered, or [`Pending::gone`]; a write dropped without either
 /// (the call failed, the request was dropped) removes the slot.
@@ -205,9 +227,14 @@ pub(crate) struct Pending {
 impl Pending {
     /// Redis answered `view` with its `stamp`, last refreshed `age` before it
     /// answered.
-    pub(crate) fn fill(mut self, view: SessionView, stamp: u64, age: Duration) {
-        self.done = true;
+    pub(crate) fn fill(self, view: SessionView, stamp: u64, age: Duration) {
         let until = self.sent + MAX_AGE.saturating_sub(age);
+        self.fill_until(view, stamp, until);
+    }
+
+    /// As [`Pending::fill`], for a session served until `until`.
+    pub(crate) fn fill_until(mut self, view: SessionView, stamp: u64, until: Instant) {
+        self.done = true;
         let kept = match self.cache.slots.get_mut(&self.id) {
             Some(mut slot) if slot.epoch == self.epoch => {
                 if slot.value.as_ref().is_none_or(|e| e.stamp <= stamp) {
@@ -300,15 +327,15 @@ mod tests {
         let id = SessionId::random();
         let (r1, w2, w3) = (
             c.read(&id).unwrap(),
-            c.write(&id).unwrap(),
-            c.write(&id).unwrap(),
+            c.write(&id).unwrap().0,
+            c.write(&id).unwrap().0,
         );
         w3.fill(view(3), 3, Duration::ZERO);
         r1.fill(view(1), 1, Duration::ZERO);
         w2.fill(view(2), 2, Duration::ZERO);
         assert_eq!(c.get(&id, ABSOLUTE, NOW).unwrap().created_ms, 3);
         // What the slot holds is served while a write is in flight.
-        let w4 = c.write(&id).unwrap();
+        let w4 = c.write(&id).unwrap().0;
         assert_eq!(c.get(&id, ABSOLUTE, NOW).unwrap().created_ms, 3);
         w4.fill(view(4), 4, Duration::ZERO);
         assert_eq!(c.get(&id, ABSOLUTE, NOW).unwrap().created_ms, 4);
@@ -321,14 +348,14 @@ mod tests {
         // no invalidation will come for the write, so it removes the slot.
         let c = cache();
         let id = SessionId::random();
-        let write = c.write(&id).unwrap();
+        let write = c.write(&id).unwrap().0;
         c.invalidate(&id);
         c.read(&id).unwrap().fill(view(1), 1, Duration::ZERO);
         write.fill(view(2), 2, Duration::ZERO);
         assert!(c.get(&id, ABSOLUTE, NOW).is_none());
         // A failed or dropped write too.
         c.read(&id).unwrap().fill(view(1), 1, Duration::ZERO);
-        let write = c.write(&id).unwrap();
+        let write = c.write(&id).unwrap().0;
         drop(write);
         assert!(c.get(&id, ABSOLUTE, NOW).is_none());
     }

@@ -170,12 +170,16 @@ impl RedisServer {
 
     /// Calls of `EVALSHA` this server has served so far.
     pub async fn evalsha_calls(&self) -> u64 {
+        self.calls("evalsha").await
+    }
+
+    /// Calls of `command` (lower case) this server has run so far, those
+    /// scripts made included.
+    pub async fn calls(&self, command: &str) -> u64 {
         let info = text(&self.command(&["INFO", "commandstats"]).await);
+        let prefix = format!("cmdstat_{command}:");
         // Calls that failed (NOSCRIPT, before the script is loaded) do not count.
-        let Some(line) = info
-            .lines()
-            .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
-        else {
+        let Some(line) = info.lines().find_map(|l| l.strip_prefix(prefix.as_str())) else {
             return 0;
         };
         let field = |name: &str| -> u64 {

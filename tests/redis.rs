@@ -198,6 +198,43 @@ async fn a_write_that_changes_nothing_costs_no_call_to_redis() {
     assert_eq!(response.text().await.unwrap(), "n=11&user=alice");
 }
 
+/// A page that fires many requests at once, each writing the session: none
+/// of the writes is lost, and those that wait for the one in flight go to
+/// Redis as one call. Redis holds writes back for a moment (`CLIENT PAUSE`),
+/// so that all of them wait for the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_one_session_at_once_go_to_redis_together_and_none_is_lost() {
+    let test = "writes_to_one_session_at_once_go_to_redis_together_and_none_is_lost";
+    let Some(redis) = RedisServer::start(test).await else {
+        return;
+    };
+    let upstream = app().await;
+    let proxy = Proxy::start(config(&upstream.url()).with_redis(&redis.url())).await;
+    let browser = Browser::new();
+    assert_eq!(browser.get(&proxy.url("/?set=n%3D0")).await.status(), 200);
+    // Read once: the session is now in the proxy's near cache, so the reads
+    // below need no call to Redis.
+    assert_eq!(
+        browser.get(&proxy.url("/")).await.text().await.unwrap(),
+        "n=0"
+    );
+    let calls = redis.evalsha_calls().await;
+    redis.command(&["CLIENT", "PAUSE", "400", "WRITE"]).await;
+    let writes = (1..=20).map(|i| browser.get_owned(proxy.url(&format!("/?set=k{i:02}%3D{i}"))));
+    let answers = futures_util::future::join_all(writes).await;
+    assert_eq!(answers.len(), 20);
+    for answer in answers {
+        assert_eq!(answer.status(), 200);
+    }
+    let calls = redis.evalsha_calls().await - calls;
+    // The first write alone, then the nineteen that waited for it as one
+    // (and a read, if the cached copy's second ran out meanwhile).
+    assert!(calls <= 3, "20 writes made {calls} calls to Redis");
+    let held = browser.get(&proxy.url("/")).await.text().await.unwrap();
+    let expected: Vec<String> = (1..=20).map(|i| format!("k{i:02}={i}")).collect();
+    assert_eq!(held, format!("{}&n=0", expected.join("&")));
+}
+
 #[tokio::test]
 async fn old_cookie_gets_a_fresh_session_after_the_grace_period() {
     let Some(redis) = RedisServer::start("old_cookie_gets_a_fresh_session_after_the_grace").await

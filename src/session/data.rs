@@ -400,6 +400,28 @@ impl Changes {
             .all(|k| held(k).is_none())
     }
 
+    /// Writes made one after the other, as one write: each key ends as the
+    /// last of them left it (a removal, or its last value).
+    pub(crate) fn in_turn<'a>(writes: impl IntoIterator<Item = &'a Changes>) -> Changes {
+        let mut last: std::collections::BTreeMap<&str, Option<&str>> = Default::default();
+        for write in writes {
+            for k in &write.remove {
+                last.insert(k, None);
+            }
+            for (k, v) in &write.set {
+                last.insert(k, Some(v));
+            }
+        }
+        let mut all = Changes::default();
+        for (k, v) in last {
+            match v {
+                Some(v) => all.set.push((k.to_owned(), v.to_owned())),
+                None => all.remove.push(k.to_owned()),
+            }
+        }
+        all
+    }
+
     /// Adds one `X-Session-Set` value (`k=v&k2=v2`).
     pub fn add_set(&mut self, value: &[u8]) -> Result<(), ChangesError> {
         for pair in value.split(|&b| b == b'&') {
@@ -702,6 +724,24 @@ mod tests {
             let unchanged = data.with_changes(&changes).pairs() == data.pairs();
             let bytes = data.header().map(|h| h.as_bytes());
             prop_assert_eq!(changes.changes_nothing_in(bytes), unchanged);
+        }
+
+        #[test]
+        fn writes_in_turn_as_one_leave_the_data_as_each_in_turn(
+            held in proptest::collection::vec(("[aé&]{1,2}", "[xé +]{0,2}"), 0..4),
+            writes in proptest::collection::vec((
+                proptest::collection::vec(("[aé&]{1,2}", "[xé +]{0,2}"), 0..3),
+                proptest::collection::vec("[aé&]{1,2}", 0..3),
+            ), 1..5),
+        ) {
+            let writes: Vec<Changes> = (writes.into_iter())
+                .map(|(set, remove)| Changes { set, remove, ..Changes::default() })
+                .collect();
+            let data = SessionData::from_pairs(held);
+            let each = writes.iter().fold(data.clone(), |d, w| d.with_changes(w));
+            let all = Changes::in_turn(&writes);
+            let once = data.with_changes(&all);
+            prop_assert_eq!(once.pairs(), each.pairs());
         }
 
         #[test]

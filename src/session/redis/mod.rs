@@ -47,8 +47,11 @@ use redis::{
     RedisFuture, RedisResult, Script, Value,
 };
 
+mod combine;
 mod lanes;
 mod sentinel;
+
+use combine::{Combiner, WriteOne};
 
 use lanes::{request, Lanes, Local, LocalClient, SentinelConn, Shards};
 
@@ -401,6 +404,9 @@ struct Inner {
     events: EventSink,
     /// `store.redis.near_cache`.
     near: Option<Arc<NearCache>>,
+    /// The sessions with a write in flight, and the writes that wait to go
+    /// with the next.
+    combiner: Combiner,
     /// How the request path's calls reach Redis.
     lanes: Lanes,
     /// With `sentinel`: the master followed.
@@ -703,6 +709,7 @@ impl RedisStore {
                 user_field: user_key.map(data_field),
                 events,
                 near,
+                combiner: Combiner::default(),
                 lanes,
                 master,
                 clock: AtomicI64::new(0),
@@ -1316,144 +1323,8 @@ fn push_pairs<'a>(args: &mut Vec<&'a [u8]>, pairs: impl Iterator<Item = &'a (Str
     }
 }
 
-impl SessionStore for RedisStore {
-    async fn load(&self, id: &SessionId, policy: &Policy) -> Result<Lookup, StoreError> {
-        let near = self.near();
-        if let Some(near) = near {
-            if let Some(view) = near.get(id, ms(policy.absolute_timeout), super::now_ms()) {
-                return Ok(Lookup::Found(view));
-            }
-        }
-        let pending = near.and_then(|n| n.read(id));
-        let key = self.key(id);
-        let tombstone = Self::tombstone(&key);
-        let inner = &self.inner;
-        let (key, tombstone) = (&key, &tombstone);
-        let track = pending.is_some();
-        let value: Value = self
-            .run(|mut c| async move {
-                eval(
-                    &mut c,
-                    &inner.lanes,
-                    &inner.load,
-                    track,
-                    key.as_bytes(),
-                    || {
-                        let mut call =
-                            evalsha(&inner.load, &[key.as_bytes(), tombstone.as_bytes()]);
-                        call.arg(ms(policy.idle_timeout))
-                            .arg(ms(policy.absolute_timeout))
-                            .arg(self.user_field());
-                        call
-                    },
-                )
-                .await
-            })
-            .await?;
-        if let Value::Array(items) = &value {
-            if items.first().and_then(bytes_of) != Some(&b"!expired"[..]) {
-                let fields = parse_fields(items);
-                let view = SessionView {
-                    data: fields.data.header().cloned(),
-                    created_ms: fields.created_ms,
-                };
-                if let Some(pending) = pending {
-                    pending.fill(
-                        view.clone(),
-                        fields.stamp,
-                        Duration::from_millis(fields.age_ms),
-                    );
-                }
-                return Ok(Lookup::Found(view));
-            }
-        }
-        if let Some(pending) = pending {
-            pending.gone();
-        }
-        Ok(match value {
-            Value::Array(items) if items.first().and_then(bytes_of) == Some(&b"!expired"[..]) => {
-                let reason = match items.get(1).and_then(bytes_of) {
-                    Some(b"absolute") => Reason::Absolute,
-                    _ => Reason::Idle,
-                };
-                let user = (items.get(2).and_then(bytes_of))
-                    .map(|u| String::from_utf8_lossy(u).into_owned())
-                    .filter(|u| !u.is_empty());
-                if let Some(user) = &user {
-                    let _ = self.index(false, user, &[*id]).await;
-                }
-                inner.counters.add(SessionCount::Expired, 1);
-                inner
-                    .events
-                    .session(EventKind::Expired, id, user, Some(reason));
-                Lookup::Missing
-            }
-            Value::Int(2) => Lookup::Regenerated,
-            _ => Lookup::Missing,
-        })
-    }
-
-    async fn insert(
-        &self,
-        id: &SessionId,
-        data: SessionData,
-        policy: &Policy,
-    ) -> Result<Inserted, StoreError> {
-        if let Some(bytes) = policy.refuses(&data) {
-            self.inner.counters.add(SessionCount::RefusedTooLarge, 1);
-            return Ok(Inserted::TooLarge { bytes });
-        }
-        let inner = &self.inner;
-        // Filed under its user before it is stored: the index never misses a
-        // session, and a member that never came to be is skipped by readers.
-        let user = (inner.user_key.as_deref())
-            .and_then(|k| data.get(k))
-            .filter(|u| !u.is_empty())
-            .map(str::to_owned);
-        if let Some(user) = &user {
-            self.index(true, user, &[*id]).await?;
-        }
-        let key = &self.key(id);
-        // Plain commands in one transaction: cheaper for Redis than a script.
-        // The ID is fresh (2^-256 odds of meeting another), so nothing is
-        // checked first, and a retry after a dropped connection writes the same.
-        // The times are Redis's clock, as this proxy last measured it.
-        let now = self.redis_now_ms().to_string();
-        let ttl = ms(policy.idle_timeout.saturating_add(Duration::from_secs(1)))
-            .min(ms(policy.absolute_timeout));
-        let transaction = || {
-            let mut hset = redis::cmd("HSET");
-            hset.arg(key).arg("m:c").arg(&now).arg("m:s").arg(&now);
-            for (k, v) in data.pairs() {
-                hset.arg(data_field(k)).arg(v);
-            }
-            let mut pexpire = redis::cmd("PEXPIRE");
-            pexpire.arg(key).arg(ttl);
-            vec![redis::cmd("MULTI"), hset, pexpire, redis::cmd("EXEC")]
-        };
-        // Not cached or tracked: most new visitors never come back, and one
-        // that does costs a single read, which is then cached.
-        let reply =
-            self.run(|_| async move {
-                request(&inner.lanes, transaction(), false, key.as_bytes()).await
-            })
-            .await?;
-        if !matches!(reply, Value::Array(_)) {
-            return Err(StoreError::Unavailable(
-                "Redis did not run the transaction that creates a session".into(),
-            ));
-        }
-        inner.counters.add(SessionCount::Created, 1);
-        inner
-            .events
-            .session(EventKind::Created, id, user.clone(), None);
-        if let Some(user) = &user {
-            self.enforce_limit(user, id, policy).await?;
-        }
-        Ok(Inserted::Stored)
-    }
-
-    async fn apply(
+impl WriteOne for RedisStore {
+    async fn write_one(
         &self,
         id: &SessionId,
         changes: &Changes,
@@ -1626,6 +1497,156 @@ impl SessionStore for RedisStore {
         Err(StoreError::Unavailable(
             "three random session IDs were all taken".into(),
         ))
+    }
+}
+
+impl SessionStore for RedisStore {
+    async fn load(&self, id: &SessionId, policy: &Policy) -> Result<Lookup, StoreError> {
+        let near = self.near();
+        if let Some(near) = near {
+            if let Some(view) = near.get(id, ms(policy.absolute_timeout), super::now_ms()) {
+                return Ok(Lookup::Found(view));
+            }
+        }
+        let pending = near.and_then(|n| n.read(id));
+        let key = self.key(id);
+        let tombstone = Self::tombstone(&key);
+        let inner = &self.inner;
+        let (key, tombstone) = (&key, &tombstone);
+        let track = pending.is_some();
+        let value: Value = self
+            .run(|mut c| async move {
+                eval(
+                    &mut c,
+                    &inner.lanes,
+                    &inner.load,
+                    track,
+                    key.as_bytes(),
+                    || {
+                        let mut call =
+                            evalsha(&inner.load, &[key.as_bytes(), tombstone.as_bytes()]);
+                        call.arg(ms(policy.idle_timeout))
+                            .arg(ms(policy.absolute_timeout))
+                            .arg(self.user_field());
+                        call
+                    },
+                )
+                .await
+            })
+            .await?;
+        if let Value::Array(items) = &value {
+            if items.first().and_then(bytes_of) != Some(&b"!expired"[..]) {
+                let fields = parse_fields(items);
+                let view = SessionView {
+                    data: fields.data.header().cloned(),
+                    created_ms: fields.created_ms,
+                };
+                if let Some(pending) = pending {
+                    pending.fill(
+                        view.clone(),
+                        fields.stamp,
+                        Duration::from_millis(fields.age_ms),
+                    );
+                }
+                return Ok(Lookup::Found(view));
+            }
+        }
+        if let Some(pending) = pending {
+            pending.gone();
+        }
+        Ok(match value {
+            Value::Array(items) if items.first().and_then(bytes_of) == Some(&b"!expired"[..]) => {
+                let reason = match items.get(1).and_then(bytes_of) {
+                    Some(b"absolute") => Reason::Absolute,
+                    _ => Reason::Idle,
+                };
+                let user = (items.get(2).and_then(bytes_of))
+                    .map(|u| String::from_utf8_lossy(u).into_owned())
+                    .filter(|u| !u.is_empty());
+                if let Some(user) = &user {
+                    let _ = self.index(false, user, &[*id]).await;
+                }
+                inner.counters.add(SessionCount::Expired, 1);
+                inner
+                    .events
+                    .session(EventKind::Expired, id, user, Some(reason));
+                Lookup::Missing
+            }
+            Value::Int(2) => Lookup::Regenerated,
+            _ => Lookup::Missing,
+        })
+    }
+
+    async fn insert(
+        &self,
+        id: &SessionId,
+        data: SessionData,
+        policy: &Policy,
+    ) -> Result<Inserted, StoreError> {
+        if let Some(bytes) = policy.refuses(&data) {
+            self.inner.counters.add(SessionCount::RefusedTooLarge, 1);
+            return Ok(Inserted::TooLarge { bytes });
+        }
+        let inner = &self.inner;
+        // Filed under its user before it is stored: the index never misses a
+        // session, and a member that never came to be is skipped by readers.
+        let user = (inner.user_key.as_deref())
+            .and_then(|k| data.get(k))
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned);
+        if let Some(user) = &user {
+            self.index(true, user, &[*id]).await?;
+        }
+        let key = &self.key(id);
+        // Plain commands in one transaction: cheaper for Redis than a script.
+        // The ID is fresh (2^-256 odds of meeting another), so nothing is
+        // checked first, and a retry after a dropped connection writes the same.
+        // The times are Redis's clock, as this proxy last measured it.
+        let now = self.redis_now_ms().to_string();
+        let ttl = ms(policy.idle_timeout.saturating_add(Duration::from_secs(1)))
+            .min(ms(policy.absolute_timeout));
+        let transaction = || {
+            let mut hset = redis::cmd("HSET");
+            hset.arg(key).arg("m:c").arg(&now).arg("m:s").arg(&now);
+            for (k, v) in data.pairs() {
+                hset.arg(data_field(k)).arg(v);
+            }
+            let mut pexpire = redis::cmd("PEXPIRE");
+            pexpire.arg(key).arg(ttl);
+            vec![redis::cmd("MULTI"), hset, pexpire, redis::cmd("EXEC")]
+        };
+        // Not cached or tracked: most new visitors never come back, and one
+        // that does costs a single read, which is then cached.
+        let reply =
+            self.run(|_| async move {
+                request(&inner.lanes, transaction(), false, key.as_bytes()).await
+            })
+            .await?;
+        if !matches!(reply, Value::Array(_)) {
+            return Err(StoreError::Unavailable(
+                "Redis did not run the transaction that creates a session".into(),
+            ));
+        }
+        inner.counters.add(SessionCount::Created, 1);
+        inner
+            .events
+            .session(EventKind::Created, id, user.clone(), None);
+        if let Some(user) = &user {
+            self.enforce_limit(user, id, policy).await?;
+        }
+        Ok(Inserted::Stored)
+    }
+
+    async fn apply(
+        &self,
+        id: &SessionId,
+        changes: &Changes,
+        policy: &Policy,
+    ) -> Result<Applied, StoreError> {
+        let user_key = self.inner.user_key.as_deref();
+        (self.inner.combiner)
+            .apply(self, id, changes, policy, user_key)
+            .await
     }
 
     async fn destroy(&self, id: &SessionId, reason: Reason) -> Result<bool, StoreError> {

@@ -12,8 +12,9 @@
 //!   in it then go one at a time, in order, so each gets its own answer.
 //! - Writes that regenerate the ID or change the session's user (the per-user
 //!   index follows each) are not combined: they go as they are.
-//! - A write waits at most for the write in flight and then its own, each
-//!   bounded by `store.redis.timeout`.
+//! - A write waits at most for the write in flight and then its own (and,
+//!   when they go one at a time, for those before it), each bounded by
+//!   `store.redis.timeout`.
 //! - A request dropped while it waits or writes for others (its client went
 //!   away) hands its turn on: the writes it carried join again.
 //!

@@ -29,6 +29,7 @@ use dashmap::DashMap;
 use tokio::sync::oneshot;
 
 use super::super::{Applied, Changes, Policy, SessionId, StoreError};
+use crate::chain::Chain;
 
 /// One write of a session, as the store does it without combining.
 pub(super) trait WriteOne {
@@ -202,19 +203,13 @@ fn pass(queues: &Queues, id: SessionId) {
 
 /// The answer of a combined write, for each write in it.
 fn shared(result: &Result<Applied, StoreError>) -> Result<Applied, StoreError> {
-    match result {
-        Ok(applied) => Ok(applied.clone()),
-        Err(StoreError::Timeout) => Err(StoreError::Timeout),
-        Err(e) => {
-            let mut message = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(cause) = source {
-                message = format!("{message}: {cause}");
-                source = cause.source();
-            }
-            Err(StoreError::Unavailable(message.into()))
-        }
-    }
+    let message = match result {
+        Ok(applied) => return Ok(applied.clone()),
+        Err(StoreError::Timeout) => return Err(StoreError::Timeout),
+        Err(StoreError::Unavailable(source)) => Chain(source.as_ref()).to_string(),
+        Err(e) => Chain(e).to_string(),
+    };
+    Err(StoreError::Unavailable(message.into()))
 }
 
 #[cfg(test)]
@@ -277,6 +272,18 @@ mod tests {
         let mut c = Changes::default();
         c.add_set(pairs.as_bytes()).unwrap();
         c
+    }
+
+    /// Starts a write to one session (the same for every call) in a task.
+    fn writer(
+        store: &Arc<Slow>,
+        combiner: &Arc<Combiner>,
+    ) -> impl Fn(Changes) -> tokio::task::JoinHandle<Result<Applied, StoreError>> {
+        let (store, combiner, id) = (store.clone(), combiner.clone(), SessionId::random());
+        move |w: Changes| {
+            let (store, combiner) = (store.clone(), combiner.clone());
+            tokio::spawn(async move { combiner.apply(&*store, &id, &w, &POLICY, None).await })
+        }
     }
 
     /// Writes `writes` to one session, each from a task of its own, started
@@ -384,11 +391,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_dropped_while_it_writes_for_others_hands_its_turn_on() {
         let (store, combiner) = (Arc::new(Slow::default()), Arc::new(Combiner::default()));
-        let id = SessionId::random();
-        let spawn = |w: Changes| {
-            let (store, combiner) = (store.clone(), combiner.clone());
-            tokio::spawn(async move { combiner.apply(&*store, &id, &w, &POLICY, None).await })
-        };
+        let spawn = writer(&store, &combiner);
         // The first writes alone; two wait; the first's request goes away.
         let first = spawn(set("a=1"));
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -419,11 +422,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_whose_request_went_away_before_its_turn_is_skipped() {
         let (store, combiner) = (Arc::new(Slow::default()), Arc::new(Combiner::default()));
-        let id = SessionId::random();
-        let spawn = |w: Changes| {
-            let (store, combiner) = (store.clone(), combiner.clone());
-            tokio::spawn(async move { combiner.apply(&*store, &id, &w, &POLICY, None).await })
-        };
+        let spawn = writer(&store, &combiner);
         let first = spawn(set("a=1"));
         tokio::time::sleep(Duration::from_millis(5)).await;
         let gone = spawn(set("b=1"));

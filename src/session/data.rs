@@ -29,11 +29,7 @@ impl SessionData {
     /// Rebuilds data from its encoded form (as stored by a store).
     pub fn from_encoded(encoded: &[u8]) -> SessionData {
         let mut data = SessionData::default();
-        for pair in encoded.split(|&b| b == b'&') {
-            let (k, v) = match pair.iter().position(|&b| b == b'=') {
-                Some(i) => (&pair[..i], &pair[i + 1..]),
-                None => (pair, &b""[..]),
-            };
+        for (k, v) in encoded_pairs(encoded) {
             if let (Ok(k), Ok(v)) = (decode_component(k), decode_component(v)) {
                 if !k.is_empty() {
                     data.insert(k, v);
@@ -232,14 +228,17 @@ pub const LOGIN_UA_KEY: &str = " sessiongate.ua";
 /// The encoded value of `key` (given encoded) in encoded session data. The
 /// data's encoding is canonical (the proxy wrote it), so keys compare as bytes.
 pub fn encoded_value<'a>(data: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    data.split(|&b| b == b'&').find_map(|pair| {
-        let rest = pair.strip_prefix(key)?;
-        match rest.first() {
-            Some(b'=') => Some(&rest[1..]),
-            None => Some(rest),
-            Some(_) => None,
-        }
-    })
+    encoded_pairs(data).find_map(|(k, v)| (k == key).then_some(v))
+}
+
+/// The encoded key and value of each pair of encoded session data (`k=v&…`;
+/// a pair without `=` has an empty value).
+fn encoded_pairs(data: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    data.split(|&b| b == b'&')
+        .map(|pair| match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        })
 }
 
 /// The decoded value of `key` (given encoded) in encoded session data.
@@ -376,15 +375,8 @@ impl Changes {
         let data = data.unwrap_or_default();
         // The encoded value `key` holds, found and compared without decoding
         // (or allocating): this runs for every write.
-        let held = |key: &str| {
-            data.split(|&b| b == b'&').find_map(|pair| {
-                let (k, v) = match pair.iter().position(|&b| b == b'=') {
-                    Some(i) => (&pair[..i], &pair[i + 1..]),
-                    None => (pair, &b""[..]),
-                };
-                decodes_to(k, key).then_some(v)
-            })
-        };
+        let held =
+            |key: &str| encoded_pairs(data).find_map(|(k, v)| decodes_to(k, key).then_some(v));
         // A key set ends with its last value, which must be the one held; a
         // key removed and not set again must not be held. A write that changes
         // something, the usual one, is told at its first such key.

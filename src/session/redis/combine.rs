@@ -274,7 +274,8 @@ mod tests {
         c
     }
 
-    /// Starts a write to one session (the same for every call) in a task.
+    /// Starts a write to one session (the same for every call) in a task;
+    /// sessions are indexed by `user`.
     fn writer(
         store: &Arc<Slow>,
         combiner: &Arc<Combiner>,
@@ -282,8 +283,24 @@ mod tests {
         let (store, combiner, id) = (store.clone(), combiner.clone(), SessionId::random());
         move |w: Changes| {
             let (store, combiner) = (store.clone(), combiner.clone());
-            tokio::spawn(async move { combiner.apply(&*store, &id, &w, &POLICY, None).await })
+            tokio::spawn(async move {
+                combiner
+                    .apply(&*store, &id, &w, &POLICY, Some("user"))
+                    .await
+            })
         }
+    }
+
+    /// The answers of `tasks`, in order; each must come within 5 s.
+    async fn answered(
+        tasks: Vec<tokio::task::JoinHandle<Result<Applied, StoreError>>>,
+    ) -> Vec<Result<Applied, StoreError>> {
+        let mut answers = Vec::new();
+        for t in tasks {
+            let answer = tokio::time::timeout(Duration::from_secs(5), t).await;
+            answers.push(answer.expect("a write was never answered").unwrap());
+        }
+        answers
     }
 
     /// Writes `writes` to one session, each from a task of its own, started
@@ -293,22 +310,13 @@ mod tests {
         combiner: &Arc<Combiner>,
         writes: Vec<Changes>,
     ) -> Vec<Result<Applied, StoreError>> {
-        let id = SessionId::random();
+        let spawn = writer(store, combiner);
         let mut tasks = Vec::new();
         for w in writes {
-            let (store, combiner) = (store.clone(), combiner.clone());
-            tasks.push(tokio::spawn(async move {
-                combiner
-                    .apply(&*store, &id, &w, &POLICY, Some("user"))
-                    .await
-            }));
+            tasks.push(spawn(w));
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let mut answers = Vec::new();
-        for t in tasks {
-            let answer = tokio::time::timeout(Duration::from_secs(5), t).await;
-            answers.push(answer.expect("a write was never answered").unwrap());
-        }
+        let answers = answered(tasks).await;
         assert!(
             combiner.queues.is_empty(),
             "a session left marked in flight"
@@ -404,12 +412,11 @@ mod tests {
         let fourth = spawn(set("d=1"));
         tokio::time::sleep(Duration::from_millis(10)).await;
         second.abort();
-        let done = tokio::time::timeout(Duration::from_secs(2), async {
-            (third.await.unwrap(), fourth.await.unwrap())
-        })
-        .await
-        .expect("the writes left waiting were never answered");
-        assert!(matches!(done, (Ok(Applied::Stored), Ok(Applied::Stored))));
+        let done = answered(vec![third, fourth]).await;
+        assert!(matches!(
+            done[..],
+            [Ok(Applied::Stored), Ok(Applied::Stored)]
+        ));
         let data = store.data.lock().unwrap();
         assert!(
             data.get("c").is_some() && data.get("d").is_some(),
@@ -430,12 +437,11 @@ mod tests {
         let last = spawn(set("c=1"));
         tokio::time::sleep(Duration::from_millis(2)).await;
         gone.abort();
-        let done = tokio::time::timeout(Duration::from_secs(2), async {
-            (first.await.unwrap(), last.await.unwrap())
-        })
-        .await
-        .expect("a write was never answered");
-        assert!(matches!(done, (Ok(Applied::Stored), Ok(Applied::Stored))));
+        let done = answered(vec![first, last]).await;
+        assert!(matches!(
+            done[..],
+            [Ok(Applied::Stored), Ok(Applied::Stored)]
+        ));
         assert_eq!(store.data.lock().unwrap().header().unwrap(), "a=1&c=1");
         assert!(combiner.queues.is_empty());
     }

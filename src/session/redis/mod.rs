@@ -136,30 +136,34 @@ return fields
 /// byte outside `[A-Za-z0-9-_.* ]` takes three.
 const APPLY: &str = r#"
 local key = KEYS[1]
+local regenerate = ARGV[5] == '1'
 local nrem = tonumber(ARGV[7])
 local first_set = 10 + nrem
-if ARGV[9] ~= '' and ARGV[5] ~= '1' then
+-- Removals, then sets, and the stamp raised to `stamp`.
+local function write(stamp)
+  if nrem > 0 then
+    local del = {}
+    for i = 10, first_set - 1 do del[#del + 1] = 'd:' .. ARGV[i] end
+    redis.call('HDEL', key, unpack(del))
+  end
+  local set = {'m:v', string.format('%d', stamp)}
+  for i = first_set, #ARGV, 2 do
+    set[#set + 1] = 'd:' .. ARGV[i]
+    set[#set + 1] = ARGV[i + 1]
+  end
+  redis.call('HSET', key, unpack(set))
+end
+if ARGV[9] ~= '' and not regenerate then
   local held = redis.call('HGET', key, 'm:v')
   -- Sessions are created without a stamp: 0.
   if held == false and ARGV[9] == '0' and redis.call('EXISTS', key) == 1 then held = '0' end
   if held == ARGV[9] then
-    if nrem > 0 then
-      local del = {}
-      for i = 10, first_set - 1 do del[#del + 1] = 'd:' .. ARGV[i] end
-      redis.call('HDEL', key, unpack(del))
-    end
-    local set = {'m:v', string.format('%d', tonumber(held) + 1)}
-    for i = first_set, #ARGV, 2 do
-      set[#set + 1] = 'd:' .. ARGV[i]
-      set[#set + 1] = ARGV[i + 1]
-    end
-    redis.call('HSET', key, unpack(set))
+    write(tonumber(held) + 1)
     -- Tracked again after this connection's own write (see LOAD).
     if ARGV[8] == '1' then redis.call('EXISTS', key) end
     return {4}
   end
 end
-local regenerate = ARGV[5] == '1'
 local fields = redis.call('HGETALL', key)
 if #fields == 0 then
   -- A retried regeneration whose first try moved the data already.
@@ -200,18 +204,8 @@ if nrem > 0 or first_set <= #ARGV then
   if n > 1 then size = size + n - 1 end
   if size > tonumber(ARGV[1]) then return {2, size} end
   if user_field ~= '' then after = data[string.sub(user_field, 3)] or '' end
-  if nrem > 0 then
-    local del = {}
-    for i = 10, first_set - 1 do del[#del + 1] = 'd:' .. ARGV[i] end
-    redis.call('HDEL', key, unpack(del))
-  end
   stamp = stamp + 1
-  local set = {'m:v', string.format('%d', stamp)}
-  for i = first_set, #ARGV, 2 do
-    set[#set + 1] = 'd:' .. ARGV[i]
-    set[#set + 1] = ARGV[i + 1]
-  end
-  redis.call('HSET', key, unpack(set))
+  write(stamp)
 end
 local at, refreshed = key, 0
 if regenerate then
@@ -1367,8 +1361,7 @@ impl WriteOne for RedisStore {
             let ahead = (base.filter(|_| !regenerate && changes.writes_data()))
                 .map(|base| Ahead::of(base, changes, inner.user_key.as_deref()))
                 .filter(|ahead| ahead.data.encoded_len() <= policy.max_data_bytes);
-            let stamp = ahead.as_ref().map(|a| a.base.stamp.to_string());
-            let stamp = stamp.as_deref().unwrap_or_default();
+            let stamp = ahead.as_ref().map(|a| a.base.stamp);
             let track = pending.is_some();
             let reply: Vec<Value> = self
                 .run(|mut c| async move {
@@ -1390,8 +1383,11 @@ impl WriteOne for RedisStore {
                                 .arg(u8::from(regenerate))
                                 .arg(user_field)
                                 .arg(nrem)
-                                .arg(u8::from(track))
-                                .arg(stamp);
+                                .arg(u8::from(track));
+                            match stamp {
+                                Some(stamp) => call.arg(stamp),
+                                None => call.arg(""),
+                            };
                             for a in args {
                                 call.arg(*a);
                             }

@@ -260,6 +260,50 @@ async fn old_cookie_gets_a_fresh_session_after_the_grace_period() {
     assert!(app_saw(&upstream).data().is_empty());
 }
 
+/// An operator's `SCRIPT FLUSH` (or a Redis that lost its scripts) costs
+/// nothing: the first call of each script loads it again. A returning visitor
+/// and a write each find theirs gone; a new visitor, made without one, works
+/// the same after it.
+#[tokio::test]
+async fn scripts_flushed_from_redis_are_loaded_again_by_the_call_that_needs_them() {
+    let test = "scripts_flushed_from_redis_are_loaded_again_by_the_call_that_needs_them";
+    let Some(redis) = RedisServer::start(test).await else {
+        return;
+    };
+    let upstream = app().await;
+    let proxy = Proxy::start(
+        config(&upstream.url())
+            .with_redis(&redis.url())
+            .set("store.redis.near_cache", "false"),
+    )
+    .await;
+    let browser = Browser::new();
+    redis.command(&["SCRIPT", "FLUSH"]).await;
+    let first = browser.get(&proxy.url("/?set=color%3Dblue")).await;
+    assert_eq!(first.status(), 200);
+    expect_session_cookie(first.headers());
+    let id = app_saw(&upstream).expect_session_id();
+    assert!(app_saw(&upstream).is_new_session());
+
+    redis.command(&["SCRIPT", "FLUSH"]).await;
+    let returning = browser.get(&proxy.url("/")).await;
+    assert_eq!(returning.status(), 200);
+    assert_eq!(returning.text().await.unwrap(), "color=blue");
+    assert_eq!(app_saw(&upstream).session_id(), Some(id.as_str()));
+
+    redis.command(&["SCRIPT", "FLUSH"]).await;
+    let write = browser.get(&proxy.url("/?set=size%3DL")).await;
+    assert_eq!(write.status(), 200);
+    assert_eq!(
+        browser.get(&proxy.url("/")).await.text().await.unwrap(),
+        "color=blue&size=L"
+    );
+    assert!(
+        redis.calls("script|load").await >= 3,
+        "the scripts were not loaded again"
+    );
+}
+
 #[tokio::test]
 async fn redis_stopped_answers_503_then_recovers_with_the_session_intact() {
     let test = "redis_stopped_answers_503_then_recovers_with_the_session_intact";

@@ -196,6 +196,30 @@ async fn create_then_load<S: Conforming>(s: S) {
     assert_missing(&s, &SessionId::random(), "never created").await;
 }
 
+/// A first write of many keys keeps every one, more than a script could hand
+/// one Redis command at once (Lua's `unpack`).
+async fn a_session_created_with_many_keys_keeps_them_all<S: Conforming>(s: S) {
+    let policy = Policy {
+        max_data_bytes: 64 * 1024,
+        ..POLICY
+    };
+    let keys: Vec<(String, String)> = (0..1501)
+        .map(|i| (format!("k{i}"), i.to_string()))
+        .collect();
+    let data = SessionData::from_pairs(keys.iter().cloned());
+    let expected = data.header().expect("data").to_str().unwrap().to_owned();
+    let id = match s.create(data, &policy).await.expect("store answers") {
+        Created::Stored(id) => id,
+        refused => panic!("session not created: {refused:?}"),
+    };
+    let Lookup::Found(view) = s.load(&id, &policy).await.expect("store answers") else {
+        panic!("just created")
+    };
+    let got = view.data.map(|d| d.to_str().unwrap().to_owned());
+    assert_eq!(got.as_deref().map(|d| d.split('&').count()), Some(1501));
+    assert_eq!(got.as_deref(), Some(expected.as_str()));
+}
+
 async fn set_and_remove_per_key<S: Conforming>(s: S) {
     let id = create(&s, SessionData::default()).await;
     assert_eq!(
@@ -692,6 +716,7 @@ fn cases<S: Conforming>() -> Vec<(&'static str, Case<S>)> {
     }
     boxed![
         create_then_load,
+        a_session_created_with_many_keys_keeps_them_all,
         set_and_remove_per_key,
         concurrent_writers_of_different_keys_lose_nothing,
         oversized_write_is_refused_and_changes_nothing,
@@ -780,6 +805,7 @@ macro_rules! conformance {
 
 conformance![
     create_then_load,
+    a_session_created_with_many_keys_keeps_them_all,
     set_and_remove_per_key,
     concurrent_writers_of_different_keys_lose_nothing,
     oversized_write_is_refused_and_changes_nothing,

@@ -260,6 +260,49 @@ async fn old_cookie_gets_a_fresh_session_after_the_grace_period() {
     assert!(app_saw(&upstream).data().is_empty());
 }
 
+/// The connections Redis has accepted so far.
+async fn connections_received(redis: &RedisServer) -> u64 {
+    let info = text(&redis.command(&["INFO", "stats"]).await);
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO stats has total_connections_received")
+}
+
+/// A burst of new visitors on a proxy that has no connection to Redis yet
+/// opens one connection per worker thread, not one per request: a thundering
+/// herd, on a Redis that has just come back, could meet `maxclients`.
+#[tokio::test]
+async fn a_burst_of_new_visitors_opens_one_connection_per_worker() {
+    let test = "a_burst_of_new_visitors_opens_one_connection_per_worker";
+    let Some(redis) = RedisServer::start(test).await else {
+        return;
+    };
+    let upstream = app().await;
+    let proxy = Proxy::start(config(&upstream.url()).with_redis(&redis.url())).await;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    const BURST: usize = 60;
+    let url = proxy.url("/");
+    let requests = (0..BURST).map(|_| {
+        let url = url.clone();
+        async move { get_without_cookie(&url).await }
+    });
+    let before = connections_received(&redis).await;
+    let responses = futures_util::future::join_all(requests).await;
+    // This count's own connection is the one more.
+    let opened = connections_received(&redis).await - before - 1;
+    assert_eq!(responses.len(), BURST);
+    for r in &responses {
+        assert_eq!(r.status(), 200);
+        expect_session_cookie(r.headers());
+    }
+    assert_eq!(upstream.count(), BURST, "the app saw every visitor");
+    assert!(
+        opened <= workers,
+        "{BURST} new visitors opened {opened} connections to Redis ({workers} workers)"
+    );
+}
+
 /// An operator's `SCRIPT FLUSH` (or a Redis that lost its scripts) costs
 /// nothing: the first call of each script loads it again. A returning visitor
 /// and a write each find theirs gone; a new visitor, made without one, works

@@ -102,16 +102,9 @@ impl Shards {
     /// Sends `cmds` as one unit on the connection of `key`'s shard.
     async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Value> {
         let shard = &self.shards[usize::from(key_slot(key)) % self.shards.len()];
-        let epoch = self.client.epoch().await;
-        let mut opened = shard.get(&self.client, epoch, true).await?;
-        let track = matches!(opened.conn, LocalConn::Cluster(_));
-        match opened.conn.send(cmds, track, key).await {
-            Ok(values) => last_reply(values),
-            Err(e) => {
-                shard.failed(&opened, &e, Some(&self.near));
-                Err(e)
-            }
-        }
+        shard
+            .call(&self.client, true, Some(&self.near), cmds, key)
+            .await
     }
 }
 
@@ -194,6 +187,30 @@ impl Slot {
             near.clear();
         }
     }
+
+    /// Sends `cmds` as one unit on this slot's connection, opened first when
+    /// there is none (see [`Slot::get`]); after a failure, as
+    /// [`Slot::failed`] says.
+    async fn call(
+        &self,
+        client: &LocalClient,
+        track: bool,
+        near: Option<&NearCache>,
+        cmds: Vec<Cmd>,
+        key: &[u8],
+    ) -> RedisResult<Value> {
+        let epoch = client.epoch().await;
+        let mut opened = self.get(client, epoch, track).await?;
+        // On a Cluster, tracking goes before every call (see [`Shards`]).
+        let track = track && matches!(opened.conn, LocalConn::Cluster(_));
+        match opened.conn.send(cmds, track, key).await {
+            Ok(values) => last_reply(values),
+            Err(e) => {
+                self.failed(&opened, &e, near);
+                Err(e)
+            }
+        }
+    }
 }
 
 /// The store's shared connection on Sentinel (the admin path, the index, the
@@ -229,10 +246,12 @@ impl SentinelConn {
 /// Connections of the calling thread, one per store. On a proxy worker thread
 /// (one runtime per thread) a call goes out and its answer comes back on the
 /// thread that asked, with no wake-up of another thread on either way: a new
-/// visitor's session costs no more than that round trip.
+/// visitor's session costs no more than that round trip. Each is a [`Slot`]:
+/// a burst of calls on a thread with none (the first requests, or all those
+/// waiting when Redis comes back) opens one connection, not one per call.
 pub(super) struct Local {
     client: LocalClient,
-    /// Tells this store's connections from those of another in a thread's list
+    /// Tells this store's slot from those of another in a thread's list
     /// (stores come and go in tests): an entry holds it weakly, so while the
     /// entry lives no other store's token can take its address.
     token: Arc<()>,
@@ -346,8 +365,8 @@ impl ConnectionLike for LocalConn {
 }
 
 thread_local! {
-    /// Each store's connection on this thread, with the epoch it was opened at.
-    static LOCAL: std::cell::RefCell<Vec<(Weak<()>, u64, LocalConn)>> =
+    /// Each store's slot on this thread.
+    static LOCAL: std::cell::RefCell<Vec<(Weak<()>, Arc<Slot>)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -359,59 +378,24 @@ impl Local {
         }
     }
 
-    fn mine(&self, entry: &Weak<()>) -> bool {
-        std::ptr::eq(entry.as_ptr(), Arc::as_ptr(&self.token))
-    }
-
-    /// This thread's connection, if it was opened at `epoch` or later.
-    fn current(&self, epoch: u64) -> Option<LocalConn> {
-        LOCAL.with_borrow(|conns| {
-            (conns.iter())
-                .find(|(token, opened, _)| self.mine(token) && *opened >= epoch)
-                .map(|(_, _, c)| c.clone())
-        })
-    }
-
-    async fn connection(&self, epoch: u64) -> RedisResult<LocalConn> {
-        if let Some(c) = self.current(epoch) {
-            return Ok(c);
-        }
-        let (opened, made) = self.client.open().await?;
-        // Another task of this thread may have connected meanwhile; those of
-        // stores gone are forgotten here, off the path of every call, and so is
-        // this store's connection to a master left behind.
-        Ok(LOCAL.with_borrow_mut(|conns| {
-            conns.retain(|(token, e, _)| {
-                token.strong_count() > 0 && !(self.mine(token) && *e < epoch)
-            });
-            match conns.iter().find(|(token, _, _)| self.mine(token)) {
-                Some((_, _, c)) => c.clone(),
-                None => {
-                    conns.push((Arc::downgrade(&self.token), opened, made.clone()));
-                    made
-                }
+    /// This store's slot on the calling thread; the slots of stores gone are
+    /// forgotten as a new one is made, off the path of every other call.
+    fn slot(&self) -> Arc<Slot> {
+        let mine = |token: &Weak<()>| std::ptr::eq(token.as_ptr(), Arc::as_ptr(&self.token));
+        LOCAL.with_borrow_mut(|slots| {
+            if let Some((_, slot)) = slots.iter().find(|(token, _)| mine(token)) {
+                return slot.clone();
             }
-        }))
-    }
-
-    fn forget(&self) {
-        LOCAL.with_borrow_mut(|conns| conns.retain(|(token, _, _)| !self.mine(token)));
+            slots.retain(|(token, _)| token.strong_count() > 0);
+            let slot = Arc::new(Slot::default());
+            slots.push((Arc::downgrade(&self.token), slot.clone()));
+            slot
+        })
     }
 
     /// Sends `cmds` as one unit; on a Cluster, to the primary of `key`'s slot.
     async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Value> {
-        let epoch = self.client.epoch().await;
-        let reply = self.connection(epoch).await?.send(cmds, false, key).await;
-        match reply {
-            Ok(values) => last_reply(values),
-            Err(e) => {
-                // The next call makes a new one.
-                if unusable(&e) {
-                    self.forget();
-                }
-                Err(e)
-            }
-        }
+        self.slot().call(&self.client, false, None, cmds, key).await
     }
 }
 

@@ -303,6 +303,67 @@ async fn a_burst_of_new_visitors_opens_one_connection_per_worker() {
     );
 }
 
+/// New visitors whose pages the app answers at one moment are created in
+/// Redis together: 40 sessions in a few transactions, not 40. Each is whole:
+/// its own ID, its creation time, a TTL.
+#[tokio::test]
+async fn new_visitors_answered_at_once_are_created_in_few_transactions() {
+    let test = "new_visitors_answered_at_once_are_created_in_few_transactions";
+    let Some(redis) = RedisServer::start(test).await else {
+        return;
+    };
+    let gate = Gate::new();
+    let held = gate.clone();
+    let upstream = Upstream::start(move |_| Reply::ok().held_until(&held)).await;
+    let proxy = Proxy::start(config(&upstream.url()).with_redis(&redis.url())).await;
+    const VISITORS: usize = 40;
+    let url = proxy.url("/");
+    let visits = tokio::spawn(futures_util::future::join_all((0..VISITORS).map(|_| {
+        let url = url.clone();
+        async move { get_without_cookie(&url).await }
+    })));
+    upstream.wait_for_arrivals(VISITORS).await;
+    let before = redis.calls("exec").await;
+    for _ in 0..VISITORS {
+        gate.open();
+    }
+    let responses = visits.await.expect("visits");
+    let transactions = redis.calls("exec").await - before;
+
+    let mut ids: Vec<String> = responses
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status(), 200);
+            expect_session_cookie(r.headers()).id().to_owned()
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        VISITORS,
+        "every visitor has a session of its own"
+    );
+    let keys = match redis.command(&["KEYS", "sessiongate:*"]).await {
+        ::redis::Value::Array(keys) => keys.iter().map(text).collect::<Vec<_>>(),
+        other => panic!("KEYS answered {other:?}"),
+    };
+    assert_eq!(keys.len(), VISITORS, "{keys:?}");
+    for key in &keys {
+        let ttl = redis.command(&["PTTL", key]).await;
+        assert!(
+            matches!(ttl, ::redis::Value::Int(ms) if ms > 0),
+            "{key} has no TTL: {ttl:?}"
+        );
+        let created = text(&redis.command(&["HGET", key, "m:c"]).await);
+        assert!(created.parse::<u64>().is_ok(), "{key}: m:c {created:?}");
+    }
+    assert!(
+        transactions > 0 && transactions <= (VISITORS / 2) as u64,
+        "{VISITORS} new visitors answered at once took {transactions} transactions"
+    );
+}
+
 /// An operator's `SCRIPT FLUSH` (or a Redis that lost its scripts) costs
 /// nothing: the first call of each script loads it again. A returning visitor
 /// and a write each find theirs gone; a new visitor, made without one, works

@@ -201,10 +201,10 @@ fn pass(queues: &Queues, id: SessionId) {
     }
 }
 
-/// The answer of a combined write, for each write in it.
-fn shared(result: &Result<Applied, StoreError>) -> Result<Applied, StoreError> {
+/// The answer of one call, for each request it answers.
+pub(super) fn shared<T: Clone>(result: &Result<T, StoreError>) -> Result<T, StoreError> {
     let message = match result {
-        Ok(applied) => return Ok(applied.clone()),
+        Ok(answer) => return Ok(answer.clone()),
         Err(StoreError::Timeout) => return Err(StoreError::Timeout),
         Err(StoreError::Unavailable(source)) => Chain(source.as_ref()).to_string(),
         Err(e) => Chain(e).to_string(),

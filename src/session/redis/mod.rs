@@ -21,10 +21,10 @@
 //! policy, so one shortened by a reload applies at the next use. Every
 //! read-modify-write (load with refresh, apply with the size check, regenerate) is
 //! one Lua script, with Redis's clock, so proxies on skewed clocks agree and
-//! concurrent writers to different keys lose nothing. Creation writes nothing
-//! that is read first, so it is a plain `MULTI`/`EXEC`, far cheaper for Redis;
-//! its times are Redis's clock as the proxy measures it every second (`TIME`,
-//! halfway through the round trip).
+//! concurrent writers to different keys lose nothing. Creation reads nothing,
+//! so it is a plain `MULTI`/`EXEC`, far cheaper for Redis, for a batch of
+//! sessions at once; its times are Redis's clock as the proxy measures it
+//! every second (`TIME`, halfway through the round trip).
 //!
 //! Every round trip is bounded by `store.redis.timeout`; a failure becomes a
 //! [`StoreError`] (a 503 on the request path), never a fresh session. Every
@@ -48,10 +48,12 @@ use redis::{
 };
 
 mod combine;
+mod creates;
 mod lanes;
 mod sentinel;
 
 use combine::{Combiner, WriteOne};
+use creates::{CreateMany, Creates, NewSession};
 
 use lanes::{request, Lanes, Local, LocalClient, SentinelConn, Shards};
 
@@ -401,6 +403,8 @@ struct Inner {
     /// The sessions with a write in flight, and the writes that wait to go
     /// with the next.
     combiner: Combiner,
+    /// New sessions, created in batches.
+    creates: Creates,
     /// How the request path's calls reach Redis.
     lanes: Lanes,
     /// With `sentinel`: the master followed.
@@ -704,6 +708,7 @@ impl RedisStore {
                 events,
                 near,
                 combiner: Combiner::default(),
+                creates: Creates::default(),
                 lanes,
                 master,
                 clock: AtomicI64::new(0),
@@ -1496,6 +1501,52 @@ impl WriteOne for RedisStore {
     }
 }
 
+/// Sessions are created in batches (see `creates.rs`).
+impl CreateMany for RedisStore {
+    /// One transaction of an `HSET` and a `PEXPIRE` per session: plain
+    /// commands, cheaper for Redis than a script. The IDs are fresh (2^-256
+    /// odds of meeting another), so nothing is checked first, and a retry
+    /// after a dropped connection writes the same. Not cached or tracked: most
+    /// new visitors never come back, and one that does costs a single read,
+    /// which is then cached.
+    async fn create_many(&self, sessions: &[NewSession]) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let Some(first) = sessions.first() else {
+            return Ok(());
+        };
+        let transaction = || {
+            let mut cmds = Vec::with_capacity(2 * sessions.len() + 2);
+            cmds.push(redis::cmd("MULTI"));
+            for s in sessions {
+                let mut hset = redis::cmd("HSET");
+                hset.arg(&s.key).arg("m:c").arg(s.now).arg("m:s").arg(s.now);
+                for (k, v) in s.data.pairs() {
+                    hset.arg(data_field(k)).arg(v);
+                }
+                let mut pexpire = redis::cmd("PEXPIRE");
+                pexpire.arg(&s.key).arg(s.ttl);
+                cmds.extend([hset, pexpire]);
+            }
+            cmds.push(redis::cmd("EXEC"));
+            cmds
+        };
+        let key = first.key.as_bytes();
+        let reply = self
+            .run(|_| async move { request(&inner.lanes, transaction(), false, key).await })
+            .await?;
+        match reply {
+            Value::Array(done) if done.len() == 2 * sessions.len() => Ok(()),
+            _ => Err(StoreError::Unavailable(
+                "Redis did not run the transaction that creates sessions".into(),
+            )),
+        }
+    }
+
+    fn slot(&self, key: &str) -> Option<u16> {
+        self.inner.cluster.then(|| lanes::key_slot(key.as_bytes()))
+    }
+}
+
 impl SessionStore for RedisStore {
     async fn load(&self, id: &SessionId, policy: &Policy) -> Result<Lookup, StoreError> {
         let near = self.near();
@@ -1593,36 +1644,15 @@ impl SessionStore for RedisStore {
         if let Some(user) = &user {
             self.index(true, user, &[*id]).await?;
         }
-        let key = &self.key(id);
-        // Plain commands in one transaction: cheaper for Redis than a script.
-        // The ID is fresh (2^-256 odds of meeting another), so nothing is
-        // checked first, and a retry after a dropped connection writes the same.
         // The times are Redis's clock, as this proxy last measured it.
-        let now = self.redis_now_ms().to_string();
-        let ttl = ms(policy.idle_timeout.saturating_add(Duration::from_secs(1)))
-            .min(ms(policy.absolute_timeout));
-        let transaction = || {
-            let mut hset = redis::cmd("HSET");
-            hset.arg(key).arg("m:c").arg(&now).arg("m:s").arg(&now);
-            for (k, v) in data.pairs() {
-                hset.arg(data_field(k)).arg(v);
-            }
-            let mut pexpire = redis::cmd("PEXPIRE");
-            pexpire.arg(key).arg(ttl);
-            vec![redis::cmd("MULTI"), hset, pexpire, redis::cmd("EXEC")]
+        let session = NewSession {
+            key: self.key(id),
+            ttl: ms(policy.idle_timeout.saturating_add(Duration::from_secs(1)))
+                .min(ms(policy.absolute_timeout)),
+            now: self.redis_now_ms(),
+            data,
         };
-        // Not cached or tracked: most new visitors never come back, and one
-        // that does costs a single read, which is then cached.
-        let reply =
-            self.run(|_| async move {
-                request(&inner.lanes, transaction(), false, key.as_bytes()).await
-            })
-            .await?;
-        if !matches!(reply, Value::Array(_)) {
-            return Err(StoreError::Unavailable(
-                "Redis did not run the transaction that creates a session".into(),
-            ));
-        }
+        inner.creates.create(self, session).await?;
         inner.counters.add(SessionCount::Created, 1);
         inner
             .events

@@ -1,0 +1,281 @@
+//! New sessions made on one thread at one moment, created in Redis by one call.
+//!
+//! A proxy worker's runtime runs the tasks that are ready in turn, so the
+//! requests of many new visitors reach the point of creating their session
+//! within one pass. Each adds its session to its thread's batch and waits for
+//! the answer; the first to find the batch empty spawns the task that sends
+//! it, which runs after the requests already ready. One transaction then
+//! creates every session of the batch, and each request gets its answer.
+//!
+//! - For the proxy, one call is made and answered per batch instead of one
+//!   per session; for Redis, one `MULTI`/`EXEC` wraps them all.
+//! - Nothing waits for anything but its own call: a batch goes as soon as the
+//!   requests ready with it have added theirs, while earlier batches are
+//!   still in flight. A session created alone goes alone, one task hop later.
+//! - On a Cluster, a transaction's keys must share a slot: a batch goes as one
+//!   call per slot, so there sessions are, but for chance, created one by one.
+//! - A batch goes in calls of at most [`MOST`] sessions, so no single
+//!   transaction holds Redis for long.
+//! - A request dropped while it waits leaves its session created (the call
+//!   was on its way), unanswered, as a request dropped a moment later would.
+//!   The call is the spawned task's, so no other request is held by it.
+
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use tokio::sync::oneshot;
+
+use super::super::{SessionData, StoreError};
+use super::combine::shared;
+
+/// The most sessions one call creates.
+pub(super) const MOST: usize = 64;
+
+/// A session to create: its key, TTL (ms), creation time (Redis's clock,
+/// Unix ms) and data.
+pub(super) struct NewSession {
+    pub(super) key: String,
+    pub(super) ttl: u64,
+    pub(super) now: u64,
+    pub(super) data: SessionData,
+}
+
+/// How the store creates sessions whose keys share a slot, in one call.
+pub(super) trait CreateMany: Clone + Send + Sync + 'static {
+    fn create_many(
+        &self,
+        sessions: &[NewSession],
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+
+    /// The Cluster slot of `key`, on a Cluster; `None` on one Redis.
+    fn slot(&self, key: &str) -> Option<u16>;
+}
+
+struct Waiting {
+    session: NewSession,
+    answer: oneshot::Sender<Result<(), StoreError>>,
+}
+
+type Batch = Arc<Mutex<Vec<Waiting>>>;
+
+thread_local! {
+    /// Each store's batch on this thread.
+    static BATCHES: std::cell::RefCell<Vec<(Weak<()>, Batch)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The batches of one store, one per thread.
+#[derive(Default)]
+pub(super) struct Creates {
+    /// Tells this store's batch from another's in a thread's list (see
+    /// `lanes::Local`).
+    token: Arc<()>,
+}
+
+impl Creates {
+    /// Creates `session` with the others of this thread's batch.
+    pub(super) async fn create<S: CreateMany>(
+        &self,
+        store: &S,
+        session: NewSession,
+    ) -> Result<(), StoreError> {
+        let (answer, answered) = oneshot::channel();
+        let batch = self.batch();
+        let first = {
+            let mut waiting = batch.lock().unwrap_or_else(PoisonError::into_inner);
+            waiting.push(Waiting { session, answer });
+            waiting.len() == 1
+        };
+        if first {
+            tokio::spawn(send(store.clone(), batch));
+        }
+        answered.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the call that creates the session ended unanswered".into(),
+            ))
+        })
+    }
+
+    /// This store's batch on the calling thread; the batches of stores gone
+    /// are forgotten as a new one is made.
+    fn batch(&self) -> Batch {
+        let mine = |token: &Weak<()>| std::ptr::eq(token.as_ptr(), Arc::as_ptr(&self.token));
+        BATCHES.with_borrow_mut(|batches| {
+            if let Some((_, batch)) = batches.iter().find(|(token, _)| mine(token)) {
+                return batch.clone();
+            }
+            batches.retain(|(token, _)| token.strong_count() > 0);
+            let batch = Batch::default();
+            batches.push((Arc::downgrade(&self.token), batch.clone()));
+            batch
+        })
+    }
+}
+
+/// Takes the batch and creates its sessions: per slot on a Cluster, at most
+/// [`MOST`] per call, the calls at once.
+async fn send<S: CreateMany>(store: S, batch: Batch) {
+    let waiting = std::mem::take(&mut *batch.lock().unwrap_or_else(PoisonError::into_inner));
+    let mut groups: Vec<(Option<u16>, Vec<Waiting>)> = Vec::new();
+    for w in waiting {
+        let slot = store.slot(&w.session.key);
+        match groups
+            .iter_mut()
+            .find(|(s, group)| *s == slot && group.len() < MOST)
+        {
+            Some((_, group)) => group.push(w),
+            None => groups.push((slot, vec![w])),
+        }
+    }
+    let calls = groups.into_iter().map(|(_, group)| {
+        let store = store.clone();
+        async move {
+            let (sessions, answers): (Vec<_>, Vec<_>) =
+                group.into_iter().map(|w| (w.session, w.answer)).unzip();
+            let result = store.create_many(&sessions).await;
+            for answer in answers {
+                let _ = answer.send(shared(&result));
+            }
+        }
+    });
+    futures_util::future::join_all(calls).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Records each call's keys; fails the calls that hold a key starting
+    /// with `fail`; on a "Cluster", a key's slot is its first character.
+    #[derive(Clone, Default)]
+    struct Fake {
+        calls: Arc<Mutex<Vec<Vec<String>>>>,
+        cluster: bool,
+        in_flight: Arc<AtomicUsize>,
+        most_at_once: Arc<AtomicUsize>,
+    }
+
+    impl CreateMany for Fake {
+        async fn create_many(&self, sessions: &[NewSession]) -> Result<(), StoreError> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_at_once.fetch_max(now, Ordering::SeqCst);
+            let keys: Vec<String> = sessions.iter().map(|s| s.key.clone()).collect();
+            self.calls.lock().unwrap().push(keys.clone());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if keys.iter().any(|k| k.starts_with("fail")) {
+                return Err(StoreError::Unavailable("Redis said no".into()));
+            }
+            Ok(())
+        }
+
+        fn slot(&self, key: &str) -> Option<u16> {
+            self.cluster.then(|| u16::from(key.as_bytes()[0]))
+        }
+    }
+
+    fn session(key: &str) -> NewSession {
+        NewSession {
+            key: key.to_owned(),
+            ttl: 1000,
+            now: 1,
+            data: SessionData::default(),
+        }
+    }
+
+    /// Starts `keys`' creations on this thread at once; their answers in order.
+    async fn create_all(
+        creates: &Arc<Creates>,
+        store: &Fake,
+        keys: &[&str],
+    ) -> Vec<Result<(), String>> {
+        let calls = keys.iter().map(|k| {
+            let (creates, store, s) = (creates.clone(), store.clone(), session(k));
+            async move { creates.create(&store, s).await }
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        (answers.into_iter())
+            .map(|r| r.map_err(|e| crate::chain::Chain(&e).to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn sessions_created_at_once_go_in_one_call() {
+        let (creates, store) = (Arc::new(Creates::default()), Fake::default());
+        let answers = create_all(&creates, &store, &["a", "b", "c", "d", "e"]).await;
+        assert_eq!(answers, vec![Ok(()); 5]);
+        assert_eq!(
+            *store.calls.lock().unwrap(),
+            vec![vec!["a", "b", "c", "d", "e"]]
+        );
+        // Later ones make a call of their own.
+        let answers = create_all(&creates, &store, &["f"]).await;
+        assert_eq!(answers, vec![Ok(())]);
+        assert_eq!(store.calls.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_batch_goes_while_the_one_before_is_in_flight() {
+        let (creates, store) = (Arc::new(Creates::default()), Fake::default());
+        let first = create_all(&creates, &store, &["a", "b"]);
+        let second = async {
+            // The first batch's call is in flight (it takes 20 ms).
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            create_all(&creates, &store, &["c"]).await
+        };
+        let (first, second) = tokio::join!(first, second);
+        assert_eq!((first.len(), second), (2, vec![Ok(())]));
+        assert_eq!(store.most_at_once.load(Ordering::SeqCst), 2);
+        assert_eq!(store.calls.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_call_answers_each_of_its_sessions_and_no_other() {
+        let store = Fake {
+            cluster: true,
+            ..Fake::default()
+        };
+        let creates = Arc::new(Creates::default());
+        // "fail1" and "fail2" share a slot ('f'); "ok" is on another.
+        let answers = create_all(&creates, &store, &["fail1", "ok", "fail2"]).await;
+        assert_eq!(answers[1], Ok(()));
+        for i in [0, 2] {
+            let e = answers[i].as_ref().unwrap_err();
+            assert!(e.contains("Redis said no"), "{e}");
+        }
+        let mut calls = store.calls.lock().unwrap().clone();
+        calls.sort();
+        assert_eq!(calls, vec![vec!["fail1", "fail2"], vec!["ok"]]);
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_goes_in_calls_of_at_most_the_most() {
+        let (creates, store) = (Arc::new(Creates::default()), Fake::default());
+        let keys: Vec<String> = (0..MOST * 2 + 1).map(|i| format!("k{i}")).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let answers = create_all(&creates, &store, &keys).await;
+        assert_eq!(answers.len(), MOST * 2 + 1);
+        assert!(answers.iter().all(Result::is_ok));
+        let sizes: Vec<usize> = store.calls.lock().unwrap().iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![MOST, MOST, 1]);
+        // At once, not one after the other.
+        assert_eq!(store.most_at_once.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_while_it_waits_holds_back_no_other() {
+        let (creates, store) = (Arc::new(Creates::default()), Fake::default());
+        let start = |key: &'static str| {
+            let (creates, store) = (creates.clone(), store.clone());
+            tokio::spawn(async move { creates.create(&store, session(key)).await })
+        };
+        let (gone, kept) = (start("gone"), start("kept"));
+        // Both are in the call, which takes 20 ms.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        gone.abort();
+        assert!(kept.await.expect("not aborted").is_ok());
+        assert_eq!(*store.calls.lock().unwrap(), vec![vec!["gone", "kept"]]);
+    }
+}

@@ -31,6 +31,19 @@ async fn app() -> Upstream {
     .await
 }
 
+/// The app, and a proxy on `redis` without the near cache: every request
+/// reads the session from Redis.
+async fn uncached_proxy(redis: &RedisServer) -> (Upstream, Proxy) {
+    let upstream = app().await;
+    let proxy = Proxy::start(
+        config(&upstream.url())
+            .with_redis(&redis.url())
+            .set("store.redis.near_cache", "false"),
+    )
+    .await;
+    (upstream, proxy)
+}
+
 /// What the app saw on the last request.
 fn app_saw(upstream: &Upstream) -> Seen {
     upstream.last()
@@ -159,15 +172,9 @@ async fn a_write_that_changes_nothing_costs_no_call_to_redis() {
     let Some(redis) = RedisServer::start(test).await else {
         return;
     };
-    let upstream = app().await;
     // Without the near cache every request reads the session from Redis: one
     // call each, and one more for each write.
-    let proxy = Proxy::start(
-        config(&upstream.url())
-            .with_redis(&redis.url())
-            .set("store.redis.near_cache", "false"),
-    )
-    .await;
+    let (_upstream, proxy) = uncached_proxy(&redis).await;
     let browser = Browser::new();
     let url = |q: &str| proxy.url(&format!("/?set={q}"));
     assert_eq!(
@@ -374,13 +381,7 @@ async fn scripts_flushed_from_redis_are_loaded_again_by_the_call_that_needs_them
     let Some(redis) = RedisServer::start(test).await else {
         return;
     };
-    let upstream = app().await;
-    let proxy = Proxy::start(
-        config(&upstream.url())
-            .with_redis(&redis.url())
-            .set("store.redis.near_cache", "false"),
-    )
-    .await;
+    let (upstream, proxy) = uncached_proxy(&redis).await;
     let browser = Browser::new();
     redis.command(&["SCRIPT", "FLUSH"]).await;
     let first = browser.get(&proxy.url("/?set=color%3Dblue")).await;

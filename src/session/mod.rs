@@ -237,6 +237,20 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// The same failure again, for each of several requests that one call
+    /// answered: a timeout stays a timeout; any other is unavailable, with the
+    /// whole chain of causes as its message.
+    pub(crate) fn copied(&self) -> StoreError {
+        let message = match self {
+            StoreError::Timeout => return StoreError::Timeout,
+            StoreError::Unavailable(source) => crate::chain::Chain(source.as_ref()).to_string(),
+            e => crate::chain::Chain(e).to_string(),
+        };
+        StoreError::Unavailable(message.into())
+    }
+}
+
 /// The operations the request path needs from a store. Implemented by every store;
 /// the conformance suite in `tests/` runs against each.
 ///

@@ -29,7 +29,6 @@ use dashmap::DashMap;
 use tokio::sync::oneshot;
 
 use super::super::{Applied, Changes, Policy, SessionId, StoreError};
-use crate::chain::Chain;
 
 /// One write of a session, as the store does it without combining.
 pub(super) trait WriteOne {
@@ -151,7 +150,8 @@ impl Round {
             return result;
         }
         for waiter in std::mem::take(&mut self.others) {
-            let _ = waiter.turn.send(Turn::Done(shared(&result)));
+            let answer = result.as_ref().cloned().map_err(StoreError::copied);
+            let _ = waiter.turn.send(Turn::Done(answer));
         }
         result
     }
@@ -199,17 +199,6 @@ fn pass(queues: &Queues, id: SessionId) {
             waiting = std::mem::take(&mut round.others).into_iter();
         }
     }
-}
-
-/// The answer of one call, for each request it answers.
-pub(super) fn shared<T: Clone>(result: &Result<T, StoreError>) -> Result<T, StoreError> {
-    let message = match result {
-        Ok(answer) => return Ok(answer.clone()),
-        Err(StoreError::Timeout) => return Err(StoreError::Timeout),
-        Err(StoreError::Unavailable(source)) => Chain(source.as_ref()).to_string(),
-        Err(e) => Chain(e).to_string(),
-    };
-    Err(StoreError::Unavailable(message.into()))
 }
 
 #[cfg(test)]

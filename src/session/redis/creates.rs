@@ -20,12 +20,12 @@
 //!   was on its way), unanswered, as a request dropped a moment later would.
 //!   The call is the spawned task's, so no other request is held by it.
 
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 
 use super::super::{SessionData, StoreError};
-use super::combine::shared;
+use super::lanes::{per_thread, PerThread};
 
 /// The most sessions one call creates.
 pub(super) const MOST: usize = 64;
@@ -59,15 +59,13 @@ type Batch = Arc<Mutex<Vec<Waiting>>>;
 
 thread_local! {
     /// Each store's batch on this thread.
-    static BATCHES: std::cell::RefCell<Vec<(Weak<()>, Batch)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    static BATCHES: PerThread<Mutex<Vec<Waiting>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The batches of one store, one per thread.
 #[derive(Default)]
 pub(super) struct Creates {
-    /// Tells this store's batch from another's in a thread's list (see
-    /// `lanes::Local`).
+    /// This store's batch in each thread's list (see [`per_thread`]).
     token: Arc<()>,
 }
 
@@ -79,7 +77,7 @@ impl Creates {
         session: NewSession,
     ) -> Result<(), StoreError> {
         let (answer, answered) = oneshot::channel();
-        let batch = self.batch();
+        let batch = per_thread(&BATCHES, &self.token);
         let first = {
             let mut waiting = batch.lock().unwrap_or_else(PoisonError::into_inner);
             waiting.push(Waiting { session, answer });
@@ -92,21 +90,6 @@ impl Creates {
             Err(StoreError::Unavailable(
                 "the call that creates the session ended unanswered".into(),
             ))
-        })
-    }
-
-    /// This store's batch on the calling thread; the batches of stores gone
-    /// are forgotten as a new one is made.
-    fn batch(&self) -> Batch {
-        let mine = |token: &Weak<()>| std::ptr::eq(token.as_ptr(), Arc::as_ptr(&self.token));
-        BATCHES.with_borrow_mut(|batches| {
-            if let Some((_, batch)) = batches.iter().find(|(token, _)| mine(token)) {
-                return batch.clone();
-            }
-            batches.retain(|(token, _)| token.strong_count() > 0);
-            let batch = Batch::default();
-            batches.push((Arc::downgrade(&self.token), batch.clone()));
-            batch
         })
     }
 }
@@ -133,7 +116,7 @@ async fn send<S: CreateMany>(store: S, batch: Batch) {
                 group.into_iter().map(|w| (w.session, w.answer)).unzip();
             let result = store.create_many(&sessions).await;
             for answer in answers {
-                let _ = answer.send(shared(&result));
+                let _ = answer.send(result.as_ref().copied().map_err(StoreError::copied));
             }
         }
     });

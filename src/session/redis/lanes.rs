@@ -251,9 +251,7 @@ impl SentinelConn {
 /// waiting when Redis comes back) opens one connection, not one per call.
 pub(super) struct Local {
     client: LocalClient,
-    /// Tells this store's slot from those of another in a thread's list
-    /// (stores come and go in tests): an entry holds it weakly, so while the
-    /// entry lives no other store's token can take its address.
+    /// This store's slot in each thread's list (see [`per_thread`]).
     token: Arc<()>,
 }
 
@@ -364,10 +362,34 @@ impl ConnectionLike for LocalConn {
     }
 }
 
+/// A thread's values of one kind, one per store, each under its store's
+/// token.
+pub(super) type PerThread<T> = std::cell::RefCell<Vec<(Weak<()>, Arc<T>)>>;
+
+/// The calling thread's value in `list` for the store whose token is `token`,
+/// made when there is none; the values of stores gone are forgotten then, off
+/// the path of every other call. An entry holds its token weakly, so while
+/// the entry lives no other store's token can take its address (stores come
+/// and go in tests).
+pub(super) fn per_thread<T: Default>(
+    list: &'static std::thread::LocalKey<PerThread<T>>,
+    token: &Arc<()>,
+) -> Arc<T> {
+    let mine = |entry: &Weak<()>| std::ptr::eq(entry.as_ptr(), Arc::as_ptr(token));
+    list.with_borrow_mut(|values| {
+        if let Some((_, value)) = values.iter().find(|(entry, _)| mine(entry)) {
+            return value.clone();
+        }
+        values.retain(|(entry, _)| entry.strong_count() > 0);
+        let value = Arc::new(T::default());
+        values.push((Arc::downgrade(token), value.clone()));
+        value
+    })
+}
+
 thread_local! {
     /// Each store's slot on this thread.
-    static LOCAL: std::cell::RefCell<Vec<(Weak<()>, Arc<Slot>)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    static LOCAL: PerThread<Slot> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Local {
@@ -378,24 +400,11 @@ impl Local {
         }
     }
 
-    /// This store's slot on the calling thread; the slots of stores gone are
-    /// forgotten as a new one is made, off the path of every other call.
-    fn slot(&self) -> Arc<Slot> {
-        let mine = |token: &Weak<()>| std::ptr::eq(token.as_ptr(), Arc::as_ptr(&self.token));
-        LOCAL.with_borrow_mut(|slots| {
-            if let Some((_, slot)) = slots.iter().find(|(token, _)| mine(token)) {
-                return slot.clone();
-            }
-            slots.retain(|(token, _)| token.strong_count() > 0);
-            let slot = Arc::new(Slot::default());
-            slots.push((Arc::downgrade(&self.token), slot.clone()));
-            slot
-        })
-    }
-
     /// Sends `cmds` as one unit; on a Cluster, to the primary of `key`'s slot.
     async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Value> {
-        self.slot().call(&self.client, false, None, cmds, key).await
+        (per_thread(&LOCAL, &self.token))
+            .call(&self.client, false, None, cmds, key)
+            .await
     }
 }
 

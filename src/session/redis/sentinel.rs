@@ -58,6 +58,9 @@ pub(super) struct Master {
     /// Over TLS.
     tls: bool,
     followed: Mutex<Followed>,
+    /// Held while the Sentinels are asked: a call that comes meanwhile waits
+    /// for that answer, rather than find them just asked and nothing followed.
+    asking: tokio::sync::Mutex<()>,
     /// Raised with every new address: a connection opened at an older epoch
     /// is not used again.
     epoch: AtomicU64,
@@ -110,6 +113,7 @@ impl Master {
             settings,
             tls,
             followed: Mutex::new(Followed::default()),
+            asking: tokio::sync::Mutex::new(()),
             epoch: AtomicU64::new(0),
             switching: AtomicBool::new(false),
             switched: tokio::sync::Notify::new(),
@@ -200,6 +204,7 @@ impl Master {
     /// Asks every Sentinel for the master and follows the answer with the
     /// highest configuration epoch; at most every [`ASK_EVERY`].
     pub(super) async fn ask(&self) -> RedisResult<()> {
+        let _asking = self.asking.lock().await;
         {
             let Ok(mut followed) = self.followed.lock() else {
                 return Err(no_master(&self.name));

@@ -324,17 +324,8 @@ async fn new_visitors_answered_at_once_are_created_in_few_transactions() {
     let upstream = Upstream::start(move |_| Reply::ok().held_until(&held)).await;
     let proxy = Proxy::start(config(&upstream.url()).with_redis(&redis.url())).await;
     const VISITORS: usize = 40;
-    let url = proxy.url("/");
-    let visits = tokio::spawn(futures_util::future::join_all((0..VISITORS).map(|_| {
-        let url = url.clone();
-        async move { get_without_cookie(&url).await }
-    })));
-    upstream.wait_for_arrivals(VISITORS).await;
     let before = redis.calls("exec").await;
-    for _ in 0..VISITORS {
-        gate.open();
-    }
-    let responses = visits.await.expect("visits");
+    let responses = new_visitors_at_once(&proxy, &upstream, &gate, VISITORS).await;
     let transactions = redis.calls("exec").await - before;
 
     let mut ids: Vec<String> = responses
@@ -369,6 +360,153 @@ async fn new_visitors_answered_at_once_are_created_in_few_transactions() {
         transactions > 0 && transactions <= (VISITORS / 2) as u64,
         "{VISITORS} new visitors answered at once took {transactions} transactions"
     );
+}
+
+/// `n` new visitors whose pages the app (holding every answer on `gate`)
+/// answers at one moment; their responses.
+async fn new_visitors_at_once(
+    proxy: &Proxy,
+    upstream: &Upstream,
+    gate: &Gate,
+    n: usize,
+) -> Vec<reqwest::Response> {
+    let before = upstream.requests().len();
+    let url = proxy.url("/");
+    let visits = tokio::spawn(futures_util::future::join_all((0..n).map(|_| {
+        let url = url.clone();
+        async move { get_without_cookie(&url).await }
+    })));
+    upstream.wait_for_arrivals(before + n).await;
+    for _ in 0..n {
+        gate.open();
+    }
+    visits.await.expect("visits")
+}
+
+/// Gives every slot of `from` to the other nodes, half to each, by
+/// `CLUSTER SETSLOT … NODE` on every node (after emptying `from`).
+async fn move_slots_away(cluster: &RedisCluster, from: usize) {
+    let nodes = cluster.nodes();
+    let ids: Vec<String> = futures_util::future::join_all(
+        nodes
+            .iter()
+            .map(|n| async move { text(&n.command(&["CLUSTER", "MYID"]).await) }),
+    )
+    .await;
+    let mut slots = Vec::new();
+    let ::redis::Value::Array(ranges) = nodes[from].command(&["CLUSTER", "SLOTS"]).await else {
+        panic!("CLUSTER SLOTS is not an array")
+    };
+    for range in ranges {
+        let ::redis::Value::Array(parts) = range else {
+            continue;
+        };
+        let (::redis::Value::Int(first), ::redis::Value::Int(last)) = (&parts[0], &parts[1]) else {
+            continue;
+        };
+        let ::redis::Value::Array(primary) = &parts[2] else {
+            continue;
+        };
+        if text(&primary[2]) == ids[from] {
+            slots.extend(*first..=*last);
+        }
+    }
+    assert!(!slots.is_empty(), "node {from} holds no slot");
+    nodes[from].command(&["FLUSHALL"]).await;
+    let others: Vec<usize> = (0..nodes.len()).filter(|&n| n != from).collect();
+    let half = slots.len() / 2;
+    // The new owners first, then the old, then the rest.
+    let mut order = others.clone();
+    order.push(from);
+    for node in order {
+        let client = ::redis::Client::open(nodes[node].url()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let mut pipe = ::redis::pipe();
+        for (i, slot) in slots.iter().enumerate() {
+            let to = &ids[others[usize::from(i >= half)]];
+            pipe.cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(to)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .expect("CLUSTER SETSLOT");
+    }
+    for &node in &others {
+        nodes[node].command(&["CLUSTER", "BUMPEPOCH"]).await;
+    }
+}
+
+/// On a Cluster, the new sessions of one moment go to each node in one call,
+/// as the proxy last learnt which node holds which slot. Slots moved since
+/// cost no visitor anything: after a node gave its slots to the other two,
+/// 40 new visitors answered at once each get a session, stored whole on the
+/// node that holds its slot now.
+#[tokio::test]
+async fn new_visitors_on_a_cluster_whose_slots_moved_each_get_a_session() {
+    let test = "new_visitors_on_a_cluster_whose_slots_moved_each_get_a_session";
+    let Some(cluster) = RedisCluster::start(test).await else {
+        return;
+    };
+    let gate = Gate::new();
+    let held = gate.clone();
+    let upstream = Upstream::start(move |_| Reply::ok().held_until(&held)).await;
+    let proxy = Proxy::start(config(&upstream.url()).with_redis_cluster(&cluster.urls())).await;
+    // The first visitors have the proxy learn where the slots are.
+    for r in new_visitors_at_once(&proxy, &upstream, &gate, 20).await {
+        assert_eq!(r.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for node in cluster.nodes() {
+        node.command(&["FLUSHALL"]).await;
+    }
+    move_slots_away(&cluster, 0).await;
+    const VISITORS: usize = 40;
+    let responses = new_visitors_at_once(&proxy, &upstream, &gate, VISITORS).await;
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses, vec![200; VISITORS]);
+    let mut ids: Vec<String> = responses
+        .iter()
+        .map(|r| expect_session_cookie(r.headers()).id().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        VISITORS,
+        "every visitor has a session of its own"
+    );
+
+    let mut keys = Vec::new();
+    for (n, node) in cluster.nodes().iter().enumerate() {
+        let ::redis::Value::Array(held) = node.command(&["KEYS", "sessiongate:*"]).await else {
+            panic!("KEYS is not an array")
+        };
+        if n == 0 {
+            assert!(
+                held.is_empty(),
+                "the node that gave its slots away holds {held:?}"
+            );
+        }
+        for key in held.iter().map(text) {
+            let ttl = node.command(&["PTTL", &key]).await;
+            assert!(
+                matches!(ttl, ::redis::Value::Int(ms) if ms > 0),
+                "{key} has no TTL: {ttl:?}"
+            );
+            let created = text(&node.command(&["HGET", &key, "m:c"]).await);
+            assert!(created.parse::<u64>().is_ok(), "{key}: m:c {created:?}");
+            keys.push(key);
+        }
+    }
+    assert_eq!(keys.len(), VISITORS, "{keys:?}");
 }
 
 /// An operator's `SCRIPT FLUSH` (or a Redis that lost its scripts) costs

@@ -8,12 +8,14 @@
 //! creates every session of the batch, and each request gets its answer.
 //!
 //! - For the proxy, one call is made and answered per batch instead of one
-//!   per session; for Redis, one `MULTI`/`EXEC` wraps them all.
+//!   per session; for one Redis, one `MULTI`/`EXEC` wraps them all.
 //! - Nothing waits for anything but its own call: a batch goes as soon as the
 //!   requests ready with it have added theirs, while earlier batches are
 //!   still in flight. A session created alone goes alone, one task hop later.
-//! - On a Cluster, a transaction's keys must share a slot: a batch goes as one
-//!   call per slot, so there sessions are, but for chance, created one by one.
+//! - On a Cluster, a call goes to one node: a batch goes as one call per node
+//!   (as the store last learnt which node holds which slot), and there each
+//!   slot's sessions are a transaction of their own, since a transaction's
+//!   keys must share a slot.
 //! - A batch goes in calls of at most [`MOST`] sessions, so no single
 //!   transaction holds Redis for long.
 //! - A request dropped while it waits leaves its session created (the call
@@ -39,15 +41,18 @@ pub(super) struct NewSession {
     pub(super) data: SessionData,
 }
 
-/// How the store creates sessions whose keys share a slot, in one call.
+/// How the store creates, in one call, sessions that one call can carry.
 pub(super) trait CreateMany: Clone + Send + Sync + 'static {
+    /// Creates `sessions`, all of one call (see [`CreateMany::call_of`]); the
+    /// answer for each, in their order.
     fn create_many(
         &self,
         sessions: &[NewSession],
-    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl std::future::Future<Output = Vec<Result<(), StoreError>>> + Send;
 
-    /// The Cluster slot of `key`, on a Cluster; `None` on one Redis.
-    fn slot(&self, key: &str) -> Option<u16>;
+    /// Which call can carry the creation of the session stored at `key`: on
+    /// one Redis any (`None`); on a Cluster, that of the node holding its slot.
+    fn call_of(&self, key: &str) -> Option<u32>;
 }
 
 struct Waiting {
@@ -94,19 +99,19 @@ impl Creates {
     }
 }
 
-/// Takes the batch and creates its sessions: per slot on a Cluster, at most
+/// Takes the batch and creates its sessions: per node on a Cluster, at most
 /// [`MOST`] per call, the calls at once.
 async fn send<S: CreateMany>(store: S, batch: Batch) {
     let waiting = std::mem::take(&mut *batch.lock().unwrap_or_else(PoisonError::into_inner));
-    let mut groups: Vec<(Option<u16>, Vec<Waiting>)> = Vec::new();
+    let mut groups: Vec<(Option<u32>, Vec<Waiting>)> = Vec::new();
     for w in waiting {
-        let slot = store.slot(&w.session.key);
+        let call = store.call_of(&w.session.key);
         match groups
             .iter_mut()
-            .find(|(s, group)| *s == slot && group.len() < MOST)
+            .find(|(c, group)| *c == call && group.len() < MOST)
         {
             Some((_, group)) => group.push(w),
-            None => groups.push((slot, vec![w])),
+            None => groups.push((call, vec![w])),
         }
     }
     let calls = groups.into_iter().map(|(_, group)| {
@@ -114,9 +119,10 @@ async fn send<S: CreateMany>(store: S, batch: Batch) {
         async move {
             let (sessions, answers): (Vec<_>, Vec<_>) =
                 group.into_iter().map(|w| (w.session, w.answer)).unzip();
-            let result = store.create_many(&sessions).await;
-            for answer in answers {
-                let _ = answer.send(result.as_ref().copied().map_err(StoreError::copied));
+            let results = store.create_many(&sessions).await;
+            // A missing answer reads as "ended unanswered".
+            for (answer, result) in answers.into_iter().zip(results) {
+                let _ = answer.send(result);
             }
         }
     });
@@ -131,7 +137,7 @@ mod tests {
     use super::*;
 
     /// Records each call's keys; fails the calls that hold a key starting
-    /// with `fail`; on a "Cluster", a key's slot is its first character.
+    /// with `fail`; on a "Cluster", a key's node is its first character.
     #[derive(Clone, Default)]
     struct Fake {
         calls: Arc<Mutex<Vec<Vec<String>>>>,
@@ -141,7 +147,21 @@ mod tests {
     }
 
     impl CreateMany for Fake {
-        async fn create_many(&self, sessions: &[NewSession]) -> Result<(), StoreError> {
+        async fn create_many(&self, sessions: &[NewSession]) -> Vec<Result<(), StoreError>> {
+            let result = self.create(sessions).await;
+            sessions
+                .iter()
+                .map(|_| result.as_ref().copied().map_err(StoreError::copied))
+                .collect()
+        }
+
+        fn call_of(&self, key: &str) -> Option<u32> {
+            self.cluster.then(|| u32::from(key.as_bytes()[0]))
+        }
+    }
+
+    impl Fake {
+        async fn create(&self, sessions: &[NewSession]) -> Result<(), StoreError> {
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.most_at_once.fetch_max(now, Ordering::SeqCst);
             let keys: Vec<String> = sessions.iter().map(|s| s.key.clone()).collect();
@@ -152,10 +172,6 @@ mod tests {
                 return Err(StoreError::Unavailable("Redis said no".into()));
             }
             Ok(())
-        }
-
-        fn slot(&self, key: &str) -> Option<u16> {
-            self.cluster.then(|| u16::from(key.as_bytes()[0]))
         }
     }
 
@@ -221,7 +237,7 @@ mod tests {
             ..Fake::default()
         };
         let creates = Arc::new(Creates::default());
-        // "fail1" and "fail2" share a slot ('f'); "ok" is on another.
+        // "fail1" and "fail2" share a node ('f'); "ok" is on another.
         let answers = create_all(&creates, &store, &["fail1", "ok", "fail2"]).await;
         assert_eq!(answers[1], Ok(()));
         for i in [0, 2] {

@@ -5,7 +5,7 @@
 //! way to send a unit of commands on it.
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
@@ -25,11 +25,23 @@ pub(super) async fn request(
     track: bool,
     key: &[u8],
 ) -> RedisResult<Value> {
-    match (track, &lanes.shards) {
+    let replies = match (track, &lanes.shards) {
         (true, Some(shards)) => shards.call(cmds, key).await,
         // Only the near cache asks for tracking, and it comes with shards.
         _ => lanes.local.call(cmds, key).await,
-    }
+    };
+    last_reply(replies?)
+}
+
+/// Sends `cmds` untracked in one pipeline, on a Cluster to the primary of
+/// `key`'s slot, and returns the reply to each: a command's error is its
+/// reply ([`Value::ServerError`]), the pipeline's own failure the `Err`.
+pub(super) async fn request_each(
+    lanes: &Lanes,
+    cmds: Vec<Cmd>,
+    key: &[u8],
+) -> RedisResult<Vec<Value>> {
+    lanes.local.call(cmds, key).await
 }
 
 /// The reply to the last command of a unit; a pipeline hands a command's error
@@ -99,8 +111,9 @@ impl Shards {
         }
     }
 
-    /// Sends `cmds` as one unit on the connection of `key`'s shard.
-    async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Value> {
+    /// Sends `cmds` as one unit on the connection of `key`'s shard; the reply
+    /// to each.
+    async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Vec<Value>> {
         let shard = &self.shards[usize::from(key_slot(key)) % self.shards.len()];
         shard
             .call(&self.client, true, Some(&self.near), cmds, key)
@@ -189,8 +202,8 @@ impl Slot {
     }
 
     /// Sends `cmds` as one unit on this slot's connection, opened first when
-    /// there is none (see [`Slot::get`]); after a failure, as
-    /// [`Slot::failed`] says.
+    /// there is none (see [`Slot::get`]), and returns the reply to each; after
+    /// a failure, as [`Slot::failed`] says.
     async fn call(
         &self,
         client: &LocalClient,
@@ -198,13 +211,13 @@ impl Slot {
         near: Option<&NearCache>,
         cmds: Vec<Cmd>,
         key: &[u8],
-    ) -> RedisResult<Value> {
+    ) -> RedisResult<Vec<Value>> {
         let epoch = client.epoch().await;
         let mut opened = self.get(client, epoch, track).await?;
         // On a Cluster, tracking goes before every call (see [`Shards`]).
         let track = track && matches!(opened.conn, LocalConn::Cluster(_));
         match opened.conn.send(cmds, track, key).await {
-            Ok(values) => last_reply(values),
+            Ok(values) => Ok(values),
             Err(e) => {
                 self.failed(&opened, &e, near);
                 Err(e)
@@ -401,10 +414,97 @@ impl Local {
     }
 
     /// Sends `cmds` as one unit; on a Cluster, to the primary of `key`'s slot.
-    async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Value> {
+    /// The reply to each.
+    async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Vec<Value>> {
         (per_thread(&LOCAL, &self.token))
             .call(&self.client, false, None, cmds, key)
             .await
+    }
+}
+
+/// On a Cluster, which primary holds each slot, as this proxy last learnt it
+/// (`CLUSTER SLOTS`), so that sessions whose slots share a primary are created
+/// by one call. Only a hint: a call that it sent to the wrong node meets
+/// `MOVED` for those sessions, which then go again alone, and it is learnt
+/// anew. It is asked for when first needed, then every [`SlotOwners::FRESH`],
+/// and after a `MOVED`; never more than once a second.
+#[derive(Default)]
+pub(super) struct SlotOwners {
+    state: std::sync::Mutex<Owners>,
+}
+
+#[derive(Default)]
+struct Owners {
+    /// A number for each slot's primary, `u16::MAX` for a slot none holds;
+    /// empty until learnt.
+    of: Vec<u16>,
+    learnt: Option<Instant>,
+    asked: Option<Instant>,
+}
+
+impl SlotOwners {
+    /// How long a map is used before it is asked for again.
+    pub(super) const FRESH: Duration = Duration::from_secs(60);
+
+    /// The primary of `slot`, if known, and whether the map is to be asked
+    /// for now (then the caller asks, and no other for a second).
+    pub(super) fn owner(&self, slot: u16) -> (Option<u16>, bool) {
+        let Ok(mut owners) = self.state.lock() else {
+            return (None, false);
+        };
+        let owner = owners
+            .of
+            .get(usize::from(slot))
+            .copied()
+            .filter(|&o| o != u16::MAX);
+        let now = Instant::now();
+        let stale = owners
+            .learnt
+            .is_none_or(|at| now.duration_since(at) >= Self::FRESH);
+        let asked_lately = owners
+            .asked
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1));
+        let ask = stale && !asked_lately;
+        if ask {
+            owners.asked = Some(now);
+        }
+        (owner, ask)
+    }
+
+    /// Learns the owners from `ranges`: first slot, last slot, primary.
+    pub(super) fn learn(&self, ranges: &[(u16, u16, (String, u16))]) {
+        let mut of = vec![u16::MAX; 16384];
+        let mut primaries: Vec<&(String, u16)> = Vec::new();
+        for (first, last, primary) in ranges {
+            let n = match primaries.iter().position(|p| *p == primary) {
+                Some(n) => n,
+                None => {
+                    primaries.push(primary);
+                    primaries.len() - 1
+                }
+            };
+            let n = u16::try_from(n).unwrap_or(u16::MAX);
+            for slot in of
+                .iter_mut()
+                .take(usize::from(*last) + 1)
+                .skip(usize::from(*first))
+            {
+                *slot = n;
+            }
+        }
+        if let Ok(mut owners) = self.state.lock() {
+            owners.of = of;
+            owners.learnt = Some(Instant::now());
+        }
+    }
+
+    /// Forgets the map, which was wrong: it is asked for again by the next
+    /// caller (after a second since the last ask).
+    pub(super) fn forget(&self) {
+        if let Ok(mut owners) = self.state.lock() {
+            owners.of.clear();
+            owners.learnt = None;
+        }
     }
 }
 
@@ -433,6 +533,33 @@ pub(super) fn key_slot(key: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_owners_are_asked_for_once_a_second_until_learnt_and_forgotten_when_wrong() {
+        let owners = SlotOwners::default();
+        // Unknown: the first caller asks, the next within a second does not.
+        assert_eq!(owners.owner(7), (None, true));
+        assert_eq!(owners.owner(9000), (None, false));
+        let a = ("10.0.0.1".to_owned(), 6379);
+        let b = ("10.0.0.2".to_owned(), 6379);
+        owners.learn(&[(0, 99, a.clone()), (100, 16383, b), (50, 60, a)]);
+        assert_eq!(owners.owner(0), (Some(0), false));
+        assert_eq!(owners.owner(99), (Some(0), false));
+        assert_eq!(owners.owner(100), (Some(1), false));
+        assert_eq!(owners.owner(16383), (Some(1), false));
+        owners.forget();
+        assert_eq!(owners.owner(0), (None, false), "asked a moment ago");
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(owners.owner(0), (None, true));
+    }
+
+    #[test]
+    fn a_slot_no_node_holds_has_no_owner() {
+        let owners = SlotOwners::default();
+        owners.learn(&[(0, 8191, ("a".to_owned(), 1))]);
+        assert_eq!(owners.owner(8191).0, Some(0));
+        assert_eq!(owners.owner(8192).0, None);
+    }
 
     #[test]
     fn cluster_slots_are_those_redis_computes() {

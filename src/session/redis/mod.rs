@@ -55,7 +55,7 @@ mod sentinel;
 use combine::{Combiner, WriteOne};
 use creates::{CreateMany, Creates, NewSession};
 
-use lanes::{request, Lanes, Local, LocalClient, SentinelConn, Shards};
+use lanes::{request, request_each, Lanes, Local, LocalClient, SentinelConn, Shards, SlotOwners};
 
 use super::data::{LOGIN_IP_KEY, LOGIN_UA_KEY};
 use super::events::{Event, EventKind, EventSink, Reason};
@@ -405,6 +405,8 @@ struct Inner {
     combiner: Combiner,
     /// New sessions, created in batches.
     creates: Creates,
+    /// On a Cluster, which node holds which slot, for those batches.
+    owners: SlotOwners,
     /// How the request path's calls reach Redis.
     lanes: Lanes,
     /// With `sentinel`: the master followed.
@@ -430,6 +432,20 @@ fn unavailable(e: RedisError) -> StoreError {
     } else {
         StoreError::Unavailable(Box::new(e))
     }
+}
+
+/// Whether the call failed for Redis's `MOVED` or `ASK`: a key's slot is on
+/// another node.
+fn is_redirect(e: &StoreError) -> bool {
+    let StoreError::Unavailable(source) = e else {
+        return false;
+    };
+    source.downcast_ref::<RedisError>().is_some_and(|e| {
+        matches!(
+            e.kind(),
+            redis::ErrorKind::Server(redis::ServerErrorKind::Moved | redis::ServerErrorKind::Ask)
+        )
+    })
 }
 
 /// The error a dropped or not-yet-reconnected connection gives: the command never
@@ -709,6 +725,7 @@ impl RedisStore {
                 near,
                 combiner: Combiner::default(),
                 creates: Creates::default(),
+                owners: SlotOwners::default(),
                 lanes,
                 master,
                 clock: AtomicI64::new(0),
@@ -1092,30 +1109,10 @@ impl RedisStore {
         if !self.inner.cluster {
             return Ok(vec![Node::Single]);
         }
-        let slots: Value = self
-            .run(
-                |mut c| async move { redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await },
-            )
-            .await?;
         let mut primaries: Vec<(String, u16)> = Vec::new();
-        if let Value::Array(ranges) = slots {
-            for range in ranges {
-                let Value::Array(parts) = range else { continue };
-                let Some(Value::Array(primary)) = parts.get(2) else {
-                    continue;
-                };
-                let host = match primary.first() {
-                    Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
-                    Some(Value::SimpleString(h)) => h.clone(),
-                    _ => continue,
-                };
-                let Some(Value::Int(port)) = primary.get(1) else {
-                    continue;
-                };
-                let node = (host, *port as u16);
-                if !primaries.contains(&node) {
-                    primaries.push(node);
-                }
+        for (_, _, primary) in self.cluster_slots().await? {
+            if !primaries.contains(&primary) {
+                primaries.push(primary);
             }
         }
         Ok(primaries
@@ -1124,6 +1121,121 @@ impl RedisStore {
             .collect())
     }
 
+    /// A Cluster's slot ranges (`CLUSTER SLOTS`): first slot, last slot, and
+    /// the primary's host and port.
+    async fn cluster_slots(&self) -> Result<Vec<(u16, u16, (String, u16))>, StoreError> {
+        let slots: Value = self
+            .run(
+                |mut c| async move { redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await },
+            )
+            .await?;
+        let mut ranges = Vec::new();
+        let Value::Array(entries) = slots else {
+            return Ok(ranges);
+        };
+        let int = |v: Option<&Value>| match v {
+            Some(Value::Int(n)) => u16::try_from(*n).ok(),
+            _ => None,
+        };
+        for entry in entries {
+            let Value::Array(parts) = entry else { continue };
+            let Some(Value::Array(primary)) = parts.get(2) else {
+                continue;
+            };
+            let host = match primary.first() {
+                Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+                Some(Value::SimpleString(h)) => h.clone(),
+                _ => continue,
+            };
+            let (Some(first), Some(last), Some(port)) =
+                (int(parts.first()), int(parts.get(1)), int(primary.get(1)))
+            else {
+                continue;
+            };
+            ranges.push((first, last.min(16383), (host, port)));
+        }
+        Ok(ranges)
+    }
+
+    /// The Cluster slot of `key`; 0 on one Redis.
+    fn slot(&self, key: &str) -> u16 {
+        if self.inner.cluster {
+            lanes::key_slot(key.as_bytes())
+        } else {
+            0
+        }
+    }
+
+    /// Learns which node holds which slot, for creating sessions.
+    async fn learn_owners(&self) {
+        match self.cluster_slots().await {
+            Ok(ranges) if !ranges.is_empty() => self.inner.owners.learn(&ranges),
+            Ok(_) => tracing::debug!("CLUSTER SLOTS named no slot"),
+            Err(e) => tracing::debug!(error = %crate::chain::Chain(&e), "CLUSTER SLOTS failed"),
+        }
+    }
+
+    /// Sends `sessions`' transactions (`blocks`: the sessions of each, by
+    /// index) in one pipeline, to the primary of the first one's slot; the
+    /// outcome of each transaction, or of the call.
+    async fn create_blocks(
+        &self,
+        sessions: &[NewSession],
+        blocks: &[Vec<usize>],
+    ) -> Result<Vec<RedisResult<()>>, StoreError> {
+        let inner = &self.inner;
+        let Some(&first) = blocks.first().and_then(|b| b.first()) else {
+            return Ok(Vec::new());
+        };
+        let pipeline = || {
+            let mut cmds = Vec::with_capacity(2 * sessions.len() + 2 * blocks.len());
+            for block in blocks {
+                cmds.push(redis::cmd("MULTI"));
+                for s in block.iter().map(|&i| &sessions[i]) {
+                    let mut hset = redis::cmd("HSET");
+                    hset.arg(&s.key).arg("m:c").arg(s.now).arg("m:s").arg(s.now);
+                    for (k, v) in s.data.pairs() {
+                        hset.arg(data_field(k)).arg(v);
+                    }
+                    let mut pexpire = redis::cmd("PEXPIRE");
+                    pexpire.arg(&s.key).arg(s.ttl);
+                    cmds.extend([hset, pexpire]);
+                }
+                cmds.push(redis::cmd("EXEC"));
+            }
+            cmds
+        };
+        let key = sessions[first].key.as_bytes();
+        let replies = self
+            .run(|_| async move { request_each(&inner.lanes, pipeline(), key).await })
+            .await?;
+        let mut replies = replies.into_iter();
+        Ok(blocks
+            .iter()
+            .map(|block| {
+                // `MULTI`, two commands a session, `EXEC`.
+                let n = 2 * block.len() + 2;
+                let mut error = None;
+                let mut exec = None;
+                for reply in replies.by_ref().take(n) {
+                    match reply {
+                        Value::ServerError(e) => {
+                            error.get_or_insert(RedisError::from(e));
+                        }
+                        reply => exec = Some(reply),
+                    }
+                }
+                match (error, exec) {
+                    (Some(e), _) => Err(e),
+                    (None, Some(Value::Array(done))) if done.len() == 2 * block.len() => Ok(()),
+                    _ => Err(RedisError::from((
+                        redis::ErrorKind::Client,
+                        "Redis did not run the transaction that creates sessions",
+                    ))),
+                }
+            })
+            .collect())
+    }
     /// One `SCAN` page of this store's keys on `node`.
     async fn scan_page(&self, node: &Node, cursor: u64) -> Result<(u64, Vec<Vec<u8>>), StoreError> {
         let mut cmd = redis::cmd("SCAN");
@@ -1503,47 +1615,79 @@ impl WriteOne for RedisStore {
 
 /// Sessions are created in batches (see `creates.rs`).
 impl CreateMany for RedisStore {
-    /// One transaction of an `HSET` and a `PEXPIRE` per session: plain
-    /// commands, cheaper for Redis than a script. The IDs are fresh (2^-256
-    /// odds of meeting another), so nothing is checked first, and a retry
-    /// after a dropped connection writes the same. Not cached or tracked: most
-    /// new visitors never come back, and one that does costs a single read,
-    /// which is then cached.
-    async fn create_many(&self, sessions: &[NewSession]) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        let Some(first) = sessions.first() else {
-            return Ok(());
-        };
-        let transaction = || {
-            let mut cmds = Vec::with_capacity(2 * sessions.len() + 2);
-            cmds.push(redis::cmd("MULTI"));
-            for s in sessions {
-                let mut hset = redis::cmd("HSET");
-                hset.arg(&s.key).arg("m:c").arg(s.now).arg("m:s").arg(s.now);
-                for (k, v) in s.data.pairs() {
-                    hset.arg(data_field(k)).arg(v);
-                }
-                let mut pexpire = redis::cmd("PEXPIRE");
-                pexpire.arg(&s.key).arg(s.ttl);
-                cmds.extend([hset, pexpire]);
+    /// One transaction per slot (on one Redis, one for all), each an `HSET`
+    /// and a `PEXPIRE` per session between `MULTI` and `EXEC`: plain commands,
+    /// cheaper for Redis than a script. The transactions go in one pipeline.
+    /// The IDs are fresh (2^-256 odds of meeting another), so nothing is
+    /// checked first, and a retry after a dropped connection writes the same.
+    /// Not cached or tracked: most new visitors never come back, and one that
+    /// does costs a single read, which is then cached.
+    ///
+    /// On a Cluster the call goes to the primary of the first session's slot,
+    /// and the others' slots are there as far as [`SlotOwners`] knows. Where it
+    /// was wrong, Redis answers `MOVED`: the sessions go again, each slot's
+    /// alone, and the owners are learnt anew.
+    async fn create_many(&self, sessions: &[NewSession]) -> Vec<Result<(), StoreError>> {
+        let mut blocks: Vec<(u16, Vec<usize>)> = Vec::new();
+        for (i, s) in sessions.iter().enumerate() {
+            let slot = self.slot(&s.key);
+            match blocks.iter_mut().find(|(b, _)| *b == slot) {
+                Some((_, block)) => block.push(i),
+                None => blocks.push((slot, vec![i])),
             }
-            cmds.push(redis::cmd("EXEC"));
-            cmds
-        };
-        let key = first.key.as_bytes();
-        let reply = self
-            .run(|_| async move { request(&inner.lanes, transaction(), false, key).await })
-            .await?;
-        match reply {
-            Value::Array(done) if done.len() == 2 * sessions.len() => Ok(()),
-            _ => Err(StoreError::Unavailable(
-                "Redis did not run the transaction that creates sessions".into(),
-            )),
         }
+        let blocks: Vec<Vec<usize>> = blocks.into_iter().map(|(_, b)| b).collect();
+        let outcomes: Vec<Result<(), StoreError>> =
+            match self.create_blocks(sessions, &blocks).await {
+                Ok(outcomes) => outcomes
+                    .into_iter()
+                    .map(|o| o.map_err(unavailable))
+                    .collect(),
+                // The client follows a `MOVED` with the whole pipeline, which
+                // then meets one for another transaction, back and forth, until
+                // it gives up: the transactions go again, each alone.
+                Err(e) if blocks.len() > 1 && is_redirect(&e) => {
+                    self.inner.owners.forget();
+                    let again = blocks.iter().map(|block| async move {
+                        let alone = std::slice::from_ref(block);
+                        self.create_blocks(sessions, alone).await.and_then(|o| {
+                            o.into_iter().next().map_or_else(
+                                || Err(StoreError::Unavailable("no reply to a request".into())),
+                                |o| o.map_err(unavailable),
+                            )
+                        })
+                    });
+                    futures_util::future::join_all(again).await
+                }
+                Err(e) => {
+                    let e = Err(e);
+                    return (sessions.iter())
+                        .map(|_| e.as_ref().copied().map_err(StoreError::copied))
+                        .collect();
+                }
+            };
+        let mut answers: Vec<Result<(), StoreError>> =
+            (0..sessions.len()).map(|_| Ok(())).collect();
+        for (block, outcome) in blocks.iter().zip(outcomes) {
+            for &i in block {
+                answers[i] = outcome.as_ref().copied().map_err(StoreError::copied);
+            }
+        }
+        answers
     }
 
-    fn slot(&self, key: &str) -> Option<u16> {
-        self.inner.cluster.then(|| lanes::key_slot(key.as_bytes()))
+    fn call_of(&self, key: &str) -> Option<u32> {
+        if !self.inner.cluster {
+            return None;
+        }
+        let slot = self.slot(key);
+        let (owner, ask) = self.inner.owners.owner(slot);
+        if ask {
+            let store = self.clone();
+            tokio::spawn(async move { store.learn_owners().await });
+        }
+        // Unknown: the slot's own call.
+        Some(owner.map_or(0x1_0000 | u32::from(slot), u32::from))
     }
 }
 

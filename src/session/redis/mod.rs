@@ -196,14 +196,22 @@ if nrem > 0 or first_set <= #ARGV then
   end
   for i = 10, first_set - 1 do data[ARGV[i]] = nil end
   for i = first_set, #ARGV, 2 do data[ARGV[i]] = ARGV[i + 1] end
+  -- Three bytes a byte at most: counted exactly only when that is too many.
   local size, n = 0, 0
   for k, v in pairs(data) do
-    local _, sk = string.gsub(k, '[^%w%-_%.%* ]', '')
-    local _, sv = string.gsub(v, '[^%w%-_%.%* ]', '')
-    size = size + #k + 2 * sk + 1 + #v + 2 * sv
+    size = size + 3 * (#k + #v) + 1
     n = n + 1
   end
   if n > 1 then size = size + n - 1 end
+  if size > tonumber(ARGV[1]) then
+    size = 0
+    for k, v in pairs(data) do
+      local _, sk = string.gsub(k, '[^%w%-_%.%* ]', '')
+      local _, sv = string.gsub(v, '[^%w%-_%.%* ]', '')
+      size = size + #k + 2 * sk + 1 + #v + 2 * sv
+    end
+    if n > 1 then size = size + n - 1 end
+  end
   if size > tonumber(ARGV[1]) then return {2, size} end
   if user_field ~= '' then after = data[string.sub(user_field, 3)] or '' end
   stamp = stamp + 1

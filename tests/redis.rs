@@ -319,47 +319,64 @@ async fn new_visitors_answered_at_once_are_created_in_few_transactions() {
     let Some(redis) = RedisServer::start(test).await else {
         return;
     };
-    let gate = Gate::new();
-    let held = gate.clone();
-    let upstream = Upstream::start(move |_| Reply::ok().held_until(&held)).await;
+    let (gate, upstream) = held_app().await;
     let proxy = Proxy::start(config(&upstream.url()).with_redis(&redis.url())).await;
     const VISITORS: usize = 40;
     let before = redis.calls("exec").await;
     let responses = new_visitors_at_once(&proxy, &upstream, &gate, VISITORS).await;
     let transactions = redis.calls("exec").await - before;
 
+    assert_sessions_of_their_own(&responses);
+    let keys = created_sessions(&redis).await;
+    assert_eq!(keys.len(), VISITORS, "{keys:?}");
+    assert!(
+        transactions > 0 && transactions <= (VISITORS / 2) as u64,
+        "{VISITORS} new visitors answered at once took {transactions} transactions"
+    );
+}
+
+/// An app that holds every answer until `gate` lets it go.
+async fn held_app() -> (Gate, Upstream) {
+    let gate = Gate::new();
+    let held = gate.clone();
+    let upstream = Upstream::start(move |_| Reply::ok().held_until(&held)).await;
+    (gate, upstream)
+}
+
+/// Every one of `responses` is a 200 with a session cookie of its own.
+fn assert_sessions_of_their_own(responses: &[reqwest::Response]) {
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses, vec![200; responses.len()]);
     let mut ids: Vec<String> = responses
         .iter()
-        .map(|r| {
-            assert_eq!(r.status(), 200);
-            expect_session_cookie(r.headers()).id().to_owned()
-        })
+        .map(|r| expect_session_cookie(r.headers()).id().to_owned())
         .collect();
     ids.sort();
     ids.dedup();
     assert_eq!(
         ids.len(),
-        VISITORS,
+        responses.len(),
         "every visitor has a session of its own"
     );
-    let keys = match redis.command(&["KEYS", "sessiongate:*"]).await {
+}
+
+/// The session keys `node` holds, each checked whole: a TTL and its
+/// creation time.
+async fn created_sessions(node: &RedisServer) -> Vec<String> {
+    let keys = match node.command(&["KEYS", "sessiongate:*"]).await {
         ::redis::Value::Array(keys) => keys.iter().map(text).collect::<Vec<_>>(),
         other => panic!("KEYS answered {other:?}"),
     };
-    assert_eq!(keys.len(), VISITORS, "{keys:?}");
     for key in &keys {
-        let ttl = redis.command(&["PTTL", key]).await;
+        let ttl = node.command(&["PTTL", key]).await;
         assert!(
             matches!(ttl, ::redis::Value::Int(ms) if ms > 0),
             "{key} has no TTL: {ttl:?}"
         );
-        let created = text(&redis.command(&["HGET", key, "m:c"]).await);
+        let created = text(&node.command(&["HGET", key, "m:c"]).await);
         assert!(created.parse::<u64>().is_ok(), "{key}: m:c {created:?}");
     }
-    assert!(
-        transactions > 0 && transactions <= (VISITORS / 2) as u64,
-        "{VISITORS} new visitors answered at once took {transactions} transactions"
-    );
+    keys
 }
 
 /// `n` new visitors whose pages the app (holding every answer on `gate`)
@@ -454,9 +471,7 @@ async fn new_visitors_on_a_cluster_whose_slots_moved_each_get_a_session() {
     let Some(cluster) = RedisCluster::start(test).await else {
         return;
     };
-    let gate = Gate::new();
-    let held = gate.clone();
-    let upstream = Upstream::start(move |_| Reply::ok().held_until(&held)).await;
+    let (gate, upstream) = held_app().await;
     let proxy = Proxy::start(config(&upstream.url()).with_redis_cluster(&cluster.urls())).await;
     // The first visitors have the proxy learn where the slots are.
     for r in new_visitors_at_once(&proxy, &upstream, &gate, 20).await {
@@ -470,42 +485,16 @@ async fn new_visitors_on_a_cluster_whose_slots_moved_each_get_a_session() {
     move_slots_away(&cluster, 0).await;
     const VISITORS: usize = 40;
     let responses = new_visitors_at_once(&proxy, &upstream, &gate, VISITORS).await;
-    let statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
-    assert_eq!(statuses, vec![200; VISITORS]);
-    let mut ids: Vec<String> = responses
-        .iter()
-        .map(|r| expect_session_cookie(r.headers()).id().to_owned())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(
-        ids.len(),
-        VISITORS,
-        "every visitor has a session of its own"
-    );
+    assert_sessions_of_their_own(&responses);
 
-    let mut keys = Vec::new();
-    for (n, node) in cluster.nodes().iter().enumerate() {
-        let ::redis::Value::Array(held) = node.command(&["KEYS", "sessiongate:*"]).await else {
-            panic!("KEYS is not an array")
-        };
-        if n == 0 {
-            assert!(
-                held.is_empty(),
-                "the node that gave its slots away holds {held:?}"
-            );
-        }
-        for key in held.iter().map(text) {
-            let ttl = node.command(&["PTTL", &key]).await;
-            assert!(
-                matches!(ttl, ::redis::Value::Int(ms) if ms > 0),
-                "{key} has no TTL: {ttl:?}"
-            );
-            let created = text(&node.command(&["HGET", &key, "m:c"]).await);
-            assert!(created.parse::<u64>().is_ok(), "{key}: m:c {created:?}");
-            keys.push(key);
-        }
-    }
+    let nodes = cluster.nodes();
+    let gone = created_sessions(&nodes[0]).await;
+    assert!(
+        gone.is_empty(),
+        "the node that gave its slots away holds {gone:?}"
+    );
+    let mut keys = created_sessions(&nodes[1]).await;
+    keys.extend(created_sessions(&nodes[2]).await);
     assert_eq!(keys.len(), VISITORS, "{keys:?}");
 }
 

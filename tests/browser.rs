@@ -447,8 +447,15 @@ async fn gate_flow(client: &Client, site: &str, attacker: &str) -> anyhow::Resul
         .await?
         .click()
         .await?;
-    wait_for(client, "#visits").await?;
-    let source = client.source().await?;
+    // The page before the click has `#visits` too: wait for the note itself.
+    let mut source = String::new();
+    for _ in 0..50 {
+        source = client.source().await?;
+        if source.contains("<code>mine</code>") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     ensure!(
         source.contains("<code>mine</code>"),
         "the same-site form post did not land"

@@ -28,12 +28,23 @@
 //! invalidations are handled in, the cache never keeps a session older than a
 //! change it was told of or made, and concurrent requests of one visitor
 //! (reads and writes alike) keep it filled with the latest.
+//!
+//! A lookup the cache cannot serve while a read of that session is in flight
+//! in the slot's epoch waits for that read ([`NearCache::join`]) and is
+//! served its answer: a burst of requests for a session another proxy just
+//! changed makes one round trip, not one each. That answer is no older than
+//! what a hit would have served when the lookup came: no invalidation had
+//! been handled since the read was sent (the epoch was the same), and its
+//! stamp is no older than what the slot held then, so this proxy's own
+//! writes answered before are in it. A read that fails or finds the session
+//! gone hands nothing on: the waiters read for themselves.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use tokio::sync::watch;
 
 use super::{SessionCount, SessionCounters, SessionId, SessionView};
 
@@ -54,7 +65,13 @@ struct Slot {
     /// until a call fills it.
     value: Option<Entry>,
     started: Instant,
+    /// The last read of this epoch sent: its answer once it is settled.
+    reading: Option<watch::Receiver<Answer>>,
 }
+
+/// What a read hands the lookups waiting for it: the session and its stamp,
+/// or nothing (not yet settled, or not found).
+type Answer = Option<(SessionView, u64)>;
 
 struct Entry {
     view: SessionView,
@@ -94,7 +111,7 @@ impl NearCache {
         if !self.active() {
             return None;
         }
-        let hit = self.slots.get(id).and_then(|slot| match &slot.value {
+        self.slots.get(id).and_then(|slot| match &slot.value {
             Some(e)
                 if Instant::now() < e.until
                     && e.view.created_ms.saturating_add(absolute_ms) > now_ms =>
@@ -102,21 +119,46 @@ impl NearCache {
                 Some(e.view.clone())
             }
             _ => None,
-        });
+        })
+    }
+
+    /// Counts a lookup: served from the cache, or with a round trip of its own.
+    pub(crate) fn count(&self, hit: bool) {
         self.counters.add(
-            if hit.is_some() {
+            if hit {
                 SessionCount::NearHit
             } else {
                 SessionCount::NearMiss
             },
             1,
         );
-        hit
     }
 
-    /// Before a read of `id` from Redis.
+    /// A read of `id` in flight in this epoch, to wait for instead of reading.
+    pub(crate) fn join(&self, id: &SessionId) -> Option<Joined> {
+        if !self.active() {
+            return None;
+        }
+        let slot = self.slots.get(id)?;
+        // A closed channel: that read is settled already.
+        let reading = (slot.reading.as_ref()).filter(|r| r.has_changed().is_ok())?;
+        Some(Joined {
+            answer: reading.clone(),
+            floor: slot.value.as_ref().map(|e| e.stamp),
+        })
+    }
+
+    /// Before a read of `id` from Redis; lookups meanwhile may wait for it.
     pub(crate) fn read(self: &Arc<Self>, id: &SessionId) -> Option<Pending> {
-        Some(self.start(id, false)?.0)
+        let (mut pending, _) = self.start(id, false)?;
+        let (settled, reading) = watch::channel(None);
+        if let Some(mut slot) = self.slots.get_mut(id) {
+            if slot.epoch == pending.epoch {
+                slot.reading = Some(reading);
+                pending.settled = Some(settled);
+            }
+        }
+        Some(pending)
     }
 
     /// Before a write of `id` to Redis. What the slot holds is still served
@@ -153,6 +195,7 @@ impl NearCache {
                     epoch,
                     value: None,
                     started: now,
+                    reading: None,
                 });
                 (self.slots.get(id)?.epoch, None)
             }
@@ -164,6 +207,7 @@ impl NearCache {
             sent: now,
             write,
             done: false,
+            settled: None,
         };
         Some((pending, base))
     }
@@ -222,6 +266,29 @@ pub(crate) struct Pending {
     sent: Instant,
     write: bool,
     done: bool,
+    /// For a read, the lookups waiting for it: told the answer when it is
+    /// filled, closed when this is dropped.
+    settled: Option<watch::Sender<Answer>>,
+}
+
+/// A wait for a read of another request's (see [`NearCache::join`]).
+pub(crate) struct Joined {
+    answer: watch::Receiver<Answer>,
+    /// The stamp the slot held when the wait began: an answer older than
+    /// that misses a write of this proxy's that was answered before.
+    floor: Option<u64>,
+}
+
+impl Joined {
+    /// The session the read found, once it is settled; `None` when it failed,
+    /// found the session gone, or found it older than the slot held.
+    pub(crate) async fn answer(mut self) -> Option<SessionView> {
+        // Ends with the answer, or with the channel closed without one.
+        let _ = self.answer.changed().await;
+        let answer = self.answer.borrow();
+        let (view, stamp) = answer.as_ref()?;
+        (self.floor.is_none_or(|f| *stamp >= f)).then(|| view.clone())
+    }
 }
 
 impl Pending {
@@ -235,6 +302,9 @@ impl Pending {
     /// As [`Pending::fill`], for a session served until `until`.
     pub(crate) fn fill_until(mut self, view: SessionView, stamp: u64, until: Instant) {
         self.done = true;
+        if let Some(settled) = &self.settled {
+            settled.send_replace(Some((view.clone(), stamp)));
+        }
         let kept = match self.cache.slots.get_mut(&self.id) {
             Some(mut slot) if slot.epoch == self.epoch => {
                 if slot.value.as_ref().is_none_or(|e| e.stamp <= stamp) {
@@ -386,6 +456,83 @@ mod tests {
             r.fill(view(7), 0, Duration::ZERO);
         }
         assert_eq!(c.get(&id, ABSOLUTE, NOW).unwrap().created_ms, 7);
+    }
+
+    /// Polls `answer` once: `None` while it still waits.
+    fn ready(
+        answer: &mut std::pin::Pin<Box<impl std::future::Future<Output = Option<SessionView>>>>,
+    ) -> Option<Option<SessionView>> {
+        let waker = std::task::Waker::noop();
+        match answer
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+        {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn a_lookup_waits_for_the_read_in_flight_and_gets_its_answer() {
+        let c = cache();
+        let id = SessionId::random();
+        assert!(c.join(&id).is_none(), "no read in flight");
+        let read = c.read(&id).unwrap();
+        let mut answer = Box::pin(c.join(&id).unwrap().answer());
+        assert!(ready(&mut answer).is_none(), "answered before the read was");
+        read.fill(view(7), 3, Duration::ZERO);
+        assert_eq!(ready(&mut answer).unwrap().unwrap().created_ms, 7);
+        // Settled: a later lookup is a hit, and has nothing to wait for.
+        assert!(c.join(&id).is_none());
+        assert_eq!(c.get(&id, ABSOLUTE, NOW).unwrap().created_ms, 7);
+    }
+
+    #[test]
+    fn a_lookup_that_came_before_an_invalidation_gets_the_answer_one_after_it_reads_itself() {
+        let c = cache();
+        let id = SessionId::random();
+        let read = c.read(&id).unwrap();
+        let mut before = Box::pin(c.join(&id).unwrap().answer());
+        c.invalidate(&id);
+        assert!(c.join(&id).is_none(), "a read of an ended epoch was joined");
+        read.fill(view(7), 3, Duration::ZERO);
+        // The reply is not kept, but the lookup that waited before the
+        // invalidation came is served it, as a hit would have been.
+        assert!(c.get(&id, ABSOLUTE, NOW).is_none());
+        assert_eq!(ready(&mut before).unwrap().unwrap().created_ms, 7);
+    }
+
+    #[test]
+    fn a_read_that_fails_or_finds_nothing_hands_nothing_on() {
+        let c = cache();
+        let id = SessionId::random();
+        let read = c.read(&id).unwrap();
+        let mut answer = Box::pin(c.join(&id).unwrap().answer());
+        read.gone();
+        assert!(matches!(ready(&mut answer), Some(None)));
+        let read = c.read(&id).unwrap();
+        let mut answer = Box::pin(c.join(&id).unwrap().answer());
+        drop(read);
+        assert!(matches!(ready(&mut answer), Some(None)));
+        assert!(c.join(&id).is_none());
+    }
+
+    #[test]
+    fn an_answer_older_than_a_write_of_this_proxys_is_not_handed_on() {
+        // A read sent before this proxy's write, answered after it: a lookup
+        // that came after the write was answered must see the write.
+        let c = cache();
+        let id = SessionId::random();
+        let read = c.read(&id).unwrap();
+        c.write(&id).unwrap().0.fill(view(2), 2, Duration::ZERO);
+        let mut answer = Box::pin(c.join(&id).unwrap().answer());
+        read.fill(view(1), 1, Duration::ZERO);
+        assert!(matches!(ready(&mut answer), Some(None)));
+        // One at the write's stamp or newer is.
+        let read = c.read(&id).unwrap();
+        let mut answer = Box::pin(c.join(&id).unwrap().answer());
+        read.fill(view(3), 3, Duration::ZERO);
+        assert_eq!(ready(&mut answer).unwrap().unwrap().created_ms, 3);
     }
 
     #[test]

@@ -1703,9 +1703,32 @@ impl SessionStore for RedisStore {
     async fn load(&self, id: &SessionId, policy: &Policy) -> Result<Lookup, StoreError> {
         let near = self.near();
         if let Some(near) = near {
-            if let Some(view) = near.get(id, ms(policy.absolute_timeout), super::now_ms()) {
+            let absolute = ms(policy.absolute_timeout);
+            if let Some(view) = near.get(id, absolute, super::now_ms()) {
+                near.count(true);
                 return Ok(Lookup::Found(view));
             }
+            // A read of this session in flight: its answer serves this request
+            // too. Its call is bounded by the same timeout, so this wait ends
+            // in time unless Redis stalled; then this request has had its
+            // time. Without an answer (the read failed, its request was
+            // dropped), this request reads for itself.
+            if let Some(read) = near.join(id) {
+                match tokio::time::timeout(self.inner.timeout, read.answer()).await {
+                    Ok(Some(view))
+                        if view.created_ms.saturating_add(absolute) > super::now_ms() =>
+                    {
+                        near.count(true);
+                        return Ok(Lookup::Found(view));
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        near.count(false);
+                        return Err(StoreError::Timeout);
+                    }
+                }
+            }
+            near.count(false);
         }
         let pending = near.and_then(|n| n.read(id));
         let key = self.key(id);

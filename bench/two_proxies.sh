@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-for tool in redis-server nginx oha curl python3; do
+for tool in redis-server redis-cli nginx oha curl python3; do
   command -v "$tool" >/dev/null || { echo "error: $tool is needed (see bench/compare.sh)" >&2; exit 1; }
 done
 
@@ -137,6 +137,10 @@ print(sum(n for s,n in d.items() if s!='200'))" "$1"; }
 requests_on() { # admin port: requests the proxy answered so far
   curl -s "127.0.0.1:$1/metrics" | awk '/^sessiongate_requests_total/ {n += $NF} END {printf "%d", n}'
 }
+scripts_run() { # scripts Redis has run (EVALSHA): reads of a session, and writes
+  redis-cli -p "$P_REDIS" info commandstats | tr -d '\r' \
+    | awk -F'[=,]' '/^cmdstat_evalsha:/ {n = $2} END {printf "%d", n}'
+}
 created_on() {
   curl -s "127.0.0.1:$1/metrics" | awk '/^sessiongate_sessions_created_total/ {printf "%d", $NF}'
 }
@@ -145,8 +149,8 @@ echo "# $(nproc) cores, oha -z $DURATION -c $CONNS; logs in $RUN" >&2
 echo
 echo "## req/s through the balancer: two proxies on one Redis × one proxy on the memory store"
 echo
-echo "| scenario | two proxies, Redis | one proxy, memory | ratio | split A / B | non-200 |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+echo "| scenario | two proxies, Redis | one proxy, memory | ratio | split A / B | non-200 | scripts in Redis per request |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
 for scenario in returning new writeback; do
   args=(--no-tui --output-format json -z "$DURATION" -c "$CONNS")
   path=/
@@ -156,14 +160,15 @@ for scenario in returning new writeback; do
     cookie=$(cookie_of "http://127.0.0.1:$lb$path")
     extra=()
     [ "$scenario" != new ] && extra=(-H "Cookie: $cookie")
-    a0=$(requests_on "$P_AA"); b0=$(requests_on "$P_BA")
+    a0=$(requests_on "$P_AA"); b0=$(requests_on "$P_BA"); s0=$(scripts_run)
     oha "${args[@]}" "${extra[@]}" "http://127.0.0.1:$lb$path" > "$RUN/$scenario.$lb.json" 2>>"$RUN/oha.err"
-    a1=$(requests_on "$P_AA"); b1=$(requests_on "$P_BA")
+    a1=$(requests_on "$P_AA"); b1=$(requests_on "$P_BA"); s1=$(scripts_run)
     got[$lb]=$(rps "$RUN/$scenario.$lb.json")
-    [ "$lb" = "$P_LB" ] && split="$((a1 - a0)) / $((b1 - b0))" && bad=$(non200 "$RUN/$scenario.$lb.json")
+    [ "$lb" = "$P_LB" ] && split="$((a1 - a0)) / $((b1 - b0))" && bad=$(non200 "$RUN/$scenario.$lb.json") \
+      && per=$(python3 -c "print(f'{($s1 - $s0) / max(1, $a1 - $a0 + $b1 - $b0):.2f}')")
   done
   ratio=$(python3 -c "print(f'{${got[$P_LB]}/${got[$P_LBM]}:.3f}')")
-  echo "| $scenario | ${got[$P_LB]} | ${got[$P_LBM]} | $ratio | $split | $bad |"
+  echo "| $scenario | ${got[$P_LB]} | ${got[$P_LBM]} | $ratio | $split | $bad | $per |"
   unset got
 done
 

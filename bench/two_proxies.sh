@@ -15,7 +15,12 @@
 #      once, again and again, with the old cookie: how long, and how many
 #      answers, B still served the destroyed session. The distribution is printed.
 #
-# Usage: bench/two_proxies.sh [--duration 5s] [--conns 64] [--rounds 300]
+# Usage: bench/two_proxies.sh [--duration 5s] [--conns 64] [--rounds 300] [--pin]
+#
+# --pin gives each of the two Redis proxies half of the machine's cores
+# (taskset), as two proxies on machines of their own would have; the proxy
+# runs one worker thread per core it may use. Without it, both run a worker
+# per core of the whole machine, twice as many threads as cores.
 # Loopback only; every load run is bounded by --duration and every loop by a
 # count; every process started is stopped on exit. Needs redis-server, nginx, oha.
 set -euo pipefail
@@ -24,15 +29,19 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=5s
 CONNS=64
 ROUNDS=300
+PIN=
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION=$2; shift 2 ;;
     --conns) CONNS=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
-    -h|--help) sed -n 2,22p "$0"; exit 0 ;;
+    --pin) PIN=1; shift ;;
+    -h|--help) sed -n 2,25p "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
+[ -n "$PIN" ] && { command -v taskset >/dev/null || { echo "error: --pin needs taskset (util-linux)" >&2; exit 1; }; }
+[ -n "$PIN" ] && [ "$(nproc)" -lt 2 ] && { echo "error: --pin needs two cores or more" >&2; exit 1; }
 for tool in redis-server redis-cli nginx oha curl python3; do
   command -v "$tool" >/dev/null || { echo "error: $tool is needed (see bench/compare.sh)" >&2; exit 1; }
 done
@@ -101,7 +110,15 @@ store: $4
 admin: { listen: "127.0.0.1:$3" }
 log: { level: warn, access: false }
 YAML
-  "$SG" --config "$RUN/$1.yaml" 2>"$RUN/$1.err" & PIDS+=($!)
+  local pin=()
+  if [ -n "$PIN" ]; then
+    local half=$(( $(nproc) / 2 ))
+    case "$1" in
+      a) pin=(taskset -c "0-$((half - 1))") ;;
+      b) pin=(taskset -c "$half-$(( $(nproc) - 1 ))") ;;
+    esac
+  fi
+  "${pin[@]}" "$SG" --config "$RUN/$1.yaml" 2>"$RUN/$1.err" & PIDS+=($!)
   wait_port "$2" "sessiongate $1"
 }
 REDIS_STORE="{ type: redis, redis: { url: \"redis://127.0.0.1:$P_REDIS\" } }"
@@ -145,7 +162,7 @@ created_on() {
   curl -s "127.0.0.1:$1/metrics" | awk '/^sessiongate_sessions_created_total/ {printf "%d", $NF}'
 }
 
-echo "# $(nproc) cores, oha -z $DURATION -c $CONNS; logs in $RUN" >&2
+echo "# $(nproc) cores, oha -z $DURATION -c $CONNS${PIN:+, each Redis proxy pinned to half the cores}; logs in $RUN" >&2
 echo
 echo "## req/s through the balancer: two proxies on one Redis × one proxy on the memory store"
 echo

@@ -112,10 +112,7 @@ impl NearCache {
             return None;
         }
         self.slots.get(id).and_then(|slot| match &slot.value {
-            Some(e)
-                if Instant::now() < e.until
-                    && e.view.created_ms.saturating_add(absolute_ms) > now_ms =>
-            {
+            Some(e) if Instant::now() < e.until && within(&e.view, absolute_ms, now_ms) => {
                 Some(e.view.clone())
             }
             _ => None,
@@ -150,15 +147,7 @@ impl NearCache {
 
     /// Before a read of `id` from Redis; lookups meanwhile may wait for it.
     pub(crate) fn read(self: &Arc<Self>, id: &SessionId) -> Option<Pending> {
-        let (mut pending, _) = self.start(id, false)?;
-        let (settled, reading) = watch::channel(None);
-        if let Some(mut slot) = self.slots.get_mut(id) {
-            if slot.epoch == pending.epoch {
-                slot.reading = Some(reading);
-                pending.settled = Some(settled);
-            }
-        }
-        Some(pending)
+        Some(self.start(id, false)?.0)
     }
 
     /// Before a write of `id` to Redis. What the slot holds is still served
@@ -175,8 +164,15 @@ impl NearCache {
             return None;
         }
         let now = Instant::now();
-        let (epoch, base) = match self.slots.get(id) {
-            Some(slot) => {
+        // A read is announced in its slot, for lookups meanwhile to wait for.
+        let (settled, reading) = if write {
+            (None, None)
+        } else {
+            let (settled, reading) = watch::channel(None);
+            (Some(settled), Some(reading))
+        };
+        let (epoch, base) = match self.slots.get_mut(id) {
+            Some(mut slot) => {
                 let base = (slot.value.as_ref())
                     .filter(|e| write && now < e.until)
                     .map(|e| Base {
@@ -184,6 +180,9 @@ impl NearCache {
                         stamp: e.stamp,
                         until: e.until,
                     });
+                if reading.is_some() {
+                    slot.reading = reading;
+                }
                 (slot.epoch, base)
             }
             None => {
@@ -191,13 +190,14 @@ impl NearCache {
                     return None;
                 }
                 let epoch = self.next.fetch_add(1, Ordering::Relaxed);
-                self.slots.entry(*id).or_insert(Slot {
+                // Another call may have opened the slot meanwhile: its epoch.
+                let slot = self.slots.entry(*id).or_insert(Slot {
                     epoch,
                     value: None,
                     started: now,
-                    reading: None,
+                    reading,
                 });
-                (self.slots.get(id)?.epoch, None)
+                (slot.epoch, None)
             }
         };
         let pending = Pending {
@@ -207,7 +207,7 @@ impl NearCache {
             sent: now,
             write,
             done: false,
-            settled: None,
+            settled,
         };
         Some((pending, base))
     }
@@ -244,6 +244,12 @@ impl NearCache {
     fn len(&self) -> usize {
         self.slots.len()
     }
+}
+
+/// Whether `view` is within `absolute_ms` of its creation at `now_ms`, by
+/// this machine's clock.
+pub(crate) fn within(view: &SessionView, absolute_ms: u64, now_ms: u64) -> bool {
+    view.created_ms.saturating_add(absolute_ms) > now_ms
 }
 
 /// A live entry, as a write found it.

@@ -59,7 +59,7 @@ use lanes::{request, request_each, Lanes, Local, LocalClient, SentinelConn, Shar
 
 use super::data::{LOGIN_IP_KEY, LOGIN_UA_KEY};
 use super::events::{Event, EventKind, EventSink, Reason};
-use super::near::{Base, NearCache};
+use super::near::{self, Base, NearCache};
 use super::{
     Applied, Changes, Inserted, Lookup, Policy, SessionCount, SessionCounters, SessionData,
     SessionId, SessionInfo, SessionStore, SessionView, StoreError, UserSession,
@@ -1715,9 +1715,7 @@ impl SessionStore for RedisStore {
             // dropped), this request reads for itself.
             if let Some(read) = near.join(id) {
                 match tokio::time::timeout(self.inner.timeout, read.answer()).await {
-                    Ok(Some(view))
-                        if view.created_ms.saturating_add(absolute) > super::now_ms() =>
-                    {
+                    Ok(Some(view)) if near::within(&view, absolute, super::now_ms()) => {
                         near.count(true);
                         return Ok(Lookup::Found(view));
                     }

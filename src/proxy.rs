@@ -1190,7 +1190,7 @@ async fn resolve_session(
         .await
         .map_err(ProxyError::Store)?;
     let live = SessionState::Live {
-        id: SessionId::random(),
+        id: state.store.new_id(),
         new: true,
         resign: false,
         created_ms: now_ms(),
@@ -1220,7 +1220,7 @@ async fn store_new(
     }
     if changes.regenerate {
         // The upstream saw the first ID; the browser gets another.
-        *id = SessionId::random();
+        *id = state.store.new_id();
     }
     let (store, policy) = (&state.store, &settings.policy);
     let data = SessionData::default().with_changes(changes);

@@ -278,6 +278,11 @@ pub trait SessionStore: Send + Sync + 'static {
         data: SessionData,
         policy: &Policy,
     ) -> impl Future<Output = Result<Inserted, StoreError>> + Send;
+    /// A fresh ID for a new session (see [`SessionId::random`]); a store may
+    /// draw it so that the sessions it creates together are stored together.
+    fn new_id(&self) -> SessionId {
+        SessionId::random()
+    }
     /// Creates a session holding `data` under a fresh random ID.
     fn create(
         &self,
@@ -287,7 +292,7 @@ pub trait SessionStore: Send + Sync + 'static {
         async move {
             // A taken ID has odds of 2^-256; a second try makes it 2^-512.
             for _ in 0..3 {
-                let id = SessionId::random();
+                let id = self.new_id();
                 match self.insert(&id, data.clone(), policy).await? {
                     Inserted::Stored => return Ok(Created::Stored(id)),
                     Inserted::TooLarge { bytes } => return Ok(Created::TooLarge { bytes }),
@@ -452,6 +457,12 @@ impl SessionStore for Store {
     }
     async fn ensure_reachable(&self) -> Result<(), StoreError> {
         each_store!(self, s => s.ensure_reachable())
+    }
+    fn new_id(&self) -> SessionId {
+        match self {
+            Store::Memory(s) => s.new_id(),
+            Store::Redis(s) => s.new_id(),
+        }
     }
     fn counters(&self) -> &Arc<SessionCounters> {
         match self {

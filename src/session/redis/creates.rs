@@ -18,19 +18,36 @@
 //!   keys must share a slot.
 //! - A batch goes in calls of at most [`MOST`] sessions, so no single
 //!   transaction holds Redis for long.
+//! - On a Cluster, a thread draws its new sessions' IDs so that those it
+//!   creates at about one time are held by one node: [`Creates::new_id`]
+//!   draws again an ID whose slot is on another node than the one the
+//!   thread's last IDs went to, for [`RUN`] IDs in a row, and then lets the
+//!   next ID's slot choose the node. A batch then mostly goes as one call, not
+//!   one per node; every node still gets new sessions in proportion to the
+//!   slots it holds.
 //! - A request dropped while it waits leaves its session created (the call
 //!   was on its way), unanswered, as a request dropped a moment later would.
 //!   The call is the spawned task's, so no other request is held by it.
 
+use std::cell::Cell;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 
-use super::super::{SessionData, StoreError};
+use super::super::{SessionData, SessionId, StoreError};
 use super::lanes::{per_thread, PerThread};
 
 /// The most sessions one call creates.
 pub(super) const MOST: usize = 64;
+
+/// How many new IDs in a row a thread draws for one node of a Cluster.
+const RUN: u16 = 64;
+
+/// How many times an ID is drawn for its node at most. With three nodes of
+/// equal share, each draw falls on the node with odds of one in three, so all
+/// miss with odds of (2/3)^32, below 10^-5; the last drawn then goes to its
+/// own node, costing a call, nothing else.
+const DRAWS: usize = 32;
 
 /// A session to create: its key, TTL (ms), creation time (Redis's clock,
 /// Unix ms) and data.
@@ -65,6 +82,15 @@ type Batch = Arc<Mutex<Vec<Waiting>>>;
 thread_local! {
     /// Each store's batch on this thread.
     static BATCHES: PerThread<Mutex<Vec<Waiting>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each store's node for this thread's new IDs (see [`Creates::new_id`]).
+    static PLACES: PerThread<Cell<Place>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The node a thread's next new IDs are drawn for, and for how many more.
+#[derive(Clone, Copy, Default)]
+struct Place {
+    node: u16,
+    left: u16,
 }
 
 /// The batches of one store, one per thread.
@@ -75,6 +101,49 @@ pub(super) struct Creates {
 }
 
 impl Creates {
+    /// A new session's ID: 32 bytes from the CSPRNG, as every ID. With `owners`
+    /// (a Cluster's map: each slot's node; see `SlotOwners::map`), an ID whose
+    /// slot (`slot_of`) is on another node than this thread's last [`RUN`] new
+    /// IDs went to is drawn again, so that sessions created together go in one
+    /// call. What that tells of an ID is which node holds it, which its slot
+    /// tells anyone who knows the map: of its 256 bits, a guess is spared
+    /// log2(nodes).
+    pub(super) fn new_id(
+        &self,
+        owners: Option<&[u16]>,
+        slot_of: impl Fn(&SessionId) -> u16,
+    ) -> SessionId {
+        let Some(owners) = owners else {
+            return SessionId::random();
+        };
+        let node_of = |id: &SessionId| owners.get(usize::from(slot_of(id))).copied();
+        let place = per_thread(&PLACES, &self.token);
+        let Place { node, left } = place.get();
+        let mut id = SessionId::random();
+        if left > 0 {
+            for _ in 1..DRAWS {
+                if node_of(&id) == Some(node) {
+                    place.set(Place {
+                        node,
+                        left: left - 1,
+                    });
+                    return id;
+                }
+                id = SessionId::random();
+            }
+        }
+        // A new run, on the node this ID's slot names: nodes are chosen in
+        // proportion to the slots they hold. A slot no node holds starts no run.
+        match node_of(&id).filter(|&n| n != u16::MAX) {
+            Some(node) => place.set(Place {
+                node,
+                left: RUN - 1,
+            }),
+            None => place.set(Place::default()),
+        }
+        id
+    }
+
     /// Creates `session` with the others of this thread's batch.
     pub(super) async fn create<S: CreateMany>(
         &self,
@@ -276,5 +345,81 @@ mod tests {
         gone.abort();
         assert!(kept.await.expect("not aborted").is_ok());
         assert_eq!(*store.calls.lock().unwrap(), vec![vec!["gone", "kept"]]);
+    }
+
+    /// A three-node map: slot `s` on node `s % 3`; an ID's slot from its
+    /// first two bytes, as a hash tag of its start makes it.
+    fn three_nodes() -> (Vec<u16>, impl Fn(&SessionId) -> u16) {
+        let map = (0..16384u16).map(|s| s % 3).collect();
+        let slot_of =
+            |id: &SessionId| u16::from_be_bytes([id.as_bytes()[0], id.as_bytes()[1]]) % 16384;
+        (map, slot_of)
+    }
+
+    #[test]
+    fn a_threads_new_ids_go_to_one_node_for_a_run_then_to_another_drawn_by_slot() {
+        let creates = Creates::default();
+        let (map, slot_of) = three_nodes();
+        let node = |id: &SessionId| map[usize::from(slot_of(id))];
+        let mut runs = Vec::new();
+        for _ in 0..30 {
+            let ids: Vec<SessionId> = (0..RUN)
+                .map(|_| creates.new_id(Some(&map), &slot_of))
+                .collect();
+            let first = node(&ids[0]);
+            // Draws may miss, with odds below 10^-5 per ID: allow one.
+            let elsewhere = ids.iter().filter(|id| node(id) != first).count();
+            assert!(elsewhere <= 1, "{elsewhere} of a run's IDs on another node");
+            runs.push(first);
+        }
+        // Each run's node is its first ID's: all three turn up in 30 runs
+        // (odds of one missing: 3 × (2/3)^30, below 10^-4).
+        for n in 0..3 {
+            assert!(runs.contains(&n), "no run on node {n}: {runs:?}");
+        }
+        // The IDs stay distinct draws.
+        let ids: std::collections::HashSet<SessionId> = (0..1000)
+            .map(|_| creates.new_id(Some(&map), &slot_of))
+            .collect();
+        assert_eq!(ids.len(), 1000);
+    }
+
+    #[test]
+    fn without_a_map_or_for_a_slot_no_node_holds_ids_are_plain_draws() {
+        let creates = Creates::default();
+        let (_, slot_of) = three_nodes();
+        let nodes = |ids: &[SessionId], map: &[u16]| -> std::collections::HashSet<u16> {
+            ids.iter().map(|id| map[usize::from(slot_of(id))]).collect()
+        };
+        let (map, _) = three_nodes();
+        let ids: Vec<SessionId> = (0..60).map(|_| creates.new_id(None, &slot_of)).collect();
+        assert_eq!(
+            nodes(&ids, &map).len(),
+            3,
+            "60 plain draws fall on all three nodes"
+        );
+        // A map that names no node for any slot starts no run.
+        let none = vec![u16::MAX; 16384];
+        let ids: Vec<SessionId> = (0..60)
+            .map(|_| creates.new_id(Some(&none), &slot_of))
+            .collect();
+        assert_eq!(nodes(&ids, &map).len(), 3);
+    }
+
+    #[test]
+    fn each_store_draws_for_a_run_of_its_own() {
+        let (map, slot_of) = three_nodes();
+        let node = |id: &SessionId| map[usize::from(slot_of(id))];
+        // Two stores on one thread: each keeps its own run, so interleaving
+        // them breaks neither.
+        let (a, b) = (Creates::default(), Creates::default());
+        let mut on_a = Vec::new();
+        let mut on_b = Vec::new();
+        for _ in 0..20 {
+            on_a.push(node(&a.new_id(Some(&map), &slot_of)));
+            on_b.push(node(&b.new_id(Some(&map), &slot_of)));
+        }
+        assert!(on_a.iter().all(|&n| n == on_a[0]), "{on_a:?}");
+        assert!(on_b.iter().all(|&n| n == on_b[0]), "{on_b:?}");
     }
 }

@@ -436,8 +436,9 @@ pub(super) struct SlotOwners {
 #[derive(Default)]
 struct Owners {
     /// A number for each slot's primary, `u16::MAX` for a slot none holds;
-    /// empty until learnt.
-    of: Vec<u16>,
+    /// empty until learnt. Shared, so that a caller can look up many slots
+    /// without holding the lock.
+    of: Arc<[u16]>,
     learnt: Option<Instant>,
     asked: Option<Instant>,
 }
@@ -471,6 +472,13 @@ impl SlotOwners {
         (owner, ask)
     }
 
+    /// The map as last learnt (each slot's primary, as [`SlotOwners::owner`]
+    /// numbers them), unless none is known.
+    pub(super) fn map(&self) -> Option<Arc<[u16]>> {
+        let owners = self.state.lock().ok()?;
+        (!owners.of.is_empty()).then(|| owners.of.clone())
+    }
+
     /// Learns the owners from `ranges`: first slot, last slot, primary.
     pub(super) fn learn(&self, ranges: &[(u16, u16, (String, u16))]) {
         let mut of = vec![u16::MAX; 16384];
@@ -493,7 +501,7 @@ impl SlotOwners {
             }
         }
         if let Ok(mut owners) = self.state.lock() {
-            owners.of = of;
+            owners.of = of.into();
             owners.learnt = Some(Instant::now());
         }
     }
@@ -502,7 +510,7 @@ impl SlotOwners {
     /// caller (after a second since the last ask).
     pub(super) fn forget(&self) {
         if let Ok(mut owners) = self.state.lock() {
-            owners.of.clear();
+            owners.of = Arc::from([]);
             owners.learnt = None;
         }
     }

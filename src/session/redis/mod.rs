@@ -1959,6 +1959,17 @@ impl SessionStore for RedisStore {
         Ok(n)
     }
 
+    /// On a Cluster, drawn for the node this thread's other new sessions go
+    /// to, once the store knows which node holds which slot (see
+    /// `creates.rs`).
+    fn new_id(&self) -> SessionId {
+        if !self.inner.cluster {
+            return SessionId::random();
+        }
+        let owners = self.inner.owners.map();
+        (self.inner.creates).new_id(owners.as_deref(), |id| self.slot(&self.key(id)))
+    }
+
     async fn ensure_reachable(&self) -> Result<(), StoreError> {
         if self.inner.reachable.load(Ordering::Relaxed) {
             return Ok(());

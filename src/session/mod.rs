@@ -102,6 +102,15 @@ impl SessionId {
         URL_SAFE_NO_PAD.encode_string(self.0, out);
     }
 
+    /// The first four characters of the encoded ID, which are its first three
+    /// bytes: the Redis store's hash tag for the session's keys.
+    pub(crate) fn head(&self) -> [u8; 4] {
+        let mut head = [0u8; 4];
+        let written = URL_SAFE_NO_PAD.encode_slice(&self.0[..3], &mut head);
+        debug_assert_eq!(written.ok(), Some(4));
+        head
+    }
+
     pub(crate) fn to_header_value(self) -> HeaderValue {
         let mut s = String::with_capacity(43);
         self.encode_into(&mut s);

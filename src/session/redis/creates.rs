@@ -45,8 +45,8 @@ const RUN: u16 = 64;
 
 /// How many times an ID is drawn for its node at most. With three nodes of
 /// equal share, each draw falls on the node with odds of one in three, so all
-/// miss with odds of (2/3)^32, below 10^-5; the last drawn then goes to its
-/// own node, costing a call, nothing else.
+/// miss with odds of (2/3)^32, below 10^-5; then the next ID starts a run on
+/// its own node, costing a call, nothing else.
 const DRAWS: usize = 32;
 
 /// A session to create: its key, TTL (ms), creation time (Redis's clock,
@@ -119,9 +119,9 @@ impl Creates {
         let node_of = |id: &SessionId| owners.get(usize::from(slot_of(id))).copied();
         let place = per_thread(&PLACES, &self.token);
         let Place { node, left } = place.get();
-        let mut id = SessionId::random();
         if left > 0 {
-            for _ in 1..DRAWS {
+            for _ in 0..DRAWS {
+                let id = SessionId::random();
                 if node_of(&id) == Some(node) {
                     place.set(Place {
                         node,
@@ -129,11 +129,11 @@ impl Creates {
                     });
                     return id;
                 }
-                id = SessionId::random();
             }
         }
         // A new run, on the node this ID's slot names: nodes are chosen in
         // proportion to the slots they hold. A slot no node holds starts no run.
+        let id = SessionId::random();
         match node_of(&id).filter(|&n| n != u16::MAX) {
             Some(node) => place.set(Place {
                 node,

@@ -150,18 +150,40 @@ async fn two_proxies_on_a_redis_cluster_share_sessions() {
     let b = Proxy::start(yaml).await;
     two_proxies_share_sessions(&a, &b, &upstream).await;
 
-    // Sessions spread over the primaries.
-    for _ in 0..30 {
-        assert_eq!(get_without_cookie(&a.url("/")).await.status(), 200);
+    // Sessions spread over the primaries, in proportion to the slots each
+    // holds (a third here). A worker draws 64 new IDs in a row for one node,
+    // then lets the next ID's slot choose the node: 3,000 new visitors make at
+    // least 46 such runs, and a node's share falls under a tenth with odds
+    // below 10^-4.
+    let (client, url) = (plain_client(), a.url("/"));
+    let (visitors, mut created) = (3000, 0);
+    for _ in 0..visitors / 50 {
+        let answers =
+            futures_util::future::join_all((0..50).map(|_| client.get(&url).send())).await;
+        for answer in answers {
+            let answer = answer.expect("GET failed");
+            assert_eq!(answer.status(), 200);
+            assert!(session_set_cookie(answer.headers()).is_some());
+            created += 1;
+        }
     }
-    let mut holding = 0;
+    assert_eq!(created, visitors);
+    let mut held = Vec::new();
     for node in cluster.nodes() {
         let ::redis::Value::Int(keys) = node.command(&["DBSIZE"]).await else {
             panic!("DBSIZE is not a number")
         };
-        holding += usize::from(keys > 0);
+        held.push(keys);
     }
-    assert!(holding >= 2, "every session landed on one node");
+    assert_eq!(held.len(), 3);
+    assert!(
+        held.iter().sum::<i64>() >= visitors,
+        "sessions are missing: {held:?}"
+    );
+    assert!(
+        held.iter().all(|&keys| keys >= visitors / 10),
+        "the sessions did not spread over the nodes: {held:?}"
+    );
 }
 
 /// An app that writes its whole session back on every response (as PHP does)

@@ -3,22 +3,15 @@
 //! A proxy worker's runtime runs the tasks that are ready in turn, so the
 //! requests of many new visitors reach the point of creating their session
 //! within one pass. Each adds its session to its thread's batch and waits for
-//! the answer; the first to find no call of its thread's in flight spawns the
-//! task that sends it, which runs after the requests already ready. One
-//! transaction then creates every session of the batch, and each request gets
-//! its answer.
+//! the answer; the first to find the batch empty spawns the task that sends
+//! it, which runs after the requests already ready. One transaction then
+//! creates every session of the batch, and each request gets its answer.
 //!
 //! - For the proxy, one call is made and answered per batch instead of one
 //!   per session; for one Redis, one `MULTI`/`EXEC` wraps them all.
-//! - A thread has one call in flight at a time (on a Cluster, one round of
-//!   calls, one per node): the sessions that come while it is on its way wait
-//!   for its answer and then go together as the next batch. Redis is woken
-//!   once per call, and waking it costs more than creating a session (on this
-//!   project's 2-core test machine, about 35 µs of its CPU against 3 µs), so
-//!   under load the batches grow with the load instead of the calls. A
-//!   session created alone goes alone, one task hop later; one that comes
-//!   while a call is in flight waits at most that call's time besides its
-//!   own (under a Redis that does not answer, twice `store.redis.timeout`).
+//! - Nothing waits for anything but its own call: a batch goes as soon as the
+//!   requests ready with it have added theirs, while earlier batches are
+//!   still in flight. A session created alone goes alone, one task hop later.
 //! - On a Cluster, a call goes to one node: a batch goes as one call per node
 //!   (as the store last learnt which node holds which slot), and there each
 //!   slot's sessions are a transaction of their own, since a transaction's
@@ -84,19 +77,11 @@ struct Waiting {
     answer: oneshot::Sender<Result<(), StoreError>>,
 }
 
-/// A thread's sessions to create for one store, and whether its sender (the
-/// task that sends them, one call at a time) runs.
-#[derive(Default)]
-struct Queue {
-    waiting: Vec<Waiting>,
-    sending: bool,
-}
-
-type Batch = Arc<Mutex<Queue>>;
+type Batch = Arc<Mutex<Vec<Waiting>>>;
 
 thread_local! {
     /// Each store's batch on this thread.
-    static BATCHES: PerThread<Mutex<Queue>> = const { std::cell::RefCell::new(Vec::new()) };
+    static BATCHES: PerThread<Mutex<Vec<Waiting>>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Each store's node for this thread's new IDs (see [`Creates::new_id`]).
     static PLACES: PerThread<Cell<Place>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -167,12 +152,12 @@ impl Creates {
     ) -> Result<(), StoreError> {
         let (answer, answered) = oneshot::channel();
         let batch = per_thread(&BATCHES, &self.token);
-        let start = {
-            let mut queue = batch.lock().unwrap_or_else(PoisonError::into_inner);
-            queue.waiting.push(Waiting { session, answer });
-            !std::mem::replace(&mut queue.sending, true)
+        let first = {
+            let mut waiting = batch.lock().unwrap_or_else(PoisonError::into_inner);
+            waiting.push(Waiting { session, answer });
+            waiting.len() == 1
         };
-        if start {
+        if first {
             tokio::spawn(send(store.clone(), batch));
         }
         answered.await.unwrap_or_else(|_| {
@@ -183,51 +168,10 @@ impl Creates {
     }
 }
 
-/// Sends the batch, then, while sessions came meanwhile, the next: per node
-/// on a Cluster, at most [`MOST`] per call, a batch's calls at once.
+/// Takes the batch and creates its sessions: per node on a Cluster, at most
+/// [`MOST`] per call, the calls at once.
 async fn send<S: CreateMany>(store: S, batch: Batch) {
-    let mut sender = Sender {
-        batch,
-        running: true,
-    };
-    loop {
-        let waiting = {
-            let mut queue = sender.lock();
-            if queue.waiting.is_empty() {
-                queue.sending = false;
-                drop(queue);
-                sender.running = false;
-                return;
-            }
-            std::mem::take(&mut queue.waiting)
-        };
-        send_one(&store, waiting).await;
-    }
-}
-
-/// The running sender of a batch. Dropped while it runs (its runtime ended),
-/// it lets the next session start a sender of its own.
-struct Sender {
-    batch: Batch,
-    running: bool,
-}
-
-impl Sender {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.batch.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Drop for Sender {
-    fn drop(&mut self) {
-        if self.running {
-            self.lock().sending = false;
-        }
-    }
-}
-
-/// Creates the sessions of `waiting` and answers each.
-async fn send_one<S: CreateMany>(store: &S, waiting: Vec<Waiting>) {
+    let waiting = std::mem::take(&mut *batch.lock().unwrap_or_else(PoisonError::into_inner));
     let mut groups: Vec<(Option<u32>, Vec<Waiting>)> = Vec::new();
     for w in waiting {
         let call = store.call_of(&w.session.key);
@@ -239,13 +183,16 @@ async fn send_one<S: CreateMany>(store: &S, waiting: Vec<Waiting>) {
             None => groups.push((call, vec![w])),
         }
     }
-    let calls = groups.into_iter().map(|(_, group)| async move {
-        let (sessions, answers): (Vec<_>, Vec<_>) =
-            group.into_iter().map(|w| (w.session, w.answer)).unzip();
-        let results = store.create_many(&sessions).await;
-        // A missing answer reads as "ended unanswered".
-        for (answer, result) in answers.into_iter().zip(results) {
-            let _ = answer.send(result);
+    let calls = groups.into_iter().map(|(_, group)| {
+        let store = store.clone();
+        async move {
+            let (sessions, answers): (Vec<_>, Vec<_>) =
+                group.into_iter().map(|w| (w.session, w.answer)).unzip();
+            let results = store.create_many(&sessions).await;
+            // A missing answer reads as "ended unanswered".
+            for (answer, result) in answers.into_iter().zip(results) {
+                let _ = answer.send(result);
+            }
         }
     });
     futures_util::future::join_all(calls).await;
@@ -338,54 +285,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sessions_that_come_while_a_call_is_in_flight_go_together_after_it() {
+    async fn a_batch_goes_while_the_one_before_is_in_flight() {
         let (creates, store) = (Arc::new(Creates::default()), Fake::default());
         let first = create_all(&creates, &store, &["a", "b"]);
-        // The first batch's call is in flight (it takes 20 ms) while these come,
-        // each at a moment of its own.
-        let later = [(5, "c"), (8, "d"), (12, "e")].map(|(ms, key)| {
-            let (creates, store) = (creates.clone(), store.clone());
-            async move {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                create_all(&creates, &store, &[key]).await
-            }
-        });
-        let (first, later) = tokio::join!(first, futures_util::future::join_all(later));
-        assert_eq!(first, vec![Ok(()); 2]);
-        assert_eq!(later, vec![vec![Ok(())]; 3]);
-        assert_eq!(
-            *store.calls.lock().unwrap(),
-            vec![vec!["a", "b"], vec!["c", "d", "e"]]
-        );
-        assert_eq!(store.most_at_once.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn a_sender_whose_runtime_ended_holds_back_no_later_session() {
-        let (creates, store) = (Arc::new(Creates::default()), Fake::default());
-        let runtime = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .unwrap()
+        let second = async {
+            // The first batch's call is in flight (it takes 20 ms).
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            create_all(&creates, &store, &["c"]).await
         };
-        // The call is in flight when its runtime ends: the sender goes with it.
-        let ended = runtime().block_on(async {
-            let creating = create_all(&creates, &store, &["a"]);
-            tokio::time::timeout(Duration::from_millis(5), creating).await
-        });
-        assert!(ended.is_err(), "the call was answered within 5 ms");
-        // On this thread, with a runtime of its own, the next session goes.
-        let answers = runtime().block_on(async {
-            let creating = create_all(&creates, &store, &["b"]);
-            tokio::time::timeout(Duration::from_secs(2), creating).await
-        });
-        assert_eq!(
-            answers,
-            Ok(vec![Ok(())]),
-            "the session waited for a sender gone"
-        );
-        assert_eq!(*store.calls.lock().unwrap(), vec![vec!["a"], vec!["b"]]);
+        let (first, second) = tokio::join!(first, second);
+        assert_eq!((first.len(), second), (2, vec![Ok(())]));
+        assert_eq!(store.most_at_once.load(Ordering::SeqCst), 2);
+        assert_eq!(store.calls.lock().unwrap().len(), 2);
     }
 
     #[tokio::test]

@@ -600,11 +600,24 @@ mod tests {
             ("session:\n  secrets: [\"{S}\"]\nupstream:\n  ca_file: ca.pem\n", "upstream.ca_file"),
             ("session:\n  secrets: [\"{S}\"]\nadmin:\n  listen: 0.0.0.0:9091\n", "admin.listen"),
             ("session:\n  secrets: [\"{S}\"]\nstore:\n  type: redis\n  redis:\n    url: http://r\n", "store.redis.url"),
+            ("session:\n  secrets: [\"{S}\"]\nstore:\n  type: redis\n  redis:\n    cluster: true\n    key_prefix: \"app{1}:\"\n", "store.redis.key_prefix"),
+            ("session:\n  secrets: [\"{S}\"]\nstore:\n  type: redis\n  redis:\n    nodes: [\"redis://a:7000\"]\n    key_prefix: \"app{\"\n", "store.redis.key_prefix"),
             ("session:\n  secrets: [\"{S}\", \"\"]\n", "session.secrets[1]"),
         ] {
             let (_, _, named, msg) = invalid(&yaml.replace("{S}", SECRET));
             assert_eq!(named, key, "{msg}");
         }
+    }
+
+    #[test]
+    fn a_brace_in_the_key_prefix_is_refused_on_a_cluster_only() {
+        let redis = "store:\n  type: redis\n  redis:\n    key_prefix: \"app{1}:\"\n";
+        let one = parse(&format!("session:\n  secrets: [\"{SECRET}\"]\n{redis}")).unwrap();
+        assert_eq!(one.store.redis.key_prefix, "app{1}:");
+        let cluster = format!("session:\n  secrets: [\"{SECRET}\"]\n{redis}    cluster: true\n");
+        let (line, _, key, message) = invalid(&cluster);
+        assert_eq!((line, key.as_str()), (6, "store.redis.key_prefix"));
+        assert!(message.contains("one slot"), "{message}");
     }
 
     #[test]

@@ -137,6 +137,17 @@ impl RawStore {
                     }
                 }
             }
+            // Each key's hash tag is the session ID's head, which spreads the
+            // sessions over a Cluster's slots; a brace in the prefix would take
+            // the tag's place.
+            let cluster = r.cluster || !r.nodes.is_empty();
+            if cluster && r.key_prefix.0.contains(['{', '}']) {
+                return Err(src.error(
+                    "store.redis.key_prefix",
+                    "may not hold { or } on a Redis Cluster: a hash tag in the prefix \
+                     would put every session in one slot, on one node",
+                ));
+            }
             let url = r.url.0.as_str();
             if !["redis://", "rediss://", "unix://"]
                 .iter()

@@ -94,6 +94,8 @@ impl RawStore {
     /// directory must exist.
     pub(super) fn validate(&self, src: &Source<'_>) -> Result<StoreConfig, ConfigError> {
         let r = &self.redis;
+        // `nodes` name a Cluster's seed nodes, so they make it one too.
+        let cluster = r.cluster || !r.nodes.is_empty();
         if self.kind == StoreType::Redis {
             for (i, node) in r.nodes.iter().enumerate() {
                 if !(node.0.starts_with("redis://") || node.0.starts_with("rediss://")) {
@@ -104,7 +106,7 @@ impl RawStore {
                 }
             }
             if let Some(sentinel) = &r.sentinel {
-                if r.cluster || !r.nodes.is_empty() {
+                if cluster {
                     return Err(src.error(
                         "store.redis.sentinel",
                         "a Redis Cluster fails over by itself: use sentinel or cluster, not both",
@@ -140,7 +142,6 @@ impl RawStore {
             // Each key's hash tag is the session ID's head, which spreads the
             // sessions over a Cluster's slots; a brace in the prefix would take
             // the tag's place.
-            let cluster = r.cluster || !r.nodes.is_empty();
             if cluster && r.key_prefix.0.contains(['{', '}']) {
                 return Err(src.error(
                     "store.redis.key_prefix",
@@ -177,7 +178,7 @@ impl RawStore {
                 url: r.url.0.clone(),
                 key_prefix: r.key_prefix.0.clone(),
                 timeout: r.timeout.0,
-                cluster: r.cluster,
+                cluster,
                 nodes: r.nodes.iter().map(|n| n.0.clone()).collect(),
                 sentinel: r.sentinel.as_ref().map(|s| SentinelConfig {
                     master: s.master.0.clone(),

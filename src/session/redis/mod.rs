@@ -281,9 +281,10 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// The longest a round trip may take; past it the request gets `503`.
     pub timeout: Duration,
-    /// `url` (or `nodes`) names a Redis Cluster.
+    /// `url` and `nodes` name a Redis Cluster: `store.redis.cluster`, or
+    /// `nodes` given (the config sets it so).
     pub cluster: bool,
-    /// Cluster seed nodes; when set, the store is a Cluster.
+    /// Cluster seed nodes.
     pub nodes: Vec<String>,
     /// The master is found through Redis Sentinel, and followed after a failover.
     pub sentinel: Option<SentinelConfig>,
@@ -612,7 +613,7 @@ impl RedisStore {
             // The process-wide rustls provider; a no-op when the TLS listener set it.
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         }
-        let cluster = r.cluster || !r.nodes.is_empty();
+        let cluster = r.cluster;
         let counters: Arc<SessionCounters> = Arc::default();
         // With the near cache, connections speak RESP3, and what Redis pushes on
         // them (invalidations, and the client's own word of a lost connection)

@@ -357,6 +357,98 @@ async fn new_visitors_answered_at_once_are_created_in_few_transactions() {
     );
 }
 
+/// A steady flow of new visitors is handed sessions each worker made ahead
+/// in Redis: every visitor keeps its session when it comes back, one whose
+/// first page wrote to its session keeps what was written, and the flow costs
+/// Redis far fewer transactions than visitors. What was made and not handed
+/// out is bounded.
+#[tokio::test]
+async fn a_flow_of_new_visitors_is_handed_sessions_made_ahead_and_keeps_them() {
+    let test = "a_flow_of_new_visitors_is_handed_sessions_made_ahead_and_keeps_them";
+    let Some(redis) = RedisServer::start(test).await else {
+        return;
+    };
+    let (upstream, proxy) = uncached_proxy(&redis).await;
+    const VISITORS: usize = 3_000;
+    // Every 50th visitor's first page writes to its session.
+    let writes = |i: usize| i.is_multiple_of(50);
+    let client = plain_client();
+    // The first quarter second's visitors show the flow; those after a
+    // thousand are counted.
+    const COUNTED_FROM: usize = 1_000;
+    let mut before = 0;
+    let mut cookies = Vec::with_capacity(VISITORS);
+    let all: Vec<usize> = (0..VISITORS).collect();
+    for chunk in all.chunks(20) {
+        if chunk[0] == COUNTED_FROM {
+            before = redis.calls("exec").await;
+        }
+        let answers = futures_util::future::join_all(chunk.iter().map(|&i| {
+            let url = match writes(i) {
+                true => proxy.url(&format!("/?set=n%3D{i}")),
+                false => proxy.url("/"),
+            };
+            client.get(url).send()
+        }))
+        .await;
+        for answer in answers {
+            let answer = answer.expect("a new visitor is answered");
+            assert_eq!(answer.status(), 200);
+            cookies.push(expect_session_cookie(answer.headers()).pair());
+        }
+    }
+    let transactions = redis.calls("exec").await - before;
+    assert_eq!(cookies.len(), VISITORS);
+    let distinct: std::collections::HashSet<&String> = cookies.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        VISITORS,
+        "every visitor has a session of its own"
+    );
+    // Stored one by one, or in batches of the few answered at one moment,
+    // they took hundreds of transactions.
+    let counted = VISITORS - COUNTED_FROM;
+    assert!(
+        before > 0 && transactions > 0 && transactions < (counted / 10) as u64,
+        "{counted} new visitors took {transactions} transactions"
+    );
+
+    // Each comes back: its session is found (no new cookie), with its data.
+    for chunk in all.chunks(20) {
+        let answers = futures_util::future::join_all(chunk.iter().map(|&i| {
+            client
+                .get(proxy.url("/"))
+                .header("cookie", &cookies[i])
+                .send()
+        }))
+        .await;
+        for (&i, answer) in chunk.iter().zip(answers) {
+            let answer = answer.expect("a returning visitor is answered");
+            assert_eq!(answer.status(), 200, "visitor {i}");
+            assert!(
+                session_set_cookie(answer.headers()).is_none(),
+                "visitor {i} was given a new session"
+            );
+            let body = answer.text().await.expect("body");
+            let expected = if writes(i) {
+                format!("n={i}")
+            } else {
+                String::new()
+            };
+            assert_eq!(body, expected, "visitor {i}'s session data");
+        }
+    }
+    assert_eq!(upstream.count(), 2 * VISITORS);
+
+    // Redis holds every visitor's session, and at most a few calls' worth
+    // (64 a worker thread) made ahead and not handed out.
+    let keys = created_sessions(&redis).await.len();
+    assert!(
+        (VISITORS..=VISITORS + 4 * 64).contains(&keys),
+        "{keys} sessions in Redis for {VISITORS} visitors"
+    );
+}
+
 /// An app that holds every answer until `gate` lets it go.
 async fn held_app() -> (Gate, Upstream) {
     let gate = Gate::new();

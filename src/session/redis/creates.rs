@@ -70,6 +70,10 @@ pub(super) trait CreateMany: Clone + Send + Sync + 'static {
     /// Which call can carry the creation of the session stored at `key`: on
     /// one Redis any (`None`); on a Cluster, that of the node holding its slot.
     fn call_of(&self, key: &str) -> Option<u32>;
+
+    /// A new session's ID, drawn as any new visitor's, and its key: for
+    /// sessions made ahead (see `ready.rs`).
+    fn spare(&self) -> (SessionId, String);
 }
 
 struct Waiting {
@@ -226,6 +230,11 @@ mod tests {
 
         fn call_of(&self, key: &str) -> Option<u32> {
             self.cluster.then(|| u32::from(key.as_bytes()[0]))
+        }
+
+        fn spare(&self) -> (SessionId, String) {
+            let id = SessionId::random();
+            (id, id.to_string())
         }
     }
 

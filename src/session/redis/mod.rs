@@ -50,10 +50,12 @@ use redis::{
 mod combine;
 mod creates;
 mod lanes;
+mod ready;
 mod sentinel;
 
 use combine::{Combiner, WriteOne};
 use creates::{CreateMany, Creates, NewSession};
+use ready::Ready;
 
 use lanes::{request, request_each, Lanes, Local, LocalClient, SentinelConn, Shards, SlotOwners};
 
@@ -414,6 +416,8 @@ struct Inner {
     combiner: Combiner,
     /// New sessions, created in batches.
     creates: Creates,
+    /// New sessions made ahead, for a flow of new visitors.
+    ready: Ready,
     /// On a Cluster, which node holds which slot, for those batches.
     owners: SlotOwners,
     /// How the request path's calls reach Redis.
@@ -734,6 +738,7 @@ impl RedisStore {
                 near,
                 combiner: Combiner::default(),
                 creates: Creates::default(),
+                ready: Ready::default(),
                 owners: SlotOwners::default(),
                 lanes,
                 master,
@@ -795,6 +800,20 @@ impl RedisStore {
 
     fn key(&self, id: &SessionId) -> String {
         session_key(&self.inner.prefix, id)
+    }
+
+    /// A new session's ID. On a Cluster, drawn for the node this thread's
+    /// other new sessions go to, once the store knows which node holds which
+    /// slot (see `creates.rs`).
+    fn draw_id(&self) -> SessionId {
+        if !self.inner.cluster {
+            return SessionId::random();
+        }
+        let owners = self.inner.owners.map();
+        // The slot of the key's hash tag, the ID's head (see `key`), without
+        // building the key for every draw. A prefix holding a tag of its own
+        // puts every session in one slot, where the drawing changes nothing.
+        (self.inner.creates).new_id(owners.as_deref(), |id| lanes::key_slot(&id.head()))
     }
 
     fn tombstone(key: &str) -> String {
@@ -1690,6 +1709,11 @@ impl CreateMany for RedisStore {
         // Unknown: the slot's own call.
         Some(owner.map_or(0x1_0000 | u32::from(slot), u32::from))
     }
+
+    fn spare(&self) -> (SessionId, String) {
+        let id = self.draw_id();
+        (id, self.key(&id))
+    }
 }
 
 impl SessionStore for RedisStore {
@@ -1811,14 +1835,23 @@ impl SessionStore for RedisStore {
             self.index(true, user, &[*id]).await?;
         }
         // The times are Redis's clock, as this proxy last measured it.
-        let session = NewSession {
-            key: self.key(id),
-            ttl: ms(policy.idle_timeout.saturating_add(Duration::from_secs(1)))
-                .min(ms(policy.absolute_timeout)),
-            now: self.redis_now_ms(),
-            data,
-        };
-        inner.creates.create(self, session).await?;
+        let ttl = ms(policy.idle_timeout.saturating_add(Duration::from_secs(1)))
+            .min(ms(policy.absolute_timeout));
+        let now = self.redis_now_ms();
+        // One made ahead and handed to this request is stored already, as
+        // long as the response wrote nothing to it (see `ready.rs`).
+        let made = inner.ready.stored(id, ttl);
+        if !(made && data.is_empty()) {
+            let key = self.key(id);
+            let session = NewSession {
+                key,
+                ttl,
+                now,
+                data,
+            };
+            inner.creates.create(self, session).await?;
+        }
+        inner.ready.count(self, ttl, now);
         inner.counters.add(SessionCount::Created, 1);
         inner
             .events
@@ -1952,18 +1985,10 @@ impl SessionStore for RedisStore {
         Ok(n)
     }
 
-    /// On a Cluster, drawn for the node this thread's other new sessions go
-    /// to, once the store knows which node holds which slot (see
-    /// `creates.rs`).
+    /// A session made ahead on this thread, while one is fresh (see
+    /// `ready.rs`); else drawn as [`RedisStore::draw_id`] draws.
     fn new_id(&self) -> SessionId {
-        if !self.inner.cluster {
-            return SessionId::random();
-        }
-        let owners = self.inner.owners.map();
-        // The slot of the key's hash tag, the ID's head (see `key`), without
-        // building the key for every draw. A prefix holding a tag of its own
-        // puts every session in one slot, where the drawing changes nothing.
-        (self.inner.creates).new_id(owners.as_deref(), |id| lanes::key_slot(&id.head()))
+        self.inner.ready.take().unwrap_or_else(|| self.draw_id())
     }
 
     async fn ensure_reachable(&self) -> Result<(), StoreError> {

@@ -19,9 +19,10 @@
 //!   the session is stored as any new one, which overwrites what was made.
 //! - The ID is drawn from the CSPRNG as every ID, and never handed out twice.
 //!   One handed to a request that then failed, or made and not handed out in
-//!   time, stays in Redis, empty, until the idle timeout: at most [`MOST`] per
-//!   thread when a flow of new visitors stops, as a visitor who never came
-//!   back leaves.
+//!   time, stays in Redis, empty, until the idle timeout, as a visitor who
+//!   never came back leaves: when a flow of new visitors stops, fewer than
+//!   half of [`MOST`] left and one call's worth made on top of them, so fewer
+//!   than 96 per thread.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -33,7 +34,7 @@ use super::creates::{CreateMany, NewSession, MOST};
 use super::lanes::{per_thread, PerThread};
 
 /// How long a session made ahead may wait to be handed out and stored.
-pub(super) const FRESH: Duration = Duration::from_secs(1);
+const FRESH: Duration = Duration::from_secs(1);
 
 /// The span over which a thread's flow of new sessions is counted.
 const WINDOW: Duration = Duration::from_millis(250);
@@ -113,9 +114,9 @@ impl Ready {
     /// (Redis's clock), in one call of their own.
     pub(super) fn count<S: CreateMany>(&self, store: &S, ttl: u64, now_ms: u64) {
         let shelf = per_thread(&SHELVES, &self.token);
+        let now = Instant::now();
         let want = {
             let mut s = shelf.borrow_mut();
-            let now = Instant::now();
             match s.window {
                 Some(start) if now.duration_since(start) < WINDOW => {}
                 start => {
@@ -135,7 +136,6 @@ impl Ready {
             want
         };
         // Those that one call can carry: the first one's.
-        let at = Instant::now();
         let mut call = None;
         let mut ids = Vec::with_capacity(want);
         let mut sessions = Vec::with_capacity(want);
@@ -160,7 +160,8 @@ impl Ready {
             let mut s = shelf.borrow_mut();
             s.making = None;
             let made = ids.into_iter().zip(answers).filter(|(_, a)| a.is_ok());
-            s.fresh.extend(made.map(|(id, _)| Made { id, ttl, at }));
+            s.fresh
+                .extend(made.map(|(id, _)| Made { id, ttl, at: now }));
         });
     }
 }

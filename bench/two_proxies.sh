@@ -4,7 +4,10 @@
 #
 #   1. req/s of returning visitors, new visitors and write-backs through the two
 #      Redis proxies, against one proxy on the memory store behind the same
-#      balancer, in the same run (the ratio is the figure to read);
+#      balancer, in the same run (the ratio is the figure to read); for new
+#      visitors also against two memory-store proxies (the same work, as a new
+#      visitor needs no shared store); and the CPU each process used per
+#      request in each;
 #   2. lost writes: while oha writes to one session through both proxies, 8
 #      writers each write their own key of that same session, one value after
 #      another, alternating proxies; every acknowledged value must be what the
@@ -60,9 +63,9 @@ if [ -n "${SESSIONGATE_BIN:-}" ]; then SG=$SESSIONGATE_BIN; else
   SG="$ROOT/target/release/sessiongate"
 fi
 
-read -r P_REDIS P_UP P_A P_B P_MEM P_LB P_LBM P_AA P_BA P_MA < <(python3 - <<'PY'
+read -r P_REDIS P_UP P_A P_B P_MEM P_LB P_LBM P_AA P_BA P_MA P_MEM2 P_MA2 P_LBM2 < <(python3 - <<'PY'
 import socket
-socks = [socket.socket() for _ in range(10)]
+socks = [socket.socket() for _ in range(13)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))
@@ -80,6 +83,7 @@ wait_port() { # port name
 
 redis-server --port "$P_REDIS" --bind 127.0.0.1 --save '' --appendonly no \
   --dir "$RUN" --logfile "$RUN/redis.log" & PIDS+=($!)
+REDIS_PID=$!
 wait_port "$P_REDIS" redis-server
 
 # The application: echoes the session's data; /w/K/V writes K=V; /write writes
@@ -101,6 +105,7 @@ CONF
 nginx -p "$RUN" -c "$RUN/upstream.conf" 2>>"$RUN/upstream.err" & PIDS+=($!)
 wait_port "$P_UP" "the upstream nginx"
 
+declare -A PID_OF=()
 proxy() { # name port admin store-yaml
   cat > "$RUN/$1.yaml" <<YAML
 listen: 127.0.0.1:$2
@@ -119,12 +124,14 @@ YAML
     esac
   fi
   "${pin[@]}" "$SG" --config "$RUN/$1.yaml" 2>"$RUN/$1.err" & PIDS+=($!)
+  PID_OF[$1]=$!
   wait_port "$2" "sessiongate $1"
 }
 REDIS_STORE="{ type: redis, redis: { url: \"redis://127.0.0.1:$P_REDIS\" } }"
 proxy a "$P_A" "$P_AA" "$REDIS_STORE"
 proxy b "$P_B" "$P_BA" "$REDIS_STORE"
 proxy mem "$P_MEM" "$P_MA" "{ type: memory }"
+proxy mem2 "$P_MEM2" "$P_MA2" "{ type: memory }"
 
 # The balancers: round robin over A and B; the same in front of the memory proxy.
 cat > "$RUN/lb.conf" <<CONF
@@ -136,6 +143,9 @@ http {
   upstream one { server 127.0.0.1:$P_MEM; keepalive 128; }
   server { listen 127.0.0.1:$P_LB; keepalive_requests 10000000;
     location / { proxy_pass http://two; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  upstream two_memory { server 127.0.0.1:$P_MEM; server 127.0.0.1:$P_MEM2; keepalive 128; }
+  server { listen 127.0.0.1:$P_LBM2; keepalive_requests 10000000;
+    location / { proxy_pass http://two_memory; proxy_http_version 1.1; proxy_set_header Connection ""; } }
   server { listen 127.0.0.1:$P_LBM; keepalive_requests 10000000;
     location / { proxy_pass http://one; proxy_http_version 1.1; proxy_set_header Connection ""; } }
 }
@@ -158,6 +168,14 @@ scripts_run() { # scripts Redis has run (EVALSHA): reads of a session, and write
   redis-cli -p "$P_REDIS" info commandstats | tr -d '\r' \
     | awk -F'[=,]' '/^cmdstat_evalsha:/ {n = $2} END {printf "%d", n}'
 }
+ticks() { # pids: CPU ticks (user + system) they have used so far
+  local t=0 p
+  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$t"
+}
+us_per() { # ticks requests: microseconds of CPU per request
+  python3 -c "print(f'{$1 / $(getconf CLK_TCK) * 1e6 / max(1, $2):.1f}')"
+}
 created_on() {
   curl -s "127.0.0.1:$1/metrics" | awk '/^sessiongate_sessions_created_total/ {printf "%d", $NF}'
 }
@@ -166,28 +184,56 @@ echo "# $(nproc) cores, oha -z $DURATION -c $CONNS${PIN:+, each Redis proxy pinn
 echo
 echo "## req/s through the balancer: two proxies on one Redis × one proxy on the memory store"
 echo
-echo "| scenario | two proxies, Redis | one proxy, memory | ratio | split A / B | non-200 | scripts in Redis per request |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+NGINX_WORKERS=$(pgrep -P "$(cat "$RUN/upstream.pid")" | tr '\n' ' ')$(pgrep -P "$(cat "$RUN/lb.pid")" | tr '\n' ' ')
+CPU_ROWS=()
+echo "| scenario | two proxies, Redis | one proxy, memory | ratio | two proxies, memory | ratio to them | split A / B | non-200 | scripts in Redis per request |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for scenario in returning new writeback; do
   args=(--no-tui --output-format json -z "$DURATION" -c "$CONNS")
   path=/
   [ "$scenario" = writeback ] && path=/write
-  declare -A got=()
-  for lb in "$P_LBM" "$P_LB"; do
+  declare -A got=() cpu=()
+  # New visitors need no shared store: two memory-store proxies behind the
+  # same balancer do the same work, and tell the second process's own cost
+  # from Redis's.
+  lbs=("$P_LBM" "$P_LB")
+  [ "$scenario" = new ] && lbs=("$P_LBM" "$P_LBM2" "$P_LB")
+  for lb in "${lbs[@]}"; do
     cookie=$(cookie_of "http://127.0.0.1:$lb$path")
     extra=()
     [ "$scenario" != new ] && extra=(-H "Cookie: $cookie")
+    case $lb in
+      "$P_LB") proxies=("${PID_OF[a]}" "${PID_OF[b]}") ;;
+      "$P_LBM2") proxies=("${PID_OF[mem]}" "${PID_OF[mem2]}") ;;
+      *) proxies=("${PID_OF[mem]}") ;;
+    esac
     a0=$(requests_on "$P_AA"); b0=$(requests_on "$P_BA"); s0=$(scripts_run)
+    c0=$(ticks "${proxies[@]}"); r0=$(ticks "$REDIS_PID"); n0=$(ticks $NGINX_WORKERS)
     oha "${args[@]}" "${extra[@]}" "http://127.0.0.1:$lb$path" > "$RUN/$scenario.$lb.json" 2>>"$RUN/oha.err"
+    c1=$(ticks "${proxies[@]}"); r1=$(ticks "$REDIS_PID"); n1=$(ticks $NGINX_WORKERS)
     a1=$(requests_on "$P_AA"); b1=$(requests_on "$P_BA"); s1=$(scripts_run)
+    done_n=$(python3 -c "import json,sys; print(sum(json.load(open(sys.argv[1]))['statusCodeDistribution'].values()))" "$RUN/$scenario.$lb.json")
+    cpu[$lb]="$(us_per $((c1 - c0)) "$done_n") | $(us_per $((r1 - r0)) "$done_n") | $(us_per $((n1 - n0)) "$done_n")"
     got[$lb]=$(rps "$RUN/$scenario.$lb.json")
     [ "$lb" = "$P_LB" ] && split="$((a1 - a0)) / $((b1 - b0))" && bad=$(non200 "$RUN/$scenario.$lb.json") \
       && per=$(python3 -c "print(f'{($s1 - $s0) / max(1, $a1 - $a0 + $b1 - $b0):.2f}')")
   done
   ratio=$(python3 -c "print(f'{${got[$P_LB]}/${got[$P_LBM]}:.3f}')")
-  echo "| $scenario | ${got[$P_LB]} | ${got[$P_LBM]} | $ratio | $split | $bad | $per |"
-  unset got
+  two="—" ratio2="—" cpu2="— | — | —"
+  if [ -n "${got[$P_LBM2]:-}" ]; then
+    two=${got[$P_LBM2]} cpu2=${cpu[$P_LBM2]}
+    ratio2=$(python3 -c "print(f'{${got[$P_LB]}/${got[$P_LBM2]}:.3f}')")
+  fi
+  echo "| $scenario | ${got[$P_LB]} | ${got[$P_LBM]} | $ratio | $two | $ratio2 | $split | $bad | $per |"
+  CPU_ROWS+=("| $scenario | ${cpu[$P_LB]} | ${cpu[$P_LBM]} | $cpu2 |")
+  unset got cpu
 done
+echo
+echo "CPU per request, µs (from /proc; nginx is the balancer's and the application's workers; the machine is shared, so a process's figure grows when it is woken for fewer requests at a time):"
+echo
+echo "| scenario | two proxies, Redis: sessiongate (both) | Redis | nginx | one proxy, memory: sessiongate | Redis | nginx | two proxies, memory: sessiongate (both) | Redis | nginx |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+printf '%s\n' "${CPU_ROWS[@]}"
 
 # --- 2. lost writes -------------------------------------------------------------
 COOKIE=$(cookie_of "http://127.0.0.1:$P_LB/w/n/1")

@@ -133,7 +133,8 @@ proxy b "$P_B" "$P_BA" "$REDIS_STORE"
 proxy mem "$P_MEM" "$P_MA" "{ type: memory }"
 proxy mem2 "$P_MEM2" "$P_MA2" "{ type: memory }"
 
-# The balancers: round robin over A and B; the same in front of the memory proxy.
+# The balancers: round robin over A and B; over the two memory-store proxies;
+# and the same in front of the one memory-store proxy.
 cat > "$RUN/lb.conf" <<CONF
 worker_processes auto; daemon off; pid $RUN/lb.pid; error_log $RUN/lb.err warn;
 events { worker_connections 4096; }
@@ -161,6 +162,9 @@ non200() { python3 -c "
 import json,sys
 d=json.load(open(sys.argv[1]))['statusCodeDistribution']
 print(sum(n for s,n in d.items() if s!='200'))" "$1"; }
+answered() { python3 -c "
+import json,sys
+print(sum(json.load(open(sys.argv[1]))['statusCodeDistribution'].values()))" "$1"; }
 requests_on() { # admin port: requests the proxy answered so far
   curl -s "127.0.0.1:$1/metrics" | awk '/^sessiongate_requests_total/ {n += $NF} END {printf "%d", n}'
 }
@@ -173,8 +177,12 @@ ticks() { # pids: CPU ticks (user + system) they have used so far
   for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
   echo "$t"
 }
+TICK=$(getconf CLK_TCK)
 us_per() { # ticks requests: microseconds of CPU per request
-  python3 -c "print(f'{$1 / $(getconf CLK_TCK) * 1e6 / max(1, $2):.1f}')"
+  python3 -c "print(f'{$1 / $TICK * 1e6 / max(1, $2):.1f}')"
+}
+ratio() { # a b: a / b, to three places
+  python3 -c "print(f'{$1 / $2:.3f}')"
 }
 created_on() {
   curl -s "127.0.0.1:$1/metrics" | awk '/^sessiongate_sessions_created_total/ {printf "%d", $NF}'
@@ -212,17 +220,17 @@ for scenario in returning new writeback; do
     oha "${args[@]}" "${extra[@]}" "http://127.0.0.1:$lb$path" > "$RUN/$scenario.$lb.json" 2>>"$RUN/oha.err"
     c1=$(ticks "${proxies[@]}"); r1=$(ticks "$REDIS_PID"); n1=$(ticks $NGINX_WORKERS)
     a1=$(requests_on "$P_AA"); b1=$(requests_on "$P_BA"); s1=$(scripts_run)
-    done_n=$(python3 -c "import json,sys; print(sum(json.load(open(sys.argv[1]))['statusCodeDistribution'].values()))" "$RUN/$scenario.$lb.json")
+    done_n=$(answered "$RUN/$scenario.$lb.json")
     cpu[$lb]="$(us_per $((c1 - c0)) "$done_n") | $(us_per $((r1 - r0)) "$done_n") | $(us_per $((n1 - n0)) "$done_n")"
     got[$lb]=$(rps "$RUN/$scenario.$lb.json")
     [ "$lb" = "$P_LB" ] && split="$((a1 - a0)) / $((b1 - b0))" && bad=$(non200 "$RUN/$scenario.$lb.json") \
       && per=$(python3 -c "print(f'{($s1 - $s0) / max(1, $a1 - $a0 + $b1 - $b0):.2f}')")
   done
-  ratio=$(python3 -c "print(f'{${got[$P_LB]}/${got[$P_LBM]}:.3f}')")
+  ratio=$(ratio "${got[$P_LB]}" "${got[$P_LBM]}")
   two="—" ratio2="—" cpu2="— | — | —"
   if [ -n "${got[$P_LBM2]:-}" ]; then
     two=${got[$P_LBM2]} cpu2=${cpu[$P_LBM2]}
-    ratio2=$(python3 -c "print(f'{${got[$P_LB]}/${got[$P_LBM2]}:.3f}')")
+    ratio2=$(ratio "${got[$P_LB]}" "${got[$P_LBM2]}")
   fi
   echo "| $scenario | ${got[$P_LB]} | ${got[$P_LBM]} | $ratio | $two | $ratio2 | $split | $bad | $per |"
   CPU_ROWS+=("| $scenario | ${cpu[$P_LB]} | ${cpu[$P_LBM]} | $cpu2 |")

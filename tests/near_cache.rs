@@ -535,3 +535,105 @@ async fn lookups_at_once_after_a_change_elsewhere_cost_one_read() {
         assert_eq!(hits(&b) - hits_before, 19);
     }
 }
+
+/// A change another proxy made while this proxy's write was on its way to
+/// Redis: the invalidation reaches this proxy before its write's answer, yet
+/// the write ran after the change, so its answer is the session as it now is
+/// and stays in the cache (the write's fence, on a channel of the
+/// connection's own, says so). The next lookup is a hit, and shows both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_ran_after_a_change_announced_meanwhile_stays_cached() {
+    let Some((redis, p, a)) =
+        one_proxy("a_write_that_ran_after_a_change_announced_meanwhile_stays_cached").await
+    else {
+        return;
+    };
+    let b = store(&redis.url(), Vec::new(), &p, true).await;
+    for round in 1..=3 {
+        // A session of its own each round: an entry lives a second at most
+        // after the session's last refresh.
+        let id = create(&a, &[]).await;
+        cache_fresh(&b, &id).await;
+        let invalidated = b.counters().get(SessionCount::NearInvalidated);
+        // Another writer changes the session as a proxy would (a data field
+        // and the stamp), then keeps Redis busy for 300 ms: B's write, sent
+        // meanwhile, runs after it, and the invalidation waits in Redis's
+        // output to B until then, ahead of the write's answer.
+        let change = format!(
+            "redis.call('HSET', KEYS[1], 'd:x', '{round}') \
+             redis.call('HINCRBY', KEYS[1], 'm:v', 1) \
+             local t = redis.call('TIME') \
+             repeat local n = redis.call('TIME') \
+             until (n[1] - t[1]) * 1000000 + (n[2] - t[2]) > 300000 \
+             return 1"
+        );
+        let k = key(&p, &id);
+        let eval = ["EVAL", &change, "1", &k];
+        let (_, applied) = tokio::join!(redis.command(&eval), async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let write = set(&format!("y={round}"));
+            b.apply(&id, &write, &POLICY).await
+        });
+        assert_eq!(applied.expect("store answers"), Applied::Stored);
+        assert!(
+            b.counters().get(SessionCount::NearInvalidated) > invalidated,
+            "round {round}: B was not told of the change"
+        );
+        let (hits_before, scripts_before) = (hits(&b), redis.evalsha_calls().await);
+        let seen = shown(&b, &id).await;
+        assert!(
+            seen.contains(&format!("x={round}")) && seen.contains(&format!("y={round}")),
+            "round {round}: B shows {seen:?}"
+        );
+        assert_eq!(
+            hits(&b),
+            hits_before + 1,
+            "round {round}: not from B's cache"
+        );
+        assert_eq!(redis.evalsha_calls().await, scripts_before);
+    }
+}
+
+/// A Redis user whose ACL allows no channel: the connections of the near
+/// cache have no fence channel, and everything else works as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_user_without_channels_still_gets_the_near_cache() {
+    let Some(redis) =
+        RedisServer::start("a_redis_user_without_channels_still_gets_the_near_cache").await
+    else {
+        return;
+    };
+    redis
+        .command(&[
+            "ACL",
+            "SETUSER",
+            "nochannels",
+            "on",
+            ">pw-0123456789",
+            "~*",
+            "+@all",
+            "resetchannels",
+        ])
+        .await;
+    let url = redis
+        .url()
+        .replacen("redis://", "redis://nochannels:pw-0123456789@", 1);
+    let p = prefix();
+    let (a, b) = (
+        store(&url, Vec::new(), &p, true).await,
+        store(&url, Vec::new(), &p, true).await,
+    );
+    let id = create(&a, &[("color", "blue")]).await;
+    cache_fresh(&b, &id).await;
+    assert_eq!(
+        a.apply(&id, &set("color=green"), &POLICY).await.unwrap(),
+        Applied::Stored
+    );
+    seen_at_once(&b, &id, "color=green&seen=1", "a write through A").await;
+    assert_eq!(
+        b.apply(&id, &set("size=9"), &POLICY).await.unwrap(),
+        Applied::Stored
+    );
+    cache_fresh(&b, &id).await;
+    assert_eq!(shown(&a, &id).await, "color=green&seen=1&size=9");
+}

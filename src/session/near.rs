@@ -29,6 +29,18 @@
 //! change it was told of or made, and concurrent requests of one visitor
 //! (reads and writes alike) keep it filled with the latest.
 //!
+//! One reply may be kept across an invalidation: a write of this proxy's
+//! that found the session changed by another (so read it whole) publishes a
+//! fence, `<stamp> <key>`, on a channel only its own connection subscribes
+//! to, in the same script. Redis writes the invalidations of the changes that
+//! ran before the script onto that connection before the fence, and those of
+//! the changes after it after, and the connection hands them to the cache in
+//! that order ([`NearCache::fence`]). A fence handled in the slot's current
+//! epoch therefore says the session was at that stamp after every change the
+//! cache was told of, and no change since: a reply at that very stamp is kept
+//! whatever epoch its call started in. Only that stamp: a reply at an older
+//! one may predate a change announced before the fence.
+//!
 //! A lookup the cache cannot serve while a read of that session is in flight
 //! in the slot's epoch waits for that read ([`NearCache::join`]) and is
 //! served its answer: a burst of requests for a session another proxy just
@@ -67,6 +79,8 @@ struct Slot {
     started: Instant,
     /// The last read of this epoch sent: its answer once it is settled.
     reading: Option<watch::Receiver<Answer>>,
+    /// The stamp of the last fence handled in this epoch (see the module).
+    fenced: Option<u64>,
 }
 
 /// What a read hands the lookups waiting for it: the session and its stamp,
@@ -196,6 +210,7 @@ impl NearCache {
                     value: None,
                     started: now,
                     reading,
+                    fenced: None,
                 });
                 (slot.epoch, None)
             }
@@ -214,6 +229,31 @@ impl NearCache {
 
     fn remove(&self, id: &SessionId) {
         self.slots.remove(id);
+    }
+
+    /// A write of this proxy's left `id` at `stamp`, and every invalidation
+    /// of a change before it has been handled (see the module): a reply at
+    /// that stamp may fill the slot in this epoch, opened here if need be.
+    pub(crate) fn fence(&self, id: &SessionId, stamp: u64) {
+        if !self.active() {
+            return;
+        }
+        if let Some(mut slot) = self.slots.get_mut(id) {
+            slot.fenced = Some(stamp);
+            return;
+        }
+        if self.slots.len() >= MAX_ENTRIES {
+            return;
+        }
+        let epoch = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut slot = self.slots.entry(*id).or_insert(Slot {
+            epoch,
+            value: None,
+            started: Instant::now(),
+            reading: None,
+            fenced: None,
+        });
+        slot.fenced = Some(stamp);
     }
 
     /// Redis says `key` changed: forgets it.
@@ -312,7 +352,7 @@ impl Pending {
             settled.send_replace(Some((view.clone(), stamp)));
         }
         let kept = match self.cache.slots.get_mut(&self.id) {
-            Some(mut slot) if slot.epoch == self.epoch => {
+            Some(mut slot) if slot.epoch == self.epoch || slot.fenced == Some(stamp) => {
                 if slot.value.as_ref().is_none_or(|e| e.stamp <= stamp) {
                     slot.value = Some(Entry { view, until, stamp });
                 }
@@ -434,6 +474,56 @@ mod tests {
         let write = c.write(&id).unwrap().0;
         drop(write);
         assert!(c.get(&id, ABSOLUTE, NOW).is_none());
+    }
+
+    #[test]
+    fn a_fenced_write_is_kept_across_an_invalidation_that_came_before_its_fence() {
+        // Another proxy's change, announced while this proxy's write was in
+        // flight, ran before the write: the fence comes after the invalidation.
+        let c = cache();
+        let id = SessionId::random();
+        c.read(&id).unwrap().fill(view(1), 1, Duration::ZERO);
+        let write = c.write(&id).unwrap().0;
+        c.invalidate(&id);
+        c.fence(&id, 3);
+        write.fill(view(3), 3, Duration::ZERO);
+        assert_eq!(c.get(&id, ABSOLUTE, NOW).unwrap().created_ms, 3);
+        // With the slot still open when the fence comes, likewise.
+        let write = c.write(&id).unwrap().0;
+        c.invalidate(&id);
+        c.read(&id).unwrap();
+        c.fence(&id, 5);
+        write.fill(view(5), 5, Duration::ZERO);
+        assert_eq!(c.get(&id, ABSOLUTE, NOW).unwrap().created_ms, 5);
+    }
+
+    #[test]
+    fn a_fence_keeps_nothing_after_a_later_invalidation_or_at_another_stamp() {
+        // The change came after the write: its invalidation after the fence.
+        let c = cache();
+        let id = SessionId::random();
+        let write = c.write(&id).unwrap().0;
+        c.fence(&id, 3);
+        c.invalidate(&id);
+        write.fill(view(3), 3, Duration::ZERO);
+        assert!(c.get(&id, ABSOLUTE, NOW).is_none());
+        // A read that ran before a change announced before the fence answers
+        // an older stamp: not kept, though the fence is of this epoch.
+        let read = c.read(&id).unwrap();
+        c.invalidate(&id);
+        c.fence(&id, 7);
+        read.fill(view(5), 5, Duration::ZERO);
+        assert!(c.get(&id, ABSOLUTE, NOW).is_none());
+        // Nor a newer stamp the fence did not vouch for.
+        let write = c.write(&id).unwrap().0;
+        c.invalidate(&id);
+        c.fence(&id, 7);
+        write.fill(view(8), 8, Duration::ZERO);
+        assert!(c.get(&id, ABSOLUTE, NOW).is_none());
+        // A fence on an inactive cache opens nothing.
+        let off = Arc::new(NearCache::new(Arc::default()));
+        off.fence(&id, 1);
+        assert!(off.get(&id, ABSOLUTE, NOW).is_none());
     }
 
     #[test]

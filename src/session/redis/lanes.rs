@@ -4,6 +4,7 @@
 //! a connection (one Redis, a Cluster, the master the Sentinels name) and one
 //! way to send a unit of commands on it.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -15,20 +16,21 @@ use redis::{Cmd, RedisError, RedisResult, Value};
 use super::sentinel::Master;
 use crate::session::near::NearCache;
 
-/// Sends `cmds` as one unit and returns the reply to the last of them. With
-/// `track`, the keys they read are tracked on the connection they run on, so
-/// the near cache hears of every change to them (see [`Lanes`] for which
-/// connection that is).
+/// Sends the commands `cmds` builds as one unit and returns the reply to the
+/// last of them. With `track`, the keys they read are tracked on the
+/// connection they run on, so the near cache hears of every change to them
+/// (see [`Lanes`] for which connection that is); `cmds` is then given that
+/// connection's fence channel, when it has one (see [`Shards`]).
 pub(super) async fn request(
     lanes: &Lanes,
-    cmds: Vec<Cmd>,
+    cmds: impl FnOnce(Option<&str>) -> Vec<Cmd>,
     track: bool,
     key: &[u8],
 ) -> RedisResult<Value> {
     let replies = match (track, &lanes.shards) {
         (true, Some(shards)) => shards.call(cmds, key).await,
         // Only the near cache asks for tracking, and it comes with shards.
-        _ => lanes.local.call(cmds, key).await,
+        _ => lanes.local.call(cmds(None), key).await,
     };
     last_reply(replies?)
 }
@@ -94,32 +96,58 @@ pub(super) struct Lanes {
 /// near cache (`Forget`), and its loss empties the cache. On one Redis,
 /// tracking is turned on as it opens; on a Cluster, whose node connections
 /// come and go inside the client, before every call.
+///
+/// On one Redis (and on Sentinel's master), each connection also subscribes
+/// to a channel of its own, `fences` followed by a number no other connection
+/// of this process had: the channel a write on it publishes its fence on (see
+/// the near cache). A Redis whose ACL refuses the subscription leaves the
+/// connection without one, and its writes publish nothing.
 pub(super) struct Shards {
     /// With the `Forget` push sender.
     client: LocalClient,
     near: Arc<NearCache>,
     shards: Vec<Slot>,
+    /// The start of every fence channel's name; `None` on a Cluster.
+    fences: Option<String>,
 }
 
 impl Shards {
-    pub(super) fn new(client: LocalClient, near: Arc<NearCache>) -> Shards {
+    pub(super) fn new(client: LocalClient, near: Arc<NearCache>, fences: Option<String>) -> Shards {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         Shards {
             client,
             near,
             shards: (0..n).map(|_| Slot::default()).collect(),
+            fences,
         }
     }
 
-    /// Sends `cmds` as one unit on the connection of `key`'s shard; the reply
-    /// to each.
-    async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Vec<Value>> {
+    /// Sends the commands `cmds` builds as one unit on the connection of
+    /// `key`'s shard, given its fence channel; the reply to each.
+    async fn call(
+        &self,
+        cmds: impl FnOnce(Option<&str>) -> Vec<Cmd>,
+        key: &[u8],
+    ) -> RedisResult<Vec<Value>> {
         let shard = &self.shards[usize::from(key_slot(key)) % self.shards.len()];
-        shard
-            .call(&self.client, true, Some(&self.near), cmds, key)
-            .await
+        let track = Track {
+            near: &self.near,
+            fences: self.fences.as_deref(),
+        };
+        shard.call(&self.client, Some(track), cmds, key).await
     }
 }
+
+/// What a connection of [`Shards`] is opened with: tracking on, for `near`,
+/// and a fence channel under `fences`.
+#[derive(Clone, Copy)]
+struct Track<'a> {
+    near: &'a NearCache,
+    fences: Option<&'a str>,
+}
+
+/// Numbers the fence channels of this process.
+static FENCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// One connection, opened by the first call that needs it and again after it
 /// failed or its master moved; calls that come meanwhile wait for it.
@@ -137,6 +165,8 @@ pub(super) struct Opened {
     /// Of the master it goes to (see [`LocalClient::epoch`]).
     epoch: u64,
     pub(super) conn: LocalConn,
+    /// The channel this connection alone subscribes to (see [`Shards`]).
+    fence: Option<Arc<str>>,
 }
 
 impl Slot {
@@ -146,12 +176,13 @@ impl Slot {
     }
 
     /// The connection, opened first when there is none for `epoch`; with
-    /// `track`, on one Redis, tracking keys from its first command.
-    pub(super) async fn get(
+    /// `track`, on one Redis, tracking keys from its first command and
+    /// subscribed to a fence channel, when one is named.
+    async fn get(
         &self,
         client: &LocalClient,
         epoch: u64,
-        track: bool,
+        track: Option<Track<'_>>,
     ) -> RedisResult<Opened> {
         if let Some(o) = self.current(epoch) {
             return Ok(o);
@@ -161,19 +192,32 @@ impl Slot {
             return Ok(o);
         }
         let (epoch, mut conn) = client.open().await?;
-        if let (true, LocalConn::Single(c)) = (track, &mut conn) {
+        let mut fence = None;
+        if let (Some(track), LocalConn::Single(c)) = (track, &mut conn) {
             redis::cmd("CLIENT")
                 .arg("TRACKING")
                 .arg("ON")
                 .arg("NOLOOP")
                 .query_async::<()>(c)
                 .await?;
+            if let Some(fences) = track.fences {
+                let channel = format!("{fences}{}", FENCES.fetch_add(1, Ordering::Relaxed));
+                match c.subscribe(&channel).await {
+                    Ok(()) => fence = Some(Arc::from(channel)),
+                    // Refused (an ACL without the channel): no fences here.
+                    Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
+                        tracing::debug!(error = %e, "no fence channel on a near-cache connection");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         *generation += 1;
         let opened = Opened {
             generation: *generation,
             epoch,
             conn,
+            fence,
         };
         if let Ok(mut current) = self.current.lock() {
             *current = Some(opened.clone());
@@ -201,25 +245,26 @@ impl Slot {
         }
     }
 
-    /// Sends `cmds` as one unit on this slot's connection, opened first when
-    /// there is none (see [`Slot::get`]), and returns the reply to each; after
-    /// a failure, as [`Slot::failed`] says.
+    /// Sends the commands `cmds` builds, given the connection's fence channel,
+    /// as one unit on this slot's connection, opened first when there is none
+    /// (see [`Slot::get`]), and returns the reply to each; after a failure, as
+    /// [`Slot::failed`] says.
     async fn call(
         &self,
         client: &LocalClient,
-        track: bool,
-        near: Option<&NearCache>,
-        cmds: Vec<Cmd>,
+        track: Option<Track<'_>>,
+        cmds: impl FnOnce(Option<&str>) -> Vec<Cmd>,
         key: &[u8],
     ) -> RedisResult<Vec<Value>> {
         let epoch = client.epoch().await;
         let mut opened = self.get(client, epoch, track).await?;
+        let cmds = cmds(opened.fence.as_deref());
         // On a Cluster, tracking goes before every call (see [`Shards`]).
-        let track = track && matches!(opened.conn, LocalConn::Cluster(_));
-        match opened.conn.send(cmds, track, key).await {
+        let cluster_track = track.is_some() && matches!(opened.conn, LocalConn::Cluster(_));
+        match opened.conn.send(cmds, cluster_track, key).await {
             Ok(values) => Ok(values),
             Err(e) => {
-                self.failed(&opened, &e, near);
+                self.failed(&opened, &e, track.map(|t| t.near));
                 Err(e)
             }
         }
@@ -247,7 +292,7 @@ impl SentinelConn {
     /// The connection to use now; waits out a switch of master.
     pub(super) async fn get(&self) -> RedisResult<Opened> {
         let epoch = self.client.epoch().await;
-        self.slot.get(&self.client, epoch, false).await
+        self.slot.get(&self.client, epoch, None).await
     }
 
     /// After `opened` answered `e` (see [`Slot::failed`]).
@@ -417,7 +462,7 @@ impl Local {
     /// The reply to each.
     async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Vec<Value>> {
         (per_thread(&LOCAL, &self.token))
-            .call(&self.client, false, None, cmds, key)
+            .call(&self.client, None, |_| cmds, key)
             .await
     }
 }

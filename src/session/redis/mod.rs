@@ -117,8 +117,8 @@ return fields
 /// KEYS: session, new session, tombstone of the session.
 /// ARGV: max bytes, idle ms, absolute ms, grace ms, regenerate (0/1), the user
 /// field ('' for none), number of removals, the state wanted back (0/1), the
-/// stamp the caller holds the session at ('' for none), the removed keys, then
-/// set key, value, ...
+/// stamp the caller holds the session at ('' for none), the fence channel (''
+/// for none), the removed keys, then set key, value, ...
 /// Returns {0} missing, {1, 0, user before, user after} stored, {1, 1, user
 /// before, user after} regenerated, {2, bytes} too large, {3} new ID taken,
 /// {4} stored at the stamp given. The new ID is fresh (2^-232 odds of meeting
@@ -135,6 +135,9 @@ return fields
 /// `d:` fields), and its last refresh (`m:s`, Unix ms; -1 when unknown). The
 /// key is read last, so it stays tracked (see `LOAD`). Only a regeneration
 /// asks Redis the time: `TIME` is among the dearest calls a script makes.
+/// With a fence channel, a write that read the session whole (it was not at
+/// the stamp given) and did not move it publishes `<stamp> <key>` there last:
+/// the near cache's fence (see `near`).
 ///
 /// The size is that of the `x-www-form-urlencoded` form `SessionData` builds: every
 /// byte outside `[A-Za-z0-9-_.* ]` takes three.
@@ -142,12 +145,12 @@ const APPLY: &str = r#"
 local key = KEYS[1]
 local regenerate = ARGV[5] == '1'
 local nrem = tonumber(ARGV[7])
-local first_set = 10 + nrem
+local first_set = 11 + nrem
 -- Removals, then sets, and the stamp raised to `stamp`.
 local function write(stamp)
   if nrem > 0 then
     local del = {}
-    for i = 10, first_set - 1 do del[#del + 1] = 'd:' .. ARGV[i] end
+    for i = 11, first_set - 1 do del[#del + 1] = 'd:' .. ARGV[i] end
     redis.call('HDEL', key, unpack(del))
   end
   local set = {'m:v', string.format('%d', stamp)}
@@ -196,7 +199,7 @@ if nrem > 0 or first_set <= #ARGV then
     local f = fields[i]
     if string.sub(f, 1, 2) == 'd:' then data[string.sub(f, 3)] = fields[i + 1] end
   end
-  for i = 10, first_set - 1 do data[ARGV[i]] = nil end
+  for i = 11, first_set - 1 do data[ARGV[i]] = nil end
   for i = first_set, #ARGV, 2 do data[ARGV[i]] = ARGV[i + 1] end
   -- Three bytes a byte at most: counted exactly only when that is too many.
   local size, n = 0, 0
@@ -253,6 +256,9 @@ if ARGV[8] == '1' then
   end
   r[5] = state
   r[6] = seen or -1
+  if ARGV[10] ~= '' and not regenerate then
+    redis.call('PUBLISH', ARGV[10], string.format('%d', stamp) .. ' ' .. key)
+  end
 end
 return r
 "#;
@@ -487,20 +493,22 @@ fn evalsha(script: &Script, keys: &[&[u8]]) -> Cmd {
     cmd
 }
 
-/// Runs `call`, an `EVALSHA` of `script`, as [`request`] does. Loads the script
-/// and tries again when Redis does not have it.
+/// Runs `call`, an `EVALSHA` of `script`, as [`request`] does (given the fence
+/// channel of the connection it goes on, if any). Loads the script and tries
+/// again when Redis does not have it.
 async fn eval(
     c: &mut Conn,
     lanes: &Lanes,
     script: &Script,
     track: bool,
     key: &[u8],
-    call: impl Fn() -> Cmd,
+    call: impl Fn(Option<&str>) -> Cmd,
 ) -> RedisResult<Value> {
-    match request(lanes, vec![call()], track, key).await {
+    let cmds = |fence: Option<&str>| vec![call(fence)];
+    match request(lanes, cmds, track, key).await {
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
             script.prepare_invoke().load_async(c).await?;
-            request(lanes, vec![call()], track, key).await
+            request(lanes, cmds, track, key).await
         }
         other => other,
     }
@@ -508,7 +516,8 @@ async fn eval(
 
 /// Hands what Redis pushes to the near cache, as the connection reads it: an
 /// invalidated session is forgotten; a flush (no keys) or a lost connection
-/// forgets them all.
+/// forgets them all; a fence (a message on a connection's own channel, see
+/// `APPLY`) is handed on.
 #[derive(Clone)]
 struct Forget {
     near: Arc<NearCache>,
@@ -529,11 +538,37 @@ impl redis::aio::AsyncPushSender for Forget {
                 _ => self.near.clear(),
             },
             PushKind::Disconnection => self.near.clear(),
+            PushKind::Message => {
+                if let Some((id, stamp)) = self.fence_of(&push.data) {
+                    self.near.fence(&id, stamp);
+                }
+            }
             _ => {}
         }
         Ok(())
     }
 }
+
+impl Forget {
+    /// The session and stamp of a fence: `[channel, "<stamp> <key>"]`, on a
+    /// channel of this prefix's fences.
+    fn fence_of(&self, data: &[Value]) -> Option<(SessionId, u64)> {
+        let [channel, payload] = data else {
+            return None;
+        };
+        let channel = bytes_of(channel)?.strip_prefix(self.prefix.as_bytes())?;
+        if !channel.starts_with(FENCES) {
+            return None;
+        }
+        let payload = bytes_of(payload)?;
+        let space = payload.iter().position(|b| *b == b' ')?;
+        let stamp = std::str::from_utf8(&payload[..space]).ok()?.parse().ok()?;
+        Some((id_of(&self.prefix, &payload[space + 1..])?, stamp))
+    }
+}
+
+/// What the fence channels' names start with, after the key prefix.
+const FENCES: &[u8] = b"fence:";
 
 /// The lowest major version of Redis an `INFO server` answer names (one per
 /// node on a Cluster).
@@ -714,11 +749,24 @@ impl RedisStore {
                 ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?;
             (Conn::Single(manager), local, shard)
         };
+        // Fence channels, on one Redis and on Sentinel's master: named after
+        // the key prefix and a number of this process's own, so no other
+        // proxy's connection subscribes to one of them.
+        let fences = (!cluster).then(|| {
+            let mut process = [0u8; 8];
+            getrandom::fill(&mut process).expect("the operating system's random source failed");
+            format!(
+                "{}{}{:016x}:",
+                r.key_prefix,
+                String::from_utf8_lossy(FENCES),
+                u64::from_le_bytes(process)
+            )
+        });
         let lanes = Lanes {
             local: Local::new(local),
             shards: shard
                 .zip(near.clone())
-                .map(|(c, near)| Shards::new(c, near)),
+                .map(|(c, near)| Shards::new(c, near, fences)),
         };
         let store = RedisStore {
             inner: Arc::new(Inner {
@@ -1508,7 +1556,7 @@ impl WriteOne for RedisStore {
                         &inner.apply,
                         track,
                         key.as_bytes(),
-                        || {
+                        |fence| {
                             let mut call = evalsha(
                                 &inner.apply,
                                 &[key.as_bytes(), new_key.as_bytes(), tombstone.as_bytes()],
@@ -1525,6 +1573,7 @@ impl WriteOne for RedisStore {
                                 Some(stamp) => call.arg(stamp),
                                 None => call.arg(""),
                             };
+                            call.arg(fence.unwrap_or(""));
                             for a in args {
                                 call.arg(*a);
                             }
@@ -1759,7 +1808,7 @@ impl SessionStore for RedisStore {
                     &inner.load,
                     track,
                     key.as_bytes(),
-                    || {
+                    |_| {
                         let mut call =
                             evalsha(&inner.load, &[key.as_bytes(), tombstone.as_bytes()]);
                         call.arg(ms(policy.idle_timeout))

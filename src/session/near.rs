@@ -39,7 +39,9 @@
 //! epoch therefore says the session was at that stamp after every change the
 //! cache was told of, and no change since: a reply at that very stamp is kept
 //! whatever epoch its call started in. Only that stamp: a reply at an older
-//! one may predate a change announced before the fence.
+//! one may predate a change announced before the fence. A reply handled
+//! before its fence (a Redis that sends a script's own message after its
+//! answer) is judged without it, as before.
 //!
 //! A lookup the cache cannot serve while a read of that session is in flight
 //! in the slot's epoch waits for that read ([`NearCache::join`]) and is

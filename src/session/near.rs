@@ -201,21 +201,7 @@ impl NearCache {
                 }
                 (slot.epoch, base)
             }
-            None => {
-                if self.slots.len() >= MAX_ENTRIES {
-                    return None;
-                }
-                let epoch = self.next.fetch_add(1, Ordering::Relaxed);
-                // Another call may have opened the slot meanwhile: its epoch.
-                let slot = self.slots.entry(*id).or_insert(Slot {
-                    epoch,
-                    value: None,
-                    started: now,
-                    reading,
-                    fenced: None,
-                });
-                (slot.epoch, None)
-            }
+            None => (self.open(id, now, reading)?.epoch, None),
         };
         let pending = Pending {
             cache: self.clone(),
@@ -240,22 +226,34 @@ impl NearCache {
         if !self.active() {
             return;
         }
-        if let Some(mut slot) = self.slots.get_mut(id) {
+        let slot = match self.slots.get_mut(id) {
+            Some(slot) => Some(slot),
+            None => self.open(id, Instant::now(), None),
+        };
+        if let Some(mut slot) = slot {
             slot.fenced = Some(stamp);
-            return;
         }
+    }
+
+    /// A slot of a new epoch for `id`, unless the cache is full. Another call
+    /// may have opened one meanwhile: that one, in its epoch.
+    fn open(
+        &self,
+        id: &SessionId,
+        now: Instant,
+        reading: Option<watch::Receiver<Answer>>,
+    ) -> Option<dashmap::mapref::one::RefMut<'_, SessionId, Slot>> {
         if self.slots.len() >= MAX_ENTRIES {
-            return;
+            return None;
         }
         let epoch = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut slot = self.slots.entry(*id).or_insert(Slot {
+        Some(self.slots.entry(*id).or_insert(Slot {
             epoch,
             value: None,
-            started: Instant::now(),
-            reading: None,
+            started: now,
+            reading,
             fenced: None,
-        });
-        slot.fenced = Some(stamp);
+        }))
     }
 
     /// Redis says `key` changed: forgets it.

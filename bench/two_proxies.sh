@@ -6,8 +6,9 @@
 #      Redis proxies, against one proxy on the memory store behind the same
 #      balancer, in the same run (the ratio is the figure to read); for new
 #      visitors also against two memory-store proxies (the same work, as a new
-#      visitor needs no shared store); and the CPU each process used per
-#      request in each;
+#      visitor needs no shared store); the CPU each process used per
+#      request in each; and how often the two proxies' near caches read
+#      Redis, per request and per invalidation the other proxy caused;
 #   2. lost writes: while oha writes to one session through both proxies, 8
 #      writers each write their own key of that same session, one value after
 #      another, alternating proxies; every acknowledged value must be what the
@@ -184,6 +185,10 @@ us_per() { # ticks requests: microseconds of CPU per request
 ratio() { # a b: a / b, to three places
   python3 -c "print(f'{$1 / $2:.3f}')"
 }
+near_on() { # admin port: the near cache's misses (lookups that read Redis) and invalidations so far
+  curl -s "127.0.0.1:$1/metrics" | awk '/^sessiongate_near_cache_misses_total/ {m = $NF}
+    /^sessiongate_near_cache_invalidations_total/ {i = $NF} END {printf "%d %d", m, i}'
+}
 created_on() {
   curl -s "127.0.0.1:$1/metrics" | awk '/^sessiongate_sessions_created_total/ {printf "%d", $NF}'
 }
@@ -194,6 +199,7 @@ echo "## req/s through the balancer: two proxies on one Redis × one proxy on th
 echo
 NGINX_WORKERS=$(pgrep -P "$(cat "$RUN/upstream.pid")" | tr '\n' ' ')$(pgrep -P "$(cat "$RUN/lb.pid")" | tr '\n' ' ')
 CPU_ROWS=()
+NEAR_ROWS=()
 echo "| scenario | two proxies, Redis | one proxy, memory | ratio | two proxies, memory | ratio to them | split A / B | non-200 | scripts in Redis per request |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for scenario in returning new writeback; do
@@ -216,15 +222,20 @@ for scenario in returning new writeback; do
       *) proxies=("${PID_OF[mem]}") ;;
     esac
     a0=$(requests_on "$P_AA"); b0=$(requests_on "$P_BA"); s0=$(scripts_run)
+    read -r am0 ai0 <<< "$(near_on "$P_AA")"; read -r bm0 bi0 <<< "$(near_on "$P_BA")"
     c0=$(ticks "${proxies[@]}"); r0=$(ticks "$REDIS_PID"); n0=$(ticks $NGINX_WORKERS)
     oha "${args[@]}" "${extra[@]}" "http://127.0.0.1:$lb$path" > "$RUN/$scenario.$lb.json" 2>>"$RUN/oha.err"
     c1=$(ticks "${proxies[@]}"); r1=$(ticks "$REDIS_PID"); n1=$(ticks $NGINX_WORKERS)
     a1=$(requests_on "$P_AA"); b1=$(requests_on "$P_BA"); s1=$(scripts_run)
+    read -r am1 ai1 <<< "$(near_on "$P_AA")"; read -r bm1 bi1 <<< "$(near_on "$P_BA")"
     done_n=$(answered "$RUN/$scenario.$lb.json")
     cpu[$lb]="$(us_per $((c1 - c0)) "$done_n") | $(us_per $((r1 - r0)) "$done_n") | $(us_per $((n1 - n0)) "$done_n")"
     got[$lb]=$(rps "$RUN/$scenario.$lb.json")
     [ "$lb" = "$P_LB" ] && split="$((a1 - a0)) / $((b1 - b0))" && bad=$(non200 "$RUN/$scenario.$lb.json") \
-      && per=$(python3 -c "print(f'{($s1 - $s0) / max(1, $a1 - $a0 + $b1 - $b0):.2f}')")
+      && per=$(python3 -c "print(f'{($s1 - $s0) / max(1, $a1 - $a0 + $b1 - $b0):.2f}')") \
+      && reads=$((am1 - am0 + bm1 - bm0)) && invalidated=$((ai1 - ai0 + bi1 - bi0)) \
+      && n=$((a1 - a0 + b1 - b0 > 0 ? a1 - a0 + b1 - b0 : 1)) \
+      && NEAR_ROWS+=("| $scenario | $(ratio "$reads" "$n") | $(ratio "$invalidated" "$n") | $([ "$scenario" = writeback ] && [ "$invalidated" -gt 0 ] && ratio "$reads" "$invalidated" || echo —) |")
   done
   ratio=$(ratio "${got[$P_LB]}" "${got[$P_LBM]}")
   two="—" ratio2="—" cpu2="— | — | —"
@@ -242,6 +253,12 @@ echo
 echo "| scenario | two proxies, Redis: sessiongate (both) | Redis | nginx | one proxy, memory: sessiongate | Redis | nginx | two proxies, memory: sessiongate (both) | Redis | nginx |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 printf '%s\n' "${CPU_ROWS[@]}"
+echo
+echo "Near cache of the two Redis proxies, per request (reads: lookups that went to Redis, a joined read counted once; invalidations: changes by the other proxy it was told of; per invalidation for write-back only, where the other proxy's writes cause them):"
+echo
+echo "| scenario | reads per request | invalidations per request | reads per invalidation |"
+echo "| --- | ---: | ---: | ---: |"
+printf '%s\n' "${NEAR_ROWS[@]}"
 
 # --- 2. lost writes -------------------------------------------------------------
 COOKIE=$(cookie_of "http://127.0.0.1:$P_LB/w/n/1")

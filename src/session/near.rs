@@ -101,6 +101,10 @@ pub(crate) struct NearCache {
     /// Off until Redis is known to track keys read by scripts (7.0 and later).
     active: AtomicBool,
     counters: Arc<SessionCounters>,
+    /// The fence channels of the connections in use; a fence on any other
+    /// (a connection dropped after a failure, or to a master no longer the
+    /// master) is ignored.
+    trusted: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
 }
 
 impl NearCache {
@@ -110,6 +114,7 @@ impl NearCache {
             next: AtomicU64::new(1),
             active: AtomicBool::new(false),
             counters,
+            trusted: Default::default(),
         }
     }
 
@@ -221,17 +226,37 @@ impl NearCache {
 
     /// A write of this proxy's left `id` at `stamp`, and every invalidation
     /// of a change before it has been handled (see the module): a reply at
-    /// that stamp may fill the slot in this epoch, opened here if need be.
-    pub(crate) fn fence(&self, id: &SessionId, stamp: u64) {
-        if !self.active() {
+    /// that stamp may fill the slot in this epoch. Only a slot that is there
+    /// (an invalidation leaves it, in a new epoch): one this proxy removed
+    /// (a destroy, a session found gone) stays removed. Only on a trusted
+    /// `channel`.
+    pub(crate) fn fence(&self, channel: &[u8], id: &SessionId, stamp: u64) {
+        if !self.active() || !self.trusted.lock().is_ok_and(|t| t.contains(channel)) {
             return;
         }
-        let slot = match self.slots.get_mut(id) {
-            Some(slot) => Some(slot),
-            None => self.open(id, Instant::now(), None),
-        };
-        if let Some(mut slot) = slot {
+        if let Some(mut slot) = self.slots.get_mut(id) {
             slot.fenced = Some(stamp);
+        }
+    }
+
+    /// Fences on `channel` may be heeded: its connection was just opened.
+    pub(crate) fn trust(&self, channel: &str) {
+        if let Ok(mut t) = self.trusted.lock() {
+            t.insert(channel.as_bytes().to_vec());
+        }
+    }
+
+    /// Fences on `channel` are ignored from now on: its connection failed.
+    pub(crate) fn distrust(&self, channel: &str) {
+        if let Ok(mut t) = self.trusted.lock() {
+            t.remove(channel.as_bytes());
+        }
+    }
+
+    /// Fences on every channel opened so far are ignored: the master moved.
+    pub(crate) fn distrust_all(&self) {
+        if let Ok(mut t) = self.trusted.lock() {
+            t.clear();
         }
     }
 
@@ -257,8 +282,16 @@ impl NearCache {
     }
 
     /// Redis says `key` changed: forgets it.
+    /// The slot stays, empty, in a new epoch, for a fence to find.
     pub(crate) fn invalidate(&self, id: &SessionId) {
-        if self.slots.remove(id).is_some() {
+        if let Some(mut slot) = self.slots.get_mut(id) {
+            *slot = Slot {
+                epoch: self.next.fetch_add(1, Ordering::Relaxed),
+                value: None,
+                started: Instant::now(),
+                reading: None,
+                fenced: None,
+            };
             self.counters.add(SessionCount::NearInvalidated, 1);
         }
     }
@@ -388,8 +421,12 @@ mod tests {
     fn cache() -> Arc<NearCache> {
         let c = Arc::new(NearCache::new(Arc::default()));
         c.activate();
+        c.trust("ch");
         c
     }
+
+    /// The fence channel [`cache`] trusts.
+    const CH: &[u8] = b"ch";
 
     fn view(created_ms: u64) -> SessionView {
         SessionView {
@@ -485,14 +522,14 @@ mod tests {
         c.read(&id).unwrap().fill(view(1), 1, Duration::ZERO);
         let write = c.write(&id).unwrap().0;
         c.invalidate(&id);
-        c.fence(&id, 3);
+        c.fence(CH, &id, 3);
         write.fill(view(3), 3, Duration::ZERO);
         assert_eq!(c.get(&id, ABSOLUTE, NOW).unwrap().created_ms, 3);
         // With the slot still open when the fence comes, likewise.
         let write = c.write(&id).unwrap().0;
         c.invalidate(&id);
         c.read(&id).unwrap();
-        c.fence(&id, 5);
+        c.fence(CH, &id, 5);
         write.fill(view(5), 5, Duration::ZERO);
         assert_eq!(c.get(&id, ABSOLUTE, NOW).unwrap().created_ms, 5);
     }
@@ -503,7 +540,7 @@ mod tests {
         let c = cache();
         let id = SessionId::random();
         let write = c.write(&id).unwrap().0;
-        c.fence(&id, 3);
+        c.fence(CH, &id, 3);
         c.invalidate(&id);
         write.fill(view(3), 3, Duration::ZERO);
         assert!(c.get(&id, ABSOLUTE, NOW).is_none());
@@ -511,19 +548,52 @@ mod tests {
         // an older stamp: not kept, though the fence is of this epoch.
         let read = c.read(&id).unwrap();
         c.invalidate(&id);
-        c.fence(&id, 7);
+        c.fence(CH, &id, 7);
         read.fill(view(5), 5, Duration::ZERO);
         assert!(c.get(&id, ABSOLUTE, NOW).is_none());
         // Nor a newer stamp the fence did not vouch for.
         let write = c.write(&id).unwrap().0;
         c.invalidate(&id);
-        c.fence(&id, 7);
+        c.fence(CH, &id, 7);
         write.fill(view(8), 8, Duration::ZERO);
         assert!(c.get(&id, ABSOLUTE, NOW).is_none());
         // A fence on an inactive cache opens nothing.
         let off = Arc::new(NearCache::new(Arc::default()));
-        off.fence(&id, 1);
+        off.trust("ch");
+        off.fence(CH, &id, 1);
         assert!(off.get(&id, ABSOLUTE, NOW).is_none());
+    }
+
+    #[test]
+    fn a_fence_heeds_neither_a_distrusted_channel_nor_a_slot_this_proxy_removed() {
+        let c = cache();
+        let id = SessionId::random();
+        // A channel of a connection that failed, or of the old master.
+        for distrust in [
+            &(|c: &NearCache| c.distrust("ch")) as &dyn Fn(&NearCache),
+            &|c: &NearCache| c.distrust_all(),
+        ] {
+            let write = c.write(&id).unwrap().0;
+            c.invalidate(&id);
+            distrust(&c);
+            c.fence(CH, &id, 3);
+            write.fill(view(3), 3, Duration::ZERO);
+            assert!(c.get(&id, ABSOLUTE, NOW).is_none());
+            c.trust("ch");
+        }
+        c.fence(b"other", &id, 3);
+        let write = c.write(&id).unwrap().0;
+        c.invalidate(&id);
+        c.fence(b"other", &id, 4);
+        write.fill(view(4), 4, Duration::ZERO);
+        assert!(c.get(&id, ABSOLUTE, NOW).is_none());
+        // A destroy through this proxy removed the slot: a fence of a write
+        // that ran before it, handled late, opens nothing.
+        let write = c.write(&id).unwrap().0;
+        c.read(&id).unwrap().gone();
+        c.fence(CH, &id, 5);
+        write.fill(view(5), 5, Duration::ZERO);
+        assert!(c.get(&id, ABSOLUTE, NOW).is_none());
     }
 
     #[test]

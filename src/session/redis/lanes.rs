@@ -203,7 +203,10 @@ impl Slot {
             if let Some(fences) = track.fences {
                 let channel = format!("{fences}{}", FENCES.fetch_add(1, Ordering::Relaxed));
                 match c.subscribe(&channel).await {
-                    Ok(()) => fence = Some(Arc::from(channel)),
+                    Ok(()) => {
+                        track.near.trust(&channel);
+                        fence = Some(Arc::from(channel));
+                    }
                     // Refused (an ACL without the channel): no fences here.
                     Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
                         tracing::debug!(error = %e, "no fence channel on a near-cache connection");
@@ -241,6 +244,10 @@ impl Slot {
             }
         }
         if let Some(near) = near {
+            // What is still in flight on it may hand fences on.
+            if let Some(fence) = &opened.fence {
+                near.distrust(fence);
+            }
             near.clear();
         }
     }

@@ -257,7 +257,8 @@ if ARGV[8] == '1' then
   r[5] = state
   r[6] = seen or -1
   if ARGV[10] ~= '' and not regenerate then
-    redis.call('PUBLISH', ARGV[10], string.format('%d', stamp) .. ' ' .. key)
+    -- pcall: the write is done; a refused fence only costs the cache.
+    redis.pcall('PUBLISH', ARGV[10], string.format('%d', stamp) .. ' ' .. key)
   end
 end
 return r
@@ -539,8 +540,8 @@ impl redis::aio::AsyncPushSender for Forget {
             },
             PushKind::Disconnection => self.near.clear(),
             PushKind::Message => {
-                if let Some((id, stamp)) = self.fence_of(&push.data) {
-                    self.near.fence(&id, stamp);
+                if let Some((channel, id, stamp)) = self.fence_of(&push.data) {
+                    self.near.fence(channel, &id, stamp);
                 }
             }
             _ => {}
@@ -552,18 +553,21 @@ impl redis::aio::AsyncPushSender for Forget {
 impl Forget {
     /// The session and stamp of a fence: `[channel, "<stamp> <key>"]`, on a
     /// channel of this prefix's fences.
-    fn fence_of(&self, data: &[Value]) -> Option<(SessionId, u64)> {
+    fn fence_of<'a>(&self, data: &'a [Value]) -> Option<(&'a [u8], SessionId, u64)> {
         let [channel, payload] = data else {
             return None;
         };
-        let channel = bytes_of(channel)?.strip_prefix(self.prefix.as_bytes())?;
-        if !channel.starts_with(FENCES) {
+        let channel = bytes_of(channel)?;
+        if !channel
+            .strip_prefix(self.prefix.as_bytes())?
+            .starts_with(FENCES)
+        {
             return None;
         }
         let payload = bytes_of(payload)?;
         let space = payload.iter().position(|b| *b == b' ')?;
         let stamp = std::str::from_utf8(&payload[..space]).ok()?.parse().ok()?;
-        Some((id_of(&self.prefix, &payload[space + 1..])?, stamp))
+        Some((channel, id_of(&self.prefix, &payload[space + 1..])?, stamp))
     }
 }
 

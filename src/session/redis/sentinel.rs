@@ -286,6 +286,8 @@ impl Master {
         followed.addr = Some(addr);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         if let Some(near) = &self.near {
+            // The old master's connections may still hand fences on.
+            near.distrust_all();
             near.clear();
         }
         // However it was learnt, the switch is over.

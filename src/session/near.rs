@@ -85,6 +85,19 @@ struct Slot {
     fenced: Option<u64>,
 }
 
+impl Slot {
+    /// A slot of `epoch` that holds nothing yet, opened `now`.
+    fn empty(epoch: u64, now: Instant, reading: Option<watch::Receiver<Answer>>) -> Slot {
+        Slot {
+            epoch,
+            value: None,
+            started: now,
+            reading,
+            fenced: None,
+        }
+    }
+}
+
 /// What a read hands the lookups waiting for it: the session and its stamp,
 /// or nothing (not yet settled, or not found).
 type Answer = Option<(SessionView, u64)>;
@@ -272,26 +285,22 @@ impl NearCache {
             return None;
         }
         let epoch = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(self.slots.entry(*id).or_insert(Slot {
-            epoch,
-            value: None,
-            started: now,
-            reading,
-            fenced: None,
-        }))
+        Some(
+            self.slots
+                .entry(*id)
+                .or_insert(Slot::empty(epoch, now, reading)),
+        )
     }
 
     /// Redis says `key` changed: forgets it.
     /// The slot stays, empty, in a new epoch, for a fence to find.
     pub(crate) fn invalidate(&self, id: &SessionId) {
         if let Some(mut slot) = self.slots.get_mut(id) {
-            *slot = Slot {
-                epoch: self.next.fetch_add(1, Ordering::Relaxed),
-                value: None,
-                started: Instant::now(),
-                reading: None,
-                fenced: None,
-            };
+            *slot = Slot::empty(
+                self.next.fetch_add(1, Ordering::Relaxed),
+                Instant::now(),
+                None,
+            );
             self.counters.add(SessionCount::NearInvalidated, 1);
         }
     }

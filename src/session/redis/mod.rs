@@ -560,7 +560,7 @@ impl Forget {
         let channel = bytes_of(channel)?;
         if !channel
             .strip_prefix(self.prefix.as_bytes())?
-            .starts_with(FENCES)
+            .starts_with(FENCES.as_bytes())
         {
             return None;
         }
@@ -572,7 +572,7 @@ impl Forget {
 }
 
 /// What the fence channels' names start with, after the key prefix.
-const FENCES: &[u8] = b"fence:";
+const FENCES: &str = "fence:";
 
 /// The lowest major version of Redis an `INFO server` answer names (one per
 /// node on a Cluster).
@@ -762,7 +762,7 @@ impl RedisStore {
             format!(
                 "{}{}{:016x}:",
                 r.key_prefix,
-                String::from_utf8_lossy(FENCES),
+                FENCES,
                 u64::from_le_bytes(process)
             )
         });

@@ -407,6 +407,16 @@ impl Pending {
         }
     }
 
+    /// A regeneration moved the session to a new ID, whose slot's call is
+    /// `new` (`None` when the cache had no room for it): this ID's slot is
+    /// removed, and `view` fills the new one only.
+    pub(crate) fn moved(self, new: Option<Pending>, view: SessionView, stamp: u64, age: Duration) {
+        self.gone();
+        if let Some(new) = new {
+            new.fill(view, stamp, age);
+        }
+    }
+
     /// The session is gone, or the answer says nothing of it: removes the
     /// slot, as a reply from before that may come later would otherwise fill it.
     pub(crate) fn gone(mut self) {
@@ -520,6 +530,26 @@ mod tests {
         let write = c.write(&id).unwrap().0;
         drop(write);
         assert!(c.get(&id, ABSOLUTE, NOW).is_none());
+    }
+
+    #[test]
+    fn a_regeneration_empties_the_old_ids_slot_even_when_the_new_id_gets_none() {
+        let c = cache();
+        let (old, new) = (SessionId::random(), SessionId::random());
+        c.read(&old).unwrap().fill(view(1), 1, Duration::ZERO);
+        // The new ID got a slot: it is filled, the old one's is gone.
+        let write = c.write(&old).unwrap().0;
+        let fresh = c.write(&new).unwrap().0;
+        write.moved(Some(fresh), view(2), 2, Duration::ZERO);
+        assert!(c.get(&old, ABSOLUTE, NOW).is_none());
+        assert_eq!(c.get(&new, ABSOLUTE, NOW).unwrap().created_ms, 2);
+        // No room for the new ID: the old one's slot is gone all the same,
+        // and the new session's state is cached under neither.
+        let (old, new) = (new, SessionId::random());
+        let write = c.write(&old).unwrap().0;
+        write.moved(None, view(3), 3, Duration::ZERO);
+        assert!(c.get(&old, ABSOLUTE, NOW).is_none());
+        assert!(c.get(&new, ABSOLUTE, NOW).is_none());
     }
 
     #[test]

@@ -1622,13 +1622,12 @@ impl WriteOne for RedisStore {
                     created_ms: fields.created_ms,
                 };
                 let age = self.age(*seen);
-                match (pending_new, pending) {
-                    (Some(new), Some(old)) => {
-                        old.gone();
-                        new.fill(view, fields.stamp, age);
-                    }
-                    (None, Some(old)) => old.fill(view, fields.stamp, age),
-                    _ => {}
+                match pending {
+                    // The state is the new session's; the old ID's slot goes
+                    // even when the new one got none (a full cache).
+                    Some(old) if regenerate => old.moved(pending_new, view, fields.stamp, age),
+                    Some(old) => old.fill(view, fields.stamp, age),
+                    None => {}
                 }
             }
             let applied = match (int(0), int(1)) {

@@ -1012,19 +1012,30 @@ impl RedisStore {
         let key = &key;
         // Out of the near cache before the call and again after its reply
         // (when this is dropped): a read in flight cannot bring it back.
-        let _pending = self.near().and_then(|n| n.write(id)).map(|(p, _)| p);
+        let pending = self.near().and_then(|n| n.write(id)).map(|(p, _)| p);
+        // With the near cache, on the session's own connection: its reply is
+        // handled after everything Redis sent there before it, so no fence or
+        // answer of an earlier write can fill the slot once this returns.
+        let track = pending.is_some();
         let reply: Vec<Value> = self
             .run(|mut c| async move {
-                inner
-                    .destroy
-                    .key(key)
-                    .arg(field)
-                    .arg(value)
-                    .arg(user_field)
-                    .invoke_async(&mut c)
-                    .await
+                let reply = eval(
+                    &mut c,
+                    &inner.lanes,
+                    &inner.destroy,
+                    track,
+                    key.as_bytes(),
+                    |_| {
+                        let mut call = evalsha(&inner.destroy, &[key.as_bytes()]);
+                        call.arg(field).arg(value).arg(user_field);
+                        call
+                    },
+                )
+                .await?;
+                Ok(redis::from_redis_value(reply)?)
             })
             .await?;
+        drop(pending);
         if !matches!(reply.first(), Some(Value::Int(1))) {
             return Ok(None);
         }

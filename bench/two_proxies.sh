@@ -19,7 +19,13 @@
 #      once, again and again, with the old cookie: how long, and how many
 #      answers, B still served the destroyed session. The distribution is printed.
 #
-# Usage: bench/two_proxies.sh [--duration 5s] [--conns 64] [--rounds 300] [--pin]
+# Usage: bench/two_proxies.sh [--duration 5s] [--conns 64] [--rounds 300] [--reps 1] [--pin]
+#
+# --reps N runs each scenario's load N times over, the balancers taking turns
+# within each repetition (one memory proxy, then the two Redis proxies), so a
+# drift of the machine's speed touches both sides alike; req/s are the mean
+# over the repetitions, the ratio is of those means, and each repetition's
+# own ratio is printed beside it to show the spread.
 #
 # --pin gives each of the two Redis proxies half of the machine's cores
 # (taskset), as two proxies on machines of their own would have; the proxy
@@ -33,17 +39,20 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=5s
 CONNS=64
 ROUNDS=300
+REPS=1
 PIN=
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION=$2; shift 2 ;;
     --conns) CONNS=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
+    --reps) REPS=$2; shift 2 ;;
     --pin) PIN=1; shift ;;
-    -h|--help) sed -n 2,25p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,32p "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
+case $REPS in ""|*[!0-9]*|0) echo "error: --reps takes a whole number of 1 or more" >&2; exit 2 ;; esac
 [ -n "$PIN" ] && { command -v taskset >/dev/null || { echo "error: --pin needs taskset (util-linux)" >&2; exit 1; }; }
 [ -n "$PIN" ] && [ "$(nproc)" -lt 2 ] && { echo "error: --pin needs two cores or more" >&2; exit 1; }
 for tool in redis-server redis-cli nginx oha curl python3; do
@@ -193,59 +202,75 @@ created_on() {
   curl -s "127.0.0.1:$1/metrics" | awk '/^sessiongate_sessions_created_total/ {printf "%d", $NF}'
 }
 
-echo "# $(nproc) cores, oha -z $DURATION -c $CONNS${PIN:+, each Redis proxy pinned to half the cores}; logs in $RUN" >&2
+echo "# $(nproc) cores, oha -z $DURATION -c $CONNS, reps $REPS${PIN:+, each Redis proxy pinned to half the cores}; logs in $RUN" >&2
 echo
 echo "## req/s through the balancer: two proxies on one Redis × one proxy on the memory store"
 echo
 NGINX_WORKERS=$(pgrep -P "$(cat "$RUN/upstream.pid")" | tr '\n' ' ')$(pgrep -P "$(cat "$RUN/lb.pid")" | tr '\n' ' ')
 CPU_ROWS=()
 NEAR_ROWS=()
-echo "| scenario | two proxies, Redis | one proxy, memory | ratio | two proxies, memory | ratio to them | split A / B | non-200 | scripts in Redis per request |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| scenario | two proxies, Redis | one proxy, memory | ratio | each repetition | two proxies, memory | ratio to them | split A / B | non-200 | scripts in Redis per request |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for scenario in returning new writeback; do
   args=(--no-tui --output-format json -z "$DURATION" -c "$CONNS")
   path=/
   [ "$scenario" = writeback ] && path=/write
-  declare -A got=() cpu=()
+  # Per balancer, summed over the repetitions: req/s, requests answered, and
+  # CPU ticks of its proxies, Redis and nginx.
+  declare -A got=() answered_n=() t_proxy=() t_redis=() t_nginx=()
+  each=() requests_a=0 requests_b=0 scripts=0 reads=0 invalidated=0 bad=0
   # New visitors need no shared store: two memory-store proxies behind the
   # same balancer do the same work, and tell the second process's own cost
   # from Redis's.
   lbs=("$P_LBM" "$P_LB")
   [ "$scenario" = new ] && lbs=("$P_LBM" "$P_LBM2" "$P_LB")
-  for lb in "${lbs[@]}"; do
-    cookie=$(cookie_of "http://127.0.0.1:$lb$path")
-    extra=()
-    [ "$scenario" != new ] && extra=(-H "Cookie: $cookie")
-    case $lb in
-      "$P_LB") proxies=("${PID_OF[a]}" "${PID_OF[b]}") ;;
-      "$P_LBM2") proxies=("${PID_OF[mem]}" "${PID_OF[mem2]}") ;;
-      *) proxies=("${PID_OF[mem]}") ;;
-    esac
-    a0=$(requests_on "$P_AA"); b0=$(requests_on "$P_BA"); s0=$(scripts_run)
-    read -r am0 ai0 <<< "$(near_on "$P_AA")"; read -r bm0 bi0 <<< "$(near_on "$P_BA")"
-    c0=$(ticks "${proxies[@]}"); r0=$(ticks "$REDIS_PID"); n0=$(ticks $NGINX_WORKERS)
-    oha "${args[@]}" "${extra[@]}" "http://127.0.0.1:$lb$path" > "$RUN/$scenario.$lb.json" 2>>"$RUN/oha.err"
-    c1=$(ticks "${proxies[@]}"); r1=$(ticks "$REDIS_PID"); n1=$(ticks $NGINX_WORKERS)
-    a1=$(requests_on "$P_AA"); b1=$(requests_on "$P_BA"); s1=$(scripts_run)
-    read -r am1 ai1 <<< "$(near_on "$P_AA")"; read -r bm1 bi1 <<< "$(near_on "$P_BA")"
-    done_n=$(answered "$RUN/$scenario.$lb.json")
-    cpu[$lb]="$(us_per $((c1 - c0)) "$done_n") | $(us_per $((r1 - r0)) "$done_n") | $(us_per $((n1 - n0)) "$done_n")"
-    got[$lb]=$(rps "$RUN/$scenario.$lb.json")
-    [ "$lb" = "$P_LB" ] && split="$((a1 - a0)) / $((b1 - b0))" && bad=$(non200 "$RUN/$scenario.$lb.json") \
-      && per=$(python3 -c "print(f'{($s1 - $s0) / max(1, $a1 - $a0 + $b1 - $b0):.2f}')") \
-      && reads=$((am1 - am0 + bm1 - bm0)) && invalidated=$((ai1 - ai0 + bi1 - bi0)) \
-      && n=$((a1 - a0 + b1 - b0 > 0 ? a1 - a0 + b1 - b0 : 1)) \
-      && NEAR_ROWS+=("| $scenario | $(ratio "$reads" "$n") | $(ratio "$invalidated" "$n") | $([ "$scenario" = writeback ] && [ "$invalidated" -gt 0 ] && ratio "$reads" "$invalidated" || echo —) |")
+  for rep in $(seq 1 "$REPS"); do
+    for lb in "${lbs[@]}"; do
+      cookie=$(cookie_of "http://127.0.0.1:$lb$path")
+      extra=()
+      [ "$scenario" != new ] && extra=(-H "Cookie: $cookie")
+      case $lb in
+        "$P_LB") proxies=("${PID_OF[a]}" "${PID_OF[b]}") ;;
+        "$P_LBM2") proxies=("${PID_OF[mem]}" "${PID_OF[mem2]}") ;;
+        *) proxies=("${PID_OF[mem]}") ;;
+      esac
+      a0=$(requests_on "$P_AA"); b0=$(requests_on "$P_BA"); s0=$(scripts_run)
+      read -r am0 ai0 <<< "$(near_on "$P_AA")"; read -r bm0 bi0 <<< "$(near_on "$P_BA")"
+      c0=$(ticks "${proxies[@]}"); r0=$(ticks "$REDIS_PID"); n0=$(ticks $NGINX_WORKERS)
+      out="$RUN/$scenario.$lb.$rep.json"
+      oha "${args[@]}" "${extra[@]}" "http://127.0.0.1:$lb$path" > "$out" 2>>"$RUN/oha.err"
+      c1=$(ticks "${proxies[@]}"); r1=$(ticks "$REDIS_PID"); n1=$(ticks $NGINX_WORKERS)
+      a1=$(requests_on "$P_AA"); b1=$(requests_on "$P_BA"); s1=$(scripts_run)
+      read -r am1 ai1 <<< "$(near_on "$P_AA")"; read -r bm1 bi1 <<< "$(near_on "$P_BA")"
+      answered_n[$lb]=$(( ${answered_n[$lb]:-0} + $(answered "$out") ))
+      t_proxy[$lb]=$(( ${t_proxy[$lb]:-0} + c1 - c0 ))
+      t_redis[$lb]=$(( ${t_redis[$lb]:-0} + r1 - r0 ))
+      t_nginx[$lb]=$(( ${t_nginx[$lb]:-0} + n1 - n0 ))
+      got[$lb]=$(( ${got[$lb]:-0} + $(rps "$out") ))
+      if [ "$lb" = "$P_LB" ]; then
+        requests_a=$((requests_a + a1 - a0)); requests_b=$((requests_b + b1 - b0))
+        scripts=$((scripts + s1 - s0)); bad=$((bad + $(non200 "$out")))
+        reads=$((reads + am1 - am0 + bm1 - bm0)); invalidated=$((invalidated + ai1 - ai0 + bi1 - bi0))
+        each+=("$(ratio "$(rps "$out")" "$(rps "$RUN/$scenario.$P_LBM.$rep.json")")")
+      fi
+    done
   done
+  for lb in "${lbs[@]}"; do got[$lb]=$(( got[$lb] / REPS )); done
+  cpu_of() { # balancer port: "proxies | Redis | nginx" µs per request
+    echo "$(us_per "${t_proxy[$1]}" "${answered_n[$1]}") | $(us_per "${t_redis[$1]}" "${answered_n[$1]}") | $(us_per "${t_nginx[$1]}" "${answered_n[$1]}")"
+  }
+  n=$((requests_a + requests_b > 0 ? requests_a + requests_b : 1))
+  per=$(python3 -c "print(f'{$scripts / $n:.2f}')")
+  NEAR_ROWS+=("| $scenario | $(ratio "$reads" "$n") | $(ratio "$invalidated" "$n") | $([ "$scenario" = writeback ] && [ "$invalidated" -gt 0 ] && ratio "$reads" "$invalidated" || echo —) |")
   ratio=$(ratio "${got[$P_LB]}" "${got[$P_LBM]}")
   two="—" ratio2="—" cpu2="— | — | —"
   if [ -n "${got[$P_LBM2]:-}" ]; then
-    two=${got[$P_LBM2]} cpu2=${cpu[$P_LBM2]}
+    two=${got[$P_LBM2]} cpu2=$(cpu_of "$P_LBM2")
     ratio2=$(ratio "${got[$P_LB]}" "${got[$P_LBM2]}")
   fi
-  echo "| $scenario | ${got[$P_LB]} | ${got[$P_LBM]} | $ratio | $two | $ratio2 | $split | $bad | $per |"
-  CPU_ROWS+=("| $scenario | ${cpu[$P_LB]} | ${cpu[$P_LBM]} | $cpu2 |")
-  unset got cpu
+  echo "| $scenario | ${got[$P_LB]} | ${got[$P_LBM]} | $ratio | $(IFS=/; echo "${each[*]}" | sed "s#/# / #g") | $two | $ratio2 | $requests_a / $requests_b | $bad | $per |"
+  CPU_ROWS+=("| $scenario | $(cpu_of "$P_LB") | $(cpu_of "$P_LBM") | $cpu2 |")
+  unset got answered_n t_proxy t_redis t_nginx
 done
 echo
 echo "CPU per request, µs (from /proc; nginx is the balancer's and the application's workers; the machine is shared, so a process's figure grows when it is woken for fewer requests at a time):"

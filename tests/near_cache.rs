@@ -353,6 +353,40 @@ async fn a_lost_connection_empties_the_near_cache() {
     .await;
 }
 
+/// The proxy that destroys or regenerates a session it holds never serves the
+/// old one again, not even to the very next lookup: Redis does not tell a
+/// proxy of its own changes (`NOLOOP`), so its cache must settle them itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_never_serves_what_it_destroyed_or_moved_itself() {
+    let Some((_redis, _p, a)) =
+        one_proxy("a_proxy_never_serves_what_it_destroyed_or_moved_itself").await
+    else {
+        return;
+    };
+    let id = create(&a, &[("role", "user")]).await;
+    cache_fresh(&a, &id).await;
+    assert!(a.destroy(&id, Reason::Logout).await.unwrap());
+    assert_eq!(shown(&a, &id).await, "<missing>", "after its own destroy");
+
+    let id = create(&a, &[("role", "user")]).await;
+    cache_fresh(&a, &id).await;
+    let mut regenerate = set("step=2");
+    regenerate.regenerate = true;
+    let Applied::Regenerated(new_id) = a.apply(&id, &regenerate, &POLICY).await.unwrap() else {
+        panic!("not regenerated");
+    };
+    assert_eq!(
+        shown(&a, &id).await,
+        "<missing>",
+        "the old ID after its own regeneration"
+    );
+    assert_eq!(shown(&a, &new_id).await, "role=user&seen=1&step=2");
+    // And the new ID is then served from the cache.
+    let before = hits(&a);
+    assert_eq!(shown(&a, &new_id).await, "role=user&seen=1&step=2");
+    assert_eq!(hits(&a), before + 1, "the new ID was not cached");
+}
+
 /// A proxy's own writes stop Redis tracking a key for it (`NOLOOP`); each
 /// script that writes and keeps the session cached reads the key again last,
 /// so it is tracked anew.

@@ -1013,10 +1013,12 @@ impl RedisStore {
         // Out of the near cache before the call and again after its reply
         // (when this is dropped): a read in flight cannot bring it back.
         let pending = self.near().and_then(|n| n.write(id)).map(|(p, _)| p);
-        // With the near cache, on the session's own connection: its reply is
-        // handled after everything Redis sent there before it, so no fence or
-        // answer of an earlier write can fill the slot once this returns.
-        let track = pending.is_some();
+        // With the near cache, on the session's own connection (even when the
+        // cache had no room for a slot now: an earlier write's may come back):
+        // its reply is handled after everything Redis sent there before it, so
+        // no fence or answer of an earlier write can fill a slot once this
+        // returns.
+        let track = self.near().is_some();
         let reply: Vec<Value> = self
             .run(|mut c| async move {
                 let reply = eval(

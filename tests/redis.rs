@@ -151,9 +151,8 @@ async fn two_proxies_on_a_redis_cluster_share_sessions() {
     two_proxies_share_sessions(&a, &b, &upstream).await;
 
     // Sessions spread over the primaries, in proportion to the slots each
-    // holds (a third here). A worker draws 64 new IDs in a row for one node,
-    // then lets the next ID's slot choose the node: 3,000 new visitors make at
-    // least 46 such runs, and a node's share falls under a tenth with odds
+    // holds (a third here). A worker's new IDs share a slot, 64 in a row, the
+    // run's first a plain draw: 3,000 new visitors make at least 46 such runs, and a node's share falls under a tenth with odds
     // below 10^-4.
     let (client, url) = (plain_client(), a.url("/"));
     let visitors = 3000;
@@ -351,6 +350,45 @@ async fn new_visitors_answered_at_once_are_created_in_few_transactions() {
     assert_sessions_of_their_own(&responses);
     let keys = created_sessions(&redis).await;
     assert_eq!(keys.len(), VISITORS, "{keys:?}");
+    assert!(
+        transactions > 0 && transactions <= (VISITORS / 2) as u64,
+        "{VISITORS} new visitors answered at once took {transactions} transactions"
+    );
+}
+
+/// The same on a Cluster: a worker's new IDs share a slot, 64 in a row, so
+/// new visitors answered at once are created in a few transactions there
+/// too, not one per session (a transaction's keys must share a slot).
+#[tokio::test]
+async fn new_visitors_answered_at_once_on_a_cluster_are_created_in_few_transactions() {
+    let test = "new_visitors_answered_at_once_on_a_cluster_are_created_in_few_transactions";
+    let Some(cluster) = RedisCluster::start(test).await else {
+        return;
+    };
+    let (gate, upstream) = held_app().await;
+    let proxy = Proxy::start(config(&upstream.url()).with_redis_cluster(&cluster.urls())).await;
+    let execs = || async {
+        let mut n = 0;
+        for node in cluster.nodes() {
+            n += node.calls("exec").await;
+        }
+        n
+    };
+    // The first visitors make the proxy learn which node holds which slot.
+    let first = new_visitors_at_once(&proxy, &upstream, &gate, 5).await;
+    assert_sessions_of_their_own(&first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    const VISITORS: usize = 40;
+    let before = execs().await;
+    let responses = new_visitors_at_once(&proxy, &upstream, &gate, VISITORS).await;
+    let transactions = execs().await - before;
+
+    assert_sessions_of_their_own(&responses);
+    let mut keys = Vec::new();
+    for node in cluster.nodes() {
+        keys.extend(created_sessions(node).await);
+    }
+    assert_eq!(keys.len(), 5 + VISITORS, "{keys:?}");
     assert!(
         transactions > 0 && transactions <= (VISITORS / 2) as u64,
         "{VISITORS} new visitors answered at once took {transactions} transactions"

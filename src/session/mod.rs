@@ -64,6 +64,19 @@ impl SessionId {
         })
     }
 
+    /// A fresh ID that starts with the three bytes `head` (its hash tag on a
+    /// Redis Cluster, so its slot): the other 232 bits are drawn anew.
+    pub(crate) fn random_under(head: [u8; 3]) -> SessionId {
+        let mut id = SessionId::random();
+        id.0[..3].copy_from_slice(&head);
+        id
+    }
+
+    /// The ID's first three bytes (see [`SessionId::random_under`]).
+    pub(crate) fn first_bytes(&self) -> [u8; 3] {
+        [self.0[0], self.0[1], self.0[2]]
+    }
+
     pub(crate) fn from_bytes(bytes: [u8; 32]) -> SessionId {
         SessionId(bytes)
     }

@@ -19,12 +19,12 @@
 //! - A batch goes in calls of at most [`MOST`] sessions, so no single
 //!   transaction holds Redis for long.
 //! - On a Cluster, a thread draws its new sessions' IDs so that those it
-//!   creates at about one time are held by one node: [`Creates::new_id`]
-//!   draws again an ID whose slot is on another node than the one the
-//!   thread's last IDs went to, for [`RUN`] IDs in a row, and then lets the
-//!   next ID's slot choose the node. A batch then mostly goes as one call, not
-//!   one per node; every node still gets new sessions in proportion to the
-//!   slots it holds.
+//!   creates at about one time share a slot: [`Creates::new_id`] gives
+//!   [`RUN`] IDs in a row the first three bytes (the hash tag) of the run's
+//!   first, a plain draw, and the rest fresh. A batch then mostly goes as one
+//!   call and one transaction, as on one Redis, not one per node and one per
+//!   session; every slot, and so every node, still gets new sessions in
+//!   proportion.
 //! - A request dropped while it waits leaves its session created (the call
 //!   was on its way), unanswered, as a request dropped a moment later would.
 //!   The call is the spawned task's, so no other request is held by it.
@@ -40,14 +40,8 @@ use super::lanes::{per_thread, PerThread};
 /// The most sessions one call creates.
 pub(super) const MOST: usize = 64;
 
-/// How many new IDs in a row a thread draws for one node of a Cluster.
+/// How many new IDs in a row a thread draws for one slot of a Cluster.
 const RUN: u16 = 64;
-
-/// How many times an ID is drawn for its node at most. With three nodes of
-/// equal share, each draw falls on the node with odds of one in three, so all
-/// miss with odds of (2/3)^32, below 10^-5; then the next ID starts a run on
-/// its own node, costing a call, nothing else.
-const DRAWS: usize = 32;
 
 /// A session to create: its key, TTL (ms), creation time (Redis's clock,
 /// Unix ms) and data.
@@ -90,9 +84,11 @@ thread_local! {
     static PLACES: PerThread<Cell<Place>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The node a thread's next new IDs are drawn for, and for how many more.
+/// The slot a thread's next new IDs are drawn for (the first three bytes
+/// they share), its node, and for how many more.
 #[derive(Clone, Copy, Default)]
 struct Place {
+    head: Option<[u8; 3]>,
     node: u16,
     left: u16,
 }
@@ -106,12 +102,14 @@ pub(super) struct Creates {
 
 impl Creates {
     /// A new session's ID: 32 bytes from the CSPRNG, as every ID. With `owners`
-    /// (a Cluster's map: each slot's node; see `SlotOwners::map`), an ID whose
-    /// slot (`slot_of`) is on another node than this thread's last [`RUN`] new
-    /// IDs went to is drawn again, so that sessions created together go in one
-    /// call. What that tells of an ID is which node holds it, which its slot
-    /// tells anyone who knows the map: of its 256 bits, a guess is spared
-    /// log2(nodes).
+    /// (a Cluster's map: each slot's node; see `SlotOwners::map`), the IDs a
+    /// thread makes in a row, [`RUN`] of them, start with the same three
+    /// bytes, their hash tag, so they share a slot: sessions created together
+    /// go in one call and one transaction. The run's first ID is a plain draw,
+    /// so slots, and nodes, get new sessions in proportion. Each ID keeps 232
+    /// fresh bits; what the run's head tells of it is its slot, as for any ID
+    /// whose key is known, and that it was made near the others of the run.
+    /// A run ends early when the map moves its slot to another node.
     pub(super) fn new_id(
         &self,
         owners: Option<&[u16]>,
@@ -122,24 +120,24 @@ impl Creates {
         };
         let node_of = |id: &SessionId| owners.get(usize::from(slot_of(id))).copied();
         let place = per_thread(&PLACES, &self.token);
-        let Place { node, left } = place.get();
-        if left > 0 {
-            for _ in 0..DRAWS {
-                let id = SessionId::random();
-                if node_of(&id) == Some(node) {
-                    place.set(Place {
-                        node,
-                        left: left - 1,
-                    });
-                    return id;
-                }
+        let Place { head, node, left } = place.get();
+        if let Some(head) = head.filter(|_| left > 0) {
+            let id = SessionId::random_under(head);
+            if node_of(&id) == Some(node) {
+                place.set(Place {
+                    head: Some(head),
+                    node,
+                    left: left - 1,
+                });
+                return id;
             }
         }
-        // A new run, on the node this ID's slot names: nodes are chosen in
-        // proportion to the slots they hold. A slot no node holds starts no run.
+        // A new run, in the slot this ID names. A slot no node holds starts
+        // no run.
         let id = SessionId::random();
         match node_of(&id).filter(|&n| n != u16::MAX) {
             Some(node) => place.set(Place {
+                head: Some(id.first_bytes()),
                 node,
                 left: RUN - 1,
             }),
@@ -366,7 +364,7 @@ mod tests {
     }
 
     #[test]
-    fn a_threads_new_ids_go_to_one_node_for_a_run_then_to_another_drawn_by_slot() {
+    fn a_threads_new_ids_share_a_slot_for_a_run_then_another_slot_is_drawn() {
         let creates = Creates::default();
         let (map, slot_of) = three_nodes();
         let node = |id: &SessionId| map[usize::from(slot_of(id))];
@@ -375,22 +373,41 @@ mod tests {
             let ids: Vec<SessionId> = (0..RUN)
                 .map(|_| creates.new_id(Some(&map), &slot_of))
                 .collect();
-            let first = node(&ids[0]);
-            // Draws may miss, with odds below 10^-5 per ID: allow one.
-            let elsewhere = ids.iter().filter(|id| node(id) != first).count();
-            assert!(elsewhere <= 1, "{elsewhere} of a run's IDs on another node");
-            runs.push(first);
+            // One slot, one head: one transaction for all of them.
+            let head = ids[0].first_bytes();
+            assert!(ids.iter().all(|id| id.first_bytes() == head));
+            // The rest of each is its own draw.
+            let rests: std::collections::HashSet<&[u8]> =
+                ids.iter().map(|id| &id.as_bytes()[3..]).collect();
+            assert_eq!(rests.len(), ids.len());
+            runs.push(node(&ids[0]));
         }
+        // The next run shares a head of its own.
+        let next = creates.new_id(Some(&map), &slot_of);
+        let last = creates.new_id(Some(&map), &slot_of);
+        assert_eq!(next.first_bytes(), last.first_bytes());
         // Each run's node is its first ID's: all three turn up in 30 runs
         // (odds of one missing: 3 × (2/3)^30, below 10^-4).
         for n in 0..3 {
             assert!(runs.contains(&n), "no run on node {n}: {runs:?}");
         }
-        // The IDs stay distinct draws.
+        // The IDs stay distinct.
         let ids: std::collections::HashSet<SessionId> = (0..1000)
             .map(|_| creates.new_id(Some(&map), &slot_of))
             .collect();
         assert_eq!(ids.len(), 1000);
+    }
+
+    #[test]
+    fn a_run_ends_when_the_map_moves_its_slot_to_another_node() {
+        let creates = Creates::default();
+        let (map, slot_of) = three_nodes();
+        let first = creates.new_id(Some(&map), &slot_of);
+        let slot = usize::from(slot_of(&first));
+        let mut moved = map.clone();
+        moved[slot] = (moved[slot] + 1) % 3;
+        let next = creates.new_id(Some(&moved), &slot_of);
+        assert_ne!(next.first_bytes(), first.first_bytes(), "the run went on");
     }
 
     #[test]

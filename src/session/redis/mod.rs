@@ -854,9 +854,9 @@ impl RedisStore {
         session_key(&self.inner.prefix, id)
     }
 
-    /// A new session's ID. On a Cluster, drawn for the node this thread's
-    /// other new sessions go to, once the store knows which node holds which
-    /// slot (see `creates.rs`).
+    /// A new session's ID. On a Cluster, in the slot this thread's other new
+    /// sessions go to, once the store knows which node holds which slot (see
+    /// `creates.rs`).
     fn draw_id(&self) -> SessionId {
         if !self.inner.cluster {
             return SessionId::random();

@@ -152,8 +152,8 @@ async fn two_proxies_on_a_redis_cluster_share_sessions() {
 
     // Sessions spread over the primaries, in proportion to the slots each
     // holds (a third here). A worker's new IDs share a slot, 64 in a row, the
-    // run's first a plain draw: 3,000 new visitors make at least 46 such runs, and a node's share falls under a tenth with odds
-    // below 10^-4.
+    // run's first a plain draw: 3,000 new visitors make at least 46 such
+    // runs, and a node's share falls under a tenth with odds below 10^-4.
     let (client, url) = (plain_client(), a.url("/"));
     let visitors = 3000;
     let mut created = std::collections::HashSet::new();

@@ -64,8 +64,9 @@ impl SessionId {
         })
     }
 
-    /// A fresh ID that starts with the three bytes `head` (its hash tag on a
-    /// Redis Cluster, so its slot): the other 232 bits are drawn anew.
+    /// A fresh ID that starts with the three bytes `head`, whose four base64
+    /// characters are its [`SessionId::head`] (its hash tag on a Redis
+    /// Cluster, so its slot): the other 232 bits are drawn anew.
     pub(crate) fn random_under(head: [u8; 3]) -> SessionId {
         let mut id = SessionId::random();
         id.0[..3].copy_from_slice(&head);

@@ -85,10 +85,10 @@ thread_local! {
 }
 
 /// The slot a thread's next new IDs are drawn for (the first three bytes
-/// they share), its node, and for how many more.
+/// they share), its node, and for how many more: none when `left` is 0.
 #[derive(Clone, Copy, Default)]
 struct Place {
-    head: Option<[u8; 3]>,
+    head: [u8; 3],
     node: u16,
     left: u16,
 }
@@ -121,11 +121,11 @@ impl Creates {
         let node_of = |id: &SessionId| owners.get(usize::from(slot_of(id))).copied();
         let place = per_thread(&PLACES, &self.token);
         let Place { head, node, left } = place.get();
-        if let Some(head) = head.filter(|_| left > 0) {
+        if left > 0 {
             let id = SessionId::random_under(head);
             if node_of(&id) == Some(node) {
                 place.set(Place {
-                    head: Some(head),
+                    head,
                     node,
                     left: left - 1,
                 });
@@ -137,7 +137,7 @@ impl Creates {
         let id = SessionId::random();
         match node_of(&id).filter(|&n| n != u16::MAX) {
             Some(node) => place.set(Place {
-                head: Some(id.first_bytes()),
+                head: id.first_bytes(),
                 node,
                 left: RUN - 1,
             }),

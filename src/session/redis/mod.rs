@@ -1181,12 +1181,11 @@ impl RedisStore {
     /// A fresh ID for regenerated data: on a Cluster it keeps the hash tag so that
     /// both keys are in one slot.
     fn next_id(&self, old: &SessionId) -> SessionId {
-        let mut bytes = *SessionId::random().as_bytes();
         if self.inner.cluster {
-            // Four base64 characters are the first three bytes.
-            bytes[..3].copy_from_slice(&old.as_bytes()[..3]);
+            SessionId::random_under(old.first_bytes())
+        } else {
+            SessionId::random()
         }
-        SessionId::from_bytes(bytes)
     }
 
     /// The servers to walk with `SCAN`.

@@ -100,20 +100,24 @@ fn hits(s: &RedisStore) -> u64 {
 }
 
 /// Makes `watcher` hold `id` freshly: a write through it leaves the session
-/// in its cache for the next second, and a load is then a hit.
+/// in its cache, and a load is then a hit. An entry lives until a second
+/// after the session's last refresh in Redis, which a write within that
+/// second does not move: on a loaded machine the load may come after it, and
+/// then reads the session, refreshing it. So a few tries.
 async fn cache_fresh(watcher: &RedisStore, id: &SessionId) {
-    let applied = watcher
-        .apply(id, &set("seen=1"), &POLICY)
-        .await
-        .expect("store answers");
-    assert_eq!(applied, Applied::Stored);
-    let before = hits(watcher);
-    shown(watcher, id).await;
-    assert_eq!(
-        hits(watcher),
-        before + 1,
-        "the watcher did not serve it from its cache"
-    );
+    for _ in 0..3 {
+        let applied = watcher
+            .apply(id, &set("seen=1"), &POLICY)
+            .await
+            .expect("store answers");
+        assert_eq!(applied, Applied::Stored);
+        let before = hits(watcher);
+        shown(watcher, id).await;
+        if hits(watcher) == before + 1 {
+            return;
+        }
+    }
+    panic!("the watcher did not serve it from its cache");
 }
 
 /// Loads through `watcher` until it shows `expected`; how long that took.

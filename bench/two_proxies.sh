@@ -229,9 +229,8 @@ for scenario in returning new writeback; do
   [ "$scenario" = new ] && lbs=("$P_LBM" "$P_LBM2" "$P_LB")
   for rep in $(seq 1 "$REPS"); do
     for lb in "${lbs[@]}"; do
-      cookie=$(cookie_of "http://127.0.0.1:$lb$path")
       extra=()
-      [ "$scenario" != new ] && extra=(-H "Cookie: $cookie")
+      [ "$scenario" != new ] && extra=(-H "Cookie: $(cookie_of "http://127.0.0.1:$lb$path")")
       case $lb in
         "$P_LB") proxies=("${PID_OF[a]}" "${PID_OF[b]}") ;;
         "$P_LBM2") proxies=("${PID_OF[mem]}" "${PID_OF[mem2]}") ;;
@@ -297,7 +296,9 @@ sleep 0.5
 python3 - "$P_LB" "$COOKIE" "$DURATION" > "$RUN/lost.txt" <<'PY'
 import http.client, sys, threading, time
 port, cookie, duration = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-seconds = max(float(duration.rstrip("s")) - 1.0, 1.0)  # oha runs on for a while after
+# Writers start half a second into oha's run and stop half a second before its
+# end; they write for a second at least, past the end of a shorter run.
+seconds = max(float(duration.rstrip("s")) - 1.0, 1.0)
 results, errors = {}, []
 def writer(j):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -325,7 +326,8 @@ pa, pb, cookie, path, oha_bad, oha_rps = int(sys.argv[1]), int(sys.argv[2]), sys
 lines = open(path).read().splitlines()
 acked = dict(kv.split("=") for kv in lines[0].split())
 errors = lines[1]
-assert sum(int(v) for v in acked.values()) > 0, "no writer wrote anything"
+writes = sum(int(v) for v in acked.values())
+assert writes > 0, "no writer wrote anything"
 lost = []
 for port in (pa, pb):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -334,7 +336,6 @@ for port in (pa, pb):
     for k, v in acked.items():
         if v != "0" and data.get(k) != v:
             lost.append((port, k, v, data.get(k)))
-writes = sum(int(v) for v in acked.values())
 print()
 print("## lost writes: 8 writers, one key each, alternating proxies, beside oha writing to the same session")
 print()

@@ -8,11 +8,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::{AsyncPushSender, ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, RedisError, RedisResult, Value};
 
+use super::pipe::{Pipe, PipeConfig};
 use super::sentinel::Master;
 use crate::session::near::NearCache;
 
@@ -193,16 +194,16 @@ impl Slot {
         }
         let (epoch, mut conn) = client.open().await?;
         let mut fence = None;
-        if let (Some(track), LocalConn::Single(c)) = (track, &mut conn) {
+        if let (Some(track), false) = (track, matches!(conn, LocalConn::Cluster(_))) {
             redis::cmd("CLIENT")
                 .arg("TRACKING")
                 .arg("ON")
                 .arg("NOLOOP")
-                .query_async::<()>(c)
+                .query_async::<()>(&mut conn)
                 .await?;
             if let Some(fences) = track.fences {
                 let channel = format!("{fences}{}", FENCES.fetch_add(1, Ordering::Relaxed));
-                match c.subscribe(&channel).await {
+                match conn.subscribe(&channel).await {
                     Ok(()) => {
                         track.near.trust(&channel);
                         fence = Some(Arc::from(channel));
@@ -321,14 +322,68 @@ pub(super) struct Local {
 }
 
 pub(super) enum LocalClient {
-    Single(redis::Client, redis::AsyncConnectionConfig),
+    Single(redis::ConnectionInfo, Opener),
     Cluster(redis::cluster::ClusterClient, Duration),
     /// Opens a connection to the master the Sentinels name at that moment.
-    Sentinel(Arc<Master>, redis::AsyncConnectionConfig),
+    Sentinel(Arc<Master>, Opener),
+}
+
+/// How a connection to one server (one Redis, or the master the Sentinels
+/// name) is opened: over plain TCP, as a [`Pipe`]; over TLS or a Unix socket,
+/// by the `redis` crate, with `config`. Both tell `pushes` what Redis pushes.
+#[derive(Clone)]
+pub(super) struct Opener {
+    pub(super) config: redis::AsyncConnectionConfig,
+    pub(super) timeout: Duration,
+    pub(super) pushes: Option<Arc<dyn AsyncPushSender>>,
+}
+
+impl Opener {
+    async fn open(&self, info: redis::ConnectionInfo) -> RedisResult<LocalConn> {
+        Ok(match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => {
+                let settings = info.redis_settings();
+                LocalConn::Pipe(
+                    Pipe::open(PipeConfig {
+                        host,
+                        port: *port,
+                        username: settings.username(),
+                        password: settings.password(),
+                        db: settings.db(),
+                        protocol: settings.protocol(),
+                        timeout: self.timeout,
+                        pushes: self.pushes.clone(),
+                    })
+                    .await?,
+                )
+            }
+            _ => {
+                let config = match &self.pushes {
+                    Some(pushes) => self.config.clone().set_push_sender(Relay(pushes.clone())),
+                    None => self.config.clone(),
+                };
+                LocalConn::Single(
+                    redis::Client::open(info)?
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+        })
+    }
+}
+
+/// Hands a connection's pushes on to a shared sender.
+struct Relay(Arc<dyn AsyncPushSender>);
+
+impl AsyncPushSender for Relay {
+    fn send(&self, info: redis::PushInfo) -> Result<(), redis::aio::SendError> {
+        self.0.send(info)
+    }
 }
 
 #[derive(Clone)]
 pub(super) enum LocalConn {
+    Pipe(Pipe),
     Single(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
@@ -347,14 +402,7 @@ impl LocalClient {
     /// A new connection, and the epoch it belongs to.
     async fn open(&self) -> RedisResult<(u64, LocalConn)> {
         Ok(match self {
-            LocalClient::Single(client, config) => (
-                0,
-                LocalConn::Single(
-                    client
-                        .get_multiplexed_async_connection_with_config(config)
-                        .await?,
-                ),
-            ),
+            LocalClient::Single(info, opener) => (0, opener.open(info.clone()).await?),
             LocalClient::Cluster(client, timeout) => {
                 let config = redis::cluster::ClusterConfig::new()
                     .set_connection_timeout(*timeout)
@@ -364,10 +412,7 @@ impl LocalClient {
                     LocalConn::Cluster(client.get_async_connection_with_config(config).await?),
                 )
             }
-            LocalClient::Sentinel(master, config) => {
-                let (epoch, conn) = master.open(config).await?;
-                (epoch, LocalConn::Single(conn))
-            }
+            LocalClient::Sentinel(master, opener) => master.open(|info| opener.open(info)).await?,
         })
     }
 }
@@ -377,24 +422,50 @@ impl LocalConn {
     /// slot; with `track`, after `CLIENT TRACKING ON NOLOOP`. Returns the
     /// replies to `cmds`.
     async fn send(&mut self, cmds: Vec<Cmd>, track: bool, key: &[u8]) -> RedisResult<Vec<Value>> {
-        let mut pipe = redis::pipe();
-        if track {
-            pipe.cmd("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP");
-        }
-        let n = cmds.len();
-        for cmd in cmds {
-            pipe.add_command(cmd);
-        }
+        let tracking = || {
+            redis::cmd("CLIENT")
+                .arg("TRACKING")
+                .arg("ON")
+                .arg("NOLOOP")
+                .to_owned()
+        };
         let skip = usize::from(track);
+        let n = cmds.len();
+        let pipeline = |cmds: Vec<Cmd>| {
+            let mut pipe = redis::pipe();
+            if track {
+                pipe.add_command(tracking());
+            }
+            for cmd in cmds {
+                pipe.add_command(cmd);
+            }
+            pipe
+        };
         match self {
-            LocalConn::Single(c) => c.req_packed_commands(&pipe, skip, n).await,
+            LocalConn::Pipe(p) if track => p.send(&[&[tracking()], &cmds[..]].concat(), 1).await,
+            LocalConn::Pipe(p) => p.send(&cmds, 0).await,
+            LocalConn::Single(c) => c.req_packed_commands(&pipeline(cmds), skip, n).await,
             LocalConn::Cluster(c) => {
                 // The client would route `CLIENT TRACKING` by `TRACKING` as a
                 // key, and `MULTI` by none.
                 let route = Route::new(key_slot(key), SlotAddr::Master);
+                let pipe = pipeline(cmds);
                 c.route_pipeline(pipe, skip, n, SingleNodeRoutingInfo::SpecificNode(route))
                     .await
             }
+        }
+    }
+
+    /// Subscribes to `channel`, whose messages go to the connection's push
+    /// sender (RESP3 only).
+    async fn subscribe(&mut self, channel: &str) -> RedisResult<()> {
+        match self {
+            LocalConn::Pipe(p) => p.subscribe(channel).await,
+            LocalConn::Single(c) => c.subscribe(channel).await,
+            LocalConn::Cluster(_) => Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "no fence channel on a Cluster",
+            ))),
         }
     }
 }
@@ -402,6 +473,13 @@ impl LocalConn {
 impl ConnectionLike for LocalConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
         match self {
+            LocalConn::Pipe(p) => Box::pin(async move {
+                let replies = p.send(std::slice::from_ref(cmd), 0).await?;
+                replies
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| RedisError::from((redis::ErrorKind::Client, "no reply")))
+            }),
             LocalConn::Single(c) => c.req_packed_command(cmd),
             LocalConn::Cluster(c) => c.req_packed_command(cmd),
         }
@@ -414,6 +492,10 @@ impl ConnectionLike for LocalConn {
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<Value>> {
         match self {
+            LocalConn::Pipe(p) => Box::pin(async move {
+                let packed = pipeline.get_packed_pipeline();
+                p.send_packed(&packed, offset + count, offset).await
+            }),
             LocalConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             LocalConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
@@ -421,6 +503,7 @@ impl ConnectionLike for LocalConn {
 
     fn get_db(&self) -> i64 {
         match self {
+            LocalConn::Pipe(p) => p.db(),
             LocalConn::Single(c) => c.get_db(),
             LocalConn::Cluster(c) => c.get_db(),
         }

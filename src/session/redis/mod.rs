@@ -50,6 +50,7 @@ use redis::{
 mod combine;
 mod creates;
 mod lanes;
+mod pipe;
 mod ready;
 mod sentinel;
 
@@ -57,7 +58,9 @@ use combine::{Combiner, WriteOne};
 use creates::{CreateMany, Creates, NewSession};
 use ready::Ready;
 
-use lanes::{request, request_each, Lanes, Local, LocalClient, SentinelConn, Shards, SlotOwners};
+use lanes::{
+    request, request_each, Lanes, Local, LocalClient, Opener, SentinelConn, Shards, SlotOwners,
+};
 
 use super::data::{LOGIN_IP_KEY, LOGIN_UA_KEY};
 use super::events::{Event, EventKind, EventSink, Reason};
@@ -696,17 +699,17 @@ impl RedisStore {
             )
             .map_err(invalid)?;
             master = Some(followed.clone());
-            let base = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(r.timeout))
-                .set_response_timeout(Some(r.timeout));
-            let with_pushes = |config: redis::AsyncConnectionConfig| match &pushes {
-                Some(p) => config.set_push_sender(p.clone()),
-                None => config,
+            let opener = |pushes: Option<&Forget>| Opener {
+                config: redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(r.timeout))
+                    .set_response_timeout(Some(r.timeout)),
+                timeout: r.timeout,
+                pushes: pushes.map(|p| Arc::new(p.clone()) as Arc<dyn redis::aio::AsyncPushSender>),
             };
-            let local = LocalClient::Sentinel(followed.clone(), base.clone());
+            let local = LocalClient::Sentinel(followed.clone(), opener(None));
             let shard = (pushes.is_some())
-                .then(|| LocalClient::Sentinel(followed.clone(), with_pushes(base.clone())));
-            let shared = LocalClient::Sentinel(followed, with_pushes(base));
+                .then(|| LocalClient::Sentinel(followed.clone(), opener(pushes.as_ref())));
+            let shared = LocalClient::Sentinel(followed, opener(pushes.as_ref()));
             let conn = Conn::Sentinel(Arc::new(SentinelConn::new(shared, near.clone())));
             (conn, local, shard)
         } else if cluster {
@@ -741,9 +744,15 @@ impl RedisStore {
             let base = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(r.timeout))
                 .set_response_timeout(Some(r.timeout));
-            let local = LocalClient::Single(client.clone(), base.clone());
-            let shard = (pushes.clone())
-                .map(|p| LocalClient::Single(client.clone(), base.set_push_sender(p)));
+            let opener = |pushes: Option<&Forget>| Opener {
+                config: base.clone(),
+                timeout: r.timeout,
+                pushes: pushes.map(|p| Arc::new(p.clone()) as Arc<dyn redis::aio::AsyncPushSender>),
+            };
+            let info = client.get_connection_info().clone();
+            let local = LocalClient::Single(info.clone(), opener(None));
+            let shard =
+                (pushes.is_some()).then(|| LocalClient::Single(info, opener(pushes.as_ref())));
             let mut config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(r.timeout))
                 .set_response_timeout(Some(r.timeout))

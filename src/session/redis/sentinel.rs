@@ -19,13 +19,14 @@
 //! with the highest configuration epoch wins. A master is used only once it
 //! says so itself (`ROLE`).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{IntoConnectionInfo, RedisConnectionInfo, RedisError, RedisResult};
 
 use crate::session::near::NearCache;
@@ -138,26 +139,31 @@ impl Master {
         }
     }
 
-    /// A connection to the master as of the returned epoch. When the address
-    /// followed does not answer as a master, the Sentinels are asked again
-    /// and the new one tried.
-    pub(super) async fn open(
+    /// A connection to the master as of the returned epoch, opened by
+    /// `connect` from the master's address and the settings to speak to it.
+    /// When the address followed does not answer as a master, the Sentinels
+    /// are asked again and the new one tried.
+    pub(super) async fn open<C, F>(
         &self,
-        config: &redis::AsyncConnectionConfig,
-    ) -> RedisResult<(u64, MultiplexedConnection)> {
+        connect: impl Fn(redis::ConnectionInfo) -> F,
+    ) -> RedisResult<(u64, C)>
+    where
+        C: ConnectionLike,
+        F: Future<Output = RedisResult<C>>,
+    {
         if self.current().is_none() {
             self.ask().await?;
         }
         let Some((epoch, addr)) = self.current() else {
             return Err(no_master(&self.name));
         };
-        match self.connect(&addr, config).await {
+        match self.connect(&addr, &connect).await {
             Ok(conn) => Ok((epoch, conn)),
             Err(e) => {
                 // The Sentinels may know better; if not, this is the answer.
                 if self.ask().await.is_ok() {
                     if let Some((epoch, moved)) = self.current().filter(|(_, a)| *a != addr) {
-                        return Ok((epoch, self.connect(&moved, config).await?));
+                        return Ok((epoch, self.connect(&moved, &connect).await?));
                     }
                 }
                 Err(e)
@@ -171,11 +177,15 @@ impl Master {
         Some((self.epoch.load(Ordering::Acquire), addr))
     }
 
-    async fn connect(
+    async fn connect<C, F>(
         &self,
         (host, port): &(String, u16),
-        config: &redis::AsyncConnectionConfig,
-    ) -> RedisResult<MultiplexedConnection> {
+        connect: &impl Fn(redis::ConnectionInfo) -> F,
+    ) -> RedisResult<C>
+    where
+        C: ConnectionLike,
+        F: Future<Output = RedisResult<C>>,
+    {
         let addr = if self.tls {
             redis::ConnectionAddr::TcpTls {
                 host: host.clone(),
@@ -189,9 +199,7 @@ impl Master {
         let info = addr
             .into_connection_info()?
             .set_redis_settings(self.settings.clone());
-        let mut conn = redis::Client::open(info)?
-            .get_multiplexed_async_connection_with_config(config)
-            .await?;
+        let mut conn = connect(info).await?;
         match redis::cmd("ROLE").query_async(&mut conn).await? {
             redis::Role::Primary { .. } => Ok(conn),
             _ => Err(RedisError::from((

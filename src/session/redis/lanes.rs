@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{AsyncPushSender, ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Cmd, RedisError, RedisResult, Value};
+use redis::{Cmd, IntoConnectionInfo, RedisError, RedisResult, Value};
 
 use super::pipe::{Pipe, PipeConfig};
 use super::sentinel::Master;
@@ -31,7 +31,7 @@ pub(super) async fn request(
     let replies = match (track, &lanes.shards) {
         (true, Some(shards)) => shards.call(cmds, key).await,
         // Only the near cache asks for tracking, and it comes with shards.
-        _ => lanes.local.call(cmds(None), key).await,
+        _ => lanes.local.call(cmds(None), key, None).await,
     };
     last_reply(replies?)
 }
@@ -43,8 +43,9 @@ pub(super) async fn request_each(
     lanes: &Lanes,
     cmds: Vec<Cmd>,
     key: &[u8],
+    node: Option<&NodeAddr>,
 ) -> RedisResult<Vec<Value>> {
-    lanes.local.call(cmds, key).await
+    lanes.local.call(cmds, key, node).await
 }
 
 /// The reply to the last command of a unit; a pipeline hands a command's error
@@ -185,6 +186,19 @@ impl Slot {
         epoch: u64,
         track: Option<Track<'_>>,
     ) -> RedisResult<Opened> {
+        self.get_with(epoch, track, || client.open()).await
+    }
+
+    /// As [`Slot::get`], with `open` opening the connection.
+    async fn get_with<F>(
+        &self,
+        epoch: u64,
+        track: Option<Track<'_>>,
+        open: impl FnOnce() -> F,
+    ) -> RedisResult<Opened>
+    where
+        F: std::future::Future<Output = RedisResult<(u64, LocalConn)>>,
+    {
         if let Some(o) = self.current(epoch) {
             return Ok(o);
         }
@@ -192,7 +206,7 @@ impl Slot {
         if let Some(o) = self.current(epoch) {
             return Ok(o);
         }
-        let (epoch, mut conn) = client.open().await?;
+        let (epoch, mut conn) = open().await?;
         let mut fence = None;
         if let (Some(track), false) = (track, matches!(conn, LocalConn::Cluster(_))) {
             redis::cmd("CLIENT")
@@ -317,8 +331,56 @@ impl SentinelConn {
 /// waiting when Redis comes back) opens one connection, not one per call.
 pub(super) struct Local {
     client: LocalClient,
+    /// On a Cluster, how a connection to one of its primaries is opened.
+    nodes: Option<Nodes>,
     /// This store's slot in each thread's list (see [`per_thread`]).
     token: Arc<()>,
+}
+
+/// How a connection of [`Local`] to one primary of a Cluster, named by its
+/// address, is opened (with the settings of the Cluster's own connections).
+pub(super) struct Nodes {
+    pub(super) settings: redis::RedisConnectionInfo,
+    pub(super) tls: bool,
+    pub(super) opener: Opener,
+}
+
+impl Nodes {
+    async fn open(&self, (host, port): &(String, u16)) -> RedisResult<(u64, LocalConn)> {
+        let addr = if self.tls {
+            redis::ConnectionAddr::TcpTls {
+                host: host.clone(),
+                port: *port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            redis::ConnectionAddr::Tcp(host.clone(), *port)
+        };
+        let info = addr
+            .into_connection_info()?
+            .set_redis_settings(self.settings.clone());
+        Ok((0, self.opener.open(info).await?))
+    }
+}
+
+/// A Cluster primary's host and port.
+pub(super) type NodeAddr = Arc<(String, u16)>;
+
+/// A thread's connections to the primaries of a Cluster, by address.
+#[derive(Default)]
+pub(super) struct NodeSlots(std::sync::Mutex<Vec<(NodeAddr, Arc<Slot>)>>);
+
+impl NodeSlots {
+    fn of(&self, node: &NodeAddr) -> Arc<Slot> {
+        let mut slots = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, slot)) = slots.iter().find(|(n, _)| n == node) {
+            return slot.clone();
+        }
+        let slot = Arc::new(Slot::default());
+        slots.push((node.clone(), slot.clone()));
+        slot
+    }
 }
 
 pub(super) enum LocalClient {
@@ -538,19 +600,39 @@ pub(super) fn per_thread<T: Default>(
 thread_local! {
     /// Each store's slot on this thread.
     static LOCAL: PerThread<Slot> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each store's connections to a Cluster's primaries on this thread.
+    static NODES: PerThread<NodeSlots> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Local {
-    pub(super) fn new(client: LocalClient) -> Local {
+    pub(super) fn new(client: LocalClient, nodes: Option<Nodes>) -> Local {
         Local {
             client,
+            nodes,
             token: Arc::new(()),
         }
     }
 
-    /// Sends `cmds` as one unit; on a Cluster, to the primary of `key`'s slot.
-    /// The reply to each.
-    async fn call(&self, cmds: Vec<Cmd>, key: &[u8]) -> RedisResult<Vec<Value>> {
+    /// Sends `cmds` as one unit; on a Cluster, to the primary of `key`'s slot:
+    /// on a connection of its own to `node` when it is named (it may then
+    /// answer `MOVED`), else through the Cluster's client. The reply to each.
+    async fn call(
+        &self,
+        cmds: Vec<Cmd>,
+        key: &[u8],
+        node: Option<&NodeAddr>,
+    ) -> RedisResult<Vec<Value>> {
+        if let (Some(nodes), Some(node)) = (&self.nodes, node) {
+            let slot = per_thread(&NODES, &self.token).of(node);
+            let mut opened = slot.get_with(0, None, || nodes.open(node)).await?;
+            return match opened.conn.send(cmds, false, key).await {
+                Ok(values) => Ok(values),
+                Err(e) => {
+                    slot.failed(&opened, &e, None);
+                    Err(e)
+                }
+            };
+        }
         (per_thread(&LOCAL, &self.token))
             .call(&self.client, None, |_| cmds, key)
             .await
@@ -574,6 +656,8 @@ struct Owners {
     /// empty until learnt. Shared, so that a caller can look up many slots
     /// without holding the lock.
     of: Arc<[u16]>,
+    /// Each primary's address, by its number.
+    primaries: Vec<NodeAddr>,
     learnt: Option<Instant>,
     asked: Option<Instant>,
 }
@@ -607,6 +691,13 @@ impl SlotOwners {
         (owner, ask)
     }
 
+    /// The address of `slot`'s primary, if known.
+    pub(super) fn primary(&self, slot: u16) -> Option<NodeAddr> {
+        let owners = self.state.lock().ok()?;
+        let n = *owners.of.get(usize::from(slot))?;
+        owners.primaries.get(usize::from(n)).cloned()
+    }
+
     /// The map as last learnt (each slot's primary, as [`SlotOwners::owner`]
     /// numbers them), unless none is known.
     pub(super) fn map(&self) -> Option<Arc<[u16]>> {
@@ -635,8 +726,10 @@ impl SlotOwners {
                 *slot = n;
             }
         }
+        let primaries: Vec<NodeAddr> = primaries.into_iter().map(|p| Arc::new(p.clone())).collect();
         if let Ok(mut owners) = self.state.lock() {
             owners.of = of.into();
+            owners.primaries = primaries;
             owners.learnt = Some(Instant::now());
         }
     }
@@ -646,6 +739,7 @@ impl SlotOwners {
     pub(super) fn forget(&self) {
         if let Ok(mut owners) = self.state.lock() {
             owners.of = Arc::from([]);
+            owners.primaries.clear();
             owners.learnt = None;
         }
     }

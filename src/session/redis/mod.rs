@@ -59,7 +59,8 @@ use creates::{CreateMany, Creates, NewSession};
 use ready::Ready;
 
 use lanes::{
-    request, request_each, Lanes, Local, LocalClient, Opener, SentinelConn, Shards, SlotOwners,
+    request, request_each, Lanes, Local, LocalClient, Nodes, Opener, SentinelConn, Shards,
+    SlotOwners,
 };
 
 use super::data::{LOGIN_IP_KEY, LOGIN_UA_KEY};
@@ -682,7 +683,7 @@ impl RedisStore {
         // Per topology: the shared connection, the client of the per-thread
         // connections, and that of the shards (with the near cache).
         let mut master = None;
-        let (conn, local, shard) = if let Some(sentinel) = &r.sentinel {
+        let (conn, local, shard, nodes) = if let Some(sentinel) = &r.sentinel {
             let mut settings = redis::RedisConnectionInfo::default().set_protocol(protocol);
             if let Some(password) = &sentinel.password {
                 settings = settings.set_password(password);
@@ -711,12 +712,29 @@ impl RedisStore {
                 .then(|| LocalClient::Sentinel(followed.clone(), opener(pushes.as_ref())));
             let shared = LocalClient::Sentinel(followed, opener(pushes.as_ref()));
             let conn = Conn::Sentinel(Arc::new(SentinelConn::new(shared, near.clone())));
-            (conn, local, shard)
+            (conn, local, shard, None)
         } else if cluster {
             let nodes: Vec<&str> = if r.nodes.is_empty() {
                 vec![r.url.as_str()]
             } else {
                 r.nodes.iter().map(String::as_str).collect()
+            };
+            // The untracked calls of the request path (creations) go on
+            // connections of their own to the primary of their slot, as
+            // learnt: the settings are the first node's.
+            let first = nodes[0].into_connection_info().map_err(invalid)?;
+            let node_settings = first.redis_settings().clone();
+            let tls = matches!(first.addr(), redis::ConnectionAddr::TcpTls { .. });
+            let direct = Nodes {
+                settings: node_settings,
+                tls,
+                opener: Opener {
+                    config: redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(r.timeout))
+                        .set_response_timeout(Some(r.timeout)),
+                    timeout: r.timeout,
+                    pushes: None,
+                },
             };
             let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
                 .connection_timeout(r.timeout)
@@ -736,7 +754,7 @@ impl RedisStore {
                 .set_connection_timeout(r.timeout)
                 .set_response_timeout(r.timeout);
             let conn = Conn::Cluster(client.get_pending_async_connection_with_config(config));
-            (conn, local, shard)
+            (conn, local, shard, Some(direct))
         } else {
             let info = r.url.as_str().into_connection_info().map_err(invalid)?;
             let settings = info.redis_settings().clone().set_protocol(protocol);
@@ -763,7 +781,7 @@ impl RedisStore {
             }
             let manager =
                 ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?;
-            (Conn::Single(manager), local, shard)
+            (Conn::Single(manager), local, shard, None)
         };
         // Fence channels, on one Redis and on Sentinel's master: named after
         // the key prefix and a number of this process's own, so no other
@@ -779,7 +797,7 @@ impl RedisStore {
             )
         });
         let lanes = Lanes {
-            local: Local::new(local),
+            local: Local::new(local, nodes),
             shards: shard
                 .zip(near.clone())
                 .map(|(c, near)| Shards::new(c, near, fences)),
@@ -1312,8 +1330,12 @@ impl RedisStore {
             cmds
         };
         let key = sessions[first].key.as_bytes();
+        let node = (inner.cluster)
+            .then(|| inner.owners.primary(self.slot(&sessions[first].key)))
+            .flatten();
+        let node = node.as_ref();
         let replies = self
-            .run(|_| async move { request_each(&inner.lanes, pipeline(), key).await })
+            .run(|_| async move { request_each(&inner.lanes, pipeline(), key, node).await })
             .await?;
         let mut replies = replies.into_iter();
         Ok(blocks
@@ -1743,27 +1765,26 @@ impl CreateMany for RedisStore {
             }
         }
         let blocks: Vec<Vec<usize>> = blocks.into_iter().map(|(_, b)| b).collect();
-        let outcomes: Vec<Result<(), StoreError>> =
+        let n = blocks.len();
+        // The outcome of each transaction, and those answered `MOVED`: on a
+        // connection of its own to a primary, a transaction whose slot moved
+        // is; the Cluster's client follows a `MOVED` with the whole pipeline,
+        // which then meets one for another transaction, back and forth, until
+        // it gives up. Those go again, each alone and through the Cluster's
+        // client, once the owners are forgotten.
+        let (mut outcomes, moved): (Vec<Result<(), StoreError>>, Vec<usize>) =
             match self.create_blocks(sessions, &blocks).await {
-                Ok(outcomes) => outcomes
-                    .into_iter()
-                    .map(|o| o.map_err(unavailable))
-                    .collect(),
-                // The client follows a `MOVED` with the whole pipeline, which
-                // then meets one for another transaction, back and forth, until
-                // it gives up: the transactions go again, each alone.
-                Err(e) if blocks.len() > 1 && is_redirect(&e) => {
-                    self.inner.owners.forget();
-                    let again = blocks.iter().map(|block| async move {
-                        let alone = std::slice::from_ref(block);
-                        self.create_blocks(sessions, alone).await.and_then(|o| {
-                            o.into_iter().next().map_or_else(
-                                || Err(StoreError::Unavailable("no reply to a request".into())),
-                                |o| o.map_err(unavailable),
-                            )
-                        })
-                    });
-                    futures_util::future::join_all(again).await
+                Ok(outcomes) => {
+                    let outcomes: Vec<_> = (outcomes.into_iter())
+                        .map(|o| o.map_err(unavailable))
+                        .collect();
+                    let moved = (0..n)
+                        .filter(|&b| outcomes[b].as_ref().is_err_and(is_redirect))
+                        .collect();
+                    (outcomes, moved)
+                }
+                Err(e) if n > 1 && is_redirect(&e) => {
+                    ((0..n).map(|_| Err(e.copied())).collect(), (0..n).collect())
                 }
                 Err(e) => {
                     let e = Err(e);
@@ -1772,6 +1793,23 @@ impl CreateMany for RedisStore {
                         .collect();
                 }
             };
+        if !moved.is_empty() {
+            self.inner.owners.forget();
+            let blocks = &blocks;
+            let again = moved.iter().map(|&b| async move {
+                let alone = std::slice::from_ref(&blocks[b]);
+                self.create_blocks(sessions, alone).await.and_then(|o| {
+                    o.into_iter().next().map_or_else(
+                        || Err(StoreError::Unavailable("no reply to a request".into())),
+                        |o| o.map_err(unavailable),
+                    )
+                })
+            });
+            let again = futures_util::future::join_all(again).await;
+            for (b, outcome) in moved.into_iter().zip(again) {
+                outcomes[b] = outcome;
+            }
+        }
         let mut answers: Vec<Result<(), StoreError>> =
             (0..sessions.len()).map(|_| Ok(())).collect();
         for (block, outcome) in blocks.iter().zip(outcomes) {

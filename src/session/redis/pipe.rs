@@ -17,7 +17,6 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use redis::aio::AsyncPushSender;
 use redis::{Cmd, ProtocolVersion, PushInfo, PushKind, RedisError, RedisResult, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 
@@ -64,6 +63,9 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the connection's task: bytes to write, or closing.
     wake: Notify,
+    stream: TcpStream,
+    /// The thread the task runs on (one runtime per worker thread).
+    home: std::thread::ThreadId,
 }
 
 #[derive(Default)]
@@ -75,6 +77,8 @@ struct State {
     waiting: VecDeque<Waiting>,
     /// Why the connection closed; no call is taken after.
     closed: Option<(io::ErrorKind, &'static str)>,
+    /// The task is writing bytes it took from `out`.
+    writing: bool,
 }
 
 struct Waiting {
@@ -133,8 +137,10 @@ impl Pipe {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
+            stream,
+            home: std::thread::current().id(),
         });
-        tokio::spawn(drive(shared.clone(), stream, config.pushes));
+        tokio::spawn(drive(shared.clone(), config.pushes));
         let pipe = Pipe {
             owner: Arc::new(Owner(shared)),
             timeout: config.timeout,
@@ -244,8 +250,13 @@ impl Pipe {
                 got: Vec::with_capacity(replies.saturating_sub(skip)),
                 done,
             });
-            // Otherwise the task was woken already and has not yet taken them.
-            if idle {
+            // Otherwise the task was woken already and has not yet taken
+            // them. With nothing else queued or being written, the caller
+            // writes them itself, sparing the task a wake-up (on another
+            // thread, when the connection is a shard's), and wakes it only
+            // for what the socket did not take.
+            let home = std::thread::current().id() == shared.home;
+            if idle && !(home && !state.writing && write_now(&shared.stream, &mut state.out)) {
                 shared.wake.notify_one();
             }
         }
@@ -263,6 +274,23 @@ impl Pipe {
     }
 }
 
+/// Writes as much of `out` as the socket takes without waiting and drops it
+/// from `out`; whether that was all of it.
+fn write_now(stream: &TcpStream, out: &mut Vec<u8>) -> bool {
+    match stream.try_write(out) {
+        Ok(n) if n == out.len() => {
+            out.clear();
+            true
+        }
+        Ok(n) => {
+            out.drain(..n);
+            false
+        }
+        // The task meets the error, or waits for room.
+        Err(_) => false,
+    }
+}
+
 /// Closes the connection when its task ends, however it ends (a runtime
 /// shutting down drops it mid-await).
 struct Ending(Arc<Shared>);
@@ -276,22 +304,28 @@ impl Drop for Ending {
 
 /// The connection's task: writes what callers queued, reads replies and hands
 /// each to its call, and pushes to `pushes`, until the connection closes.
-async fn drive(shared: Arc<Shared>, stream: TcpStream, pushes: Option<Arc<dyn AsyncPushSender>>) {
+async fn drive(shared: Arc<Shared>, pushes: Option<Arc<dyn AsyncPushSender>>) {
     let ending = Ending(shared.clone());
-    let (mut read, mut write) = stream.into_split();
+    let stream = &shared.stream;
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = Vec::with_capacity(16 * 1024);
     // `None`: the last handle was dropped.
     let ended = loop {
         tokio::select! {
-            r = read.read_buf(&mut input) => match r {
-                Ok(0) => break Some((io::ErrorKind::UnexpectedEof, "Redis closed the connection")),
-                Ok(_) => {
-                    if let Err(why) = dispatch(&shared, &mut input, pushes.as_deref()) {
-                        break Some((io::ErrorKind::InvalidData, why));
-                    }
+            r = stream.readable() => {
+                if let Err(e) = r {
+                    break Some((e.kind(), "reading from Redis failed"));
                 }
-                Err(e) => break Some((e.kind(), "reading from Redis failed")),
+                match stream.try_read_buf(&mut input) {
+                    Ok(0) => break Some((io::ErrorKind::UnexpectedEof, "Redis closed the connection")),
+                    Ok(_) => {
+                        if let Err(why) = dispatch(&shared, &mut input, pushes.as_deref()) {
+                            break Some((io::ErrorKind::InvalidData, why));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => break Some((e.kind(), "reading from Redis failed")),
+                }
             },
             () = shared.wake.notified() => {
                 {
@@ -300,13 +334,14 @@ async fn drive(shared: Arc<Shared>, stream: TcpStream, pushes: Option<Arc<dyn As
                         break None;
                     }
                     std::mem::swap(&mut state.out, &mut output);
+                    state.writing = !output.is_empty();
                 }
-                if !output.is_empty() {
-                    if let Err(e) = write.write_all(&output).await {
-                        break Some((e.kind(), "writing to Redis failed"));
-                    }
-                    output.clear();
+                if let Err(e) = write_all(stream, &output).await {
+                    break Some((e.kind(), "writing to Redis failed"));
                 }
+                output.clear();
+                // Whatever came meanwhile woke this task again.
+                shared.lock().writing = false;
             }
         }
     };
@@ -320,6 +355,18 @@ async fn drive(shared: Arc<Shared>, stream: TcpStream, pushes: Option<Arc<dyn As
             data: Vec::new(),
         });
     }
+}
+
+async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Hands every whole reply in `input` to its call and every push to
@@ -567,7 +614,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use redis::ErrorKind;
-    use tokio::io::AsyncBufReadExt;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// A reply as Redis writes it, from a tree of the types this store meets.
@@ -750,6 +797,50 @@ mod tests {
         assert!(matches!(&two[1], Value::ServerError(e) if e.code() == "ERR"));
         let seen = server.await.unwrap();
         assert_eq!(seen, [vec!["GET", "k"], vec!["INCR", "n"], vec!["NOSUCH"]]);
+    }
+
+    #[tokio::test]
+    async fn calls_from_another_thread_and_commands_larger_than_the_socket_takes_go_out_whole() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let big = "x".repeat(8 << 20);
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut r = tokio::io::BufReader::new(r);
+            let mut seen = Vec::new();
+            for reply in [&b"+OK\r\n"[..], b":7\r\n"] {
+                let args = command(&mut r).await;
+                seen.push((
+                    args[0].clone(),
+                    args[1..].iter().map(String::len).sum::<usize>(),
+                ));
+                w.write_all(reply).await.unwrap();
+            }
+            seen
+        });
+        let pipe = Pipe::open(config(port, None)).await.unwrap();
+        // Larger than any socket buffer: the caller writes what the socket
+        // takes, the connection's task the rest.
+        let set = redis::cmd("SET").arg("k").arg(&big).to_owned();
+        assert_eq!(pipe.send(&[set], 0).await.unwrap(), vec![Value::Okay]);
+        // From a thread other than the connection's: its task writes it.
+        let other = pipe.clone();
+        let reply = tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(other.send(&[redis::cmd("INCR").arg("n").to_owned()], 0))
+        })
+        .await
+        .unwrap();
+        assert_eq!(reply.unwrap(), vec![Value::Int(7)]);
+        let seen = server.await.unwrap();
+        assert_eq!(
+            seen,
+            [("SET".to_owned(), 1 + big.len()), ("INCR".to_owned(), 1)]
+        );
     }
 
     #[tokio::test]

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use redis::aio::{AsyncPushSender, ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Cmd, IntoConnectionInfo, RedisError, RedisResult, Value};
+use redis::{Cmd, RedisError, RedisResult, Value};
 
 use super::pipe::{Pipe, PipeConfig};
-use super::sentinel::Master;
+use super::sentinel::{server_info, Master};
 use crate::session::near::NearCache;
 
 /// Sends the commands `cmds` builds as one unit and returns the reply to the
@@ -347,19 +347,7 @@ pub(super) struct Nodes {
 
 impl Nodes {
     async fn open(&self, (host, port): &(String, u16)) -> RedisResult<(u64, LocalConn)> {
-        let addr = if self.tls {
-            redis::ConnectionAddr::TcpTls {
-                host: host.clone(),
-                port: *port,
-                insecure: false,
-                tls_params: None,
-            }
-        } else {
-            redis::ConnectionAddr::Tcp(host.clone(), *port)
-        };
-        let info = addr
-            .into_connection_info()?
-            .set_redis_settings(self.settings.clone());
+        let info = server_info(host, *port, self.tls, &self.settings)?;
         Ok((0, self.opener.open(info).await?))
     }
 }

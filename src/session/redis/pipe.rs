@@ -251,10 +251,11 @@ impl Pipe {
                 done,
             });
             // Otherwise the task was woken already and has not yet taken
-            // them. With nothing else queued or being written, the caller
-            // writes them itself, sparing the task a wake-up (on another
-            // thread, when the connection is a shard's), and wakes it only
-            // for what the socket did not take.
+            // them. With nothing else queued or being written, a caller on
+            // the task's own thread writes them itself, sparing the task a
+            // wake-up, and wakes it only for what the socket did not take.
+            // Callers on other threads leave the writing to the task: writing
+            // from there woke its reactor more often than it saved.
             let home = std::thread::current().id() == shared.home;
             if idle && !(home && !state.writing && write_now(&shared.stream, &mut state.out)) {
                 shared.wake.notify_one();
@@ -750,6 +751,28 @@ mod tests {
         }
     }
 
+    type Reader = tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>;
+    type Writer = tokio::net::tcp::OwnedWriteHalf;
+
+    /// A server on loopback that takes one connection and runs `serve` on
+    /// it; its port and `serve`'s outcome.
+    async fn fake_redis<T, F>(
+        serve: impl FnOnce(Reader, Writer) -> F + Send + 'static,
+    ) -> (u16, tokio::task::JoinHandle<T>)
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (r, w) = s.into_split();
+            serve(tokio::io::BufReader::new(r), w).await
+        });
+        (port, server)
+    }
+
     /// The next command a server reads, as its arguments.
     async fn command(r: &mut (impl AsyncBufReadExt + Unpin)) -> Vec<String> {
         let mut line = String::new();
@@ -768,12 +791,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_get_their_own_replies_in_order_though_replies_arrive_in_pieces() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move {
-            let (s, _) = listener.accept().await.unwrap();
-            let (r, mut w) = s.into_split();
-            let mut r = tokio::io::BufReader::new(r);
+        let (port, server) = fake_redis(|mut r, mut w| async move {
             let mut seen = Vec::new();
             for _ in 0..3 {
                 seen.push(command(&mut r).await);
@@ -784,7 +802,8 @@ mod tests {
                 w.flush().await.unwrap();
             }
             seen
-        });
+        })
+        .await;
         let pipe = Pipe::open(config(port, None)).await.unwrap();
         let get = redis::cmd("GET").arg("k").to_owned();
         let incr = redis::cmd("INCR").arg("n").to_owned();
@@ -801,13 +820,8 @@ mod tests {
 
     #[tokio::test]
     async fn calls_from_another_thread_and_commands_larger_than_the_socket_takes_go_out_whole() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
         let big = "x".repeat(8 << 20);
-        let server = tokio::spawn(async move {
-            let (s, _) = listener.accept().await.unwrap();
-            let (r, mut w) = s.into_split();
-            let mut r = tokio::io::BufReader::new(r);
+        let (port, server) = fake_redis(|mut r, mut w| async move {
             let mut seen = Vec::new();
             for reply in [&b"+OK\r\n"[..], b":7\r\n"] {
                 let args = command(&mut r).await;
@@ -818,7 +832,8 @@ mod tests {
                 w.write_all(reply).await.unwrap();
             }
             seen
-        });
+        })
+        .await;
         let pipe = Pipe::open(config(port, None)).await.unwrap();
         // Larger than any socket buffer: the caller writes what the socket
         // takes, the connection's task the rest.
@@ -845,12 +860,7 @@ mod tests {
 
     #[tokio::test]
     async fn pushes_go_to_the_sender_and_a_lost_connection_fails_the_calls_waiting() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move {
-            let (s, _) = listener.accept().await.unwrap();
-            let (r, mut w) = s.into_split();
-            let mut r = tokio::io::BufReader::new(r);
+        let (port, server) = fake_redis(|mut r, mut w| async move {
             assert_eq!(command(&mut r).await, ["SUBSCRIBE", "fences"]);
             w.write_all(b">3\r\n$9\r\nsubscribe\r\n$6\r\nfences\r\n:1\r\n")
                 .await
@@ -860,7 +870,8 @@ mod tests {
             w.write_all(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n")
                 .await
                 .unwrap();
-        });
+        })
+        .await;
         let heard = Heard::default();
         let pipe = Pipe::open(config(port, Some(Arc::new(heard.clone()))))
             .await
@@ -887,13 +898,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_that_stays_silent_times_the_call_out() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move {
-            let (s, _) = listener.accept().await.unwrap();
+        // It holds the connection open and answers nothing.
+        let (port, server) = fake_redis(|r, w| async move {
             tokio::time::sleep(Duration::from_secs(3)).await;
-            drop(s);
-        });
+            drop((r, w));
+        })
+        .await;
         let mut config = config(port, None);
         config.timeout = Duration::from_millis(200);
         let pipe = Pipe::open(config).await.unwrap();
@@ -906,19 +916,15 @@ mod tests {
 
     #[tokio::test]
     async fn it_introduces_itself_with_hello_auth_and_select() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move {
-            let (s, _) = listener.accept().await.unwrap();
-            let (r, mut w) = s.into_split();
-            let mut r = tokio::io::BufReader::new(r);
+        let (port, server) = fake_redis(|mut r, mut w| async move {
             let hello = command(&mut r).await;
             let select = command(&mut r).await;
             w.write_all(b"%1\r\n+server\r\n+redis\r\n+OK\r\n")
                 .await
                 .unwrap();
             (hello, select)
-        });
+        })
+        .await;
         let mut config = config(port, None);
         config.username = Some("app");
         config.password = Some("s3cret");
@@ -933,18 +939,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_password_fails_the_open() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            let (s, _) = listener.accept().await.unwrap();
-            let (r, mut w) = s.into_split();
-            let mut r = tokio::io::BufReader::new(r);
+        let (port, _server) = fake_redis(|mut r, mut w| async move {
             assert_eq!(command(&mut r).await, ["AUTH", "not-the-pass"]);
             w.write_all(b"-WRONGPASS invalid username-password pair\r\n")
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_secs(1)).await;
-        });
+        })
+        .await;
         let mut config = config(port, None);
         config.password = Some("not-the-pass");
         let Err(e) = Pipe::open(config).await else {

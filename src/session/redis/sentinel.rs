@@ -89,6 +89,29 @@ struct Sentinel {
     conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
 }
 
+/// How to reach the server at `host`:`port` (over TLS with `tls`, verifying
+/// its name) and speak to it (`settings`).
+pub(super) fn server_info(
+    host: &str,
+    port: u16,
+    tls: bool,
+    settings: &RedisConnectionInfo,
+) -> RedisResult<redis::ConnectionInfo> {
+    let addr = if tls {
+        redis::ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        redis::ConnectionAddr::Tcp(host.to_owned(), port)
+    };
+    Ok(addr
+        .into_connection_info()?
+        .set_redis_settings(settings.clone()))
+}
+
 impl Master {
     /// `nodes` are the Sentinels' URLs; `settings` how to speak to the master,
     /// and `tls` whether over TLS.
@@ -186,19 +209,7 @@ impl Master {
         C: ConnectionLike,
         F: Future<Output = RedisResult<C>>,
     {
-        let addr = if self.tls {
-            redis::ConnectionAddr::TcpTls {
-                host: host.clone(),
-                port: *port,
-                insecure: false,
-                tls_params: None,
-            }
-        } else {
-            redis::ConnectionAddr::Tcp(host.clone(), *port)
-        };
-        let info = addr
-            .into_connection_info()?
-            .set_redis_settings(self.settings.clone());
+        let info = server_info(host, *port, self.tls, &self.settings)?;
         let mut conn = connect(info).await?;
         match redis::cmd("ROLE").query_async(&mut conn).await? {
             redis::Role::Primary { .. } => Ok(conn),

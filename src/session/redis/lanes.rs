@@ -279,11 +279,25 @@ impl Slot {
         key: &[u8],
     ) -> RedisResult<Vec<Value>> {
         let epoch = client.epoch().await;
-        let mut opened = self.get(client, epoch, track).await?;
+        self.call_with(epoch, track, || client.open(), cmds, key)
+            .await
+    }
+
+    /// As [`Slot::call`], with `open` opening the connection.
+    async fn call_with<F>(
+        &self,
+        epoch: u64,
+        track: Option<Track<'_>>,
+        open: impl FnOnce() -> F,
+        cmds: impl FnOnce(Option<&str>) -> Vec<Cmd>,
+        key: &[u8],
+    ) -> RedisResult<Vec<Value>>
+    where
+        F: std::future::Future<Output = RedisResult<(u64, LocalConn)>>,
+    {
+        let mut opened = self.get_with(epoch, track, open).await?;
         let cmds = cmds(opened.fence.as_deref());
-        // On a Cluster, tracking goes before every call (see [`Shards`]).
-        let cluster_track = track.is_some() && matches!(opened.conn, LocalConn::Cluster(_));
-        match opened.conn.send(cmds, cluster_track, key).await {
+        match opened.conn.send(cmds, track.is_some(), key).await {
             Ok(values) => Ok(values),
             Err(e) => {
                 self.failed(&opened, &e, track.map(|t| t.near));
@@ -380,10 +394,10 @@ pub(super) enum LocalClient {
 
 /// How a connection to one server (one Redis, or the master the Sentinels
 /// name) is opened: over plain TCP, as a [`Pipe`]; over TLS or a Unix socket,
-/// by the `redis` crate, with `config`. Both tell `pushes` what Redis pushes.
+/// by the `redis` crate. Both time out after `timeout` and tell `pushes` what
+/// Redis pushes.
 #[derive(Clone)]
 pub(super) struct Opener {
-    pub(super) config: redis::AsyncConnectionConfig,
     pub(super) timeout: Duration,
     pub(super) pushes: Option<Arc<dyn AsyncPushSender>>,
 }
@@ -408,10 +422,12 @@ impl Opener {
                 )
             }
             _ => {
-                let config = match &self.pushes {
-                    Some(pushes) => self.config.clone().set_push_sender(Relay(pushes.clone())),
-                    None => self.config.clone(),
-                };
+                let mut config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout));
+                if let Some(pushes) = &self.pushes {
+                    config = config.set_push_sender(pushes.clone());
+                }
                 LocalConn::Single(
                     redis::Client::open(info)?
                         .get_multiplexed_async_connection_with_config(&config)
@@ -419,15 +435,6 @@ impl Opener {
                 )
             }
         })
-    }
-}
-
-/// Hands a connection's pushes on to a shared sender.
-struct Relay(Arc<dyn AsyncPushSender>);
-
-impl AsyncPushSender for Relay {
-    fn send(&self, info: redis::PushInfo) -> Result<(), redis::aio::SendError> {
-        self.0.send(info)
     }
 }
 
@@ -469,37 +476,34 @@ impl LocalClient {
 
 impl LocalConn {
     /// Sends `cmds` in one pipeline, on a Cluster to the primary of `key`'s
-    /// slot; with `track`, after `CLIENT TRACKING ON NOLOOP`. Returns the
-    /// replies to `cmds`.
+    /// slot, and returns the replies to them. With `track` (the call's keys
+    /// are to be tracked), on a Cluster, after `CLIENT TRACKING ON NOLOOP`:
+    /// its node connections come and go inside the client (see [`Shards`]);
+    /// other connections turned tracking on as they opened.
     async fn send(&mut self, cmds: Vec<Cmd>, track: bool, key: &[u8]) -> RedisResult<Vec<Value>> {
-        let tracking = || {
-            redis::cmd("CLIENT")
-                .arg("TRACKING")
-                .arg("ON")
-                .arg("NOLOOP")
-                .to_owned()
-        };
-        let skip = usize::from(track);
-        let n = cmds.len();
-        let pipeline = |cmds: Vec<Cmd>| {
-            let mut pipe = redis::pipe();
-            if track {
-                pipe.add_command(tracking());
-            }
-            for cmd in cmds {
-                pipe.add_command(cmd);
-            }
-            pipe
-        };
         match self {
-            LocalConn::Pipe(p) if track => p.send(&[&[tracking()], &cmds[..]].concat(), 1).await,
             LocalConn::Pipe(p) => p.send(&cmds, 0).await,
-            LocalConn::Single(c) => c.req_packed_commands(&pipeline(cmds), skip, n).await,
+            LocalConn::Single(c) => {
+                let n = cmds.len();
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                c.req_packed_commands(&pipe, 0, n).await
+            }
             LocalConn::Cluster(c) => {
+                let n = cmds.len();
+                let mut pipe = redis::pipe();
+                if track {
+                    pipe.cmd("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP");
+                }
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
                 // The client would route `CLIENT TRACKING` by `TRACKING` as a
                 // key, and `MULTI` by none.
                 let route = Route::new(key_slot(key), SlotAddr::Master);
-                let pipe = pipeline(cmds);
+                let skip = usize::from(track);
                 c.route_pipeline(pipe, skip, n, SingleNodeRoutingInfo::SpecificNode(route))
                     .await
             }
@@ -611,15 +615,9 @@ impl Local {
         node: Option<&NodeAddr>,
     ) -> RedisResult<Vec<Value>> {
         if let (Some(nodes), Some(node)) = (&self.nodes, node) {
-            let slot = per_thread(&NODES, &self.token).of(node);
-            let mut opened = slot.get_with(0, None, || nodes.open(node)).await?;
-            return match opened.conn.send(cmds, false, key).await {
-                Ok(values) => Ok(values),
-                Err(e) => {
-                    slot.failed(&opened, &e, None);
-                    Err(e)
-                }
-            };
+            return (per_thread(&NODES, &self.token).of(node))
+                .call_with(0, None, || nodes.open(node), |_| cmds, key)
+                .await;
         }
         (per_thread(&LOCAL, &self.token))
             .call(&self.client, None, |_| cmds, key)

@@ -680,6 +680,15 @@ impl RedisStore {
         } else {
             ProtocolVersion::RESP2
         };
+        // How the request path's connections are opened: with the near
+        // cache's push sender for those whose keys it tracks.
+        let tracked: Option<Arc<dyn redis::aio::AsyncPushSender>> = pushes
+            .clone()
+            .map(|p| Arc::new(p) as Arc<dyn redis::aio::AsyncPushSender>);
+        let opener = |with_pushes: bool| Opener {
+            timeout: r.timeout,
+            pushes: tracked.clone().filter(|_| with_pushes),
+        };
         // Per topology: the shared connection, the client of the per-thread
         // connections, and that of the shards (with the near cache).
         let mut master = None;
@@ -700,17 +709,10 @@ impl RedisStore {
             )
             .map_err(invalid)?;
             master = Some(followed.clone());
-            let opener = |pushes: Option<&Forget>| Opener {
-                config: redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(r.timeout))
-                    .set_response_timeout(Some(r.timeout)),
-                timeout: r.timeout,
-                pushes: pushes.map(|p| Arc::new(p.clone()) as Arc<dyn redis::aio::AsyncPushSender>),
-            };
-            let local = LocalClient::Sentinel(followed.clone(), opener(None));
-            let shard = (pushes.is_some())
-                .then(|| LocalClient::Sentinel(followed.clone(), opener(pushes.as_ref())));
-            let shared = LocalClient::Sentinel(followed, opener(pushes.as_ref()));
+            let local = LocalClient::Sentinel(followed.clone(), opener(false));
+            let shard =
+                (pushes.is_some()).then(|| LocalClient::Sentinel(followed.clone(), opener(true)));
+            let shared = LocalClient::Sentinel(followed, opener(true));
             let conn = Conn::Sentinel(Arc::new(SentinelConn::new(shared, near.clone())));
             (conn, local, shard, None)
         } else if cluster {
@@ -728,13 +730,7 @@ impl RedisStore {
             let direct = Nodes {
                 settings: node_settings,
                 tls,
-                opener: Opener {
-                    config: redis::AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(r.timeout))
-                        .set_response_timeout(Some(r.timeout)),
-                    timeout: r.timeout,
-                    pushes: None,
-                },
+                opener: opener(false),
             };
             let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
                 .connection_timeout(r.timeout)
@@ -758,19 +754,10 @@ impl RedisStore {
         } else {
             let info = r.url.as_str().into_connection_info().map_err(invalid)?;
             let settings = info.redis_settings().clone().set_protocol(protocol);
-            let client = redis::Client::open(info.set_redis_settings(settings)).map_err(invalid)?;
-            let base = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(r.timeout))
-                .set_response_timeout(Some(r.timeout));
-            let opener = |pushes: Option<&Forget>| Opener {
-                config: base.clone(),
-                timeout: r.timeout,
-                pushes: pushes.map(|p| Arc::new(p.clone()) as Arc<dyn redis::aio::AsyncPushSender>),
-            };
-            let info = client.get_connection_info().clone();
-            let local = LocalClient::Single(info.clone(), opener(None));
-            let shard =
-                (pushes.is_some()).then(|| LocalClient::Single(info, opener(pushes.as_ref())));
+            let info = info.set_redis_settings(settings);
+            let client = redis::Client::open(info.clone()).map_err(invalid)?;
+            let local = LocalClient::Single(info.clone(), opener(false));
+            let shard = (pushes.is_some()).then(|| LocalClient::Single(info, opener(true)));
             let mut config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(r.timeout))
                 .set_response_timeout(Some(r.timeout))

@@ -250,15 +250,19 @@ impl Pipe {
                 got: Vec::with_capacity(replies.saturating_sub(skip)),
                 done,
             });
-            // Otherwise the task was woken already and has not yet taken
-            // them. With nothing else queued or being written, a caller on
-            // the task's own thread writes them itself, sparing the task a
+            // When bytes were queued already, the task was woken for them and
+            // takes these too. Otherwise, with nothing being written, a caller
+            // on the task's own thread writes them itself, sparing the task a
             // wake-up, and wakes it only for what the socket did not take.
             // Callers on other threads leave the writing to the task: writing
             // from there woke its reactor more often than it saved.
-            let home = std::thread::current().id() == shared.home;
-            if idle && !(home && !state.writing && write_now(&shared.stream, &mut state.out)) {
-                shared.wake.notify_one();
+            if idle {
+                let written = !state.writing
+                    && std::thread::current().id() == shared.home
+                    && write_now(&shared.stream, &mut state.out);
+                if !written {
+                    shared.wake.notify_one();
+                }
             }
         }
         match tokio::time::timeout(self.timeout, answer).await {
@@ -387,35 +391,33 @@ fn dispatch(
         };
         used += len;
         let mut state = shared.lock();
-        if let Value::Push { kind, data } = value {
-            let reply = matches!(kind, PushKind::Subscribe | PushKind::Unsubscribe)
-                && state.waiting.front().is_some_and(|w| w.subscribe);
-            if !reply {
-                drop(state);
-                if let Some(pushes) = pushes {
-                    let _ = pushes.send(PushInfo { kind, data });
-                }
-                continue;
+        // A push is a call's reply only when it confirms the subscription
+        // the call asked for.
+        let reply = match &value {
+            Value::Push { kind, .. } => {
+                matches!(kind, PushKind::Subscribe | PushKind::Unsubscribe)
+                    && state.waiting.front().is_some_and(|w| w.subscribe)
             }
-            if let Some(w) = state.waiting.front_mut() {
-                w.got.push(Value::Push { kind, data });
-                w.left -= 1;
+            _ => true,
+        };
+        if !reply {
+            drop(state);
+            if let (Some(pushes), Value::Push { kind, data }) = (pushes, value) {
+                let _ = pushes.send(PushInfo { kind, data });
             }
-        } else {
-            let Some(w) = state.waiting.front_mut() else {
-                break Err("a reply to no command");
-            };
-            if w.skip > 0 {
-                w.skip -= 1;
-            } else {
-                w.got.push(value);
-            }
-            w.left -= 1;
+            continue;
         }
-        if state.waiting.front().is_some_and(|w| w.left == 0) {
-            if let Some(w) = state.waiting.pop_front() {
-                done.push(w);
-            }
+        let Some(w) = state.waiting.front_mut() else {
+            break Err("a reply to no command");
+        };
+        if w.skip > 0 {
+            w.skip -= 1;
+        } else {
+            w.got.push(value);
+        }
+        w.left -= 1;
+        if w.left == 0 {
+            done.extend(state.waiting.pop_front());
         }
     };
     input.advance(used);

@@ -120,7 +120,7 @@ fn main() {
             sentinel: None,
             near_cache: true,
         };
-        let store = RedisStore::open(&config, Some("user"), EventSink::default())
+        let store = RedisStore::open(&config, Some("user"), EventSink::default(), 2)
             .await
             .expect("Redis");
         fill_redis(&config, n).await;

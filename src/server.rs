@@ -1,4 +1,5 @@
-//! Listeners and connections: one worker thread per core, each with its own
+//! Listeners and connections: worker threads (`workers`; by default one per core
+//! the process may use), each with its own
 //! single-threaded runtime, its own `SO_REUSEPORT` sockets on the listening
 //! addresses and its own upstream connection pool, so a request never crosses
 //! cores. Serves HTTP/1.1, h2c (prior knowledge) and, on the TLS listener, HTTP/2 by
@@ -142,15 +143,10 @@ fn bind_all(
     Ok((addr, sockets))
 }
 
-/// How many workers to run: one per core the process may use.
-fn worker_count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 impl Server {
     /// Loads the certificate, opens the store and binds the listeners.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        let workers = worker_count();
+        let workers = config.workers();
         let mut bound = Vec::new();
         let mut cert = None;
         let mut https_port = None;
@@ -265,6 +261,8 @@ impl Server {
         let workers = self.bound[0].sockets.len();
         let mut per_worker: Vec<Vec<(Role, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
+        let plural = if workers == 1 { "" } else { "s" };
+        tracing::info!("{workers} worker thread{plural}");
         for b in self.bound {
             for (i, socket) in b.sockets.into_iter().enumerate() {
                 per_worker[i].push((b.role.clone(), socket));

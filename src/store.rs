@@ -77,7 +77,8 @@ pub(crate) async fn open(
                     "store.snapshot is for the memory store; ignored with store.type: redis"
                 );
             }
-            let store = RedisStore::open(&config.store.redis, user_key, events).await?;
+            let store =
+                RedisStore::open(&config.store.redis, user_key, events, config.workers()).await?;
             Ok((
                 Store::Redis(store),
                 StoreTasks {

@@ -561,6 +561,58 @@ async fn a_second_sessiongate_on_the_same_port_exits_naming_the_address() {
     first.stop().await;
 }
 
+/// The names of the process's threads that serve requests (`ps -L` shows
+/// them as `sessiongate-wor`, the kernel keeping 15 bytes of a name).
+fn worker_threads(pid: u32) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("sessiongate-wor"))
+        .count()
+}
+
+/// `workers` sets how many threads serve, all on one listener; `auto` (the
+/// default) runs one per core the process may use.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_sets_how_many_threads_serve() {
+    let upstream = Upstream::ok().await;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (value, n) in [("3", 3), ("1", 1), ("auto", cores)] {
+        let yaml = config(&upstream.url())
+            .set("workers", value)
+            .set("log.level", "info");
+        let mut proxy = support::ops::Binary::start(&yaml).await;
+        let said = format!("{n} worker thread");
+        assert!(
+            proxy.output.iter().any(|l| l.contains(&said)),
+            "{value}: no {said:?} in\n{}",
+            proxy.output.join("\n")
+        );
+        // The threads start just after the listening line.
+        let mut threads = worker_threads(proxy.pid());
+        for _ in 0..100 {
+            if threads >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            threads = worker_threads(proxy.pid());
+        }
+        assert_eq!(threads, n, "workers: {value}");
+        // Every connection is served, whichever thread takes it, and a
+        // visitor's session is known on each.
+        let first = get_without_cookie(&proxy.url("/")).await;
+        assert_eq!(first.status(), 200);
+        let cookie = session_set_cookie(first.headers()).expect("a session cookie");
+        let id = upstream.last().expect_session_id();
+        for _ in 0..4 * n {
+            let again = get_with_cookie(&proxy.url("/"), &cookie.pair()).await;
+            assert_eq!(again.status(), 200);
+            assert_eq!(upstream.last().expect_session_id(), id, "workers: {value}");
+        }
+        proxy.stop().await;
+    }
+}
+
 #[test]
 fn check_warns_about_a_snapshot_it_could_not_load_next_to_the_config() {
     let dir = tempfile::tempdir().unwrap();

@@ -744,6 +744,18 @@ fn compose_proxies_are_probed_on_readyz_and_mount_the_shared_config() {
             );
         }
         assert_eq!(proxy["read_only"], true, "{name}: read_only");
+        // The proxies share one host: a CPU limit each, which `workers: auto`
+        // follows, so their worker threads do not crowd the same cores.
+        let cpus = match &proxy["cpus"] {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        };
+        assert!(
+            cpus.is_some_and(|c| c >= 1.0),
+            "{name}: a CPU limit of at least one core, got {:?}",
+            proxy["cpus"]
+        );
         assert!(
             words(&proxy["cap_drop"]).iter().any(|c| c == "ALL"),
             "{name}: cap_drop ALL"

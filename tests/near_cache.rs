@@ -41,7 +41,7 @@ async fn store(url: &str, nodes: Vec<String>, prefix: &str, near_cache: bool) ->
         sentinel: None,
         near_cache,
     };
-    let store = RedisStore::open(&settings, Some("user"), EventSink::default())
+    let store = RedisStore::open(&settings, Some("user"), EventSink::default(), 2)
         .await
         .expect("open the Redis store");
     store.ping().await.expect("Redis answers");

@@ -260,6 +260,29 @@ async fn a_new_connection_cap_is_reported_as_needing_a_restart() {
     );
 }
 
+/// The worker threads are started once: a reload that changes `workers` says
+/// so and serves on with the threads it has.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_worker_count_is_reported_as_needing_a_restart() {
+    let upstream = Upstream::ok().await;
+    let mut proxy = Binary::start(base(&upstream).set("workers", "2")).await;
+
+    proxy.rewrite(base(&upstream).set("workers", "3"));
+    let mark = proxy.output.len();
+    let outcome = proxy.reload().await;
+
+    assert!(outcome.contains("configuration reloaded"), "{outcome}");
+    let said = &proxy.output[mark..];
+    assert!(
+        said.iter()
+            .any(|l| l.contains("restart") && l.contains("workers")),
+        "no word that workers needs a restart:\n{}",
+        said.join("\n")
+    );
+    let response = get_without_cookie(&proxy.url("/")).await;
+    assert_eq!(response.status(), 200);
+}
+
 /// Eight browsers request without pause while the config is reloaded ten times:
 /// every response is a 2xx, and no browser loses its session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

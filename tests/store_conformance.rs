@@ -102,7 +102,7 @@ fn settings(url: &str, prefix: &str, near_cache: bool) -> RedisConfig {
 
 /// The store `settings` describe, once Redis answers.
 async fn open(settings: &RedisConfig, events: EventSink) -> RedisStore {
-    let store = RedisStore::open(settings, Some(USER_KEY), events)
+    let store = RedisStore::open(settings, Some(USER_KEY), events, 2)
         .await
         .expect("open the Redis store");
     store.ping().await.expect("Redis answers");

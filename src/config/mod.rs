@@ -44,7 +44,7 @@ pub use self::store::{RedisConfig, SentinelConfig, StoreConfig, StoreType};
 pub(crate) use self::tls::TlsConfig;
 pub(crate) use self::upstream::{Balance, HealthConfig, ServerConfig, UpstreamConfig};
 use source::Source;
-use values::{Addr, Cidr};
+use values::{Addr, Cidr, Workers};
 
 /// The validated configuration the proxy runs with.
 #[derive(Clone)]
@@ -53,6 +53,9 @@ pub struct Config {
     pub(crate) origin: PathBuf,
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) tls: Option<TlsConfig>,
+    /// `workers`: the worker threads asked for; `None` is `auto` (see
+    /// [`Config::workers`]).
+    workers: Option<std::num::NonZeroUsize>,
     /// The upstream groups by name: `upstreams`, and `default` from `upstream`
     /// unless `upstreams` names a group `default` itself.
     pub(crate) groups: Vec<UpstreamConfig>,
@@ -90,6 +93,15 @@ impl Config {
         raw.validate(&src, dev)
     }
 
+    /// How many worker threads to run: `workers`, or with `auto` one per core
+    /// the process may use (its CPU affinity and cgroup quota count).
+    pub fn workers(&self) -> usize {
+        self.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n.get(),
+        )
+    }
+
     /// The effective configuration as YAML, defaults filled in, secrets redacted.
     pub fn to_redacted_yaml(&self) -> String {
         serde_saphyr::to_string(&self.raw)
@@ -109,6 +121,7 @@ impl Config {
             origin: _,
             listen,
             tls,
+            workers,
             groups: _,
             routes: _,
             session: _,
@@ -125,6 +138,7 @@ impl Config {
         let tls_fixed = |t: &Option<TlsConfig>| t.as_ref().map(TlsConfig::fixed_at_start);
         [
             ("listen", "the listener address", *listen == self.listen),
+            ("workers", "the worker threads", *workers == self.workers),
             (
                 "tls",
                 "the HTTPS listener",
@@ -176,6 +190,7 @@ struct RawConfig {
     /// Absent means 127.0.0.1:8080, or no plain listener when `tls` is set.
     listen: Option<Addr>,
     tls: Option<tls::RawTls>,
+    workers: Workers,
     upstream: upstream::RawUpstream,
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     upstreams: std::collections::BTreeMap<String, upstreams::RawGroup>,
@@ -221,6 +236,7 @@ impl RawConfig {
             origin: src.origin.to_owned(),
             listen: self.listen.map(|a| a.0),
             tls,
+            workers: self.workers.0,
             groups,
             routes,
             session,
@@ -621,10 +637,44 @@ mod tests {
     }
 
     #[test]
+    fn workers_is_auto_or_a_count_and_a_bad_one_names_its_key() {
+        let base = format!("session:\n  secrets: [\"{SECRET}\"]\n");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(parse(&base).unwrap().workers(), cores);
+        assert_eq!(
+            parse(&format!("{base}workers: auto\n")).unwrap().workers(),
+            cores
+        );
+        for (value, n) in [("1", 1), ("3", 3), ("\"2\"", 2), ("1024", 1024)] {
+            let c = parse(&format!("{base}workers: {value}\n")).unwrap();
+            assert_eq!(c.workers(), n, "{value}");
+            assert!(
+                c.to_redacted_yaml().contains(&format!("workers: {n}")),
+                "{value}: {}",
+                c.to_redacted_yaml()
+            );
+        }
+        assert!(parse(&base)
+            .unwrap()
+            .to_redacted_yaml()
+            .contains("workers: auto"));
+        for value in ["0", "-1", "1025", "many", "2.5", "\"\""] {
+            let (line, _, key, msg) = invalid(&format!("{base}workers: {value}\n"));
+            assert_eq!((line, key.as_str()), (3, "workers"), "{value}: {msg}");
+            assert!(
+                msg.contains("auto") && msg.contains("1024"),
+                "{value}: {msg}"
+            );
+        }
+    }
+
+    #[test]
     fn a_reload_names_each_section_it_cannot_apply() {
         let running = parse(&format!("session:\n  secrets: [\"{SECRET}\"]\n")).unwrap();
         for (change, needs) in [
             ("listen: 127.0.0.1:8081", Some("listen")),
+            ("workers: 1", Some("workers")),
+            ("workers: auto", None),
             ("admin:\n  listen: 127.0.0.1:9092", Some("admin")),
             ("admin:\n  token: t", None),
             ("store:\n  snapshot_interval: 5s", Some("store")),

@@ -226,6 +226,77 @@ impl<const MIN: usize> Serialize for AtLeast<MIN> {
     }
 }
 
+/// The most worker threads `workers` may ask for.
+pub(super) const MAX_WORKERS: usize = 1024;
+
+/// `workers:` — `auto` (one per core the process may use, as its CPU
+/// affinity and cgroup quota allow: `None`), or a number from 1 to
+/// [`MAX_WORKERS`], given as a YAML integer or a string (so `${VAR}` works).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Workers(pub(super) Option<std::num::NonZeroUsize>);
+
+impl Workers {
+    fn of(n: u64) -> Result<Workers, String> {
+        match usize::try_from(n)
+            .ok()
+            .and_then(std::num::NonZeroUsize::new)
+        {
+            Some(n) if n.get() <= MAX_WORKERS => Ok(Workers(Some(n))),
+            _ => Err(format!(
+                "invalid worker count {n} (expected auto or 1 to {MAX_WORKERS})"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Workers;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(
+                    f,
+                    "auto or a number of worker threads from 1 to {MAX_WORKERS}"
+                )
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Workers, E> {
+                Workers::of(n).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Workers, E> {
+                match u64::try_from(n) {
+                    Ok(n) => Workers::of(n).map_err(E::custom),
+                    Err(_) => Err(E::custom(format!(
+                        "invalid worker count {n} (expected auto or 1 to {MAX_WORKERS})"
+                    ))),
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Workers, E> {
+                let v = expand_env(v).map_err(E::custom)?;
+                match v.trim() {
+                    "auto" => Ok(Workers(None)),
+                    n => match n.parse::<u64>() {
+                        Ok(n) => Workers::of(n).map_err(E::custom),
+                        Err(_) => Err(E::custom(format!(
+                            "invalid worker count {v:?} (expected auto or 1 to {MAX_WORKERS})"
+                        ))),
+                    },
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for Workers {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            None => s.serialize_str("auto"),
+            Some(n) => s.serialize_u64(n.get() as u64),
+        }
+    }
+}
+
 /// A socket address such as `127.0.0.1:8080` or `[::1]:8080`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Addr(pub(super) SocketAddr);

@@ -409,6 +409,11 @@ impl Binary {
         binary
     }
 
+    /// The process's ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `http://ADDR{path}` on the plain listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)

@@ -1,8 +1,8 @@
 //! How the request path's calls reach Redis: each worker thread's own
-//! connection for the calls the near cache does not track, and one connection
-//! per core, chosen by the session's slot, for those it does. One way to open
-//! a connection (one Redis, a Cluster, the master the Sentinels name) and one
-//! way to send a unit of commands on it.
+//! connection for the calls the near cache does not track, and as many
+//! connections as worker threads, chosen by the session's slot, for those it
+//! does. One way to open a connection (one Redis, a Cluster, the master the
+//! Sentinels name) and one way to send a unit of commands on it.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -90,7 +90,7 @@ pub(super) struct Lanes {
 }
 
 /// The connections for the calls the near cache tracks, on one Redis or a
-/// Cluster: one per core, and each session's calls always on the same one (by
+/// Cluster: one per worker thread, and each session's calls always on the same one (by
 /// its key's slot), so every key is tracked on one connection and this
 /// proxy's own writes (`NOLOOP`) never invalidate its own copy. Each is opened
 /// by the first call that needs it, on that caller's runtime (a proxy
@@ -114,12 +114,17 @@ pub(super) struct Shards {
 }
 
 impl Shards {
-    pub(super) fn new(client: LocalClient, near: Arc<NearCache>, fences: Option<String>) -> Shards {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    /// With one connection for each of the proxy's `workers` worker threads.
+    pub(super) fn new(
+        client: LocalClient,
+        near: Arc<NearCache>,
+        fences: Option<String>,
+        workers: usize,
+    ) -> Shards {
         Shards {
             client,
             near,
-            shards: (0..n).map(|_| Slot::default()).collect(),
+            shards: (0..workers.max(1)).map(|_| Slot::default()).collect(),
             fences,
         }
     }

@@ -649,10 +649,13 @@ fn id_of(prefix: &str, key: &[u8]) -> Option<SessionId> {
 impl RedisStore {
     /// Connects (lazily: the proxy starts while Redis is down, and answers 503
     /// until it is back). Fails only on settings that can never work.
+    /// `workers`: the proxy's worker threads; the calls the near cache tracks
+    /// go on as many connections.
     pub async fn open(
         r: &RedisConfig,
         user_key: Option<&str>,
         events: EventSink,
+        workers: usize,
     ) -> Result<RedisStore, StoreError> {
         let invalid = |e: RedisError| StoreError::Misconfigured(Box::new(e));
         let uses_tls = r.url.starts_with("rediss://")
@@ -787,7 +790,7 @@ impl RedisStore {
             local: Local::new(local, nodes),
             shards: shard
                 .zip(near.clone())
-                .map(|(c, near)| Shards::new(c, near, fences)),
+                .map(|(c, near)| Shards::new(c, near, fences, workers)),
         };
         let store = RedisStore {
             inner: Arc::new(Inner {

@@ -19,7 +19,8 @@
 #      once, again and again, with the old cookie: how long, and how many
 #      answers, B still served the destroyed session. The distribution is printed.
 #
-# Usage: bench/two_proxies.sh [--duration 5s] [--conns 64] [--rounds 300] [--reps 1] [--pin]
+# Usage: bench/two_proxies.sh [--duration 5s] [--conns 64] [--rounds 300] [--reps 1]
+#                             [--workers share|auto|N] [--pin]
 #
 # --reps N runs each scenario's load N times over, the balancers taking turns
 # within each repetition (one memory proxy, then the two Redis proxies), so a
@@ -27,10 +28,16 @@
 # over the repetitions, the ratio is of those means, and each repetition's
 # own ratio is printed beside it to show the spread.
 #
-# --pin gives each of the two Redis proxies half of the machine's cores
-# (taskset), as two proxies on machines of their own would have; the proxy
-# runs one worker thread per core it may use. Without it, both run a worker
-# per core of the whole machine, twice as many threads as cores.
+# --workers sets `workers` in the two Redis proxies' config. `share` (the
+# default) gives each half of the machine's cores, at least one, as an operator
+# running two proxies on one machine sets them (README, "Several proxies on one
+# machine"): together they run as many worker threads as the one memory-store
+# proxy they are compared with, which runs one per core. `auto` runs a worker
+# per core in each, twice as many threads as cores between them; N, N each.
+#
+# --pin also gives each of the two Redis proxies half of the machine's cores
+# (taskset), as two proxies on machines of their own would have; with
+# `--workers auto`, each then runs one worker per core it may use.
 # Loopback only; every load run is bounded by --duration and every loop by a
 # count; every process started is stopped on exit. Needs redis-server, nginx, oha.
 set -euo pipefail
@@ -41,6 +48,7 @@ CONNS=64
 ROUNDS=300
 REPS=1
 PIN=
+WORKERS=share
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION=$2; shift 2 ;;
@@ -48,11 +56,17 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS=$2; shift 2 ;;
     --reps) REPS=$2; shift 2 ;;
     --pin) PIN=1; shift ;;
-    -h|--help) sed -n 2,32p "$0"; exit 0 ;;
+    --workers) WORKERS=$2; shift 2 ;;
+    -h|--help) sed -n 2,43p "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 case $REPS in ""|*[!0-9]*|0) echo "error: --reps takes a whole number of 1 or more" >&2; exit 2 ;; esac
+case $WORKERS in
+  share) WORKERS=$(( $(nproc) / 2 )); [ "$WORKERS" -ge 1 ] || WORKERS=1 ;;
+  auto) ;;
+  ""|*[!0-9]*|0) echo "error: --workers takes share, auto or a whole number of 1 or more" >&2; exit 2 ;;
+esac
 [ -n "$PIN" ] && { command -v taskset >/dev/null || { echo "error: --pin needs taskset (util-linux)" >&2; exit 1; }; }
 [ -n "$PIN" ] && [ "$(nproc)" -lt 2 ] && { echo "error: --pin needs two cores or more" >&2; exit 1; }
 for tool in redis-server redis-cli nginx oha curl python3; do
@@ -125,6 +139,7 @@ store: $4
 admin: { listen: "127.0.0.1:$3" }
 log: { level: warn, access: false }
 YAML
+  case "$1" in a|b) echo "workers: $WORKERS" >> "$RUN/$1.yaml" ;; esac
   local pin=()
   if [ -n "$PIN" ]; then
     local half=$(( $(nproc) / 2 ))
@@ -202,7 +217,7 @@ created_on() {
   curl -s "127.0.0.1:$1/metrics" | awk '/^sessiongate_sessions_created_total/ {printf "%d", $NF}'
 }
 
-echo "# $(nproc) cores, oha -z $DURATION -c $CONNS, reps $REPS${PIN:+, each Redis proxy pinned to half the cores}; logs in $RUN" >&2
+echo "# $(nproc) cores, oha -z $DURATION -c $CONNS, reps $REPS, each Redis proxy with workers: $WORKERS${PIN:+, pinned to half the cores}; logs in $RUN" >&2
 echo
 echo "## req/s through the balancer: two proxies on one Redis × one proxy on the memory store"
 echo

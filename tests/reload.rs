@@ -23,6 +23,22 @@ async fn reloads(proxy: &mut Binary) -> (f64, f64) {
     (outcome("success"), outcome("failure"))
 }
 
+/// Rewrites the file to `next` and reloads; what the proxy said about it (the
+/// reload itself must succeed).
+async fn reload_to(proxy: &mut Binary, next: ConfigYaml) -> Vec<String> {
+    proxy.rewrite(next);
+    let mark = proxy.output.len();
+    let outcome = proxy.reload().await;
+    assert!(outcome.contains("configuration reloaded"), "{outcome}");
+    proxy.output[mark..].to_vec()
+}
+
+/// Whether `said` says that `what` needs a restart.
+fn needs_restart(said: &[String], what: &str) -> bool {
+    said.iter()
+        .any(|l| l.contains("restart") && l.contains(what))
+}
+
 /// 1-based line and column where `needle` starts in `text`.
 fn position(text: &str, needle: &str) -> (usize, usize) {
     text.lines()
@@ -206,21 +222,18 @@ async fn a_new_listener_address_is_reported_as_needing_a_restart() {
     let mut proxy = Binary::start(base(&upstream)).await;
     let elsewhere = refused_addr();
 
-    proxy.rewrite(
+    let said = reload_to(
+        &mut proxy,
         base(&upstream)
             .set("listen", &elsewhere.to_string())
             .set("session.exclude_paths", "[\"/static/\"]"),
-    );
-    let mark = proxy.output.len();
-    let outcome = proxy.reload().await;
+    )
+    .await;
 
-    assert!(outcome.contains("configuration reloaded"), "{outcome}");
     assert!(
-        proxy.output[mark..]
-            .iter()
-            .any(|l| l.contains("restart") && l.contains("listener")),
+        needs_restart(&said, "listener"),
         "no word that the listener needs a restart:\n{}",
-        proxy.output[mark..].join("\n")
+        said.join("\n")
     );
     assert!(
         std::net::TcpStream::connect(elsewhere).is_err(),
@@ -239,22 +252,19 @@ async fn a_new_connection_cap_is_reported_as_needing_a_restart() {
     let upstream = Upstream::ok().await;
     let mut proxy = Binary::start(base(&upstream)).await;
 
-    proxy.rewrite(base(&upstream).set("limits.max_connections", "5"));
-    let mark = proxy.output.len();
-    let outcome = proxy.reload().await;
+    let said = reload_to(
+        &mut proxy,
+        base(&upstream).set("limits.max_connections", "5"),
+    )
+    .await;
 
-    assert!(outcome.contains("configuration reloaded"), "{outcome}");
-    let said = &proxy.output[mark..];
     assert!(
-        said.iter()
-            .any(|l| l.contains("restart") && l.contains("limits")),
+        needs_restart(&said, "limits"),
         "no word that limits needs a restart:\n{}",
         said.join("\n")
     );
     assert!(
-        !said
-            .iter()
-            .any(|l| l.contains("restart") && l.contains("listen")),
+        !needs_restart(&said, "listen"),
         "a listener reported as changed:\n{}",
         said.join("\n")
     );
@@ -267,15 +277,10 @@ async fn a_new_worker_count_is_reported_as_needing_a_restart() {
     let upstream = Upstream::ok().await;
     let mut proxy = Binary::start(base(&upstream).set("workers", "2")).await;
 
-    proxy.rewrite(base(&upstream).set("workers", "3"));
-    let mark = proxy.output.len();
-    let outcome = proxy.reload().await;
+    let said = reload_to(&mut proxy, base(&upstream).set("workers", "3")).await;
 
-    assert!(outcome.contains("configuration reloaded"), "{outcome}");
-    let said = &proxy.output[mark..];
     assert!(
-        said.iter()
-            .any(|l| l.contains("restart") && l.contains("workers")),
+        needs_restart(&said, "workers"),
         "no word that workers needs a restart:\n{}",
         said.join("\n")
     );

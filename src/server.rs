@@ -202,7 +202,7 @@ impl Server {
             None => None,
         };
         let queues = crate::events::queues(&config.events);
-        let (store, store_tasks) = store::open(&config, queues.sink.clone())
+        let (store, store_tasks) = store::open(&config, queues.sink.clone(), workers)
             .await
             .map_err(ServerError::Store)?;
         let events = crate::events::spawn(&config.events, queues, &store);

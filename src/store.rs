@@ -35,10 +35,12 @@ impl StoreTasks {
 }
 
 /// Opens the configured store and starts its background work: for the memory
-/// store, restores the snapshot first.
+/// store, restores the snapshot first. `workers`: the proxy's worker threads,
+/// which the Redis store sizes its connections by.
 pub(crate) async fn open(
     config: &Config,
     events: EventSink,
+    workers: usize,
 ) -> Result<(Store, StoreTasks), StoreError> {
     let user_key = config.session.user_key.as_deref();
     match config.store.kind {
@@ -77,8 +79,7 @@ pub(crate) async fn open(
                     "store.snapshot is for the memory store; ignored with store.type: redis"
                 );
             }
-            let store =
-                RedisStore::open(&config.store.redis, user_key, events, config.workers()).await?;
+            let store = RedisStore::open(&config.store.redis, user_key, events, workers).await?;
             Ok((
                 Store::Redis(store),
                 StoreTasks {

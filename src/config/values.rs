@@ -236,16 +236,16 @@ pub(super) const MAX_WORKERS: usize = 1024;
 pub(super) struct Workers(pub(super) Option<std::num::NonZeroUsize>);
 
 impl Workers {
-    fn of(n: u64) -> Result<Workers, String> {
-        match usize::try_from(n)
-            .ok()
+    /// `n`, when it is a count from 1 to [`MAX_WORKERS`]; else the error,
+    /// which shows the value as `shown`.
+    fn of(n: Option<u64>, shown: impl std::fmt::Display) -> Result<Workers, String> {
+        n.and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n <= MAX_WORKERS)
             .and_then(std::num::NonZeroUsize::new)
-        {
-            Some(n) if n.get() <= MAX_WORKERS => Ok(Workers(Some(n))),
-            _ => Err(format!(
-                "invalid worker count {n} (expected auto or 1 to {MAX_WORKERS})"
-            )),
-        }
+            .map(|n| Workers(Some(n)))
+            .ok_or_else(|| {
+                format!("invalid worker count {shown} (expected auto or 1 to {MAX_WORKERS})")
+            })
     }
 }
 
@@ -261,26 +261,16 @@ impl<'de> Deserialize<'de> for Workers {
                 )
             }
             fn visit_u64<E: de::Error>(self, n: u64) -> Result<Workers, E> {
-                Workers::of(n).map_err(E::custom)
+                Workers::of(Some(n), n).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<Workers, E> {
-                match u64::try_from(n) {
-                    Ok(n) => Workers::of(n).map_err(E::custom),
-                    Err(_) => Err(E::custom(format!(
-                        "invalid worker count {n} (expected auto or 1 to {MAX_WORKERS})"
-                    ))),
-                }
+                Workers::of(u64::try_from(n).ok(), n).map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Workers, E> {
                 let v = expand_env(v).map_err(E::custom)?;
                 match v.trim() {
                     "auto" => Ok(Workers(None)),
-                    n => match n.parse::<u64>() {
-                        Ok(n) => Workers::of(n).map_err(E::custom),
-                        Err(_) => Err(E::custom(format!(
-                            "invalid worker count {v:?} (expected auto or 1 to {MAX_WORKERS})"
-                        ))),
-                    },
+                    n => Workers::of(n.parse().ok(), format!("{v:?}")).map_err(E::custom),
                 }
             }
         }

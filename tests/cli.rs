@@ -277,11 +277,6 @@ fn help_lists_the_subcommands() {
     }
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    refused_addr().port()
-}
-
 async fn assert_signal_drains_in_flight_requests(signal: &str) {
     let upstream = Upstream::start(|_| Reply::ok().after(Duration::from_secs(1))).await;
     let port = free_port();

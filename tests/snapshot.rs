@@ -31,7 +31,7 @@ async fn app() -> Upstream {
 
 /// Starts the binary with its config in `dir`, on a free port, logging at `info`.
 async fn start(dir: &Path, yaml: ConfigYaml) -> ops::Binary {
-    let port = refused_addr().port();
+    let port = free_port();
     let yaml = yaml
         .set("listen", &format!("127.0.0.1:{port}"))
         .set("log.level", "info");

@@ -541,10 +541,35 @@ fn download_body(len: u64, gate: Option<Gate>) -> UpstreamBody {
     StreamBody::new(chunks).boxed_unsync()
 }
 
-/// An address nothing listens on: bound, then released.
+/// Sockets bound and never listening, held until the test process ends.
+static REFUSING: Mutex<Vec<socket2::Socket>> = Mutex::new(Vec::new());
+
+/// An address nothing listens on, and nothing will: a socket bound to it
+/// that never listens is held until the test process ends, so a connection
+/// to it is refused, and no other test running beside this one can take the
+/// port for a server of its own.
 pub fn refused_addr() -> SocketAddr {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let addr = socket
+        .local_addr()
+        .expect("address")
+        .as_socket()
+        .expect("an IP address");
+    REFUSING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(socket);
+    addr
+}
+
+/// A loopback port that was free a moment ago, for a server to bind.
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address")
+    listener.local_addr().expect("address").port()
 }
 
 /// An upstream that reads each request and then resets the connection.
